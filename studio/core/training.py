@@ -1,0 +1,82 @@
+"""One small, plain training loop: the zoo, fine-tuning and distillation all use it.
+
+It is a generator like a pass: it yields (fraction, message) after every batch so a cancel
+takes effect within one batch, and `keep` callbacks (e.g. re-applying pruning masks) run after
+each optimizer step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+
+import numpy as np
+
+Progress = Generator[tuple[float, str], None, None]
+
+
+def train(
+    module,
+    x: np.ndarray,
+    y: np.ndarray | None,
+    epochs: int,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    seed: int = 0,
+    after_step: Callable[[], None] | None = None,
+    loss_fn: Callable | None = None,
+    params=None,
+) -> Progress:
+    """Train `module` in place with Adam. `loss_fn(module, xb, yb, idx)` overrides the default
+    cross-entropy (distillation passes its own); `params` limits what is trained."""
+    import torch
+    import torch.nn.functional as F
+
+    generator = torch.Generator().manual_seed(seed)
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    yt = None if y is None else torch.from_numpy(np.asarray(y, dtype=np.int64))
+    optimizer = torch.optim.Adam(params if params is not None else module.parameters(), lr=lr)
+    steps_per_epoch = max(1, -(-len(xt) // batch_size))
+    total = max(1, epochs * steps_per_epoch)
+    module.train()
+    try:
+        for epoch in range(epochs):
+            order = torch.randperm(len(xt), generator=generator)
+            for step in range(steps_per_epoch):
+                idx = order[step * batch_size : (step + 1) * batch_size]
+                xb = xt[idx]
+                yb = None if yt is None else yt[idx]
+                optimizer.zero_grad()
+                if loss_fn is not None:
+                    loss = loss_fn(module, xb, yb, idx)
+                else:
+                    loss = F.cross_entropy(module(xb), yb)
+                loss.backward()
+                optimizer.step()
+                if after_step is not None:
+                    after_step()
+                done = epoch * steps_per_epoch + step + 1
+                yield done / total, f"epoch {epoch + 1}/{epochs}, loss {loss.item():.4f}"
+    finally:
+        module.eval()
+
+
+def drain(gen):
+    """Run a progress generator to the end and return its result (tests, scripts)."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def predict(module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Logits of a torch module on numpy inputs, in eval mode, without gradients."""
+    import torch
+
+    module.eval()
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            out = module(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])))
+            outs.append(out.detach().float().numpy())
+    return np.concatenate(outs)

@@ -1,0 +1,1 @@
+"""The studio window: a thin face over studio.core."""
