@@ -1,0 +1,349 @@
+"""`studio`: the command line. A thin face over studio.core; `studio` alone opens the window.
+
+    studio inspect MODEL [--json]
+    studio run MODEL --recipe R.yaml --data DATA --out DIR [--json]
+    studio export MODEL --format onnx --out FILE
+    studio demo [--out DIR] [--json]
+    studio gui [MODEL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import threading
+import time
+from pathlib import Path
+
+EXIT_ERROR = 2
+EXIT_CANCELLED = 130
+
+
+class ProgressLine:
+    """One line on stderr, rewritten in place (only on a terminal; plain lines otherwise)."""
+
+    def __init__(self, stream=sys.stderr, enabled: bool = True):
+        self.stream, self.enabled = stream, enabled
+        self.tty = stream.isatty()
+        self.last = ""
+        self.last_time = 0.0
+        self.start = time.monotonic()
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if self.tty:
+            if now - self.last_time < 0.1 and fraction < 1:
+                return
+            width = 28
+            filled = int(width * min(max(fraction, 0.0), 1.0))
+            elapsed = now - self.start
+            eta = f" {elapsed / fraction - elapsed:4.0f}s left" if 0.02 < fraction < 1 else ""
+            line = f"\r[{'#' * filled}{'.' * (width - filled)}] {fraction:4.0%}{eta} {message}"[:150]
+            self.stream.write(line.ljust(len(self.last)))
+            self.last = line
+        else:  # a log, not a terminal: one line per kind of message (numbers aside), or every 5 s
+            kind = re.sub(r"[\d.,/%]+", "#", message)
+            if kind == self.last and now - self.last_time < 5:
+                return
+            self.stream.write(f"{message}\n")
+            self.last = kind
+        self.last_time = now
+        self.stream.flush()
+
+    def done(self) -> None:
+        if self.enabled and self.tty and self.last:
+            self.stream.write("\r" + " " * len(self.last) + "\r")
+            self.stream.flush()
+        self.last = ""
+
+
+def drive(gen, progress: ProgressLine, scale=lambda p: (p[0], p[1])):
+    """Run a core generator to its result, showing its progress."""
+    try:
+        while True:
+            try:
+                item = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            fraction, message = scale(item)
+            progress(fraction, message)
+    finally:
+        gen.close()
+        progress.done()
+
+
+def parse_shape(text: str | None):
+    if not text:
+        return None
+    try:
+        return tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise SystemExit(f"studio: error: --input-shape takes numbers like 1,3,224,224, not {text!r}") from None
+
+
+def load_model(args):
+    from studio.core import io
+
+    return io.load(args.model, arch=args.arch, trust=args.trust, input_shape=parse_shape(args.input_shape))
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model file (.onnx, TorchScript .pt, .pt2, state_dict .pt/.pth, .safetensors) or demo:cnn|mlp|resnet")
+    p.add_argument("--arch", help="architecture for weight files: package.module:Class or path/to/file.py:Class")
+    p.add_argument("--input-shape", help="input shape with batch, e.g. 1,3,224,224 (when the file does not say)")
+    p.add_argument("--trust", action="store_true", help="allow unpickling a whole model: this RUNS CODE from the file, only for files you trust")
+
+
+def resolve_model(args):
+    if args.model.startswith("demo:"):
+        from studio.core import zoo
+
+        return zoo.load(args.model.split(":", 1)[1])
+    return load_model(args)
+
+
+# ---------------------------------------------------------------------------------- commands
+
+def cmd_inspect(args) -> int:
+    from studio.core.inspect import summary
+
+    model = resolve_model(args)
+    info = summary(model)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    print(f"{info['name']}  ({info['format']}, {info['framework']})")
+    print(f"input shape {info.get('input_shape')}  parameters {info['parameters']:,}  "
+          f"nonzeros {info.get('nonzeros', 0):,}  MACs {info.get('macs', 0):,}")
+    print(f"{'layer':40} {'op':18} {'params':>10} {'sparsity':>8}  output shape")
+    for node in info["nodes"]:
+        if node.get("parameters") or args.all:
+            print(f"{node['name'][:40]:40} {node['op'][:18]:18} {node.get('parameters', 0):>10,} "
+                  f"{node.get('sparsity', 0):>8.1%}  {node.get('output_shape') or ''}")
+    shown = sum(1 for n in info["nodes"] if n.get("parameters") or args.all)
+    print(f"({len(info['nodes'])} nodes; {shown} shown{'' if args.all else ': layers with weights, --all for every node'})")
+    return 0
+
+
+def fmt_bytes(n) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def stage_table(run) -> str:
+    """The stage table: every stage against the original (ratios: x smaller, x faster)."""
+    stages = run.stages
+    base = stages[0].measurement
+    batches = sorted(base.latency_ms) if base and base.latency_ms else []
+    head = f"{'stage':28} {base.quality_label if base else 'quality':>9} {'params':>9} {'nonzero':>9} " \
+           f"{'file':>9} {'zipped':>9} {'x zip':>6} {'MACs':>10}"
+    for b in batches:
+        head += f" {'ms b' + str(b):>9} {'x':>5}"
+    lines = [head, "-" * len(head)]
+    for s in stages:
+        m = s.measurement
+        if m is None:
+            lines.append(f"{s.label[:28]:28} (not measured)")
+            continue
+        q = "-" if m.quality is None else f"{m.quality:.2%}"
+        row = f"{s.label[:28]:28} {q:>9} {m.parameters:>9,} {m.nonzeros:>9,} {fmt_bytes(m.size_bytes):>9} " \
+              f"{fmt_bytes(m.zip_bytes):>9} {base.zip_bytes / max(1, m.zip_bytes):>5.1f}x {m.macs:>10,}"
+        for b in batches:
+            ms = m.latency_ms.get(b)
+            row += f" {ms:>9.3f} {base.latency_ms[b] / ms:>4.2f}x" if ms else f" {'-':>9} {'-':>5}"
+        lines.append(row)
+    threads = base.threads if base else 1
+    lines.append(f"quality on {base.samples if base else 0} held-out samples of '{run.data_name}'; "
+                 f"latency: onnxruntime CPU, {threads} thread(s), median of interleaved rounds; "
+                 "x = times smaller / faster than the original")
+    for s in stages:
+        for w in s.warnings:
+            lines.append(f"warning: stage {s.label}: {w}")
+    return "\n".join(lines)
+
+
+def run_and_export(model, recipe, data, out: Path, formats, args, progress) -> dict:
+    from studio.core import export, pipeline
+
+    cancel = threading.Event()
+    gen = pipeline.run(
+        model, recipe, data, latency_batches=tuple(args.batches), threads=args.threads,
+        latency_rounds=args.rounds, cancel_event=cancel,
+    )
+    run = drive(gen, progress, scale=lambda p: (p.overall, p.message))
+    final = run.stages[-1]
+    final.model.name = f"{model.name}-{final.index}-{final.name}"
+    exports = []
+    for fmt in formats:
+        target = out / export.default_name(final.model, fmt)
+        result = drive(export.export(final.model, target, fmt, data=data), progress)
+        exports.append(result.as_dict())
+    report = {"model": model.name, "source": str(model.source or model.name), **run.as_dict(), "exports": exports}
+    return {"run": run, "report": report}
+
+
+def write_report(out: Path, report: dict) -> Path:
+    from studio.core.fileio import atomic_write_text
+
+    path = out / "report.json"
+    atomic_write_text(path, json.dumps(report, indent=2, default=str))
+    return path
+
+
+def print_result(result: dict, out: Path, args) -> None:
+    report = result["report"]
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+        return
+    print(stage_table(result["run"]))
+    for e in report["exports"]:
+        mark = "ok" if e["verified"] else "NOT VERIFIED"
+        print(f"export {e['format']:12} {mark:12} {e['path']}  ({fmt_bytes(e['size_bytes'])}; {e['message']})")
+    print(f"report: {out / 'report.json'}")
+
+
+def cmd_run(args) -> int:
+    from studio.core.data import open_data
+    from studio.core.recipe import Recipe
+
+    recipe = Recipe.load(args.recipe)  # before loading the model: a bad recipe fails fast
+    model = resolve_model(args)
+    data = open_data(args.data, model.input_shape)
+    out = Path(args.out)
+    result = run_and_export(model, recipe, data, out, args.export, args, ProgressLine(enabled=not args.quiet))
+    write_report(out, result["report"])
+    print_result(result, out, args)
+    return 0 if all(e["verified"] for e in result["report"]["exports"]) else 1
+
+
+def cmd_demo(args) -> int:
+    from studio.core import zoo
+    from studio.core.data import digits
+    from studio.core.recipe import demo_recipe
+
+    progress = ProgressLine(enabled=not args.quiet)
+    progress(0.0, f"loading the demo model '{args.model}' (trained on digits)")
+    model = zoo.load(args.model)
+    recipe = demo_recipe()
+    out = Path(args.out)
+    if not args.json:
+        print(f"demo: {model.name}, recipe '{recipe.name}': " + " -> ".join(s.label() for s in recipe.passes))
+    result = run_and_export(model, recipe, digits(), out, ["onnx"], args, progress)
+    write_report(out, result["report"])
+    print_result(result, out, args)
+    return 0 if all(e["verified"] for e in result["report"]["exports"]) else 1
+
+
+def cmd_export(args) -> int:
+    from studio.core import export
+    from studio.core.data import open_data
+
+    model = resolve_model(args)
+    data = open_data(args.data, model.input_shape) if args.data else None
+    out = Path(args.out)
+    result = drive(export.export(model, out, args.format, data=data), ProgressLine(enabled=not args.quiet))
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+    else:
+        print(f"{result.path}: {fmt_bytes(result.size_bytes)}, {result.message}")
+    return 0 if result.verified else 1
+
+
+def cmd_gui(args) -> int:
+    try:
+        from studio.qt.app import main as gui_main
+    except ImportError as exc:
+        raise SystemExit(f"studio: the window cannot start: {exc}") from None
+    return gui_main([args.model] if getattr(args, "model", None) else [])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from studio import __version__
+
+    parser = argparse.ArgumentParser(prog="studio", description="Compress models and measure what it bought you.")
+    parser.add_argument("--version", action="version", version=f"studio {__version__}")
+    sub = parser.add_subparsers(dest="command")
+
+    p = sub.add_parser("inspect", help="show a model's layers, parameters and MACs")
+    add_model_args(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--all", action="store_true", help="list every node, not only layers with weights")
+    p.set_defaults(func=cmd_inspect)
+
+    def add_measure_args(p):
+        p.add_argument("--batches", type=int, nargs="+", default=[1, 32], help="batch sizes for latency (default 1 32)")
+        p.add_argument("--threads", type=int, default=1, help="onnxruntime threads for latency (default 1)")
+        p.add_argument("--rounds", type=int, default=7, help="interleaved latency rounds (default 7)")
+        p.add_argument("--json", action="store_true", help="print report.json instead of the table")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+
+    p = sub.add_parser("run", help="apply a recipe, measure every stage, export the result")
+    add_model_args(p)
+    p.add_argument("--recipe", required=True, help="recipe YAML (the window's Recipe > Save writes one)")
+    p.add_argument("--data", default="digits", help="digits, random, a .npz (x, y) or an image folder (default digits)")
+    p.add_argument("--out", default="studio-out", help="folder for exports and report.json")
+    p.add_argument("--export", nargs="+", default=["onnx"], help="formats to export the last stage as (default onnx)")
+    add_measure_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="the whole job on a built-in model: prune + INT8, measure, export")
+    p.add_argument("--model", default="cnn", choices=["cnn", "mlp", "resnet"], help="demo model (default cnn)")
+    p.add_argument("--out", default="studio-out", help="folder for exports and report.json")
+    add_measure_args(p)
+    p.set_defaults(func=cmd_demo, batches=[1, 256])
+
+    p = sub.add_parser("export", help="write a model as ONNX, ONNX FP16/INT8, TorchScript, torch.export or safetensors, verified")
+    add_model_args(p)
+    p.add_argument("--format", default="onnx", help="onnx, onnx_fp16, onnx_int8, torchscript, torch_export, safetensors")
+    p.add_argument("--out", required=True, help="the file to write")
+    p.add_argument("--data", help="data for INT8 calibration and verification (digits, random, .npz, folder)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("gui", help="open the studio window (the default)")
+    p.add_argument("model", nargs="?", help="a model file to open")
+    p.set_defaults(func=cmd_gui)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args(["gui", *(argv or [])])
+    from studio.core.errors import Cancelled, StudioError
+
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        print("\nstudio: cancelled; nothing half-written was left behind", file=sys.stderr)
+        return EXIT_CANCELLED
+    except Cancelled:
+        print("studio: cancelled", file=sys.stderr)
+        return EXIT_CANCELLED
+    except StudioError as exc:
+        print(f"studio: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        print(f"studio: error: {exc.strerror}: {exc.filename}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as exc:  # noqa: BLE001 - the user gets one line; STUDIO_DEBUG=1 shows the rest
+        if os.environ.get("STUDIO_DEBUG"):
+            raise
+        print(f"studio: error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+              "(STUDIO_DEBUG=1 for details)", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

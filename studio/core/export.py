@@ -1,0 +1,196 @@
+"""Writers for deployable files, each verified by loading the written file back and running it
+against the model it came from. Writes are atomic (fileio.atomic_path): a failed, refused or
+cancelled export leaves no partial file and never replaces the user's file."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Generator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .convert import predict, run_session, session, to_onnx_proto
+from .data import Data
+from .errors import StudioError
+from .fileio import atomic_path
+from .model import ONNX, TORCH, Model
+
+TWO_GB = 2**31 - 1
+VERIFY_SAMPLES = 64
+
+# format id -> (label, file suffix, needs a torch model)
+FORMATS = {
+    "onnx": ("ONNX (as is)", ".onnx", False),
+    "onnx_fp16": ("ONNX FP16", ".onnx", False),
+    "onnx_int8": ("ONNX INT8 (static, QDQ)", ".onnx", False),
+    "torchscript": ("TorchScript", ".pt", True),
+    "torch_export": ("torch.export program", ".pt2", True),
+    "safetensors": ("safetensors (weights)", ".safetensors", True),
+}
+# how close a lossless format must match; lossy conversions (FP16, INT8) are judged by agreement
+LOSSLESS_ATOL = 1e-4
+LOSSY_AGREEMENT = 0.9
+
+
+@dataclass
+class ExportResult:
+    path: str
+    format: str
+    verified: bool
+    max_abs_diff: float | None
+    agreement: float | None
+    size_bytes: int
+    message: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def default_name(model: Model, fmt: str) -> str:
+    stem = model.name.replace(" ", "_")
+    tag = {"onnx_fp16": "-fp16", "onnx_int8": "-int8"}.get(fmt, "")
+    return f"{stem}{tag}{FORMATS[fmt][1]}"
+
+
+def sample_inputs(model: Model, data: Data | None) -> np.ndarray:
+    if data is not None:
+        return data.shaped(data.x_test[:VERIFY_SAMPLES], model.input_shape)
+    return model.example_input(VERIFY_SAMPLES)
+
+
+def export(
+    model: Model, path: str | Path, fmt: str, *, data: Data | None = None, cancel=None,
+) -> Generator[tuple[float, str], None, ExportResult]:
+    """Write `model` as `fmt` to `path`, then verify the written file against `model`."""
+    if fmt not in FORMATS:
+        raise StudioError(f"unknown export format '{fmt}'; choose from {', '.join(FORMATS)}")
+    label, _, needs_torch = FORMATS[fmt]
+    if needs_torch and model.framework != TORCH:
+        raise StudioError(f"{label} needs a torch model; this stage is {model.framework} (export ONNX instead)")
+    path = Path(path)
+    x = sample_inputs(model, data)
+    yield 0.05, f"writing {label}"
+    with atomic_path(path) as tmp:
+        if fmt.startswith("onnx"):
+            proto = _onnx_variant(model, fmt, data, cancel)
+            _save_onnx(proto, tmp, path.name)
+        elif fmt == "torchscript":
+            _save_torchscript(model, x, tmp)
+        elif fmt == "torch_export":
+            _save_torch_export(model, x, tmp)
+        else:
+            _save_safetensors(model, tmp)
+        if cancel is not None:
+            cancel()
+        yield 0.6, "verifying the written file"
+        result = verify(model, tmp, fmt, x)
+        if result.max_abs_diff is None or not np.isfinite(result.max_abs_diff):
+            # a file that does not run is never put in place of the user's file
+            raise StudioError(f"export {fmt} failed verification: {result.message}")
+    result.path = str(path)
+    yield 1.0, result.message
+    return result
+
+
+def _onnx_variant(model: Model, fmt: str, data, cancel):
+    from .training import drain
+
+    if fmt == "onnx":
+        return to_onnx_proto(model)
+    from .passes import Context, create
+
+    pass_id = "quantize.fp16" if fmt == "onnx_fp16" else "quantize.int8_static"
+    if fmt == "onnx_int8" and data is None:
+        raise StudioError("INT8 export calibrates on data: choose evaluation data")
+    return drain(create(pass_id).apply(model, Context(data=data))).model.obj
+
+
+def _save_onnx(proto, tmp: Path, final_name: str) -> None:
+    """One file; weights go to a sidecar only when the model is over protobuf's 2 GB limit."""
+    import onnx
+
+    if proto.ByteSize() > TWO_GB:
+        sidecar = final_name + ".data"
+        onnx.save_model(proto, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True, location=sidecar)
+    else:
+        tmp.write_bytes(proto.SerializeToString())
+
+
+def _save_torchscript(model: Model, x, tmp: Path) -> None:
+    import torch
+
+    module = model.obj.eval()
+    if isinstance(module, torch.jit.ScriptModule):
+        scripted = module
+    else:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # torch.jit is deprecated but still what many runtimes load
+            scripted = torch.jit.trace(module, torch.from_numpy(x[:1]))
+    torch.jit.save(scripted, str(tmp))
+
+
+def _save_torch_export(model: Model, x, tmp: Path) -> None:
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(
+            model.obj.eval(), (torch.from_numpy(x[:2]),), dynamic_shapes=({0: torch.export.Dim("batch")},)
+        )
+        torch.export.save(program, str(tmp))
+
+
+def _save_safetensors(model: Model, tmp: Path) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous().clone() for k, v in model.obj.state_dict().items()}
+    save_file(state, str(tmp))
+
+
+def _load_outputs(tmp: Path, fmt: str, x: np.ndarray, model: Model) -> np.ndarray:
+    import torch
+
+    if fmt.startswith("onnx"):
+        return run_session(session(tmp), x)
+    if fmt == "torchscript":
+        loaded = torch.jit.load(str(tmp))
+        with torch.no_grad():
+            return loaded(torch.from_numpy(x)).numpy()
+    if fmt == "torch_export":
+        loaded = torch.export.load(str(tmp)).module()
+        with torch.no_grad():
+            return loaded(torch.from_numpy(x)).numpy()
+    from safetensors.torch import load_file
+
+    restored = model.copy()
+    restored.obj.load_state_dict(load_file(str(tmp)))
+    return predict(restored, x)
+
+
+def verify(model: Model, file: Path, fmt: str, x: np.ndarray) -> ExportResult:
+    """Load the written file back, run it on `x`, and compare with `model`'s own outputs."""
+    size = file.stat().st_size
+    try:
+        got = _load_outputs(file, fmt, x, model)
+    except Exception as exc:  # noqa: BLE001 - any failure to load or run is the verdict
+        return ExportResult(str(file), fmt, False, None, None, size, f"the written file does not run: {exc}")
+    want = predict(model, x)
+    if got.shape != want.shape:
+        return ExportResult(str(file), fmt, False, None, None, size, f"output shape {got.shape} != {want.shape}")
+    diff = float(np.max(np.abs(got - want))) if got.size else 0.0
+    flat_got, flat_want = got.reshape(len(got), -1), want.reshape(len(want), -1)
+    agreement = float((flat_got.argmax(1) == flat_want.argmax(1)).mean()) if flat_got.shape[1] > 1 else None
+    lossy = fmt in ("onnx_fp16", "onnx_int8")
+    finite = bool(np.isfinite(got).all())
+    if lossy:
+        ok = finite and (agreement is None or agreement >= LOSSY_AGREEMENT)
+    else:
+        ok = finite and diff <= LOSSLESS_ATOL * max(1.0, float(np.abs(want).max()))
+    what = f"max abs diff {diff:.2e}" + (f", top-1 agreement {agreement:.1%}" if agreement is not None else "")
+    verdict = "verified" if ok else "NOT verified"
+    return ExportResult(str(file), fmt, ok, diff, agreement, size, f"{verdict}: {what} on {len(x)} samples")
+
+
+__all__ = ["FORMATS", "ExportResult", "export", "verify", "default_name", "ONNX"]

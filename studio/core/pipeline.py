@@ -1,0 +1,186 @@
+"""The pipeline: run a recipe's passes in order, keep every stage's model and measurement.
+
+Stage 0 is the original model; stage k is the model after the k-th enabled pass. Given the
+stages of an earlier run, the steps whose recipe prefix is unchanged are reused, so editing
+pass 3 does not redo passes 1-2 (NNCF's run_from_step does the same).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Generator
+from dataclasses import dataclass, field
+
+from .convert import to_onnx_proto
+from .data import Data
+from .errors import Cancelled, StudioError
+from .evaluate import Measurement, measure, measure_latency, reference_outputs
+from .model import Model
+from .passes.base import Context
+from .recipe import Recipe, RecipeStep
+
+
+@dataclass
+class Progress:
+    stage: int  # the stage being worked on (0 = original / measuring)
+    stages: int  # how many steps the run has (passes + measuring the original + latency)
+    fraction: float  # within this step, 0..1
+    message: str
+
+    @property
+    def overall(self) -> float:
+        return min(1.0, (self.stage + self.fraction) / max(1, self.stages))
+
+
+@dataclass
+class Stage:
+    index: int
+    name: str  # "original" or the pass id
+    label: str  # for tables and the chart: "2 quantize.int8_static"
+    model: Model
+    steps: list[RecipeStep] = field(default_factory=list)  # the recipe up to this stage
+    record: dict = field(default_factory=dict)  # per layer: what the pass changed
+    summary: str = ""
+    warnings: list[str] = field(default_factory=list)
+    measurement: Measurement | None = None
+    seconds: float = 0.0  # time the pass took
+    _onnx: object = None
+
+    def onnx(self):
+        """The stage as the ONNX model it would ship as (exported once, then cached)."""
+        if self._onnx is None:
+            self._onnx = to_onnx_proto(self.model)
+        return self._onnx
+
+    def as_dict(self) -> dict:
+        m = self.measurement.as_dict() if self.measurement else {}
+        return {
+            "index": self.index, "name": self.name, "label": self.label,
+            "framework": self.model.framework, "summary": self.summary, "warnings": self.warnings,
+            "seconds": round(self.seconds, 3), "quality": m.get("quality"),
+            "size_bytes": m.get("size_bytes"), "zip_bytes": m.get("zip_bytes"),
+            "latency_ms": m.get("latency_ms"), "measurement": m,
+            "recipe": [{"id": s.id, **s.options} for s in self.steps], "layers": self.record,
+        }
+
+
+@dataclass
+class Run:
+    id: str
+    recipe: Recipe
+    stages: list[Stage]
+    data_name: str = ""
+
+    def as_dict(self) -> dict:
+        return {"id": self.id, "recipe": self.recipe.to_dict(), "data": self.data_name,
+                "stages": [s.as_dict() for s in self.stages]}
+
+
+def _same_steps(a: list[RecipeStep], b: list[RecipeStep]) -> bool:
+    return [(s.id, s.options) for s in a] == [(s.id, s.options) for s in b]
+
+
+def run(
+    model: Model,
+    recipe: Recipe,
+    data: Data | None,
+    *,
+    measure_stages: bool = True,
+    latency_batches: tuple[int, ...] = (1, 32),
+    threads: int = 1,
+    latency_rounds: int = 7,
+    cancel_event: threading.Event | None = None,
+    previous: list[Stage] | None = None,
+    seed: int = 0,
+) -> Generator[Progress, None, Run]:
+    """Apply the recipe's enabled passes to `model` (never changed) and measure every stage.
+    A set `cancel_event` raises Cancelled at the next step; nothing of the run is returned."""
+    cancel_event = cancel_event or threading.Event()
+    steps = recipe.enabled_steps()
+    passes = [s.build() for s in steps]  # bad options fail here, before any work
+    stages_total = len(passes) + 1 + (1 if measure_stages and latency_batches else 0)
+    context = Context(data=data, original=model, seed=seed, cancel_event=cancel_event)
+
+    def check():
+        if cancel_event.is_set():
+            raise Cancelled()
+
+    # problems known before the work starts: a pass that cannot take the model it will get
+    current = model
+    for i, p in enumerate(passes):
+        if p.needs_data and data is None:
+            raise StudioError(f"{p.id} needs data: choose evaluation data")
+
+    original = Stage(0, "original", "0 original", model)
+    stages = [original]
+    reference = None
+    if measure_stages:
+        if data is None:
+            raise StudioError("measuring needs data: digits, a .npz, an image folder or random")
+        yield Progress(0, stages_total, 0.0, "measuring the original model")
+        reused = previous[0] if previous and previous[0].model is model and previous[0].measurement else None
+        original._onnx = reused._onnx if reused else None
+        reference = reference_outputs(model, data)
+        original.measurement = reused.measurement if reused else measure(model, data, reference, original.onnx())
+    check()
+
+    current = model
+    for i, (step, p) in enumerate(zip(steps, passes), 1):
+        prefix = steps[:i]
+        old = previous[i] if previous and len(previous) > i else None
+        if old is not None and _same_steps(old.steps, prefix) and all(
+            previous[j].model is stages[j].model for j in range(i)
+        ):
+            stages.append(old)
+            current = old.model
+            yield Progress(i, stages_total, 1.0, f"{p.id}: unchanged, reused")
+            continue
+        problems = p.check(current)
+        if problems:
+            raise StudioError(f"step {i} ({p.id}): {problems[0]}")
+        warnings = p.warnings(current)
+        start = time.perf_counter()
+        gen = p.apply(current, context)
+        try:
+            while True:
+                check()
+                try:
+                    fraction, message = next(gen)
+                except StopIteration as stop:
+                    result = stop.value
+                    break
+                yield Progress(i, stages_total, 0.9 * fraction if measure_stages else fraction, f"{p.id}: {message}")
+        finally:
+            gen.close()
+        seconds = time.perf_counter() - start
+        stage = Stage(
+            i, p.id, f"{i} {p.id}", result.model, prefix, result.layers, result.summary,
+            list(dict.fromkeys(warnings + result.warnings)), seconds=seconds,
+        )
+        if measure_stages:
+            yield Progress(i, stages_total, 0.9, f"{p.id}: measuring")
+            stage.measurement = measure(stage.model, data, reference, stage.onnx())
+        stages.append(stage)
+        current = result.model
+        check()
+
+    if measure_stages and latency_batches:
+        k = stages_total - 1
+        protos = [s.onnx() for s in stages]
+        gen = measure_latency(protos, model.input_shape, latency_batches, threads, latency_rounds, cancel=check)
+        try:
+            while True:
+                try:
+                    fraction, message = next(gen)
+                except StopIteration as stop:
+                    latencies = stop.value
+                    break
+                yield Progress(k, stages_total, fraction, message)
+        finally:
+            gen.close()
+        for stage, lat in zip(stages, latencies):
+            stage.measurement.latency_ms = lat
+            stage.measurement.threads = threads
+    return Run(uuid.uuid4().hex[:8], recipe, stages, data.name if data else "")

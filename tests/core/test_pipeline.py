@@ -1,0 +1,74 @@
+import threading
+
+import numpy as np
+import pytest
+
+from studio.core import pipeline
+from studio.core.errors import Cancelled, StudioError
+from studio.core.recipe import Recipe, RecipeStep
+from studio.core.training import drain
+
+
+def state(model):
+    return {k: v.detach().clone() for k, v in model.obj.state_dict().items()}
+
+
+def same_state(a, b):
+    return a.keys() == b.keys() and all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+
+
+RECIPE = Recipe([RecipeStep("prune.magnitude", {"sparsity": 0.5}), RecipeStep("quantize.int8_static", {"calibration_samples": 64})])
+
+
+def test_run_keeps_every_stage_and_measures_it(demo_mlp, digits_data):
+    before = state(demo_mlp)
+    run = drain(pipeline.run(demo_mlp, RECIPE, digits_data, latency_batches=(1, 8), latency_rounds=2))
+    assert [s.name for s in run.stages] == ["original", "prune.magnitude", "quantize.int8_static"]
+    assert same_state(before, state(demo_mlp)), "the original model was changed"
+    orig, pruned, int8 = (s.measurement for s in run.stages)
+    assert orig.accuracy > 0.93 and orig.agreement == 1.0 and orig.rel_error == 0.0
+    assert pruned.nonzeros < 0.6 * orig.nonzeros and pruned.parameters == orig.parameters
+    assert pruned.zip_bytes < orig.zip_bytes
+    assert int8.size_bytes < 0.4 * orig.size_bytes  # INT8 weights: a quarter of the bytes, plus scales
+    assert run.stages[2].model.framework == "onnx"
+    for m in (orig, pruned, int8):
+        assert set(m.latency_ms) == {1, 8} and all(v > 0 for v in m.latency_ms.values())
+        assert m.samples == len(digits_data.x_test)
+
+
+def test_unchanged_steps_are_reused(demo_mlp, digits_data):
+    first = drain(pipeline.run(demo_mlp, RECIPE, digits_data, latency_batches=()))
+    edited = Recipe([RECIPE.passes[0], RecipeStep("quantize.int8_static", {"calibration_samples": 32})])
+    messages = []
+    gen = pipeline.run(demo_mlp, edited, digits_data, latency_batches=(), previous=first.stages)
+    while True:
+        try:
+            messages.append(next(gen).message)
+        except StopIteration as stop:
+            second = stop.value
+            break
+    assert second.stages[1] is first.stages[1]  # pass 1 was not redone
+    assert second.stages[2] is not first.stages[2]
+    assert any("unchanged, reused" in m for m in messages)
+
+
+def test_cancel_raises_and_leaves_the_model_untouched(demo_cnn, digits_data):
+    before = state(demo_cnn)
+    cancel = threading.Event()
+    recipe = Recipe([RecipeStep("prune.magnitude", {"sparsity": 0.9, "fine_tune_epochs": 5})])
+    gen = pipeline.run(demo_cnn, recipe, digits_data, cancel_event=cancel)
+    with pytest.raises(Cancelled):
+        for progress in gen:
+            if progress.stage == 1 and "fine-tune" in progress.message:
+                cancel.set()
+    assert same_state(before, state(demo_cnn))
+
+
+def test_bad_input_fails_before_work(demo_cnn):
+    with pytest.raises(StudioError, match="needs data"):
+        drain(pipeline.run(demo_cnn, RECIPE, None))
+
+
+def test_progress_is_monotonic(demo_mlp, digits_data):
+    overall = [p.overall for p in pipeline.run(demo_mlp, RECIPE, digits_data, latency_batches=(1,), latency_rounds=1)]
+    assert overall == sorted(overall) and overall[-1] == pytest.approx(1.0)
