@@ -191,11 +191,15 @@ def run_and_export(model, recipe, data, out: Path, formats, args, progress) -> d
     return {"run": run, "report": report}
 
 
-def write_report(out: Path, report: dict) -> Path:
+def write_report(out: Path, result: dict) -> Path:
+    """report.json (machine-readable) and report.html (the same table, for people)."""
     from studio.core.fileio import atomic_write_text
+    from studio.core.report import write_html
 
+    report = result["report"]
     path = out / "report.json"
     atomic_write_text(path, json.dumps(report, indent=2, default=str))
+    write_html(out / "report.html", [result["run"]], model_name=report["model"], source=report["source"])
     return path
 
 
@@ -220,7 +224,7 @@ def cmd_run(args) -> int:
     data = open_data(args.data, model.input_shape)
     out = Path(args.out)
     result = run_and_export(model, recipe, data, out, args.export, args, ProgressLine(enabled=not args.quiet))
-    write_report(out, result["report"])
+    write_report(out, result)
     print_result(result, out, args)
     return 0 if all(e["verified"] for e in result["report"]["exports"]) else 1
 
@@ -238,7 +242,7 @@ def cmd_demo(args) -> int:
     if not args.json:
         print(f"demo: {model.name}, recipe '{recipe.name}': " + " -> ".join(s.label() for s in recipe.passes))
     result = run_and_export(model, recipe, digits(), out, ["onnx"], args, progress)
-    write_report(out, result["report"])
+    write_report(out, result)
     print_result(result, out, args)
     return 0 if all(e["verified"] for e in result["report"]["exports"]) else 1
 

@@ -113,7 +113,7 @@ def demo_recipe() -> Recipe:
     """The demo's stack: magnitude pruning with fine-tuning, then static INT8."""
     return Recipe(
         [
-            RecipeStep("prune.magnitude", {"sparsity": 0.9, "fine_tune_epochs": 8}),
+            RecipeStep("prune.magnitude", {"sparsity": 0.9, "fine_tune_epochs": 10, "learning_rate": 5e-4}),
             RecipeStep("quantize.int8_static", {}),
         ],
         name="demo: prune 90% + INT8",

@@ -72,3 +72,15 @@ def test_bad_input_fails_before_work(demo_cnn):
 def test_progress_is_monotonic(demo_mlp, digits_data):
     overall = [p.overall for p in pipeline.run(demo_mlp, RECIPE, digits_data, latency_batches=(1,), latency_rounds=1)]
     assert overall == sorted(overall) and overall[-1] == pytest.approx(1.0)
+
+
+def test_html_report_holds_the_table_and_the_chart(demo_mlp, digits_data, tmp_path):
+    from studio.core.report import write_html
+
+    run = drain(pipeline.run(demo_mlp, RECIPE, digits_data, latency_batches=(1,), latency_rounds=1))
+    png = b"\x89PNG\r\n\x1a\n-not-really"
+    path = write_html(tmp_path / "r.html", [run], png, model_name="demo-mlp<x>")
+    text = path.read_text()
+    assert "demo-mlp&lt;x&gt;" in text and "data:image/png;base64," in text
+    assert "prune.magnitude" in text and f"{run.stages[1].measurement.accuracy:.2%}" in text
+    assert "<script" not in text
