@@ -344,6 +344,12 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
     (out / "results.md").write_text(markdown(results))
+    try:
+        from .chart import render
+
+        render(results, out / "chart.png")
+    except Exception as exc:  # noqa: BLE001 - the numbers matter more than the picture
+        print(f"chart not drawn: {exc}")
     print(markdown(results))
     return results
 
