@@ -29,8 +29,10 @@ def to_onnx_proto(model: Model):
         raise StudioError(f"{model.name}: the input shape is unknown; pass --input-shape")
     import torch
 
-    module = model.obj.eval()
-    example = torch.from_numpy(model.example_input(1))
+    from .training import set_eval
+
+    module = set_eval(model.obj)
+    example = torch.from_numpy(model.example_input(2))  # batch 2: no batch-1 special cases get baked in
     buffer = io.BytesIO()
     # The TorchScript-based exporter (dynamo=False) takes ~0.2 s on the demo nets where the
     # dynamo exporter takes ~5 s, and the studio exports every stage to measure it. It is
@@ -67,6 +69,19 @@ def _export_dynamo(module, example):
     return onnx.load_from_string(program.model_proto.SerializeToString())
 
 
+def onnx_tensors(proto) -> dict:
+    """Every weight tensor an ONNX graph holds: its initializers and the values of its Constant
+    nodes (the exporter's constant folding turns some weights, e.g. attention projections, into
+    Constant nodes). Name -> TensorProto."""
+    tensors = {i.name: i for i in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type == "Constant" and node.output:
+            for attr in node.attribute:
+                if attr.name == "value" and attr.HasField("t"):
+                    tensors[node.output[0]] = attr.t
+    return tensors
+
+
 def to_onnx_model(model: Model) -> Model:
     if model.framework == ONNX:
         return model
@@ -89,11 +104,19 @@ def session(proto_or_path, threads: int = 1):
         raise StudioError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from None
 
 
+ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+             "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
+
+
+def input_dtype(sess):
+    """The numpy dtype the session's first input takes."""
+    return ORT_TYPES.get(sess.get_inputs()[0].type, np.float32)
+
+
 def run_session(sess, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Outputs of the first output for inputs x, in batches (the batch axis is dynamic)."""
     name = sess.get_inputs()[0].name
-    want = sess.get_inputs()[0].type
-    dtype = np.float16 if "float16" in want else np.float32
+    dtype = input_dtype(sess)
     outs = []
     fixed = sess.get_inputs()[0].shape[0]
     step = fixed if isinstance(fixed, int) and fixed > 0 else batch_size
@@ -110,7 +133,7 @@ def run_session(sess, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
 
 def predict(model: Model, x: np.ndarray) -> np.ndarray:
     """Outputs of any model on numpy inputs (torch in eval mode, ONNX in onnxruntime)."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    x = np.ascontiguousarray(x)
     if model.framework == TORCH:
         from .training import predict as torch_predict
 

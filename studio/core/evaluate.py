@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .convert import run_session, session, to_onnx_proto
+from .convert import input_dtype, onnx_tensors, run_session, session, to_onnx_proto
 from .data import Data
 from .model import Model
 
@@ -106,12 +106,14 @@ def count_parameters(proto) -> tuple[int, int]:
         if node.op_type == "DequantizeLinear":
             weight_inputs.add(node.input[0])
     params = nonzeros = 0
-    for init in proto.graph.initializer:
-        if init.name in side_inputs and init.name not in weight_inputs:
+    for name, init in onnx_tensors(proto).items():
+        if name in side_inputs and name not in weight_inputs:
             continue
         arr = numpy_helper.to_array(init)
-        if arr.dtype.kind in "iu" and init.name not in weight_inputs and arr.dtype.itemsize > 1:
+        if arr.dtype.kind in "iu" and name not in weight_inputs and arr.dtype.itemsize > 1:
             continue  # shapes, axes, indices
+        if arr.size <= 1 and name not in weight_inputs:
+            continue  # scalar constants (epsilons, exponents) are not parameters
         params += arr.size
         nonzeros += int(np.count_nonzero(arr))
     return params, nonzeros
@@ -170,11 +172,13 @@ def measure_latency(
     results = [dict() for _ in protos]
     sessions = [session(p, threads) for p in protos]
     names = [s.get_inputs()[0].name for s in sessions]
-    dtypes = [np.float16 if "float16" in s.get_inputs()[0].type else np.float32 for s in sessions]
+    dtypes = [input_dtype(s) for s in sessions]
     steps = len(batches) * rounds
     for bi, batch in enumerate(batches):
-        x = np.random.default_rng(0).standard_normal((batch, *input_shape[1:])).astype(np.float32)
-        feeds = [{n: x.astype(d)} for n, d in zip(names, dtypes)]
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((batch, *input_shape[1:])).astype(np.float32)
+        ids = rng.integers(0, 100, size=(batch, *input_shape[1:]))  # token ids for integer inputs
+        feeds = [{n: (ids if np.dtype(d).kind in "iu" else x).astype(d)} for n, d in zip(names, dtypes)]
         reps = []
         for s, feed in zip(sessions, feeds):  # warm-up, and how many runs fill a round
             s.run(None, feed)

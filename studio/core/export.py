@@ -16,6 +16,7 @@ from .data import Data
 from .errors import StudioError
 from .fileio import atomic_path
 from .model import ONNX, TORCH, Model
+from .training import set_eval
 
 TWO_GB = 2**31 - 1
 VERIFY_SAMPLES = 64
@@ -121,13 +122,13 @@ def _save_onnx(proto, tmp: Path, final_name: str) -> None:
 def _save_torchscript(model: Model, x, tmp: Path) -> None:
     import torch
 
-    module = model.obj.eval()
+    module = set_eval(model.obj)
     if isinstance(module, torch.jit.ScriptModule):
         scripted = module
     else:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # torch.jit is deprecated but still what many runtimes load
-            scripted = torch.jit.trace(module, torch.from_numpy(x[:1]))
+            scripted = torch.jit.trace(module, torch.from_numpy(x[:1]), check_trace=False)  # verify() checks
     torch.jit.save(scripted, str(tmp))
 
 
@@ -137,7 +138,7 @@ def _save_torch_export(model: Model, x, tmp: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.export.export(
-            model.obj.eval(), (torch.from_numpy(x[:2]),), dynamic_shapes=({0: torch.export.Dim("batch")},)
+            set_eval(model.obj), (torch.from_numpy(x[:2]),), dynamic_shapes=({0: torch.export.Dim("batch")},)
         )
         torch.export.save(program, str(tmp))
 

@@ -50,10 +50,15 @@ class Model:
         return self.framework == ONNX
 
     def example_input(self, batch: int = 1):
-        """A random float32 input of the model's shape with the given batch (numpy)."""
+        """A random input of the model's shape with the given batch (numpy): float32 values, or
+        token ids in [0, 100) for models whose input is integer (meta["input_dtype"])."""
         import numpy as np
 
         if self.input_shape is None:
             raise ValueError(f"the input shape of {self.name} is unknown: pass --input-shape")
         shape = (batch, *self.input_shape[1:])
-        return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        rng = np.random.default_rng(0)
+        dtype = self.meta.get("input_dtype", "float32")
+        if np.dtype(dtype).kind in "iu":
+            return rng.integers(0, 100, size=shape).astype(dtype)
+        return rng.standard_normal(shape).astype(np.float32)

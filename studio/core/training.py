@@ -60,6 +60,16 @@ def train(
         module.eval()
 
 
+def set_eval(module):
+    """module.eval(), for modules that allow it (torch.export's modules refuse: they are already
+    in the mode they were exported in)."""
+    try:
+        module.eval()
+    except NotImplementedError:
+        pass
+    return module
+
+
 def drain(gen):
     """Run a progress generator to the end and return its result (tests, scripts)."""
     while True:
@@ -73,10 +83,10 @@ def predict(module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
     """Logits of a torch module on numpy inputs, in eval mode, without gradients."""
     import torch
 
-    module.eval()
+    set_eval(module)
     outs = []
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
-            out = module(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])))
+            out = module(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])))  # dtype as given
             outs.append(out.detach().float().numpy())
     return np.concatenate(outs)

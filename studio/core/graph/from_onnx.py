@@ -1,0 +1,125 @@
+"""ONNX -> Graph. Quantize/Dequantize nodes are folded away: a Conv fed by a dequantized INT8
+weight shows as one int8 Conv node, as a user thinks of it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import Graph, Node
+
+FOLDED = {"QuantizeLinear", "DequantizeLinear", "Identity"}
+WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul", "MatMulNBits", "Gather"}
+
+
+def _shapes(proto) -> dict[str, tuple]:
+    """Output shapes from ONNX shape inference (batch and other symbolic dims -> 1)."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
+    except Exception:  # noqa: BLE001 - shapes are a nicety; very large or odd models may not infer
+        inferred = proto
+    shapes = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
+        tt = vi.type.tensor_type
+        if tt.HasField("shape"):
+            shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in tt.shape.dim)
+    return shapes
+
+
+def _array(init):
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(init)
+
+
+def _dtype_name(init) -> str:
+    from onnx import helper
+
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(init.data_type)).name
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def _macs(op: str, node, out_shape, in_shapes, weight_shape) -> int:
+    if out_shape is None:
+        return 0
+    out = int(np.prod(out_shape))
+    if op in ("Conv", "ConvInteger", "QLinearConv") and weight_shape is not None and len(weight_shape) >= 3:
+        return out * int(np.prod(weight_shape[1:]))  # weight: [Cout, Cin/groups, k...]
+    if op in ("Gemm",) and weight_shape is not None and len(weight_shape) == 2:
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return out * int(weight_shape[1] if trans_b else weight_shape[0])
+    if op in ("MatMul", "MatMulInteger", "QLinearMatMul") and in_shapes and in_shapes[0]:
+        return out * int(in_shapes[0][-1])
+    if op == "MatMulNBits":
+        k = next((a.i for a in node.attribute if a.name == "K"), 0)
+        return out * int(k)
+    return 0
+
+
+def graph_from_onnx(proto) -> Graph:
+    from ..convert import onnx_tensors
+
+    inits = onnx_tensors(proto)
+    shapes = _shapes(proto)
+    producer: dict[str, str] = {}  # tensor name -> node name that makes it
+    alias: dict[str, str] = {}  # output of a folded node -> its source tensor
+    weight_source: dict[str, str] = {}  # dequantized tensor -> initializer holding the int8 data
+    for node in proto.graph.node:
+        if node.op_type in FOLDED and node.input:
+            alias[node.output[0]] = node.input[0]
+            if node.op_type == "DequantizeLinear" and node.input[0] in inits:
+                weight_source[node.output[0]] = node.input[0]
+
+    def resolve(tensor: str) -> str:
+        seen = 0
+        while tensor in alias and seen < 64:
+            tensor, seen = alias[tensor], seen + 1
+        return tensor
+
+    nodes: list[Node] = []
+    used_names: set[str] = set()
+    for i, node in enumerate(proto.graph.node):
+        if node.op_type in FOLDED or node.op_type == "Constant":  # constants: weights of their consumers
+            continue
+        name = node.name or (node.output[0] if node.output else f"{node.op_type}_{i}")
+        if name in used_names:
+            name = f"{name}#{i}"
+        used_names.add(name)
+        params, pnames, dtype, weight_shape, zeros = 0, [], "float32", None, 0
+        preds = []
+        in_shapes = []
+        for j, tensor in enumerate(node.input):
+            if not tensor:
+                continue
+            source = weight_source.get(tensor) or resolve(tensor)
+            in_shapes.append(shapes.get(tensor) or shapes.get(source))
+            if source in inits:
+                init = inits[source]
+                count = int(np.prod(init.dims)) if init.dims else 1
+                if count <= 1 and j > 0 and node.op_type not in WEIGHT_OPS:
+                    continue  # scalars (scales, epsilons) are not weights
+                if init.data_type in (6, 7) and node.op_type not in ("Gather",) and not weight_source.get(tensor):
+                    continue  # int32/int64 shapes, axes, indices
+                params += count
+                pnames.append(source)
+                arr = _array(init)
+                zeros += int(arr.size - np.count_nonzero(arr))
+                if j == 1 or (node.op_type == "Gather" and j == 0) or weight_shape is None:
+                    if j <= 1:
+                        weight_shape = tuple(init.dims)
+                        dtype = _dtype_name(init)
+            elif source in producer:
+                preds.append(producer[source])
+        for out in node.output:
+            producer[out] = name
+        out_shape = shapes.get(node.output[0]) if node.output else None
+        nodes.append(Node(
+            name, node.op_type, list(dict.fromkeys(preds)), params, pnames, out_shape, dtype if params else "float32",
+            zeros / params if params else 0.0, _macs(node.op_type, node, out_shape, in_shapes, weight_shape),
+        ))
+    inputs = [i.name for i in proto.graph.input if i.name not in inits]
+    outputs = [producer.get(resolve(o.name), o.name) for o in proto.graph.output]
+    return Graph(nodes, inputs, outputs)

@@ -1,0 +1,47 @@
+"""Loading models safely. The format is found from the content, not the suffix, and no file
+runs code unless the user said they trust it:
+
+- ONNX: parsed without external data first; sidecar paths must stay inside the model's folder
+  and every declared tensor must fit the bytes that back it, before anything is allocated.
+- TorchScript, torch.export (.pt2): torch's own loaders (no Python pickle of arbitrary objects).
+- state_dict (.pt/.pth): torch.load(weights_only=True); a whole pickled module only with trust.
+- safetensors: the header is checked against the file before the tensors are read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import LoadError, TrustRequired
+from ..model import Model
+from .detect import FORMATS, detect_format
+
+__all__ = ["load", "detect_format", "FORMATS", "LoadError", "TrustRequired"]
+
+
+def load(path, *, arch: str | None = None, trust: bool = False, input_shape: tuple | None = None) -> Model:
+    """Load a model file; raises LoadError with a one-line reason."""
+    path = Path(path)
+    if not path.exists():
+        raise LoadError(f"{path}: no such file")
+    if path.is_dir():
+        raise LoadError(f"{path}: is a folder, not a model file")
+    fmt = detect_format(path)
+    if fmt == "onnx":
+        from .onnx_io import load_onnx
+
+        model = load_onnx(path)
+    elif fmt == "safetensors":
+        from .torch_io import load_safetensors
+
+        model = load_safetensors(path, arch)
+    else:
+        from .torch_io import load_torch
+
+        model = load_torch(path, fmt, arch=arch, trust=trust)
+    if input_shape is not None:
+        model.input_shape = tuple(input_shape)
+    model.source = path
+    if not model.name or model.name == "model":
+        model.name = path.stem
+    return model

@@ -1,0 +1,133 @@
+"""PyTorch files: TorchScript, torch.export programs, state_dicts (+ an architecture), safetensors,
+and whole pickled modules only with the user's trust."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import pickle
+import sys
+import warnings
+from pathlib import Path
+
+from ..errors import LoadError, TrustRequired
+from ..model import TORCH, Model
+from .detect import read_safetensors_header
+
+TRUST_HINT = ("it holds a whole pickled model, and unpickling runs code from the file. If you trust "
+              "this file, open it with --trust (in the window: confirm the prompt)")
+
+
+def resolve_arch(arch: str):
+    """`package.module:Class` or `path/to/file.py:Class` -> a new module (constructed without arguments)."""
+    if ":" not in arch:
+        raise LoadError(f"--arch takes package.module:Class or path/to/file.py:Class, not {arch!r}")
+    where, _, cls_name = arch.rpartition(":")
+    try:
+        if where.endswith(".py"):
+            file = Path(where)
+            if not file.is_file():
+                raise LoadError(f"architecture file {where} not found")
+            spec = importlib.util.spec_from_file_location(f"studio_user_arch_{file.stem}", file)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module
+            spec.loader.exec_module(module)  # the user's own architecture file, named explicitly
+        else:
+            module = importlib.import_module(where)
+        cls = getattr(module, cls_name)
+    except LoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise LoadError(f"cannot import the architecture {arch}: {exc}") from None
+    try:
+        return cls()
+    except Exception as exc:  # noqa: BLE001
+        raise LoadError(f"cannot build {arch}() without arguments: {exc}") from None
+
+
+def _with_arch(state: dict, arch: str | None, path: Path, fmt: str) -> Model:
+    import torch
+
+    if not arch:
+        raise LoadError(f"{path.name}: holds weights only ({len(state)} tensors); name the architecture with "
+                        "--arch package.module:Class or --arch path/to/file.py:Class")
+    module = resolve_arch(arch)
+    if not isinstance(module, torch.nn.Module):
+        raise LoadError(f"{arch} is not a torch.nn.Module")
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).split("\n\t")[1].strip() if "\n\t" in str(exc) else str(exc).splitlines()[0]
+        raise LoadError(f"{path.name} does not fit {arch}: {first}") from None
+    return Model(module.eval(), TORCH, None, name=path.stem, format=fmt, meta={"arch": arch})
+
+
+def load_safetensors(path: Path, arch: str | None) -> Model:
+    from safetensors.torch import load_file
+
+    read_safetensors_header(path)  # checked before any tensor is read
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001
+        raise LoadError(f"{path.name}: unreadable safetensors ({exc})") from None
+    return _with_arch(state, arch, path, "safetensors")
+
+
+def _state_dict_of(obj):
+    """A plain {name: tensor} from what torch.load returned, or None."""
+    import torch
+
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+        if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+            return obj
+    return None
+
+
+def load_torch(path: Path, fmt: str, *, arch: str | None, trust: bool) -> Model:
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if fmt == "torchscript":
+            try:
+                module = torch.jit.load(str(path), map_location="cpu")
+            except Exception as exc:  # noqa: BLE001
+                raise LoadError(f"{path.name}: unreadable TorchScript ({str(exc).splitlines()[0][:120]})") from None
+            return Model(module.eval(), TORCH, None, name=path.stem, format="torchscript")
+        if fmt == "torch_export":
+            try:
+                program = torch.export.load(str(path))
+            except Exception as exc:  # noqa: BLE001
+                raise LoadError(f"{path.name}: unreadable torch.export program ({str(exc).splitlines()[0][:120]})") from None
+            shape = None
+            example = getattr(program, "example_inputs", None)
+            if example and example[0] and hasattr(example[0][0], "shape"):
+                shape = (1, *tuple(example[0][0].shape)[1:])
+            return Model(program.module(), TORCH, shape, name=path.stem, format="torch.export")
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            if not trust:
+                raise TrustRequired(f"{path.name}: {TRUST_HINT}") from None
+            obj = _load_trusted(path)
+        except Exception as exc:  # noqa: BLE001
+            raise LoadError(f"{path.name}: unreadable PyTorch file ({str(exc).splitlines()[0][:120]})") from None
+    if isinstance(obj, torch.nn.Module):
+        return Model(obj.eval(), TORCH, None, name=path.stem, format="pickle", meta={"trusted": True})
+    state = _state_dict_of(obj)
+    if state is None:
+        raise LoadError(f"{path.name}: holds a {type(obj).__name__}, not a model or a state_dict")
+    return _with_arch(state, arch, path, "state_dict")
+
+
+def _load_trusted(path: Path):
+    import torch
+
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=False)  # the user said: trusted
+    except Exception as exc:  # noqa: BLE001
+        raise LoadError(f"{path.name}: cannot unpickle ({str(exc).splitlines()[0][:120]})") from None

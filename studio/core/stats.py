@@ -1,0 +1,135 @@
+"""Per-layer weight statistics: histogram (strided subsample of large tensors), sparsity,
+min/max/mean/std, and the 2-D weight matrix a heatmap draws. Fast on ResNet-50/BERT sizes: one
+numpy pass per tensor, no Python loops over elements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .model import ONNX, Model
+
+
+@dataclass
+class LayerStats:
+    name: str  # the layer (torch module / ONNX node)
+    tensor: str  # the parameter / initializer
+    op: str
+    shape: tuple
+    dtype: str
+    numel: int
+    nonzeros: int
+    sparsity: float
+    min: float
+    max: float
+    mean: float
+    std: float
+    hist_counts: np.ndarray
+    hist_edges: np.ndarray
+
+
+def _stats(name, tensor, op, arr: np.ndarray, dtype: str, bins: int, max_samples: int) -> LayerStats:
+    flat = arr.reshape(-1)
+    nonzeros = int(np.count_nonzero(flat))
+    sample = flat[:: max(1, flat.size // max_samples)] if flat.size > max_samples else flat
+    sample = sample.astype(np.float32, copy=False)
+    lo, hi = (float(sample.min()), float(sample.max())) if sample.size else (0.0, 0.0)
+    width = hi - lo if hi - lo > 1e-6 * max(1.0, abs(lo)) else max(1.0, abs(lo)) * 1e-3  # constant tensors
+    counts, edges = np.histogram(sample, bins=bins, range=(lo, lo + width))
+    return LayerStats(
+        name, tensor, op, tuple(arr.shape), dtype, int(flat.size), nonzeros, 1 - nonzeros / max(1, flat.size),
+        float(flat.min()) if flat.size else 0.0, float(flat.max()) if flat.size else 0.0,
+        float(sample.mean()) if sample.size else 0.0, float(sample.std()) if sample.size else 0.0, counts, edges,
+    )
+
+
+def _torch_weights(module):
+    """(layer, tensor name, op, array) of every weight tensor: parameters with >= 2 dims, and the
+    weights of normalization layers."""
+    for layer, sub in module.named_modules():
+        for pname, p in sub.named_parameters(recurse=False):
+            if p.dim() >= 2 or pname == "weight":
+                full = f"{layer}.{pname}" if layer else pname
+                op = getattr(sub, "original_name", type(sub).__name__)
+                yield layer or pname, full, op, p.detach().cpu().float().numpy(), str(p.dtype).replace("torch.", "")
+
+
+def _onnx_weights(proto):
+    """(node, initializer, op, float array, stored dtype) of each layer's weight; INT8 weights
+    behind a DequantizeLinear are dequantized (zeros stay exactly zero)."""
+    from onnx import numpy_helper
+
+    from .convert import onnx_tensors
+
+    inits = onnx_tensors(proto)
+    dq = {}
+    for node in proto.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in inits:
+            dq[node.output[0]] = node
+    for node in proto.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear", "Constant"):
+            continue
+        for j, tensor in enumerate(node.input):
+            if tensor in dq and j == 1:
+                d = dq[tensor]
+                q = numpy_helper.to_array(inits[d.input[0]])
+                arr = _dequantize(q, d, inits)
+                yield node.name or node.output[0], d.input[0], node.op_type, arr, str(q.dtype)
+            elif tensor in inits and j >= 1 or (tensor in inits and node.op_type == "Gather" and j == 0):
+                arr = numpy_helper.to_array(inits[tensor])
+                if arr.ndim >= 2 and arr.dtype.kind == "f":
+                    yield node.name or node.output[0], tensor, node.op_type, arr.astype(np.float32), str(arr.dtype)
+
+
+def _dequantize(q, node, inits) -> np.ndarray:
+    from onnx import numpy_helper
+
+    scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32) if node.input[1] in inits else np.float32(1)
+    zp = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32) if len(node.input) > 2 and node.input[2] in inits else np.float32(0)
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+    if np.ndim(scale) == 1 and q.ndim > 1:
+        shape = [1] * q.ndim
+        shape[axis] = -1
+        scale, zp = scale.reshape(shape), np.reshape(zp, shape) if np.ndim(zp) == 1 else zp
+    return (q.astype(np.float32) - zp) * scale
+
+
+def weights(model: Model):
+    return _onnx_weights(model.obj) if model.framework == ONNX else _torch_weights(model.obj)
+
+
+def layer_stats(model: Model, bins: int = 64, max_samples: int = 1_000_000) -> list[LayerStats]:
+    return [_stats(layer, tensor, op, arr, dtype, bins, max_samples) for layer, tensor, op, arr, dtype in weights(model)]
+
+
+def weight_matrix(model: Model, layer_name: str) -> np.ndarray:
+    """The layer's weight as a 2-D matrix, one row per output (channel or neuron): conv kernels
+    flattened to (out, in*kh*kw), ONNX MatMul weights transposed to (out, in)."""
+    for layer, tensor, op, arr, _ in weights(model):
+        if layer == layer_name or tensor == layer_name:
+            if arr.ndim == 1:
+                return arr[None, :]
+            if op == "MatMul" and arr.ndim == 2:
+                return arr.T
+            return arr.reshape(arr.shape[0], -1)
+    raise KeyError(f"no weight for layer '{layer_name}'")
+
+
+def parameter_count(model: Model) -> tuple[int, int]:
+    """(parameters, nonzeros) of all weights the model holds."""
+    if model.framework == ONNX:
+        from .evaluate import count_parameters
+
+        return count_parameters(model.obj)
+    total = nonzero = 0
+    for p in model.obj.parameters():
+        total += p.numel()
+        nonzero += int(p.count_nonzero())
+    return total, nonzero
+
+
+def count_macs(model: Model) -> int:
+    from .graph import build_graph
+
+    return build_graph(model).total_macs

@@ -1,0 +1,110 @@
+"""Graph, statistics and `studio inspect` on the demo nets and on real architectures exported by
+torch (ResNet, MobileNet, ViT, BERT) as ONNX and TorchScript files."""
+
+import json
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from studio.core import io, stats, zoo
+from studio.core.convert import to_onnx_model, to_onnx_proto
+from studio.core.graph import build_graph
+from studio.core.inspect import summary
+from studio.core.model import Model
+from studio.core.zoo.archs import ARCHS, INT_INPUTS
+
+
+def arch_model(name) -> Model:
+    factory, shape = ARCHS[name]
+    torch.manual_seed(0)
+    meta = {"input_dtype": "int64"} if name in INT_INPUTS else {}
+    return Model(factory().eval(), "torch", shape, name=name, meta=meta)
+
+
+def test_demo_graph_agrees_between_torch_and_onnx():
+    cnn = zoo.load("cnn")
+    g_torch, g_onnx = build_graph(cnn), build_graph(to_onnx_model(cnn))
+    assert [n.name for n in g_torch.layers()] == ["conv1", "conv2", "fc1", "fc2"]
+    assert [n.op for n in g_onnx.layers()] == ["Conv", "Conv", "Gemm", "Gemm"]
+    assert g_torch.total_parameters == g_onnx.total_parameters == 151_306
+    # by hand: 8*8*32*9 + 8*8*64*(32*9) + 1024*128 + 128*10
+    assert g_torch.total_macs == g_onnx.total_macs == 1_330_432
+    assert g_torch.node("conv2").output_shape == (1, 64, 8, 8)
+    assert ("conv1", "relu") in g_torch.edges()
+
+
+def test_int8_layers_show_as_int8_with_their_zeros():
+    from studio.core.data import digits
+    from studio.core.passes import Context, create
+    from studio.core.training import drain
+
+    cnn = zoo.load("cnn")
+    pruned = drain(create("prune.magnitude", sparsity=0.9).apply(cnn, Context())).model
+    int8 = drain(create("quantize.int8_static", calibration_samples=32).apply(pruned, Context(data=digits()))).model
+    g = build_graph(int8)
+    assert {n.dtype for n in g.layers()} == {"int8"}
+    assert [n.op for n in g.nodes].count("DequantizeLinear") == 0  # folded into the layers
+    assert g.node("/fc1/Gemm").sparsity > 0.85
+    heat = stats.weight_matrix(int8, "/fc1/Gemm")
+    assert heat.shape == (128, 1024) and (heat == 0).mean() > 0.85
+
+
+def test_stats_are_exact_on_small_tensors_and_subsample_large_ones():
+    m = zoo.load("cnn")
+    fc1 = next(s for s in stats.layer_stats(m) if s.tensor == "fc1.weight")
+    w = m.obj.fc1.weight.detach().numpy()
+    assert fc1.numel == w.size and fc1.hist_counts.sum() == w.size
+    assert fc1.min == pytest.approx(w.min()) and fc1.std == pytest.approx(w.std(), rel=1e-4)
+    big = next(s for s in stats.layer_stats(m, max_samples=1000) if s.tensor == "fc1.weight")
+    assert 1000 <= big.hist_counts.sum() < 2000 and big.min == pytest.approx(w.min())
+    assert stats.weight_matrix(m, "conv2").shape == (64, 32 * 9)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "vit_tiny", "bert_small"])
+def test_inspect_real_architectures_as_onnx_and_torchscript(tmp_path, name):
+    model = arch_model(name)
+    params = sum(p.numel() for p in model.obj.parameters())
+    onnx_path = tmp_path / f"{name}.onnx"
+    onnx.save_model(to_onnx_proto(model), str(onnx_path))
+    ts_path = tmp_path / f"{name}.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.trace(model.obj, torch.from_numpy(model.example_input(1)), check_trace=False), str(ts_path))
+    for path, fmt in ((onnx_path, "onnx"), (ts_path, "torchscript")):
+        result = subprocess.run([sys.executable, "-m", "studio", "inspect", str(path), "--json"],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        info = json.loads(result.stdout)
+        assert info["format"] == fmt
+        assert {"name", "op", "parameters"} <= info["nodes"][0].keys()
+        node_params = sum(n["parameters"] for n in info["nodes"])
+        if fmt == "torchscript":
+            assert info["parameters"] == params
+            assert node_params == params
+        else:  # ONNX folds batch norm into convs: a little fewer, never more
+            assert 0.97 * params <= info["parameters"] <= params
+            assert info["macs"] > 0
+    if name != "bert_small":
+        assert info["nodes"], "no layers"
+
+
+@pytest.mark.slow
+def test_resnet50_graph_and_stats_take_seconds(tmp_path):
+    model = arch_model("resnet50")
+    proto = to_onnx_proto(model)
+    timings = {}
+    for label, m in (("torch", model), ("onnx", Model(proto, "onnx", (1, 3, 224, 224)))):
+        start = time.perf_counter()
+        graph = build_graph(m)
+        layer_stats = stats.layer_stats(m)
+        timings[label] = time.perf_counter() - start
+        assert len(graph.nodes) > 120 and len(layer_stats) >= 53  # ONNX folds BN: 53 convs, 49 relus, 16 adds, ...
+        assert graph.total_macs == pytest.approx(4.09e9, rel=0.03)  # ResNet-50: ~4.1 GMACs
+    assert max(timings.values()) < 30, timings  # a guard only; the figure is in benchmarks/
