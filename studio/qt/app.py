@@ -1,0 +1,59 @@
+"""`studio` / `studio gui [MODEL]`: start the window."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ICON = Path(__file__).resolve().parents[2] / "resources" / "icons" / "studio.svg"
+
+
+def _webengine_env() -> None:
+    # QtWebEngine's Chromium refuses to start as root unless its sandbox is off; must be set
+    # before the first QtWebEngine import (the Netron tab imports it lazily).
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        flags = os.environ.get("QTWEBENGINE_CHROMIUM_FLAGS", "")
+        if "--no-sandbox" not in flags:
+            os.environ["QTWEBENGINE_CHROMIUM_FLAGS"] = (flags + " --no-sandbox").strip()
+
+
+def create_app(argv=None):
+    _webengine_env()
+    from PySide6.QtCore import QCoreApplication, Qt
+    from PySide6.QtGui import QIcon
+    from PySide6.QtWidgets import QApplication
+
+    # QtWebEngine must be initialised before the QApplication exists, even if it is used later
+    QCoreApplication.setAttribute(Qt.AA_ShareOpenGLContexts)
+    try:
+        import PySide6.QtWebEngineWidgets  # noqa: F401
+    except ImportError:
+        pass
+    app = QApplication.instance() or QApplication(list(argv or sys.argv[:1]))
+    app.setApplicationName("Compression Studio")
+    app.setOrganizationName("compression-studio")
+    app.setDesktopFileName("studio")
+    if ICON.is_file():
+        app.setWindowIcon(QIcon(str(ICON)))
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Open the window; with a path, open that model. On a first start, open the demo."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    app = create_app([sys.argv[0]])
+    from .main_window import MainWindow
+
+    window = MainWindow()
+    window.show()
+    if argv:
+        window.open_path(argv[0])
+    elif not window.settings.value("started", False, type=bool):
+        window.open_demo("cnn")  # a first start shows something to work on, not an empty window
+    window.settings.setValue("started", True)
+    return app.exec()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,509 @@
+"""The main window: menus, docks, and the glue between the session, the views and the workers.
+Every heavy call into studio.core runs on a worker (workers.Tasks); slots only move results
+into the session."""
+
+from __future__ import annotations
+
+import os
+import threading
+import traceback
+from pathlib import Path
+
+from PySide6.QtCore import QSettings, Qt, QTimer
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import (
+    QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox, QPushButton, QStackedWidget, QTabWidget,
+    QVBoxLayout, QWidget,
+)
+
+from studio.core.errors import Cancelled, LoadError, StudioError, TrustRequired
+from studio.core.recipe import Recipe
+
+from .session import Session, Variant
+from .views.compare import CompareView, tensor_key
+from .views.distribution import DistributionView
+from .views.graph_view import GraphView
+from .views.inspector import LayerInspector
+from .views.log_panel import LogPanel
+from .views.recipe_panel import RecipePanel
+from .views.results import ResultsTable
+from .views.tradeoff import TradeoffChart
+from .workers import Tasks
+
+MAX_RECENT = 10
+DEMO_MODELS = ("cnn", "mlp", "resnet")
+
+
+def settings() -> QSettings:
+    """STUDIO_SETTINGS=path.ini keeps tests and screenshots away from the user's settings."""
+    path = os.environ.get("STUDIO_SETTINGS")
+    return QSettings(path, QSettings.IniFormat) if path else QSettings("compression-studio", "studio")
+
+
+def prepare_variant(model, run_id=None, index=0) -> Variant:
+    """Graph, layout and statistics of a model: worker-thread work."""
+    from studio.core.graph import build_graph
+    from studio.core.stats import layer_stats
+
+    from .layout import layout
+
+    graph = build_graph(model)
+    return Variant(run_id, index, model, graph, layout(graph), layer_stats(model))
+
+
+def load_job(path: str, trust: bool):
+    from studio.core import io
+
+    return prepare_variant(io.load(path, trust=trust))
+
+
+def demo_job(name: str):
+    from studio.core import zoo
+
+    return prepare_variant(zoo.load(name))
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setWindowTitle("Compression Studio")
+        self.setAcceptDrops(True)
+        self.settings = settings()
+        self.session = Session(self)
+        self.tasks = Tasks(self)
+        self.variants: dict[tuple, Variant] = {}  # prepared variants (graph, layout, stats) by (run, stage)
+        self.data_cache: dict[str, object] = {}
+        self.cancel_event: threading.Event | None = None
+        self.error_box: QMessageBox | None = None
+        self.trust_box: QMessageBox | None = None
+        self.export_dialog = None
+        self.netron = None
+
+        s = self.session
+        self.graph_view = GraphView(s)
+        self.chart = TradeoffChart(s)
+        self.results = ResultsTable(s)
+        self.compare = CompareView(s)
+        self.inspector = LayerInspector(s)
+        self.distribution = DistributionView(s)
+        self.recipe_panel = RecipePanel(s)
+        self.log_panel = LogPanel(s)
+        self.chart.variant_clicked.connect(self.show_stage)
+        self.results.variant_clicked.connect(self.show_stage)
+        self.recipe_panel.run_requested.connect(self.run_recipe)
+        self.recipe_panel.cancel_requested.connect(self.cancel)
+
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self.graph_view, "Graph")
+        self.tabs.addTab(self.chart, "Trade-off")
+        self.tabs.addTab(self.results, "Results")
+        self.tabs.addTab(self.compare, "Compare")
+        self.netron_page = QWidget()  # the web view is created on first visit, never at start-up
+        QVBoxLayout(self.netron_page)
+        self.tabs.addTab(self.netron_page, "Netron")
+        self.tabs.currentChanged.connect(self._tab_changed)
+        self.stack = QStackedWidget()
+        self.stack.addWidget(self._welcome())
+        self.stack.addWidget(self.tabs)
+        self.setCentralWidget(self.stack)
+
+        self.docks = {}
+        for key, title, widget, area in (
+            ("recipe", "Recipe", self.recipe_panel, Qt.LeftDockWidgetArea),
+            ("inspector", "Layer inspector", self.inspector, Qt.RightDockWidgetArea),
+            ("distribution", "Parameter distribution", self.distribution, Qt.RightDockWidgetArea),
+            ("log", "Progress and log", self.log_panel, Qt.BottomDockWidgetArea),
+        ):
+            dock = QDockWidget(title, self)
+            dock.setObjectName(f"dock_{key}")
+            dock.setWidget(widget)
+            self.addDockWidget(area, dock)
+            self.docks[key] = dock
+        self.tabifyDockWidget(self.docks["inspector"], self.docks["distribution"])
+        self.docks["inspector"].raise_()
+        self._menus()
+        self.status = QLabel("Open a model to begin.")
+        self.statusBar().addWidget(self.status, 1)
+        s.model_changed.connect(self._model_changed)
+        self.tasks.busy_changed.connect(lambda busy: self.statusBar().showMessage("working…" if busy else "", 0))
+        self.resize(1400, 900)
+        geometry = self.settings.value("geometry")
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        state = self.settings.value("state")
+        if state is not None:
+            self.restoreState(state)
+        data = self.settings.value("data_spec")
+        if data:
+            s.set_data_spec(str(data))
+
+    # -- layout pieces -------------------------------------------------------------------
+    def _welcome(self) -> QWidget:
+        w = QWidget()
+        lay = QVBoxLayout(w)
+        lay.addStretch(1)
+        title = QLabel("<h1>Compression Studio</h1><p>Open a model (ONNX, TorchScript, torch.export, "
+                       "state_dict, safetensors), drop one here, or start with the demo.</p>")
+        title.setAlignment(Qt.AlignCenter)
+        lay.addWidget(title)
+        self.demo_button = QPushButton("Open demo model (a small CNN trained on digits)")
+        self.demo_button.setMinimumHeight(48)
+        self.demo_button.clicked.connect(lambda: self.open_demo("cnn"))
+        open_button = QPushButton("Open a model file…")
+        open_button.setMinimumHeight(36)
+        open_button.clicked.connect(self.open_dialog)
+        for b in (self.demo_button, open_button):
+            lay.addWidget(b, 0, Qt.AlignCenter)
+        lay.addStretch(2)
+        return w
+
+    def _action(self, menu, text, slot, shortcut=None, name=None) -> QAction:
+        action = QAction(text, self)
+        if shortcut:
+            action.setShortcut(QKeySequence(shortcut))
+        action.triggered.connect(slot)
+        menu.addAction(action)
+        if name:
+            self.actions_[name] = action
+        return action
+
+    def _menus(self) -> None:
+        self.actions_: dict[str, QAction] = {}
+        bar = self.menuBar()
+        f = bar.addMenu("&File")
+        self._action(f, "&Open…", self.open_dialog, QKeySequence.Open, "open")
+        demo = f.addMenu("Open &demo model")
+        for name in DEMO_MODELS:
+            self._action(demo, name, lambda checked=False, n=name: self.open_demo(n))
+        self.recent_menu = f.addMenu("&Recent")
+        self._fill_recent()
+        f.addSeparator()
+        self._action(f, "&Export selected variant…", self.export_selected, "Ctrl+E", "export")
+        self._action(f, "Save &report (HTML)…", self.save_report_dialog, "Ctrl+Shift+S", "report")
+        f.addSeparator()
+        self._action(f, "&Quit", self.close, QKeySequence.Quit, "quit")
+        r = bar.addMenu("&Recipe")
+        self._action(r, "&Load…", self.load_recipe_dialog, "Ctrl+L", "load_recipe")
+        self._action(r, "&Save…", self.save_recipe_dialog, QKeySequence.Save, "save_recipe")
+        self._action(r, "&Run", self.run_recipe, "Ctrl+R", "run")
+        self._action(r, "&Cancel", self.cancel, "Esc", "cancel")
+        v = bar.addMenu("&View")
+        for dock in self.docks.values():
+            v.addAction(dock.toggleViewAction())
+        self._action(v, "&Fit graph", self.graph_view.canvas.fit, "Ctrl+0")
+        self._action(v, "Find layer", lambda: self.graph_view.search.setFocus(), QKeySequence.Find)
+        self._action(v, "Show &original model", self.show_original, "Ctrl+O, O")
+
+    # -- opening -------------------------------------------------------------------------
+    def open_dialog(self) -> None:
+        from studio.core.io.detect import file_filter
+
+        path, _ = QFileDialog.getOpenFileName(self, "Open a model", self.folder("open"), file_filter())
+        if path:
+            self.open_path(path)
+
+    def open_path(self, path: str, trust: bool = False) -> None:
+        path = str(path)
+        self.log_panel.begin(f"opening {path}")
+        self.remember_folder("open", str(Path(path).parent))
+        self.tasks.start("load", load_job, path, trust,
+                         on_return=lambda v: self._opened(v, path),
+                         on_error=lambda e: self._open_failed(e, path))
+
+    def open_demo(self, name: str = "cnn") -> None:
+        self.log_panel.begin(f"opening the demo model '{name}'")
+        self.tasks.start("load", demo_job, name, on_return=lambda v: self._opened(v, None),
+                         on_error=lambda e: self._open_failed(e, f"demo {name}"))
+
+    def _opened(self, variant: Variant, path: str | None) -> None:
+        self.cancel()
+        self.tasks.drop("run")
+        self.variants = {variant.key: variant}
+        self.session.set_model(variant)
+        if path:
+            self._add_recent(path)
+        m = variant.model
+        self.log_panel.end(f"opened {m.name} ({m.framework}, {m.format}): {len(variant.graph.nodes)} nodes, "
+                           f"{variant.graph.total_parameters:,} parameters")
+
+    def _open_failed(self, exc: Exception, what: str) -> None:
+        if isinstance(exc, TrustRequired):
+            self.log_panel.end(f"{what}: asks for trust")
+            self.ask_trust(what, str(exc))
+            return
+        reason = str(exc) if isinstance(exc, StudioError) else f"{type(exc).__name__}: {exc}"
+        self.log_panel.end(f"could not open {what}: {reason}")
+        details = "".join(traceback.format_exception(exc)) if not isinstance(exc, LoadError) else f"{what}\n{reason}"
+        self.show_error("Cannot open the model", reason.splitlines()[0] if reason else "unknown error", details)
+
+    def ask_trust(self, path: str, reason: str) -> None:
+        box = QMessageBox(QMessageBox.Warning, "Trust this file?",
+                          f"{reason}\n\nLoading it runs Python code stored in the file. "
+                          "Only continue if you trust where it came from.",
+                          QMessageBox.Yes | QMessageBox.No, self)
+        box.setDefaultButton(QMessageBox.No)
+        box.button(QMessageBox.Yes).setText("Trust and open")
+        box.finished.connect(lambda result: result == QMessageBox.Yes and self.open_path(path, trust=True))
+        self.trust_box = box
+        box.open()  # not exec(): no nested event loop, tests can answer it
+
+    def show_error(self, title: str, reason: str, details: str = "") -> None:
+        box = QMessageBox(QMessageBox.Critical, title, reason, QMessageBox.Ok, self)
+        if details:
+            box.setDetailedText(details)
+        self.error_box = box
+        box.open()
+
+    def _model_changed(self) -> None:
+        self.stack.setCurrentIndex(1 if self.session.model is not None else 0)
+        m = self.session.model
+        if m is not None:
+            self.setWindowTitle(f"{m.name} — Compression Studio")
+            self.status.setText(f"{m.name} · {m.framework} · input {m.input_shape}")
+            if self.netron is not None:
+                self.netron.show_variant(self.session.current)
+
+    # -- recent files and folders --------------------------------------------------------
+    def recent(self) -> list[str]:
+        value = self.settings.value("recent", [])
+        return [value] if isinstance(value, str) else list(value or [])
+
+    def _add_recent(self, path: str) -> None:
+        path = str(Path(path).resolve())
+        items = [path] + [p for p in self.recent() if p != path]
+        self.settings.setValue("recent", items[:MAX_RECENT])
+        self._fill_recent()
+
+    def _fill_recent(self) -> None:
+        self.recent_menu.clear()
+        for path in self.recent():
+            a = self.recent_menu.addAction(path)
+            a.triggered.connect(lambda checked=False, p=path: self.open_path(p))
+        self.recent_menu.setEnabled(bool(self.recent()))
+
+    def folder(self, kind: str) -> str:
+        return str(self.settings.value(f"folders/{kind}", str(Path.home())))
+
+    def remember_folder(self, kind: str, folder: str) -> None:
+        self.settings.setValue(f"folders/{kind}", folder)
+
+    # -- drag and drop -------------------------------------------------------------------
+    def dragEnterEvent(self, event) -> None:
+        if event.mimeData().hasUrls() and any(u.isLocalFile() for u in event.mimeData().urls()):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:
+        files = [u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()]
+        if not files:
+            return
+        event.acceptProposedAction()
+        if files[0].endswith((".yaml", ".yml")):
+            self.load_recipe(files[0])
+        else:
+            self.open_path(files[0])
+
+    # -- variants ------------------------------------------------------------------------
+    def show_original(self) -> None:
+        if self.session.original is not None:
+            self._show(self.session.original)
+
+    def show_stage(self, run_id: str, index: int) -> None:
+        stage = self.session.stage(run_id, index)
+        if stage is None:
+            return
+        if index == 0:  # stage 0 is the open model itself
+            self._show(self.session.original)
+            self.session.current = Variant(run_id, 0, self.session.original.model, self.session.original.graph,
+                                           self.session.original.layout, self.session.original.stats)
+            self.session.stage_selected.emit()
+            return
+        cached = self.variants.get((run_id, index))
+        if cached is not None:
+            self._show(cached)
+            return
+        generation = self.session.generation
+        self.log_panel.append(f"preparing run {run_id}, stage {index}")
+
+        def done(variant):
+            if generation == self.session.generation:
+                self.variants[variant.key] = variant
+                self._show(variant)
+
+        self.tasks.start("variant", prepare_variant, stage.model, run_id, index, on_return=done,
+                         on_error=lambda e: self.log_panel.append(f"cannot show stage {index}: {e}"))
+
+    def _show(self, variant: Variant) -> None:
+        """Show a variant; the selected layers follow to their counterparts in it."""
+        old = self.session.current
+        keys = set()
+        if old is not None:
+            keys = {tensor_key(s.tensor) for s in old.stats if s.name in self.session.selected_layers}
+        self.session.show_variant(variant)
+        mapped = [s.name for s in variant.stats if tensor_key(s.tensor) in keys]
+        if mapped:
+            self.session.select_layers(mapped)
+        if self.netron is not None:
+            self.netron.show_variant(variant)
+
+    # -- running -------------------------------------------------------------------------
+    def data_for(self, spec: str, input_shape):
+        """Open (and cache) the evaluation data: called on workers."""
+        from studio.core.data import open_data
+
+        key = f"{spec}|{input_shape}"
+        if key not in self.data_cache:
+            self.data_cache[key] = open_data(spec, input_shape)
+        return self.data_cache[key]
+
+    def run_recipe(self) -> None:
+        s = self.session
+        if s.model is None:
+            self.recipe_panel.error.setText("Open a model first.")
+            return
+        if self.tasks.running("run"):
+            return
+        recipe = Recipe([type(st)(st.id, dict(st.options), st.enabled) for st in s.recipe.passes], s.recipe.name)
+        if not recipe.enabled_steps():
+            self.recipe_panel.error.setText("Add a pass to the recipe first.")
+            return
+        try:
+            recipe.validate()
+        except StudioError as exc:
+            self.recipe_panel.error.setText(str(exc))
+            return
+        self.recipe_panel.error.setText("")
+        self.cancel_event = threading.Event()
+        generation = s.generation
+        model, spec, previous = s.model, s.data_spec, s.previous_stages()
+        latency = getattr(self, "latency_batches", (1, 32))
+
+        def job(cancel_event):
+            from studio.core.pipeline import run
+
+            data = self.data_for(spec, model.input_shape)
+            return (yield from run(model, recipe, data, latency_batches=latency, cancel_event=cancel_event,
+                                   previous=previous))
+
+        def done(result):
+            self.recipe_panel.set_running(False)
+            if generation != s.generation or self.cancel_event is None or self.cancel_event.is_set():
+                self.log_panel.end("run finished for a model no longer open: dropped")
+                return
+            result.data_name = spec
+            s.add_run(result)
+            last = result.stages[-1].measurement
+            q = f"{last.quality:.2%} {last.quality_label}" if last and last.quality is not None else ""
+            self.log_panel.end(f"run {result.id} done: {len(result.stages) - 1} passes · last stage {q}")
+            for st in result.stages:
+                for w in st.warnings:
+                    self.log_panel.append(f"⚠ {st.label}: {w}")
+            self.tabs.setCurrentWidget(self.chart)
+
+        def failed(exc):
+            self.recipe_panel.set_running(False)
+            if isinstance(exc, Cancelled):
+                self.log_panel.end("run cancelled: the model is unchanged and no result was added")
+            else:
+                reason = str(exc) if isinstance(exc, StudioError) else f"{type(exc).__name__}: {exc}"
+                self.log_panel.end(f"run failed: {reason}")
+                self.recipe_panel.error.setText(reason)
+                if not isinstance(exc, StudioError):
+                    self.log_panel.append("".join(traceback.format_exception(exc)))
+
+        self.recipe_panel.set_running(True)
+        self.log_panel.begin(f"running {' → '.join(st.label() for st in recipe.enabled_steps())} on {spec}")
+        self.settings.setValue("data_spec", spec)
+        self.tasks.start("run", job, self.cancel_event, _cancel=self.cancel_event,
+                         on_yield=self.log_panel.progress, on_return=done, on_error=failed)
+
+    def cancel(self) -> None:
+        if self.cancel_event is not None and not self.cancel_event.is_set() and self.tasks.running("run"):
+            self.cancel_event.set()
+            self.log_panel.append("cancelling…")
+
+    # -- recipes -------------------------------------------------------------------------
+    def load_recipe_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load a recipe", self.folder("recipe"), "Recipes (*.yaml *.yml)")
+        if path:
+            self.load_recipe(path)
+
+    def load_recipe(self, path: str) -> None:
+        try:
+            recipe = Recipe.load(path)
+        except StudioError as exc:
+            self.show_error("Cannot load the recipe", str(exc))
+            return
+        self.remember_folder("recipe", str(Path(path).parent))
+        self.session.set_recipe(recipe)
+        self.log_panel.append(f"recipe loaded from {path}")
+
+    def save_recipe_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save the recipe", str(Path(self.folder("recipe")) / "recipe.yaml"),
+                                              "Recipes (*.yaml *.yml)")
+        if path:
+            self.save_recipe(path)
+
+    def save_recipe(self, path: str) -> None:
+        try:
+            self.session.recipe.save(path)
+        except StudioError as exc:
+            self.show_error("Cannot save the recipe", str(exc))
+            return
+        self.remember_folder("recipe", str(Path(path).parent))
+        self.log_panel.append(f"recipe saved to {path}")
+
+    # -- export and report ---------------------------------------------------------------
+    def export_selected(self):
+        from .views.export_dialog import ExportDialog
+
+        v = self.session.current
+        if v is None:
+            return None
+        model = v.model
+        data = self.data_cache.get(f"{self.session.data_spec}|{model.input_shape}")
+        self.export_dialog = ExportDialog(self, v, data, self.folder("export"))
+        self.export_dialog.open()
+        return self.export_dialog
+
+    def save_report_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save a report", str(Path(self.folder("report")) / "report.html"),
+                                              "HTML (*.html)")
+        if path:
+            self.save_report(path)
+
+    def save_report(self, path: str) -> Path | None:
+        from studio.core.report import write_html
+
+        m = self.session.model
+        if m is None:
+            return None
+        png = self.chart.png_bytes() if self.session.runs else None
+        out = write_html(path, self.session.runs, png, model_name=m.name, source=str(m.source or m.format))
+        self.remember_folder("report", str(Path(path).parent))
+        self.log_panel.append(f"report written to {out}")
+        return out
+
+    # -- Netron --------------------------------------------------------------------------
+    def _tab_changed(self, index: int) -> None:
+        if self.tabs.widget(index) is self.netron_page and self.netron is None:
+            from .views.netron_view import NetronView
+
+            self.netron = NetronView(self)
+            self.netron_page.layout().addWidget(self.netron)
+            self.netron.show_variant(self.session.current)
+
+    # -- quitting ------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        """Cancel and wait for every worker; stop the Netron server."""
+        if self.cancel_event is not None:
+            self.cancel_event.set()
+        self.tasks.wait()
+        if self.netron is not None:
+            self.netron.stop()
+
+    def closeEvent(self, event) -> None:
+        self.settings.setValue("geometry", self.saveGeometry())
+        self.settings.setValue("state", self.saveState())
+        self.settings.sync()
+        self.shutdown()
+        super().closeEvent(event)

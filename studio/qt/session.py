@@ -1,0 +1,104 @@
+"""The session: the one place the window's data lives (open model, its graph and statistics,
+the recipe, the runs, what is selected). Views listen to its signals and never own data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from PySide6.QtCore import QObject, Signal
+
+from studio.core.recipe import Recipe
+
+
+@dataclass
+class Variant:
+    """What the views show for one model: the original (run_id None) or a run's stage."""
+
+    run_id: str | None
+    index: int
+    model: object  # studio.core.model.Model
+    graph: object = None  # studio.core.graph.Graph, filled by a worker
+    layout: dict = field(default_factory=dict)
+    stats: list = field(default_factory=list)  # list[LayerStats]
+
+    @property
+    def key(self) -> tuple:
+        return (self.run_id, self.index)
+
+
+class Session(QObject):
+    model_changed = Signal()  # a new model is open (or closed)
+    stage_selected = Signal()  # the variant shown changed (original or a run's stage)
+    runs_changed = Signal()
+    selection_changed = Signal()  # selected layers changed
+    recipe_changed = Signal()
+    data_changed = Signal()
+    log = Signal(str)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.original: Variant | None = None
+        self.current: Variant | None = None
+        self.runs: list = []  # list[studio.core.pipeline.Run]
+        self.selected_layers: list[str] = []
+        self.recipe = Recipe([], name="recipe")
+        self.data_spec = "digits"
+        self.generation = 0  # bumps on every model change: results for an older model are dropped
+
+    # -- model ---------------------------------------------------------------------------
+    @property
+    def model(self):
+        return self.original.model if self.original else None
+
+    def set_model(self, variant: Variant) -> None:
+        self.generation += 1
+        self.original = variant
+        self.current = variant
+        self.runs = []
+        self.selected_layers = []
+        self.model_changed.emit()
+        self.runs_changed.emit()
+        self.stage_selected.emit()
+        self.selection_changed.emit()
+
+    # -- runs and variants ---------------------------------------------------------------
+    def add_run(self, run) -> None:
+        self.runs.append(run)
+        self.runs_changed.emit()
+
+    def run(self, run_id: str):
+        return next((r for r in self.runs if r.id == run_id), None)
+
+    def stage(self, run_id: str | None, index: int):
+        if run_id is None:
+            return None
+        run = self.run(run_id)
+        return run.stages[index] if run and 0 <= index < len(run.stages) else None
+
+    def show_variant(self, variant: Variant) -> None:
+        self.current = variant
+        self.stage_selected.emit()
+
+    def previous_stages(self):
+        """The last run's stages, so an edited recipe reuses the unchanged prefix."""
+        return self.runs[-1].stages if self.runs else None
+
+    # -- selection -----------------------------------------------------------------------
+    def select_layers(self, names: list[str]) -> None:
+        names = list(dict.fromkeys(names))
+        if names != self.selected_layers:
+            self.selected_layers = names
+            self.selection_changed.emit()
+
+    @property
+    def selected_layer(self) -> str | None:
+        return self.selected_layers[0] if self.selected_layers else None
+
+    # -- recipe and data -----------------------------------------------------------------
+    def set_recipe(self, recipe: Recipe) -> None:
+        self.recipe = recipe
+        self.recipe_changed.emit()
+
+    def set_data_spec(self, spec: str) -> None:
+        self.data_spec = spec
+        self.data_changed.emit()

@@ -1,0 +1,1 @@
+"""The window's views; each listens to the Session and owns no data."""

@@ -1,0 +1,291 @@
+"""The recipe: passes from the registry, in order, each enabled or not, with its options as a
+form drawn from the pass's pydantic config schema. "Apply to selection" fills a pass's targets
+with the layers selected in the graph. Also where the evaluation data is chosen."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
+    QLineEdit, QListWidget, QListWidgetItem, QPushButton, QSpinBox, QVBoxLayout, QWidget,
+)
+
+from studio.core.errors import StudioError
+from studio.core.passes import all_passes
+from studio.core.recipe import RecipeStep
+
+DATA_CHOICES = [("digits", "Built-in digits (labelled)"), ("random", "Random inputs (agreement)"),
+                ("npz", "A .npz file…"), ("folder", "An image folder…")]
+
+
+def _resolve(schema: dict, prop: dict) -> dict:
+    if "$ref" in prop:
+        return schema.get("$defs", {}).get(prop["$ref"].split("/")[-1], prop)
+    if "allOf" in prop and len(prop["allOf"]) == 1:
+        return {**_resolve(schema, prop["allOf"][0]), **{k: v for k, v in prop.items() if k != "allOf"}}
+    return prop
+
+
+class OptionsForm(QWidget):
+    """One editor per config field, built from model_json_schema()."""
+
+    changed = Signal()
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.form = QFormLayout(self)
+        self.editors: dict[str, tuple[str, QWidget]] = {}
+
+    def build(self, pass_cls, options: dict) -> None:
+        while self.form.rowCount():
+            self.form.removeRow(0)
+        self.editors = {}
+        schema = pass_cls.Config.model_json_schema()
+        for name, raw in schema.get("properties", {}).items():
+            prop = _resolve(schema, raw)
+            value = options.get(name, prop.get("default"))
+            kind = prop.get("type")
+            if "enum" in prop:
+                w = QComboBox()
+                w.addItems([str(v) for v in prop["enum"]])
+                w.setCurrentText(str(value))
+                w.currentTextChanged.connect(self.changed)
+                kind = "enum"
+            elif kind == "boolean":
+                w = QCheckBox()
+                w.setChecked(bool(value))
+                w.toggled.connect(self.changed)
+            elif kind == "integer":
+                w = QSpinBox()
+                w.setRange(int(prop.get("minimum", prop.get("exclusiveMinimum", -1) + 1)),
+                           int(prop.get("maximum", 10**9)))
+                w.setValue(int(value or 0))
+                w.valueChanged.connect(self.changed)
+            elif kind == "number":
+                w = QDoubleSpinBox()
+                w.setDecimals(5)
+                lo = prop.get("minimum", prop.get("exclusiveMinimum", -1e9))
+                hi = prop.get("maximum", prop.get("exclusiveMaximum", 1e9))
+                if "exclusiveMaximum" in prop:
+                    hi -= 1e-5
+                w.setRange(float(lo), float(hi))
+                w.setSingleStep(0.05 if hi <= 1 else 1.0)
+                w.setValue(float(value or 0))
+                w.valueChanged.connect(self.changed)
+            else:  # lists of layer names / patterns, or text
+                w = QLineEdit(", ".join(value) if isinstance(value, list) else str(value or ""))
+                w.setPlaceholderText("all layers" if name == "targets" else "comma separated")
+                w.editingFinished.connect(self.changed)
+                kind = "array" if kind == "array" else "string"
+            w.setToolTip(prop.get("description", ""))
+            w.setObjectName(f"option_{name}")
+            self.editors[name] = (kind, w)
+            self.form.addRow(prop.get("title", name), w)
+
+    def values(self) -> dict:
+        out = {}
+        for name, (kind, w) in self.editors.items():
+            if kind == "enum":
+                out[name] = w.currentText()
+            elif kind == "boolean":
+                out[name] = w.isChecked()
+            elif kind in ("integer", "number"):
+                out[name] = w.value()
+            elif kind == "array":
+                out[name] = [t.strip() for t in w.text().split(",") if t.strip()]
+            else:
+                out[name] = w.text()
+        return out
+
+    def set_value(self, name: str, value) -> None:
+        kind, w = self.editors[name]
+        if kind == "array":
+            w.setText(", ".join(value))
+        elif kind == "enum":
+            w.setCurrentText(str(value))
+        elif kind == "boolean":
+            w.setChecked(bool(value))
+        elif kind in ("integer", "number"):
+            w.setValue(value)
+        else:
+            w.setText(str(value))
+        self.changed.emit()
+
+
+class RecipePanel(QWidget):
+    run_requested = Signal()
+    cancel_requested = Signal()
+
+    def __init__(self, session, parent=None):
+        super().__init__(parent)
+        self.session = session
+        self.passes = all_passes()
+        self.add_box = QComboBox()
+        for pid, cls in self.passes.items():
+            self.add_box.addItem(f"{cls.title} ({pid})", pid)
+            self.add_box.setItemData(self.add_box.count() - 1, cls.description, Qt.ToolTipRole)
+        add = QPushButton("Add")
+        add.clicked.connect(lambda: self.add_pass(self.add_box.currentData()))
+        self.list = QListWidget()
+        self.list.currentRowChanged.connect(self._show_form)
+        self.list.itemChanged.connect(self._item_toggled)
+        up, down, remove = QPushButton("Up"), QPushButton("Down"), QPushButton("Remove")
+        up.clicked.connect(lambda: self.move(-1))
+        down.clicked.connect(lambda: self.move(1))
+        remove.clicked.connect(self.remove)
+        self.apply_sel = QPushButton("Apply to selection")
+        self.apply_sel.setToolTip("Set this pass's targets to the layers selected in the graph")
+        self.apply_sel.clicked.connect(self.apply_to_selection)
+        self.form_box = QGroupBox("Options")
+        self.form = OptionsForm()
+        self.form.changed.connect(self._form_changed)
+        self.description = QLabel()
+        self.description.setWordWrap(True)
+        fl = QVBoxLayout(self.form_box)
+        fl.addWidget(self.description)
+        fl.addWidget(self.form)
+        fl.addWidget(self.apply_sel)
+        self.data_box = QComboBox()
+        for key, label in DATA_CHOICES:
+            self.data_box.addItem(label, key)
+        self.data_box.activated.connect(self._data_chosen)
+        self.data_label = QLabel("digits")
+        self.run_button = QPushButton("Run  (Ctrl+R)")
+        self.run_button.clicked.connect(self.run_requested)
+        self.cancel_button = QPushButton("Cancel  (Esc)")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel_requested)
+        self.error = QLabel()
+        self.error.setStyleSheet("color: #c0392b")
+        self.error.setWordWrap(True)
+
+        row = QHBoxLayout()
+        row.addWidget(self.add_box, 1)
+        row.addWidget(add)
+        moves = QHBoxLayout()
+        for b in (up, down, remove):
+            moves.addWidget(b)
+        data = QHBoxLayout()
+        data.addWidget(QLabel("Data"))
+        data.addWidget(self.data_box, 1)
+        runs = QHBoxLayout()
+        runs.addWidget(self.run_button)
+        runs.addWidget(self.cancel_button)
+        lay = QVBoxLayout(self)
+        lay.addLayout(row)
+        lay.addWidget(self.list, 1)
+        lay.addLayout(moves)
+        lay.addWidget(self.form_box, 2)
+        lay.addLayout(data)
+        lay.addWidget(self.data_label)
+        lay.addLayout(runs)
+        lay.addWidget(self.error)
+        self._filling = False
+        session.recipe_changed.connect(self.refresh)
+        session.data_changed.connect(lambda: self.data_label.setText(session.data_spec))
+
+    # -- the list ------------------------------------------------------------------------
+    @property
+    def steps(self) -> list[RecipeStep]:
+        return self.session.recipe.passes
+
+    def refresh(self) -> None:
+        self._filling = True
+        row = self.list.currentRow()
+        self.list.clear()
+        for step in self.steps:
+            item = QListWidgetItem(step.label())
+            item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
+            item.setCheckState(Qt.Checked if step.enabled else Qt.Unchecked)
+            self.list.addItem(item)
+        self._filling = False
+        if self.steps:
+            self.list.setCurrentRow(min(max(row, 0), len(self.steps) - 1))
+        else:
+            self._show_form(-1)
+
+    def add_pass(self, pass_id: str) -> None:
+        self.steps.append(RecipeStep(pass_id, {}))
+        self.session.recipe_changed.emit()
+        self.list.setCurrentRow(len(self.steps) - 1)
+
+    def move(self, delta: int) -> None:
+        i = self.list.currentRow()
+        j = i + delta
+        if 0 <= i < len(self.steps) and 0 <= j < len(self.steps):
+            self.steps[i], self.steps[j] = self.steps[j], self.steps[i]
+            self.session.recipe_changed.emit()
+            self.list.setCurrentRow(j)
+
+    def remove(self) -> None:
+        i = self.list.currentRow()
+        if 0 <= i < len(self.steps):
+            del self.steps[i]
+            self.session.recipe_changed.emit()
+
+    def _item_toggled(self, item) -> None:
+        if self._filling:
+            return
+        i = self.list.row(item)
+        self.steps[i].enabled = item.checkState() == Qt.Checked
+
+    # -- the form ------------------------------------------------------------------------
+    def _show_form(self, row: int) -> None:
+        self.form_box.setEnabled(0 <= row < len(self.steps))
+        if not 0 <= row < len(self.steps):
+            self.form.build(type("Empty", (), {"Config": _Empty}), {})
+            self.description.setText("")
+            return
+        step = self.steps[row]
+        cls = self.passes[step.id]
+        self.description.setText(f"<b>{cls.title}</b>: {cls.description}")
+        self._filling = True
+        self.form.build(cls, step.options)
+        self._filling = False
+
+    def _form_changed(self) -> None:
+        if self._filling:
+            return
+        i = self.list.currentRow()
+        if not 0 <= i < len(self.steps):
+            return
+        step = self.steps[i]
+        values = self.form.values()
+        try:  # keep only what differs from the defaults, validated by the pass itself
+            options = self.passes[step.id](**values).options()
+        except Exception as exc:  # pydantic ValidationError: show, keep the old options
+            self.error.setText(str(exc).splitlines()[0])
+            return
+        self.error.setText("")
+        step.options = options
+        self.list.item(i).setText(step.label())
+
+    def apply_to_selection(self) -> None:
+        if self.list.currentRow() < 0 or "targets" not in self.form.editors:
+            return
+        self.form.set_value("targets", list(self.session.selected_layers))
+
+    # -- data ----------------------------------------------------------------------------
+    def _data_chosen(self, index: int) -> None:
+        key = self.data_box.itemData(index)
+        if key == "npz":
+            path, _ = QFileDialog.getOpenFileName(self, "Evaluation data", "", "NumPy archive (*.npz)")
+            if not path:
+                return
+            key = path
+        elif key == "folder":
+            path = QFileDialog.getExistingDirectory(self, "Image folder (one sub-folder per class)")
+            if not path:
+                return
+            key = path
+        self.session.set_data_spec(key)
+
+    def set_running(self, running: bool) -> None:
+        self.run_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+
+
+class _Empty:
+    @staticmethod
+    def model_json_schema():
+        return {"properties": {}}

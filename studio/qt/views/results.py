@@ -1,0 +1,77 @@
+"""All variants in a sortable table (QSortFilterProxyModel), the same numbers as the chart."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QSortFilterProxyModel, Qt, Signal
+from PySide6.QtGui import QStandardItem, QStandardItemModel
+from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QLineEdit, QTableView, QVBoxLayout, QWidget
+
+COLUMNS = ["Run", "Stage", "Quality", "File bytes", "Zip bytes", "Parameters", "Nonzeros", "MACs",
+           "Latency b1 (ms)", "Latency bN (ms)", "Pass seconds", "Recipe"]
+SORT = Qt.UserRole + 1
+
+
+def _item(text: str, value=None) -> QStandardItem:
+    item = QStandardItem(text)
+    item.setEditable(False)
+    item.setData(value if value is not None else text, SORT)
+    if value is not None and not isinstance(value, str):
+        item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
+    return item
+
+
+class ResultsTable(QWidget):
+    variant_clicked = Signal(str, int)
+
+    def __init__(self, session, parent=None):
+        super().__init__(parent)
+        self.session = session
+        self.model = QStandardItemModel(0, len(COLUMNS), self)
+        self.model.setHorizontalHeaderLabels(COLUMNS)
+        self.proxy = QSortFilterProxyModel(self)
+        self.proxy.setSourceModel(self.model)
+        self.proxy.setSortRole(SORT)
+        self.proxy.setFilterKeyColumn(-1)
+        self.proxy.setFilterCaseSensitivity(Qt.CaseInsensitive)
+        self.view = QTableView()
+        self.view.setModel(self.proxy)
+        self.view.setSortingEnabled(True)
+        self.view.setSelectionBehavior(QAbstractItemView.SelectRows)
+        self.view.setSelectionMode(QAbstractItemView.SingleSelection)
+        self.view.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
+        self.view.clicked.connect(self._clicked)
+        self.filter = QLineEdit(placeholderText="Filter")
+        self.filter.textChanged.connect(self.proxy.setFilterFixedString)
+        lay = QVBoxLayout(self)
+        lay.addWidget(self.filter)
+        lay.addWidget(self.view)
+        session.runs_changed.connect(self.refresh)
+
+    def refresh(self) -> None:
+        self.model.removeRows(0, self.model.rowCount())
+        for run in self.session.runs:
+            for s in run.stages:
+                m = s.measurement
+                q = m.quality if m else None
+                lat = m.latency_ms if m else {}
+                bn = [b for b in lat if b > 1]
+                row = [
+                    _item(run.id), _item(s.label, s.index),
+                    _item(f"{q:.2%} {m.quality_label}" if q is not None else "–", q if q is not None else -1.0),
+                    _item(f"{m.size_bytes:,}" if m else "–", m.size_bytes if m else 0),
+                    _item(f"{m.zip_bytes:,}" if m else "–", m.zip_bytes if m else 0),
+                    _item(f"{m.parameters:,}" if m else "–", m.parameters if m else 0),
+                    _item(f"{m.nonzeros:,}" if m else "–", m.nonzeros if m else 0),
+                    _item(f"{m.macs:,}" if m else "–", m.macs if m else 0),
+                    _item(f"{lat[1]:.3f}" if 1 in lat else "–", lat.get(1, 0.0)),
+                    _item(f"{lat[max(bn)]:.3f} (b{max(bn)})" if bn else "–", lat[max(bn)] if bn else 0.0),
+                    _item(f"{s.seconds:.1f}", s.seconds),
+                    _item(" → ".join(st.label() for st in s.steps) or "original"),
+                ]
+                row[0].setData((run.id, s.index), Qt.UserRole + 2)
+                self.model.appendRow(row)
+
+    def _clicked(self, index) -> None:
+        src = self.proxy.mapToSource(index)
+        rid, idx = self.model.item(src.row(), 0).data(Qt.UserRole + 2)
+        self.variant_clicked.emit(rid, idx)

@@ -1,0 +1,123 @@
+"""The trade-off chart: one point per stage of every run, quality against a footprint the user
+picks, the Pareto front drawn. Hover shows the recipe and numbers; a click selects the variant.
+Items are created once and updated with setData (pyqtgraph's fast path)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+
+from studio.core.evaluate import FOOTPRINTS
+
+RUN_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+
+
+def stage_points(runs, key: str):
+    """[(x, quality, run_id, index, tip)] for every measured stage with that footprint."""
+    points = []
+    for run in runs:
+        for stage in run.stages:
+            m = stage.measurement
+            if m is None or m.quality is None:
+                continue
+            x = m.footprint(key)
+            if x is None:
+                continue
+            steps = " → ".join(s.label() for s in stage.steps) or "original"
+            tip = (f"run {run.id} · {stage.label}\n{steps}\n{m.quality_label} {m.quality:.2%}\n"
+                   f"size {m.size_bytes:,} B · zip {m.zip_bytes:,} B\nparameters {m.parameters:,} · "
+                   f"nonzeros {m.nonzeros:,}\nMACs {m.macs:,}\n"
+                   + " · ".join(f"batch {b}: {ms:.3f} ms" for b, ms in sorted(m.latency_ms.items())))
+            points.append((float(x), float(m.quality), run.id, stage.index, tip))
+    return points
+
+
+def pareto_front(points):
+    """Smaller footprint and higher quality win: the points no other point beats on both."""
+    front, best = [], -np.inf
+    for p in sorted(points, key=lambda p: (p[0], -p[1])):
+        if p[1] > best:
+            front.append(p)
+            best = p[1]
+    return front
+
+
+class TradeoffChart(QWidget):
+    variant_clicked = Signal(str, int)  # run id, stage index
+
+    def __init__(self, session, parent=None):
+        super().__init__(parent)
+        self.session = session
+        self.axis = QComboBox()
+        for key, label in FOOTPRINTS.items():
+            self.axis.addItem(label, key)
+        self.axis.setCurrentIndex(list(FOOTPRINTS).index("zip_bytes"))
+        self.axis.currentIndexChanged.connect(self.refresh)
+        self.plot = pg.PlotWidget()
+        self.plot.showGrid(x=True, y=True, alpha=0.3)
+        self.plot.setLabel("left", "quality (held-out)")
+        self.plot.getAxis("left").enableAutoSIPrefix(False)  # 0.978, not 978 (x0.001)
+        self.front = self.plot.plot([], [], pen=pg.mkPen("#888888", width=1.5, style=pg.QtCore.Qt.DashLine))
+        self.scatter = pg.ScatterPlotItem(hoverable=True, size=12, tip=self._tip,
+                                          hoverPen=pg.mkPen("k", width=2), hoverSize=16)
+        self.scatter.sigClicked.connect(self._clicked)
+        self.plot.addItem(self.scatter)
+        self.chosen = pg.ScatterPlotItem(size=20, brush=None, pen=pg.mkPen("#d62728", width=3))
+        self.plot.addItem(self.chosen)
+        self.legend = QLabel()
+        bar = QHBoxLayout()
+        bar.addWidget(QLabel("Footprint"))
+        bar.addWidget(self.axis)
+        bar.addWidget(self.legend, 1)
+        lay = QVBoxLayout(self)
+        lay.addLayout(bar)
+        lay.addWidget(self.plot)
+        self.points = []
+        session.runs_changed.connect(self.refresh)
+        session.stage_selected.connect(self._mark_selected)
+
+    def _tip(self, x, y, data):
+        return data[2] if isinstance(data, tuple) else ""
+
+    def refresh(self) -> None:
+        key = self.axis.currentData()
+        self.plot.setLabel("bottom", FOOTPRINTS[key])
+        self.points = stage_points(self.session.runs, key)
+        colours = {run.id: RUN_COLOURS[i % len(RUN_COLOURS)] for i, run in enumerate(self.session.runs)}
+        spots = [{"pos": (x, q), "data": (rid, idx, tip), "brush": pg.mkBrush(colours[rid]),
+                  "symbol": "s" if idx == 0 else "o"} for x, q, rid, idx, tip in self.points]
+        self.scatter.setData(spots)
+        front = pareto_front(self.points)
+        self.front.setData([p[0] for p in front], [p[1] for p in front])
+        self.legend.setText("  ".join(f"<span style='color:{c}'>●</span> run {rid}" for rid, c in colours.items()))
+        self.plot.autoRange()
+        self._mark_selected()
+
+    def _mark_selected(self) -> None:
+        v = self.session.current
+        if v is None or v.run_id is None:
+            self.chosen.setData([])
+            return
+        hit = [(x, q) for x, q, rid, idx, _ in self.points if rid == v.run_id and idx == v.index]
+        self.chosen.setData(pos=hit)
+
+    def _clicked(self, item, points, ev=None) -> None:
+        if len(points):
+            rid, idx, _ = points[0].data()
+            self.variant_clicked.emit(rid, idx)
+
+    def png_bytes(self) -> bytes:
+        """The chart as PNG (for the HTML report), via pyqtgraph's exporter."""
+        from PySide6.QtCore import QBuffer, QByteArray, QIODevice
+        from pyqtgraph.exporters import ImageExporter
+
+        exporter = ImageExporter(self.plot.getPlotItem())
+        exporter.parameters()["width"] = 900
+        image = exporter.export(toBytes=True)
+        buf = QByteArray()
+        qbuf = QBuffer(buf)
+        qbuf.open(QIODevice.WriteOnly)
+        image.save(qbuf, "PNG")
+        return bytes(buf.data())
