@@ -3,7 +3,10 @@ every number is measured on the same artifact a user would ship."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import sys
 import warnings
 
 import numpy as np
@@ -38,7 +41,7 @@ def to_onnx_proto(model: Model):
     # dynamo exporter takes ~5 s, and the studio exports every stage to measure it. It is
     # deprecated but works in torch 2.13; if it fails (or goes away) we fall back to dynamo.
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), _quiet_output():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 module, (example,), buffer, dynamo=False, opset_version=OPSET,
@@ -55,11 +58,36 @@ def to_onnx_proto(model: Model):
     return proto
 
 
+@contextlib.contextmanager
+def _quiet_output():
+    """Silence C-level stdout and stderr: when the legacy exporter fails it prints its whole IR
+    graph (to stdout, which would corrupt `--json` output) before we fall back to dynamo."""
+    streams = []
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            streams.append((stream, stream.fileno()))
+        except (AttributeError, OSError, ValueError):  # no real file (pytest capture, a GUI)
+            pass
+    saved = []
+    try:
+        with open(os.devnull, "w") as devnull:
+            for stream, fd in streams:
+                stream.flush()
+                saved.append((stream, fd, os.dup(fd)))
+                os.dup2(devnull.fileno(), fd)
+            yield
+    finally:
+        for stream, fd, copy in saved:
+            stream.flush()
+            os.dup2(copy, fd)
+            os.close(copy)
+
+
 def _export_dynamo(module, example):
     import onnx
     import torch
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_output():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             module, (example,), dynamo=True, external_data=False,

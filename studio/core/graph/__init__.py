@@ -60,4 +60,4 @@ def build_graph(model: Model) -> Graph:
         return graph_from_onnx(model.obj)
     from .from_torch import graph_from_torch
 
-    return graph_from_torch(model.obj, model.input_shape)
+    return graph_from_torch(model.obj, model.input_shape, model.meta.get("input_dtype", "float32"))

@@ -41,28 +41,32 @@ def _weights(params) -> tuple[int, float, str]:
     return count, zeros / count, str(params[0].dtype).replace("torch.", "")
 
 
-def graph_from_torch(module, input_shape=None) -> Graph:
+def graph_from_torch(module, input_shape=None, input_dtype: str = "float32") -> Graph:
     import torch
 
+    example = None
+    if input_shape is not None:
+        example = torch.zeros(input_shape, dtype=getattr(torch, input_dtype, torch.float32))
+
     if isinstance(module, torch.fx.GraphModule):
-        return _from_fx(module, module.graph, input_shape, exported=True)
+        return _from_fx(module, module.graph, example, exported=True)
     try:
         traced = torch.fx.symbolic_trace(module)
     except Exception as exc:  # noqa: BLE001 - dynamic control flow, TorchScript, ...
-        return _from_leaves(module, input_shape, f"torch.fx could not trace this model ({type(exc).__name__}); "
+        return _from_leaves(module, example, f"torch.fx could not trace this model ({type(exc).__name__}); "
                             "layers are shown in definition order and edges are approximate")
-    return _from_fx(module, traced.graph, input_shape, exported=False, traced=traced)
+    return _from_fx(module, traced.graph, example, exported=False, traced=traced)
 
 
-def _propagate(traced, input_shape):
+def _propagate(traced, example):
     import torch
     from torch.fx.passes.shape_prop import ShapeProp
 
-    if input_shape is None:
+    if example is None:
         return False
     try:
         with torch.no_grad():
-            ShapeProp(traced).propagate(torch.zeros(input_shape))
+            ShapeProp(traced).propagate(example)
         return True
     except Exception:  # noqa: BLE001 - shapes are a nicety
         return False
@@ -76,16 +80,15 @@ def _export_name(node) -> str | None:
     return None
 
 
-def _from_fx(module, graph, input_shape, exported: bool, traced=None) -> Graph:
+def _from_fx(module, graph, example, exported: bool, traced=None) -> Graph:
     import torch
 
     if traced is not None:
-        _propagate(traced, input_shape)
-    elif input_shape is not None and exported:
-        _propagate(module, input_shape)
+        _propagate(traced, example)
+    elif example is not None and exported:
+        _propagate(module, example)
     modules = dict(module.named_modules())
     params = dict(module.named_parameters())
-    buffers = dict(module.named_buffers())
     nodes: list[Node] = []
     name_of: dict[str, str] = {}
     inputs, outputs = [], []
@@ -117,8 +120,9 @@ def _from_fx(module, graph, input_shape, exported: bool, traced=None) -> Graph:
         else:
             op = getattr(n.target, "__name__", str(n.target)).replace("aten.", "").split(".")[0]
             attrs = [a for a in n.all_input_nodes if a.op == "get_attr"]
-            tensors = [params.get(a.target, buffers.get(a.target)) for a in attrs]
-            tensors = [t for t in tensors if isinstance(t, torch.Tensor) and t.is_floating_point() and a.target in params]
+            # weights only: buffers (batch-norm running stats) are not parameters
+            attrs = [a for a in attrs if a.target in params and params[a.target].is_floating_point()]
+            tensors = [params[a.target] for a in attrs]
             count, sparsity, dtype = _weights(tensors)
             name = (_export_name(n) if exported else None) or n.name
             if name in used:
@@ -136,7 +140,7 @@ def _from_fx(module, graph, input_shape, exported: bool, traced=None) -> Graph:
     return Graph(nodes, inputs, outputs)
 
 
-def _from_leaves(module, input_shape, note: str) -> Graph:
+def _from_leaves(module, example, note: str) -> Graph:
     """One node per leaf module with a weight (or any leaf), chained in definition order; shapes
     and MACs from forward hooks when the input shape is known."""
     import torch
@@ -146,11 +150,11 @@ def _from_leaves(module, input_shape, note: str) -> Graph:
     leaves = [(n or "(root)", m) for n, m in module.named_modules()
               if (n and not list(m.children())) or list(m.parameters(recurse=False))]
     shapes: dict[str, tuple] = {}
-    if input_shape is not None and not isinstance(module, torch.jit.ScriptModule):
+    if example is not None and not isinstance(module, torch.jit.ScriptModule):
         hooks = [m.register_forward_hook(lambda m, i, o, n=n: shapes.__setitem__(n, _shape(o))) for n, m in leaves]
         try:
             with torch.no_grad():
-                module(torch.zeros(input_shape))
+                module(example)
         except Exception:  # noqa: BLE001
             pass
         finally:

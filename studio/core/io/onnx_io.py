@@ -50,7 +50,7 @@ def _all_tensors(graph):
                 yield from _all_tensors(g)
 
 
-def check_tensors(proto, folder: Path, name: str) -> bool:
+def check_tensors(proto, folder: Path, name: str, file_size: int = 0) -> bool:
     """Refuse tensors whose dims claim more than their bytes hold; returns whether external data
     is used. Nothing is allocated from the claims."""
     from onnx import TensorProto
@@ -91,11 +91,29 @@ def check_tensors(proto, folder: Path, name: str) -> bool:
                     break
             if have is None:
                 have = 0
-        # sub-byte types (int4) pack two values a byte: allow either count
+        # sub-byte types (int4) pack two values a byte: allow either count. A tensor that claims
+        # elements but holds no bytes at all is refused too: numpy/onnxruntime would fail (or
+        # allocate the claimed size) the moment anyone reads it.
         if have != count * size and not (size == 1 and have in ((count + 1) // 2,)) and not (count == 0):
-            if t.HasField("raw_data") or have:
-                raise LoadError(f"{name}: tensor '{t.name}' claims dims {list(t.dims)} but holds {have:,} bytes; refused")
+            raise LoadError(f"{name}: tensor '{t.name}' claims dims {list(t.dims)} but holds {have:,} bytes; refused")
+    _check_sparse(proto.graph, name, file_size)
     return external
+
+
+def _check_sparse(graph, name: str, file_size: int) -> None:
+    """Sparse initializers legitimately describe more values than they store, but onnxruntime
+    densifies them when it builds a session: bound the dense size by the file's size."""
+    limit = max(64 * file_size, 256 * 1024 * 1024)
+    for sp in graph.sparse_initializer:
+        count = 1
+        for d in sp.dims:
+            if d < 0:
+                raise LoadError(f"{name}: sparse tensor '{sp.values.name}' has a negative dimension")
+            count *= d
+        size = _itemsize(sp.values.data_type) or 1
+        if count * size > limit:
+            raise LoadError(f"{name}: sparse tensor '{sp.values.name}' would densify to {count * size:,} bytes "
+                            f"from a {file_size:,}-byte file; refused")
 
 
 def input_shape_of(proto) -> tuple[tuple[int, ...] | None, str]:
@@ -129,7 +147,7 @@ def load_onnx(path: Path) -> Model:
         raise LoadError(f"{path.name}: not a readable ONNX file ({str(exc).splitlines()[0][:120] or 'parse error'})") from None
     if not proto.graph.node and not proto.graph.output:
         raise LoadError(f"{path.name}: not a readable ONNX file (no graph)")
-    external = check_tensors(proto, path.parent, path.name)
+    external = check_tensors(proto, path.parent, path.name, path.stat().st_size)
     if external:
         from onnx.external_data_helper import load_external_data_for_model
 
