@@ -78,6 +78,29 @@ class Run:
                 "stages": [s.as_dict() for s in self.stages]}
 
 
+SLOWER = 1.10  # a stage this much slower than the one before it gets a warning
+NO_GAIN = 0.95  # "faster" means at least 5 % less time; less is within the noise of these machines
+
+
+def speed_warnings(before: Measurement, after: Measurement) -> list[str]:
+    """Honest speed: say where a pass shrank the work on paper but not the measured time, or
+    made the model slower (measured in the same interleaved run)."""
+    if not before or not after or not before.latency_ms or not after.latency_ms:
+        return []
+    batch = max(b for b in before.latency_ms if b in after.latency_ms)
+    ratio = after.latency_ms[batch] / before.latency_ms[batch]
+    warnings = []
+    if ratio > SLOWER:
+        warnings.append(f"{ratio:.2f}x slower than the stage before at batch {batch} (measured)")
+    elif before.macs and after.macs and after.macs < 0.8 * before.macs and ratio > NO_GAIN:
+        warnings.append(f"{before.macs / after.macs:.1f}x fewer MACs but no measured speed-up at batch {batch} "
+                        f"({1 / ratio:.2f}x): the runtime does not turn this saving into time")
+    elif after.nonzeros < 0.8 * before.nonzeros and ratio > NO_GAIN and after.macs >= before.macs:
+        warnings.append(f"{before.nonzeros / max(1, after.nonzeros):.1f}x fewer nonzero weights but no measured speed-up: "
+                        "dense kernels compute the zeros; the gain is in the zipped size")
+    return warnings
+
+
 def _same_steps(a: list[RecipeStep], b: list[RecipeStep]) -> bool:
     return [(s.id, s.options) for s in a] == [(s.id, s.options) for s in b]
 
@@ -183,4 +206,8 @@ def run(
         for stage, lat in zip(stages, latencies):
             stage.measurement.latency_ms = lat
             stage.measurement.threads = threads
+        for before, after in zip(stages, stages[1:]):
+            for warning in speed_warnings(before.measurement, after.measurement):
+                if warning not in after.warnings:
+                    after.warnings.append(warning)
     return Run(uuid.uuid4().hex[:8], recipe, stages, data.name if data else "")

@@ -84,3 +84,27 @@ def test_html_report_holds_the_table_and_the_chart(demo_mlp, digits_data, tmp_pa
     assert "demo-mlp&lt;x&gt;" in text and "data:image/png;base64," in text
     assert "prune.magnitude" in text and f"{run.stages[1].measurement.accuracy:.2%}" in text
     assert "<script" not in text
+
+
+def test_speed_warnings_say_where_paper_savings_do_not_become_time():
+    from studio.core.evaluate import Measurement
+    from studio.core.pipeline import speed_warnings
+
+    base = Measurement(macs=1000, nonzeros=1000, latency_ms={1: 1.0, 256: 10.0})
+    sparse = Measurement(macs=1000, nonzeros=100, latency_ms={1: 1.0, 256: 9.9})
+    fewer_macs = Measurement(macs=400, nonzeros=400, latency_ms={1: 1.0, 256: 9.8})
+    faster = Measurement(macs=400, nonzeros=400, latency_ms={1: 0.5, 256: 4.0})
+    slower = Measurement(macs=1000, nonzeros=1000, latency_ms={1: 3.0, 256: 30.0})
+    assert "dense kernels" in speed_warnings(base, sparse)[0]
+    assert "2.5x fewer MACs but no measured speed-up" in speed_warnings(base, fewer_macs)[0]
+    assert speed_warnings(base, faster) == []
+    assert "3.00x slower" in speed_warnings(base, slower)[0]
+
+
+@pytest.mark.slow
+def test_dynamic_int8_on_a_conv_net_is_flagged(demo_cnn, digits_data):
+    recipe = Recipe([RecipeStep("quantize.int8_dynamic", {})])
+    run = drain(pipeline.run(demo_cnn, recipe, digits_data, latency_batches=(1, 64), latency_rounds=3))
+    warnings = " ".join(run.stages[1].warnings)
+    assert "ConvInteger" in warnings  # said before it ran
+    assert "slower than the stage before" in warnings  # and measured: ConvInteger is slow on CPU
