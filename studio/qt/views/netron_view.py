@@ -31,6 +31,9 @@ NETRON_GUARD_JS = r"""
 """
 
 
+GUARD_NAME = "studio-netron-guard"
+
+
 def webengine_available() -> bool:
     try:
         import PySide6.QtWebEngineWidgets  # noqa: F401
@@ -87,9 +90,12 @@ class NetronView(QWidget):
         from PySide6.QtWebEngineCore import QWebEngineProfile, QWebEngineScript
         from PySide6.QtWebEngineWidgets import QWebEngineView
 
-        self.profile = QWebEngineProfile(self)  # off the record: nothing of it lands on disk
+        from PySide6.QtCore import QCoreApplication
+
+        # off the record (nothing lands on disk); owned by the application so it outlives its pages
+        self.profile = QWebEngineProfile(QCoreApplication.instance())
         script = QWebEngineScript()
-        script.setName("studio-netron-guard")
+        script.setName(GUARD_NAME)
         script.setSourceCode(NETRON_GUARD_JS)
         script.setInjectionPoint(QWebEngineScript.DocumentCreation)
         script.setWorldId(QWebEngineScript.MainWorld)
@@ -144,3 +150,4 @@ class NetronView(QWidget):
             self.address = None
         if self.web is not None:
             self.web.setUrl(QUrl("about:blank"))
+            self.web.page().deleteLater()  # pages go before their profile
