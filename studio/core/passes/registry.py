@@ -11,6 +11,13 @@ from .base import Pass
 PASS_MODULES = [
     "studio.core.passes.prune",
     "studio.core.passes.quantize",
+    "studio.core.passes.structured",
+    "studio.core.passes.nm",
+    "studio.core.passes.lowrank",
+    "studio.core.passes.cluster",
+    "studio.core.passes.distill",
+    "studio.core.passes.finetune",
+    "studio.core.passes.quant_extra",
 ]
 
 _registry: dict[str, type[Pass]] = {}
