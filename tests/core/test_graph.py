@@ -108,3 +108,58 @@ def test_resnet50_graph_and_stats_take_seconds(tmp_path):
         assert len(graph.nodes) > 120 and len(layer_stats) >= 53  # ONNX folds BN: 53 convs, 49 relus, 16 adds, ...
         assert graph.total_macs == pytest.approx(4.09e9, rel=0.03)  # ResNet-50: ~4.1 GMACs
     assert max(timings.values()) < 30, timings  # a guard only; the figure is in benchmarks/
+
+
+def _layer_view(graph):
+    return [(n.name, n.parameters, n.output_shape, n.macs) for n in graph.layers()]
+
+
+@pytest.mark.parametrize("form", ["traced", "scripted", "torch.export"])
+def test_torchscript_and_exported_files_give_the_fx_graph(tmp_path, form):
+    """A saved TorchScript or .pt2 file shows the same layers, names, shapes, MACs and edges as
+    the module it came from (fx cannot trace TorchScript: its own graph is walked instead)."""
+    cnn = zoo.load("cnn")
+    example = torch.zeros(cnn.input_shape)
+    path = tmp_path / ("cnn.pt2" if form == "torch.export" else "cnn.pt")
+    if form == "torch.export":
+        torch.export.save(torch.export.export(cnn.obj, (example,)), str(path))
+    else:
+        script = torch.jit.trace(cnn.obj, example) if form == "traced" else torch.jit.script(cnn.obj)
+        torch.jit.save(script, str(path))
+    reference = build_graph(cnn)
+    loaded = io.load(path, input_shape=cnn.input_shape)
+    graph = build_graph(loaded)
+    assert graph.note == ""
+    assert _layer_view(graph) == _layer_view(reference)
+    assert graph.total_macs == reference.total_macs == 1_330_432
+    assert [n.op for n in graph.nodes if n.name.startswith("_guards")] == []
+    # the real data flow, not a chain in definition order: conv1 -> relu -> conv2
+    assert graph.node("conv2").inputs == ["relu"] and graph.node("relu").inputs == ["conv1"]
+    assert graph.node("fc1").param_names == ["fc1.weight", "fc1.bias"]
+    # without an input shape: the same layers and edges, no shapes
+    bare = build_graph(io.load(path))
+    assert [n.name for n in bare.layers()] == ["conv1", "conv2", "fc1", "fc2"]
+    assert ("relu", "conv2") in bare.edges()
+
+
+@pytest.mark.slow
+def test_torchscript_graph_of_real_architectures(tmp_path):
+    """Residual adds, depthwise convs, attention and integer token inputs through TorchScript:
+    exact parameter counts and the published MACs (ResNet-18 1.82 G, MobileNetV2 0.30 G)."""
+    expected_macs = {"resnet18": 1.814e9, "mobilenet_v2": 0.3008e9, "vit_tiny": 1.254e9, "bert_small": 0.436e9}
+    for name, macs in expected_macs.items():
+        model = arch_model(name)
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            script = torch.jit.trace(model.obj, torch.from_numpy(model.example_input(1)), check_trace=False)
+        path = tmp_path / f"{name}.pt"
+        torch.jit.save(script, str(path))
+        loaded = io.load(path, input_shape=model.input_shape)
+        loaded.meta.update(model.meta)
+        graph = build_graph(loaded)
+        assert graph.total_parameters == sum(p.numel() for p in model.obj.parameters()), name
+        assert graph.total_macs == pytest.approx(macs, rel=0.01), name
+        assert all(n.output_shape for n in graph.nodes), name
+        assert len({n.name for n in graph.nodes}) == len(graph.nodes), name
+    add = graph.node("blocks.0.add") if "blocks.0.add" in graph else None
+    assert add is not None and len(add.inputs) == 2  # BERT's residual: two real predecessors

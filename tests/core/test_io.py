@@ -73,6 +73,55 @@ def safetensors_lying(tmp_path):
     return path
 
 
+def onnx_sparse_bomb(tmp_path):
+    """A sparse initializer storing one value of a 1e15-element dense tensor: onnxruntime would
+    densify it when it builds a session."""
+    values = helper.make_tensor("w", TensorProto.FLOAT, [1], [1.0])
+    sparse = helper.make_sparse_tensor(values, helper.make_tensor("w_idx", TensorProto.INT64, [1], [0]), [100000] * 3)
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])], sparse_initializer=[sparse])
+    path = tmp_path / "sparse.onnx"
+    path.write_bytes(helper.make_model(graph).SerializeToString())
+    return path
+
+
+def sidecar_symlink_out(tmp_path, mlp):
+    """The sidecar's name is inside the folder, but it is a symlink to a file outside it."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(os.urandom(400_000))
+    path = folder / "m.onnx"
+    onnx.save_model(to_onnx_proto(mlp), str(path), save_as_external_data=True, location="m.data", size_threshold=0)
+    (folder / "m.data").unlink()
+    (folder / "m.data").symlink_to(secret)
+    return path
+
+
+def _edit_sidecar_model(tmp_path, mlp, edit):
+    path = tmp_path / "ext.onnx"
+    onnx.save_model(to_onnx_proto(mlp), str(path), save_as_external_data=True, location="m.onnx.data", size_threshold=0)
+    proto = onnx.load_model(str(path), load_external_data=False)
+    edit(proto.graph.initializer[0])
+    onnx.save_model(proto, str(path))
+    return path
+
+
+def sidecar_offset(tmp_path, mlp, offset):
+    def edit(init):
+        for e in init.external_data:
+            if e.key == "offset":
+                e.value = str(offset)
+    return _edit_sidecar_model(tmp_path, mlp, edit)
+
+
+def sidecar_dims_lie(tmp_path, mlp):
+    def edit(init):
+        init.dims[:] = [100000, 100000, 100000]
+    return _edit_sidecar_model(tmp_path, mlp, edit)
+
+
 CASES = {
     # name: (writer(tmp_path, mlp) -> path, kwargs, expected format or (error type, message part))
     "onnx": (write_onnx, {}, "onnx"),
@@ -98,6 +147,11 @@ CASES = {
     "onnx tensor claiming 1e15 floats": (lambda t, m: onnx_with_tensor(t, [100000, 100000, 100000], bytes(16)), {}, (LoadError, "refused")),
     "safetensors lying header": (lambda t, m: safetensors_lying(t), {"arch": ARCH}, (LoadError, "refused")),
     "a zip that is not torch": (lambda t, m: (zipfile.ZipFile(t / "x.pt", "w").writestr("a.txt", "hi"), t / "x.pt")[1], {}, (LoadError, "not a PyTorch file")),
+    "onnx tensor with dims but no data": (lambda t, m: onnx_with_tensor(t, [100000, 100000, 100000], b""), {}, (LoadError, "holds 0 bytes")),
+    "onnx sparse initializer densifying to petabytes": (lambda t, m: onnx_sparse_bomb(t), {}, (LoadError, "densify")),
+    "sidecar symlink escaping the folder": (lambda t, m: sidecar_symlink_out(t, m), {}, (LoadError, "outside the model's folder")),
+    "sidecar offset beyond its file": (lambda t, m: sidecar_offset(t, m, 10**12), {}, (LoadError, "more bytes than")),
+    "sidecar tensor dims lie": (lambda t, m: sidecar_dims_lie(t, m), {}, (LoadError, "more bytes than")),
 }
 
 

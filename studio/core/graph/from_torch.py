@@ -50,6 +50,15 @@ def graph_from_torch(module, input_shape=None, input_dtype: str = "float32") -> 
 
     if isinstance(module, torch.fx.GraphModule):
         return _from_fx(module, module.graph, example, exported=True)
+    if isinstance(module, torch.jit.ScriptModule):
+        # fx cannot trace TorchScript; its own graph keeps module names and the data flow
+        from .from_script import graph_from_script
+
+        try:
+            return graph_from_script(module, example)
+        except Exception as exc:  # noqa: BLE001 - an unusual TorchScript graph: fall back to the layer list
+            return _from_leaves(module, example, f"could not read this TorchScript graph ({type(exc).__name__}); "
+                                "layers are shown in definition order and edges are approximate")
     try:
         traced = torch.fx.symbolic_trace(module)
     except Exception as exc:  # noqa: BLE001 - dynamic control flow, TorchScript, ...
@@ -105,6 +114,10 @@ def _from_fx(module, graph, example, exported: bool, traced=None) -> Graph:
             continue
         if n.op == "get_attr":
             # a weight used by a function (torch.export graphs): fold into its consumer
+            name_of[n.name] = None
+            continue
+        if n.op == "call_module" and n.target.startswith("_guards"):
+            # torch.export's input guard check (`_guards_fn`), not a layer of the user's model
             name_of[n.name] = None
             continue
         shape = _shape(n.meta.get("tensor_meta")) if "tensor_meta" in n.meta else _shape(n.meta.get("val"))

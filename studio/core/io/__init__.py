@@ -26,7 +26,10 @@ def load(path, *, arch: str | None = None, trust: bool = False, input_shape: tup
         raise LoadError(f"{path}: no such file")
     if path.is_dir():
         raise LoadError(f"{path}: is a folder, not a model file")
-    fmt = detect_format(path)
+    try:
+        fmt = detect_format(path)
+    except OSError as exc:  # unreadable (permissions, a device, a vanished file)
+        raise LoadError(f"{path.name}: cannot read the file ({exc.strerror or exc})") from None
     if fmt == "onnx":
         from .onnx_io import load_onnx
 
