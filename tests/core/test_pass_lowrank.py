@@ -22,8 +22,7 @@ def test_cnn_ratio_factors_replace_layers(demo_cnn, digits_data):
     conv_first, conv_second = m.conv2
     assert conv_first.kernel_size == (3, 3) and conv_second.kernel_size == (1, 1)
     assert conv_first.out_channels == result.layers["conv2"]["rank"] == 16  # 0.25 x min(64, 32*3*3)
-    # conv1 (1 input channel, 9 x 32): factors would be bigger, left whole
-    assert isinstance(m.conv1, nn.Conv2d) and result.layers["conv1"]["factorized"] is False
+    assert result.layers["conv1"]["rank"] == 3  # ceil(0.25 x min(32, 1*3*3))
     assert sum(p.numel() for p in m.parameters()) < sum(p.numel() for p in demo_cnn.obj.parameters())
     onnx_matches(result.model)
 
