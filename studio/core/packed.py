@@ -1,0 +1,126 @@
+"""The packed format for clustered models: per clustered tensor a codebook (its distinct float
+values) and bit-packed indices, plus the rest of the ONNX graph, all LZMA-compressed.
+
+`unpack` restores an ONNX model whose weights are bit for bit those of the clustered model, so
+what runs after unpacking is exactly what was measured. Any tensor with at most 256 distinct
+values (and at least MIN_ELEMENTS elements) is stored as codebook + indices, whatever pass made
+it so; other tensors stay in the graph as they are.
+
+File layout: MAGIC, then an LZMA stream of: u32 header length, JSON header, then the sections
+the header lists (graph without the packed tensors' data, then per tensor codebook and indices).
+"""
+
+from __future__ import annotations
+
+import json
+import lzma
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from .errors import StudioError
+
+MAGIC = b"STUDIOPK1\n"
+MIN_ELEMENTS = 64
+PACKABLE = {1: np.float32, 10: np.float16, 11: np.float64}  # onnx TensorProto data types
+
+
+def _pack_bits(idx: np.ndarray, bits: int) -> bytes:
+    as_bits = np.unpackbits(idx.astype(np.uint8)[:, None], axis=1)[:, 8 - bits :]
+    return np.packbits(as_bits.ravel()).tobytes()
+
+
+def _unpack_bits(data: bytes, bits: int, count: int) -> np.ndarray:
+    flat = np.unpackbits(np.frombuffer(data, np.uint8))[: count * bits].reshape(count, bits)
+    padded = np.zeros((count, 8), np.uint8)
+    padded[:, 8 - bits :] = flat
+    return np.packbits(padded, axis=1).ravel()
+
+
+def _tensors(proto):
+    """Initializers and Constant-node tensors (the exporter folds some weights into Constants)."""
+    found = list(proto.graph.initializer)
+    for node in proto.graph.node:
+        if node.op_type == "Constant":
+            found += [a.t for a in node.attribute if a.name == "value" and a.HasField("t")]
+    return found
+
+
+def pack(model_or_proto, path: str | Path, preset: int = 9) -> dict:
+    """Write the packed file; returns what was packed (tensors, bytes)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from .convert import to_onnx_proto
+    from .model import Model
+
+    proto = to_onnx_proto(model_or_proto) if isinstance(model_or_proto, Model) else model_or_proto
+    work = onnx.ModelProto()
+    work.CopyFrom(proto)
+    entries, sections = [], []
+    for n, tensor in enumerate(_tensors(work)):
+        if tensor.data_type not in PACKABLE or tensor.data_location == onnx.TensorProto.EXTERNAL:
+            continue
+        values = numpy_helper.to_array(tensor)
+        if values.size < MIN_ELEMENTS:
+            continue
+        codebook, idx = np.unique(values.ravel(), return_inverse=True)
+        if len(codebook) > 256:
+            continue
+        bits = max(1, int(np.ceil(np.log2(len(codebook)))))
+        key = f"t{n}"
+        entries.append({"key": key, "name": tensor.name, "shape": list(values.shape), "dtype": str(values.dtype),
+                        "bits": bits, "values": len(codebook)})
+        sections += [codebook.astype(values.dtype).tobytes(), _pack_bits(idx, bits)]
+        # empty the tensor in the graph, keep its name/type/dims as the slot to refill
+        dims = list(tensor.dims)
+        tensor.ClearField("float_data")
+        tensor.ClearField("double_data")
+        tensor.ClearField("int32_data")
+        tensor.raw_data = b""
+        tensor.doc_string = f"studio-packed:{key}"
+        del tensor.dims[:]
+        tensor.dims.extend(dims)
+    graph = work.SerializeToString()
+    header = {"version": 1, "tensors": entries, "sizes": [len(graph)] + [len(s) for s in sections]}
+    head = json.dumps(header).encode()
+    payload = struct.pack("<I", len(head)) + head + graph + b"".join(sections)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(MAGIC + lzma.compress(payload, preset=preset))
+    os.replace(tmp, path)
+    return {"tensors": len(entries), "bytes": path.stat().st_size,
+            "packed_weights": int(sum(np.prod(e["shape"]) for e in entries))}
+
+
+def unpack(path: str | Path):
+    """The ONNX ModelProto the packed file holds, weights restored exactly."""
+    import onnx
+
+    raw = Path(path).read_bytes()
+    if not raw.startswith(MAGIC):
+        raise StudioError(f"{path}: not a studio packed file")
+    try:
+        payload = lzma.decompress(raw[len(MAGIC) :])
+        (head_len,) = struct.unpack("<I", payload[:4])
+        header = json.loads(payload[4 : 4 + head_len])
+        offset = 4 + head_len
+        chunks = []
+        for size in header["sizes"]:
+            chunks.append(payload[offset : offset + size])
+            offset += size
+    except (lzma.LZMAError, ValueError, struct.error) as exc:
+        raise StudioError(f"{path}: damaged packed file ({exc})") from None
+    proto = onnx.load_from_string(chunks[0])
+    slots = {t.doc_string[len("studio-packed:") :]: t for t in _tensors(proto) if t.doc_string.startswith("studio-packed:")}
+    for i, entry in enumerate(header["tensors"]):
+        dtype = np.dtype(entry["dtype"])
+        codebook = np.frombuffer(chunks[1 + 2 * i], dtype)
+        count = int(np.prod(entry["shape"])) if entry["shape"] else 1
+        idx = _unpack_bits(chunks[2 + 2 * i], entry["bits"], count)
+        tensor = slots[entry["key"]]
+        tensor.raw_data = codebook[idx].astype(dtype).tobytes()
+        tensor.doc_string = ""
+    return proto

@@ -1,0 +1,163 @@
+"""Weight clustering (Deep Compression, Han et al. 2016): each layer's weights take one of 2^b
+shared values, found by 1-D k-means with linear initialisation (spread evenly between min and
+max, which the paper found keeps the rare large weights best). Zeros stay exactly zero, so the
+pass stacks after pruning: the non-zero weights share 2^b - 1 values and zero is the last one.
+
+The optional fine-tune trains only the clustered weights and, after each optimizer step, sets
+every weight to the mean of its cluster: each centroid moves by the pooled updates of its
+members (the paper's per-cluster gradient sum, up to Adam's scaling) and the weights stay tied.
+
+A dense runtime gains nothing in speed; the win is storage: `studio.core.packed` writes the
+indices bit-packed with a codebook per layer."""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import Field
+
+from ..training import train
+from .base import Context, Pass, PassConfig, PassResult
+from .registry import register
+
+SPEED_WARNING = ("clustering does not change latency (onnxruntime still computes in float32); it shrinks the "
+                 "file only when stored packed (studio.core.packed) or compressed")
+
+
+class ClusterConfig(PassConfig):
+    bits: int = Field(4, ge=2, le=8, description="Shared values per layer: 2^bits (zero counts as one)")
+    iterations: int = Field(30, ge=1, le=300, description="k-means iterations")
+    fine_tune_epochs: int = Field(0, ge=0, le=200, description="Epochs of centroid fine-tuning (0 = none)")
+    learning_rate: float = Field(1e-4, gt=0, le=1.0, description="Fine-tune learning rate")
+
+
+def kmeans_1d(values: np.ndarray, k: int, iterations: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """(centroids float32 [<=k], index per value) by Lloyd's algorithm in 1-D: with sorted
+    centroids the nearest one is found by a binary search on the midpoints."""
+    v = values.astype(np.float64).ravel()
+    if v.size == 0:
+        return np.zeros(0, np.float32), np.zeros(0, np.int64)
+    unique = np.unique(v)
+    if len(unique) <= k:
+        centroids = unique
+    else:
+        centroids = np.linspace(v.min(), v.max(), k)
+        for _ in range(iterations):
+            idx = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, v)
+            sums = np.bincount(idx, weights=v, minlength=len(centroids))
+            counts = np.bincount(idx, minlength=len(centroids))
+            moved = np.where(counts > 0, sums / np.maximum(counts, 1), centroids)
+            moved.sort()
+            if np.allclose(moved, centroids, rtol=0, atol=1e-12):
+                centroids = moved
+                break
+            centroids = moved
+        centroids = np.unique(centroids)
+    centroids = centroids.astype(np.float32)
+    idx = np.searchsorted((centroids[1:].astype(np.float64) + centroids[:-1]) / 2, v)
+    return centroids, idx
+
+
+def cluster_array(w: np.ndarray, bits: int, iterations: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """(clustered copy of w, codebook): zeros stay zero, the rest share <= 2^bits - 1 values
+    (2^bits when there are no zeros)."""
+    flat = w.ravel()
+    nonzero = flat != 0
+    k = 2**bits - (1 if not nonzero.all() else 0)
+    centroids, idx = kmeans_1d(flat[nonzero], k, iterations)
+    out = np.zeros_like(flat, dtype=np.float32)
+    out[nonzero] = centroids[idx]
+    codebook = np.unique(out)
+    return out.reshape(w.shape), codebook
+
+
+@register
+class KMeansCluster(Pass):
+    id = "cluster.kmeans"
+    title = "Weight clustering (k-means)"
+    description = ("Each layer's weights share 2^bits values (Deep Compression); zeros stay zero. "
+                   "With the packed export, about bits/32 of the size.")
+    Config = ClusterConfig
+    frameworks = ("torch", "onnx")
+
+    def apply(self, model, context: Context):
+        cfg: ClusterConfig = self.config
+        new = model.copy()
+        if new.is_onnx:
+            if cfg.fine_tune_epochs:
+                raise ValueError("cluster.kmeans: fine-tuning needs a torch model; set fine_tune_epochs to 0 for ONNX")
+            record = yield from self._onnx(new, cfg, context)
+        else:
+            record = yield from self._torch(new, cfg, context)
+        if not record:
+            raise ValueError("cluster.kmeans: no Linear or Conv layer matches the targets")
+        total = sum(r["parameters"] for r in record.values())
+        summary = f"{len(record)} layers ({total:,} weights) clustered to <= {2**cfg.bits} values each"
+        yield 1.0, summary
+        return PassResult(new, record, summary, [SPEED_WARNING])
+
+    def _torch(self, new, cfg: ClusterConfig, context: Context):
+        import torch
+
+        from .prune import weight_layers
+
+        layers = weight_layers(new.obj, cfg)
+        tied = {}
+        for i, (name, module) in enumerate(layers):
+            context.check_cancelled()
+            w = module.weight.detach().numpy()
+            clustered, codebook = cluster_array(w, cfg.bits, cfg.iterations)
+            with torch.no_grad():
+                module.weight.copy_(torch.from_numpy(clustered))
+            # index of each weight into its codebook, for the tied fine-tune
+            tied[name] = (module, torch.from_numpy(np.searchsorted(codebook, clustered.ravel())), len(codebook))
+            yield 0.2 * (i + 1) / len(layers), f"{name}: {len(codebook)} values"
+        if cfg.fine_tune_epochs:
+            data = context.require_data(self.id, labels=True)
+            x = data.shaped(data.x_train, new.input_shape)
+            # the codebook slot holding zero, per layer (k = none): pruned weights stay pruned
+            zero_index = {}
+            for name, (module, idx, k) in tied.items():
+                codebook = np.unique(module.weight.detach().numpy())
+                zero_index[name] = int(np.searchsorted(codebook, 0.0)) if (codebook == 0).any() else k
+
+            def tie():
+                with torch.no_grad():
+                    for name, (module, idx, k) in tied.items():
+                        flat = module.weight.view(-1)
+                        sums = torch.zeros(k, dtype=flat.dtype).index_add_(0, idx, flat)
+                        counts = torch.bincount(idx, minlength=k).clamp(min=1).to(flat.dtype)
+                        centroids = sums / counts
+                        if zero_index[name] < k:
+                            centroids[zero_index[name]] = 0.0
+                        flat.copy_(centroids[idx])
+
+            params = [m.weight for m, _, _ in tied.values()]
+            for fraction, message in train(new.obj, x, data.y_train, cfg.fine_tune_epochs, cfg.learning_rate,
+                                           seed=context.seed, after_step=tie, params=params):
+                context.check_cancelled()
+                yield 0.2 + 0.8 * fraction, f"centroid fine-tune {message}"
+        new.obj.eval()
+        record = {}
+        for name, (module, _, _) in tied.items():
+            w = module.weight.detach()
+            record[name] = {"op": type(module).__name__, "bits": cfg.bits, "parameters": w.numel(),
+                            "values": int(torch.unique(w).numel()), "sparsity": round(float((w == 0).float().mean()), 4)}
+        return record
+
+    def _onnx(self, new, cfg: ClusterConfig, context: Context):
+        from onnx import numpy_helper
+
+        from .nm import onnx_weights
+
+        inits = {i.name: i for i in new.obj.graph.initializer}
+        chosen = onnx_weights(new.obj, cfg)
+        record = {}
+        for i, (init_name, node_name, _) in enumerate(chosen):
+            context.check_cancelled()
+            w = numpy_helper.to_array(inits[init_name])
+            clustered, codebook = cluster_array(w, cfg.bits, cfg.iterations)
+            inits[init_name].CopyFrom(numpy_helper.from_array(clustered.astype(w.dtype), init_name))
+            record[node_name] = {"op": "onnx", "initializer": init_name, "bits": cfg.bits, "parameters": int(w.size),
+                                 "values": int(len(codebook)), "sparsity": round(float((clustered == 0).mean()), 4)}
+            yield (i + 1) / max(1, len(chosen)), f"{node_name}: {len(codebook)} values"
+        return record
