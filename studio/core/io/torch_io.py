@@ -104,10 +104,12 @@ def load_torch(path: Path, fmt: str, *, arch: str | None, trust: bool) -> Model:
             except Exception as exc:  # noqa: BLE001
                 raise LoadError(f"{path.name}: unreadable torch.export program ({str(exc).splitlines()[0][:120]})") from None
             shape = None
+            meta = {}
             example = getattr(program, "example_inputs", None)
             if example and example[0] and hasattr(example[0][0], "shape"):
                 shape = (1, *tuple(example[0][0].shape)[1:])
-            return Model(program.module(), TORCH, shape, name=path.stem, format="torch.export")
+                meta["input_dtype"] = str(example[0][0].dtype).replace("torch.", "")  # token ids: int64
+            return Model(program.module(), TORCH, shape, name=path.stem, format="torch.export", meta=meta)
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
