@@ -30,13 +30,15 @@ def excluded_nodes(proto, config: PassConfig) -> list[str]:
     """ONNX node names the config leaves out. A torch layer name ("fc1") also matches the node
     the exporter made from it ("/fc1/Gemm")."""
     layers = onnx_layers(proto)
-    aliases = [(name, op, name.strip("/").rsplit("/", 1)[0].replace("/", ".")) for name, op in layers]
     chosen = set()
-    for name, op, alias in aliases:
-        hit = tg.select([(name, op)], config.targets, config.ignore) or (
-            alias != name and tg.select([(alias, op)], config.targets, config.ignore)
-        )
-        if hit:
+    for name, op in layers:
+        alias = name.strip("/").rsplit("/", 1)[0].replace("/", ".")
+        names = {name, alias}
+        # targeted when any spelling matches a target; left out when any spelling matches an
+        # ignore entry (a layer must not slip through an ignore because its other name differs)
+        targeted = not config.targets or any(tg.matches(t, n, op) for t in config.targets for n in names)
+        ignored = any(tg.matches(i, n, op) for i in config.ignore for n in names)
+        if targeted and not ignored:
             chosen.add(name)
     return [name for name, _ in layers if name not in chosen]
 

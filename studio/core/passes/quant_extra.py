@@ -1,0 +1,176 @@
+"""More quantization: weight-only INT4/INT8 for MatMul layers (onnxruntime's MatMulNBits), and
+batch-norm folding.
+
+Weight-only uses onnxruntime's MatMulNBitsQuantizer: block-wise (block_size weights share one
+scale) INT4 or INT8 weights, dequantized inside the MatMulNBits kernel; activations stay float.
+It handles MatMul only, and torch's exporter writes Linear as Gemm, so Gemm nodes with a
+constant weight are first rewritten as MatMul + Add (the same arithmetic). Convs stay float.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import Field
+
+from ..convert import to_onnx_proto
+from ..model import ONNX
+from .base import Context, Pass, PassConfig, PassResult
+from .registry import register
+
+
+def gemm_to_matmul(proto) -> int:
+    """Rewrite Gemm(A, W, C) with constant W, alpha = beta = 1 and no transA as MatMul + Add,
+    in place; returns how many. MatMul nodes keep the Gemm's name so targets still match."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in proto.graph.initializer}
+    nodes = []
+    count = 0
+    for node in proto.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if (node.op_type != "Gemm" or node.input[1] not in inits or attrs.get("transA", 0)
+                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
+            nodes.append(node)
+            continue
+        w = numpy_helper.to_array(inits[node.input[1]])
+        if attrs.get("transB", 0):
+            w = np.ascontiguousarray(w.T)
+        weight_name = node.input[1] + "_matmul"
+        proto.graph.initializer.append(numpy_helper.from_array(w, weight_name))
+        has_bias = len(node.input) > 2 and node.input[2]
+        mm_out = node.output[0] + "_matmul" if has_bias else node.output[0]
+        nodes.append(helper.make_node("MatMul", [node.input[0], weight_name], [mm_out], name=node.name))
+        if has_bias:
+            nodes.append(helper.make_node("Add", [mm_out, node.input[2]], [node.output[0]], name=node.name + "_bias"))
+        count += 1
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    used = {i for n in proto.graph.node for i in n.input}
+    keep = [i for i in proto.graph.initializer if i.name in used]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(keep)
+    onnx.checker.check_model(proto)
+    return count
+
+
+class WeightOnlyConfig(PassConfig):
+    bits: int = Field(4, ge=4, le=8, description="Weight bits: 4 or 8")
+    block_size: int = Field(32, ge=16, le=256, description="Weights sharing one scale (a power of two >= 16)")
+    symmetric: bool = Field(True, description="Symmetric scales (no zero point)")
+
+
+@register
+class WeightOnly(Pass):
+    id = "quantize.weight_only"
+    title = "Weight-only INT4 / INT8 (MatMul)"
+    description = ("Linear/MatMul weights in 4 or 8 bits, block-wise (onnxruntime MatMulNBits); "
+                   "activations stay float. For transformer and MLP layers; convs are left alone.")
+    Config = WeightOnlyConfig
+    frameworks = ("torch", "onnx")
+
+    def apply(self, model, context: Context):
+        import onnx
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        from .quantize import excluded_nodes
+
+        cfg: WeightOnlyConfig = self.config
+        if cfg.bits not in (4, 8):
+            raise ValueError("quantize.weight_only: bits must be 4 or 8")
+        if cfg.block_size & (cfg.block_size - 1):
+            raise ValueError("quantize.weight_only: block_size must be a power of two")
+        yield 0.05, "exporting to ONNX" if model.is_torch else "preparing"
+        proto = onnx.ModelProto()
+        proto.CopyFrom(to_onnx_proto(model))
+        rewritten = gemm_to_matmul(proto)
+        context.check_cancelled()
+        excluded = excluded_nodes(proto, cfg)
+        yield 0.3, f"quantizing weights to INT{cfg.bits}"
+        quantizer = MatMulNBitsQuantizer(proto, bits=cfg.bits, block_size=cfg.block_size, is_symmetric=cfg.symmetric,
+                                         nodes_to_exclude=excluded)
+        import logging
+
+        logger = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+        level = logger.level
+        logger.setLevel(logging.WARNING)  # it logs every node it skips at INFO
+        try:
+            quantizer.process()
+        finally:
+            logger.setLevel(level)
+        result = quantizer.model.model
+        layers = {n.name: {"op": "MatMulNBits", "dtype": f"int{cfg.bits}", "block_size": cfg.block_size}
+                  for n in result.graph.node if n.op_type == "MatMulNBits"}
+        warnings = []
+        if not layers:
+            warnings.append("no MatMul/Gemm layer with a constant weight was quantized (weight-only covers MatMul only)")
+        convs = sum(1 for n in result.graph.node if n.op_type == "Conv")
+        if convs:
+            warnings.append(f"{convs} Conv layers stay float32: weight-only quantization covers MatMul only "
+                            "(use quantize.int8_static for convs)")
+        warnings.append("weight-only INT4/INT8 shrinks the weights; onnxruntime's CPU MatMulNBits kernel is faster "
+                        "than float only for large, memory-bound MatMuls (batch 1 LLM-style), often slower on small layers")
+        summary = f"{len(layers)} MatMul layers with INT{cfg.bits} weights (block {cfg.block_size}); {rewritten} Gemm rewritten"
+        yield 1.0, summary
+        return PassResult(model.with_obj(result, ONNX, format="onnx"), layers, summary, warnings)
+
+
+class FoldConfig(PassConfig):
+    pass
+
+
+def conv_bn_pairs(module) -> list[tuple[str, str]]:
+    """(conv name, bn name) where a BatchNorm's only input is a Conv whose only user is that
+    BatchNorm, found on the torch.fx trace (module order alone would pair a shortcut's conv
+    with the wrong norm)."""
+    import torch.fx
+    from torch import nn
+
+    traced = torch.fx.symbolic_trace(module)
+    mods = dict(module.named_modules())
+    pairs = []
+    for node in traced.graph.nodes:
+        if node.op != "call_module" or not isinstance(mods.get(node.target), nn.modules.batchnorm._BatchNorm):
+            continue
+        src = node.args[0]
+        if (getattr(src, "op", None) == "call_module" and isinstance(mods.get(src.target), nn.modules.conv._ConvNd)
+                and len(src.users) == 1):
+            pairs.append((src.target, node.target))
+    return pairs
+
+
+@register
+class FoldBatchNorm(Pass):
+    id = "fold.batchnorm"
+    title = "Fold batch norm into convs"
+    description = "Merges each BatchNorm into the conv before it (exact in eval mode): fewer layers, same outputs."
+    Config = FoldConfig
+    frameworks = ("torch",)
+
+    def apply(self, model, context: Context):
+        from torch import nn
+        from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+        from ..errors import StudioError
+        from .lowrank import _replace
+
+        new = model.copy()
+        module = new.obj.eval()
+        try:
+            pairs = conv_bn_pairs(module)
+        except Exception as exc:  # noqa: BLE001 - data-dependent control flow defeats fx
+            raise StudioError(f"fold.batchnorm: cannot trace the model with torch.fx ({str(exc).splitlines()[0]})") from None
+        record = {}
+        for i, (conv_name, bn_name) in enumerate(pairs):
+            context.check_cancelled()
+            conv, bn = module.get_submodule(conv_name), module.get_submodule(bn_name)
+            _replace(module, conv_name, fuse_conv_bn_eval(conv, bn))
+            _replace(module, bn_name, nn.Identity())
+            record[conv_name] = {"op": type(conv).__name__, "folded": bn_name}
+            yield (i + 1) / max(1, len(pairs)), f"{bn_name} -> {conv_name}"
+        summary = f"{len(pairs)} batch norms folded into convs"
+        warnings = [] if pairs else ["no Conv -> BatchNorm pair found"]
+        warnings.append("the ONNX export already folds eval-mode batch norms, so onnxruntime latency does not change; "
+                        "folding matters for the torch model and for passes that follow")
+        yield 1.0, summary
+        return PassResult(new, record, summary, warnings)

@@ -1,0 +1,100 @@
+"""Quantization beyond the basics: static INT8 calibration methods, layers kept in float by
+pattern, weight-only INT4/INT8, batch-norm folding."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from studio.core.convert import predict, run_session, session, to_onnx_model
+from studio.core.errors import Cancelled
+from studio.core.passes.base import Context
+from studio.core.passes.registry import create
+from tests.core.test_pass_common import onnx_matches, resnet_model, run, same_state, state, transformer_model
+
+
+def ops(proto):
+    return [n.op_type for n in proto.graph.node]
+
+
+def quantized_weight_nodes(proto):
+    """Names of Conv/Gemm/MatMul nodes whose weight comes through a DequantizeLinear."""
+    dq = {n.output[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+    return {n.name for n in proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and n.input[1] in dq}
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_static_calibration_methods(demo_cnn, digits_data, method):
+    result = run(create("quantize.int8_static", method=method, calibration_samples=64), demo_cnn,
+                 Context(data=digits_data))
+    assert "QuantizeLinear" in ops(result.model.obj)
+    x = digits_data.shaped(digits_data.x_test, demo_cnn.input_shape)
+    assert (predict(result.model, x).argmax(1) == digits_data.y_test).mean() > 0.9
+
+
+def test_static_ignore_pattern_keeps_layers_float(demo_cnn, digits_data):
+    before = state(demo_cnn)
+    everything = run(create("quantize.int8_static", calibration_samples=64), demo_cnn, Context(data=digits_data))
+    assert quantized_weight_nodes(everything.model.obj) == {"/conv1/Conv", "/conv2/Conv", "/fc1/Gemm", "/fc2/Gemm"}
+    # by torch layer name, by re: pattern and by op type
+    for ignore, floats in ((["fc2"], {"/fc2/Gemm"}), (["re:^/?conv"], {"/conv1/Conv", "/conv2/Conv"}),
+                           (["Gemm"], {"/fc1/Gemm", "/fc2/Gemm"})):
+        result = run(create("quantize.int8_static", calibration_samples=64, ignore=ignore), demo_cnn,
+                     Context(data=digits_data))
+        assert quantized_weight_nodes(result.model.obj) == {"/conv1/Conv", "/conv2/Conv", "/fc1/Gemm", "/fc2/Gemm"} - floats, ignore
+        assert set(result.layers) == quantized_weight_nodes(result.model.obj)
+    assert same_state(before, state(demo_cnn))
+
+
+@pytest.mark.parametrize("bits,tolerance", [(4, 0.25), (8, 0.02)])
+def test_weight_only_on_mlp(demo_mlp, digits_data, bits, tolerance):
+    result = run(create("quantize.weight_only", bits=bits), demo_mlp, Context())
+    proto = result.model.obj
+    assert ops(proto).count("MatMulNBits") == 3 and "Gemm" not in ops(proto)
+    assert all(r["dtype"] == f"int{bits}" for r in result.layers.values())
+    x = digits_data.shaped(digits_data.x_test, demo_mlp.input_shape)
+    ours, ref = run_session(session(proto), x), predict(demo_mlp, x)
+    assert (ours.argmax(1) == ref.argmax(1)).mean() > 1 - tolerance / 2
+    assert np.abs(ours - ref).max() / np.abs(ref).max() < tolerance
+    assert (ours.argmax(1) == digits_data.y_test).mean() > 0.9
+    # smaller than float32 on disk
+    assert len(proto.SerializeToString()) < len(to_onnx_model(demo_mlp).obj.SerializeToString()) * (0.2 if bits == 4 else 0.35)
+
+
+def test_weight_only_transformer_and_ignore():
+    model = transformer_model()
+    result = run(create("quantize.weight_only", bits=8, ignore=["head"]), model, Context())
+    names = set(result.layers)
+    assert names and not any("head" in n for n in names)
+    x = model.example_input(4)
+    assert np.abs(run_session(session(result.model.obj), x) - predict(model, x)).max() < 0.05
+
+
+def test_weight_only_on_onnx_and_conv_warning(demo_cnn):
+    result = run(create("quantize.weight_only"), to_onnx_model(demo_cnn), Context())
+    assert ops(result.model.obj).count("MatMulNBits") == 2 and ops(result.model.obj).count("Conv") == 2
+    assert any("Conv layers stay float32" in w for w in result.warnings)
+
+
+def test_fold_batchnorm_resnet():
+    model = resnet_model()
+    before = state(model)
+    result = run(create("fold.batchnorm"), model, Context())
+    assert same_state(before, state(model))
+    m = result.model.obj
+    assert not any(isinstance(mod, nn.BatchNorm2d) for mod in m.modules())
+    assert len(result.layers) == 9  # stem, 3 x 2 in blocks, 2 shortcuts
+    x = model.example_input(8)
+    assert np.abs(predict(result.model, x) - predict(model, x)).max() < 1e-4
+    onnx_matches(result.model)
+
+
+def test_cancel_leaves_input(demo_cnn, digits_data):
+    model = resnet_model()
+    before = state(model)
+    for pass_id, m in (("fold.batchnorm", model), ("quantize.weight_only", model)):
+        context = Context(data=digits_data)
+        context.cancel_event.set()
+        with pytest.raises(Cancelled):
+            run(create(pass_id), m, context)
+    assert same_state(before, state(model))
