@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+
+from studio.core.convert import predict, to_onnx_model
+from studio.core.data import Data
+from studio.core.errors import Cancelled, StudioError
+from studio.core.passes.base import Context
+from studio.core.passes.registry import create
+from tests.core.test_pass_common import onnx_matches, run, same_state, state, transformer_model
+
+
+def params(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def accuracy(model, data):
+    x = data.shaped(data.x_test, model.input_shape)
+    return float((predict(model, x).argmax(1) == data.y_test).mean())
+
+
+def test_narrow_student_learns_from_teacher(demo_cnn, digits_data):
+    before = state(demo_cnn)
+    result = run(create("distill.kd", width=0.5, epochs=2), demo_cnn, Context(data=digits_data))
+    assert same_state(before, state(demo_cnn))
+    student = result.model.obj
+    assert student.conv1.out_channels == 16 and student.fc2.out_features == 10
+    assert params(student) < 0.3 * params(demo_cnn.obj)
+    assert accuracy(result.model, digits_data) > 0.9
+    onnx_matches(result.model)
+
+
+def test_unlabelled_data_uses_soft_loss_only(demo_mlp, digits_data):
+    unlabelled = Data("unlabelled", digits_data.x_train, digits_data.x_test)
+    result = run(create("distill.kd", student="class", name="studio.core.zoo.nets:MLP", epochs=3, learning_rate=2e-3),
+                 demo_mlp, Context(data=unlabelled))
+    assert "soft loss only" in result.summary
+    # a fresh MLP trained only on the teacher's outputs agrees with it and classifies the digits
+    x = digits_data.shaped(digits_data.x_test, demo_mlp.input_shape)
+    agreement = (predict(result.model, x).argmax(1) == predict(demo_mlp, x).argmax(1)).mean()
+    assert agreement > 0.85
+    assert accuracy(result.model, digits_data) > 0.85
+
+
+def test_zoo_student_and_reinit(demo_cnn, digits_data):
+    result = run(create("distill.kd", student="zoo", name="mlp", epochs=1), demo_cnn, Context(data=digits_data))
+    assert type(result.model.obj).__name__ == "MLP" and result.model.input_shape == demo_cnn.input_shape
+    onnx_matches(result.model)
+    fresh = run(create("distill.kd", width=0.5, reinit=True, epochs=1), demo_cnn, Context(data=digits_data))
+    assert fresh.model.obj.conv1.out_channels == 16
+
+
+def test_transformer_student(digits_data):
+    teacher = transformer_model()
+    rng = np.random.default_rng(0)
+    data = Data("random", rng.standard_normal((256, 8, 16)).astype(np.float32),
+                rng.standard_normal((64, 8, 16)).astype(np.float32))
+    result = run(create("distill.kd", width=0.5, epochs=2), teacher, Context(data=data))
+    assert result.model.obj.block.linear1.out_features < 32
+    onnx_matches(result.model)
+
+
+def test_bad_student_names(demo_cnn, digits_data):
+    with pytest.raises(StudioError, match="no zoo model"):
+        run(create("distill.kd", student="zoo", name="nope"), demo_cnn, Context(data=digits_data))
+    with pytest.raises(StudioError, match="package.module:Class"):
+        run(create("distill.kd", student="class", name="nocolon"), demo_cnn, Context(data=digits_data))
+    with pytest.raises(StudioError, match="outputs"):
+        run(create("distill.kd", student="class", name="torch.nn:Identity"), demo_cnn, Context(data=digits_data))
+
+
+def test_onnx_teacher_and_cancel(demo_cnn, digits_data):
+    result = run(create("distill.kd", width=0.5, epochs=1), to_onnx_model(demo_cnn), Context(data=digits_data))
+    assert result.model.is_torch and accuracy(result.model, digits_data) > 0.8
+    before = state(demo_cnn)
+    context = Context(data=digits_data)
+    gen = create("distill.kd", epochs=3).apply(demo_cnn, context)
+    next(gen)
+    next(gen)
+    context.cancel_event.set()
+    with pytest.raises(Cancelled):
+        for _ in gen:
+            pass
+    assert same_state(before, state(demo_cnn))
