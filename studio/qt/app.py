@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app([sys.argv[0]])
     from .main_window import MainWindow
 
-    window = MainWindow()
+    window = MainWindow(warm_up=True)
     window.show()
     if argv:
         window.open_path(argv[0])

@@ -63,8 +63,28 @@ def demo_job(name: str):
     return prepare_variant(zoo.load(name))
 
 
+def warm_up_job():
+    """First use of torch's training path, onnxruntime and the digits loader pays one-off costs
+    (imports, lazy initialisation) that hold the GIL for a few hundred ms. Paid here, right after
+    start-up, they do not stall the window in the middle of the user's first run."""
+    import torch
+
+    import onnxruntime  # noqa: F401
+    from onnxruntime import quantization  # noqa: F401
+
+    from studio.core import data
+
+    module = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-3)
+    loss = module(torch.zeros(2, 1, 8, 8)).sum()
+    loss.backward()
+    optimizer.step()
+    data.digits()
+    return True
+
+
 class MainWindow(QMainWindow):
-    def __init__(self, parent=None):
+    def __init__(self, parent=None, warm_up: bool = False):
         super().__init__(parent)
         self.setWindowTitle("Compression Studio")
         self.setAcceptDrops(True)
@@ -136,6 +156,8 @@ class MainWindow(QMainWindow):
         data = self.settings.value("data_spec")
         if data:
             s.set_data_spec(str(data))
+        if warm_up:
+            self.tasks.start("warm-up", warm_up_job, on_error=lambda e: None)
 
     # -- layout pieces -------------------------------------------------------------------
     def _welcome(self) -> QWidget:
@@ -397,7 +419,8 @@ class MainWindow(QMainWindow):
             for st in result.stages:
                 for w in st.warnings:
                     self.log_panel.append(f"⚠ {st.label}: {w}")
-            self.tabs.setCurrentWidget(self.chart)
+            # switching tabs paints the chart: a separate event, so no single slot stalls the window
+            QTimer.singleShot(0, lambda: self.tabs.setCurrentWidget(self.chart))
 
         def failed(exc):
             self.recipe_panel.set_running(False)
