@@ -59,6 +59,8 @@ def test_transformer_block_mlp_and_heads(digits_data):
     assert same_state(before, state(model))
     block = result.model.obj.block
     assert block.linear1.out_features == 16 and block.linear2.in_features == 16
+    # the attention's width does not shrink with Torch-Pruning 1.6 on this block: said, not hidden
+    assert block.self_attn.embed_dim == 16 and any("attention layers kept" in w for w in result.warnings)
     assert result.model.obj.head.out_features == 10
     onnx_matches(result.model)
 

@@ -208,6 +208,11 @@ class StructuredPrune(Pass):
         summary = (f"parameters {params_before:,} -> {params_after:,} "
                    f"({1 - params_after / max(1, params_before):.1%} removed), ratio {cfg.ratio}, {cfg.importance}")
         warnings = []
+        unchanged_attention = [n for n, r in record.items() if r["op"] == "MultiheadAttention" and r["removed_out"] == 0
+                               and r["in_channels"] == r["in_channels_before"]]
+        if unchanged_attention:
+            warnings.append(f"attention layers kept their width and heads ({', '.join(unchanged_attention[:3])}): "
+                            "Torch-Pruning found no prunable group through them here; only the feed-forward layers shrank")
         if params_after == params_before:
             warnings.append("no channel was removed: the chosen layers may all be coupled to the classifier or ignored")
         yield 1.0, summary
