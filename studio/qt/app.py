@@ -36,7 +36,17 @@ def create_app(argv=None):
     app.setDesktopFileName("studio")
     if ICON.is_file():
         app.setWindowIcon(QIcon(str(ICON)))
+    _plots_follow_palette(app)
     return app
+
+
+def _plots_follow_palette(app) -> None:
+    """pyqtgraph draws black plots by default; use the system palette (light or dark) instead."""
+    import pyqtgraph as pg
+    from PySide6.QtGui import QPalette
+
+    pal = app.palette()
+    pg.setConfigOptions(background=pal.color(QPalette.Base), foreground=pal.color(QPalette.Text), antialias=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -105,6 +105,7 @@ class MainWindow(QMainWindow):
         self.results = ResultsTable(s)
         self.compare = CompareView(s)
         self.inspector = LayerInspector(s)
+        self.inspector.setMinimumWidth(360)  # room for the histogram and heatmap axes
         self.distribution = DistributionView(s)
         self.recipe_panel = RecipePanel(s)
         self.log_panel = LogPanel(s)
@@ -153,6 +154,10 @@ class MainWindow(QMainWindow):
         state = self.settings.value("state")
         if state is not None:
             self.restoreState(state)
+        else:  # first start: room for the inspector's plots, a short log
+            QTimer.singleShot(0, lambda: (
+                self.resizeDocks([self.docks["recipe"], self.docks["inspector"]], [400, 460], Qt.Horizontal),
+                self.resizeDocks([self.docks["log"]], [160], Qt.Vertical)))
         data = self.settings.value("data_spec")
         if data:
             s.set_data_spec(str(data))
@@ -212,7 +217,7 @@ class MainWindow(QMainWindow):
         v = bar.addMenu("&View")
         for dock in self.docks.values():
             v.addAction(dock.toggleViewAction())
-        self._action(v, "&Fit graph", self.graph_view.canvas.fit, "Ctrl+0")
+        self._action(v, "&Fit graph", self.graph_view.fit, "Ctrl+0")
         self._action(v, "Find layer", lambda: self.graph_view.search.setFocus(), QKeySequence.Find)
         self._action(v, "Show &original model", self.show_original, "Ctrl+O, O")
 

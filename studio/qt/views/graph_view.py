@@ -85,8 +85,24 @@ class GraphCanvas(QGraphicsView):
         self.setTransformationAnchor(QGraphicsView.AnchorUnderMouse)
         self.setViewportUpdateMode(QGraphicsView.SmartViewportUpdate)
         self.setBackgroundBrush(self.palette().base())
+        self.auto_fit = True  # keep the graph fitted to the view until the user zooms or pans
+
+    def showEvent(self, event):
+        super().showEvent(event)
+        if self.auto_fit:
+            self.fit()
+
+    def resizeEvent(self, event):
+        super().resizeEvent(event)
+        if self.auto_fit:
+            self.fit()
+
+    def mousePressEvent(self, event):
+        self.auto_fit = False
+        super().mousePressEvent(event)
 
     def wheelEvent(self, event):
+        self.auto_fit = False
         factor = 1.2 ** (event.angleDelta().y() / 120)
         self.zoom(factor)
 
@@ -103,7 +119,7 @@ class GraphCanvas(QGraphicsView):
         if self.transform().m11() > 1.5:  # small graphs: readable, not huge
             self.resetTransform()
             self.scale(1.5, 1.5)
-            self.centerOn(rect.center().x(), rect.top() + self.viewport().height() / 3)
+            self.centerOn(rect.center())
 
 
 class GraphView(QWidget):
@@ -121,7 +137,7 @@ class GraphView(QWidget):
             self.colour.addItem(label, key)
         self.colour.currentIndexChanged.connect(self.recolour)
         fit = QPushButton("Fit")
-        fit.clicked.connect(self.canvas.fit)
+        fit.clicked.connect(self.fit)
         self.info = QLabel()
         bar = QHBoxLayout()
         bar.addWidget(self.search, 2)
@@ -180,6 +196,11 @@ class GraphView(QWidget):
                           f"{graph.total_parameters:,} parameters")
         self.recolour()
         self.show_selection()
+        self.canvas.auto_fit = True
+        self.canvas.fit()
+
+    def fit(self) -> None:
+        self.canvas.auto_fit = True
         self.canvas.fit()
 
     def recolour(self) -> None:

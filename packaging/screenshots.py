@@ -1,0 +1,93 @@
+"""Screenshots of the real window for the README, taken offscreen:
+
+    .venv/bin/python packaging/screenshots.py      (writes docs/screenshots/*.png)
+
+graph.png: the layer graph of a pruned variant with a pruned layer selected (inspector
+heatmap shows the zeros); tradeoff.png: the trade-off chart after two runs; compare.png."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ["STUDIO_SETTINGS"] = str(Path(tempfile.mkdtemp()) / "settings.ini")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+OUT = ROOT / "docs" / "screenshots"
+
+
+def wait(app, condition, timeout=600.0):
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise TimeoutError("the window did not get there in time")
+        app.processEvents()
+        time.sleep(0.005)
+
+
+def settle(app, seconds=0.5):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        app.processEvents()
+        time.sleep(0.01)
+
+
+def main() -> int:
+    from studio.core.recipe import Recipe, RecipeStep
+    from studio.qt.app import create_app
+
+    app = create_app()
+    from studio.qt.main_window import MainWindow
+
+    w = MainWindow()
+    w.resize(1440, 900)
+    w.show()
+    w.latency_batches = (1, 32)
+    w.open_demo("cnn")
+    wait(app, lambda: w.session.model is not None and not w.tasks.running())
+    recipes = [
+        Recipe([RecipeStep("prune.magnitude", {"sparsity": 0.9, "fine_tune_epochs": 3}),
+                RecipeStep("quantize.int8_static", {})], "prune 90% + INT8"),
+        Recipe([RecipeStep("prune.magnitude", {"sparsity": 0.6, "scope": "per_layer", "fine_tune_epochs": 2}),
+                RecipeStep("quantize.fp16", {})], "prune 60% + FP16"),
+    ]
+    for recipe in recipes:
+        w.session.set_recipe(recipe)
+        count = len(w.session.runs)
+        w.run_recipe()
+        wait(app, lambda: len(w.session.runs) > count and not w.tasks.running())
+    OUT.mkdir(parents=True, exist_ok=True)
+
+    # the pruned stage of run 1, its most pruned layer selected
+    run = w.session.runs[0]
+    w.show_stage(run.id, 1)
+    wait(app, lambda: w.session.current.run_id == run.id and w.session.current.index == 1 and not w.tasks.running())
+    w.tabs.setCurrentWidget(w.graph_view)
+    w.graph_view.colour.setCurrentIndex(w.graph_view.colour.findData("sparsity"))
+    w.graph_view.select("fc1")
+    w.recipe_panel.list.setCurrentRow(0)
+    wait(app, lambda: not w.tasks.running())
+    settle(app)
+    w.grab().save(str(OUT / "graph.png"))
+
+    w.tabs.setCurrentWidget(w.chart)
+    w.show_stage(run.id, 2)
+    wait(app, lambda: w.session.current.index == 2 and not w.tasks.running())
+    settle(app)
+    w.grab().save(str(OUT / "tradeoff.png"))
+
+    w.tabs.setCurrentWidget(w.compare)
+    settle(app)
+    w.grab().save(str(OUT / "compare.png"))
+    w.shutdown()
+    w.close()
+    print("\n".join(str(p) for p in sorted(OUT.glob("*.png"))))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
