@@ -176,3 +176,42 @@ def test_settings_remember_recent_and_geometry(window, qtbot, tmp_path):
         assert again.docks["distribution"].toggleViewAction().isChecked() == dock_visible
     finally:
         again.shutdown()
+
+
+def test_drop_a_model_file_opens_it(window, qtbot, tmp_path):
+    from PySide6.QtCore import QMimeData, QPoint, QPointF, QUrl
+    from PySide6.QtGui import QDragEnterEvent, QDropEvent
+    from PySide6.QtWidgets import QApplication
+
+    from studio.core import zoo
+    from studio.core.convert import to_onnx_proto
+
+    path = tmp_path / "dropped.onnx"
+    import onnx
+
+    onnx.save(to_onnx_proto(zoo.load("mlp")), str(path))
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(path))])
+    # what a drag from a file manager delivers: enter (the window accepts model files), then drop
+    enter = QDragEnterEvent(QPoint(50, 50), Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier)
+    QApplication.sendEvent(window, enter)
+    assert enter.isAccepted()
+    drop = QDropEvent(QPointF(50, 50), Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier)
+    assert QApplication.sendEvent(window, drop)
+    qtbot.waitUntil(lambda: window.session.model is not None or window.error_box is not None, timeout=30_000)
+    assert window.error_box is None, window.error_box.text()
+    assert window.session.model.framework == "onnx" and window.session.model.name == "dropped"
+    assert any(n.op in ("Gemm", "MatMul") for n in window.session.original.graph.nodes)
+    assert str(path.resolve()) in window.recent()
+
+
+def test_random_data_measures_agreement(demo, qtbot):
+    w = demo
+    w.recipe_panel.add_pass("quantize.fp16")
+    w.session.set_data_spec("random")
+    w.run_recipe()
+    qtbot.waitUntil(lambda: len(w.session.runs) == 1, timeout=60_000)
+    m = w.session.runs[0].stages[1].measurement
+    assert m.accuracy is None and m.quality_label == "agreement" and m.agreement > 0.9
+    quality_cell = w.results.model.item(1, 2).text()
+    assert "agreement" in quality_cell
