@@ -54,6 +54,16 @@ def test_demo_select_run_choose_export(demo, qtbot, tmp_path):
     assert w.results.model.rowCount() == 3
     q = sorted(float(p.pos().y()) for p in w.chart.scatter.points())
     assert q == sorted(s.measurement.quality for s in run.stages)
+    # hover tips name the recipe and the numbers
+    p2 = next(p for p in w.chart.scatter.points() if p.data()[1] == 2)
+    tip = w.chart._tip(x=p2.pos().x(), y=p2.pos().y(), data=p2.data())
+    assert "prune.magnitude(sparsity=0.7) → quantize.int8_static" in tip and "accuracy" in tip
+    # another footprint: the x values become the measured batch-1 latencies
+    w.chart.axis.setCurrentIndex(w.chart.axis.findData("latency_b1"))
+    xs = sorted(p.pos().x() for p in w.chart.scatter.points())
+    assert xs == sorted(s.measurement.latency_ms[1] for s in run.stages)
+    # the parameter distribution shows one bar per weight tensor
+    assert len(w.distribution.param_bars.opts["height"]) == 4
     # the pruned stage really has zeros where the chart says so
     assert run.stages[1].measurement.nonzeros < 0.5 * run.stages[0].measurement.nonzeros
 
