@@ -66,33 +66,48 @@ def test_stats_are_exact_on_small_tensors_and_subsample_large_ones():
     assert stats.weight_matrix(m, "conv2").shape == (64, 32 * 9)
 
 
+# batch-1 MACs of the reference architectures (ResNet-18 1.82 G and MobileNetV2 0.30 G as published)
+EXPECTED_MACS = {"resnet18": 1.814e9, "mobilenet_v2": 0.3008e9, "vit_tiny": 1.254e9, "bert_small": 0.436e9}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "vit_tiny", "bert_small"])
 def test_inspect_real_architectures_as_onnx_and_torchscript(tmp_path, name):
+    """`studio inspect` on an ONNX export (the command line, in a subprocess) and a TorchScript
+    file (the same summary() in process: a second interpreter per file doubled this test's time)."""
     model = arch_model(name)
     params = sum(p.numel() for p in model.obj.parameters())
     onnx_path = tmp_path / f"{name}.onnx"
     onnx.save_model(to_onnx_proto(model), str(onnx_path))
     ts_path = tmp_path / f"{name}.pt"
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.jit.save(torch.jit.trace(model.obj, torch.from_numpy(model.example_input(1)), check_trace=False), str(ts_path))
-    for path, fmt in ((onnx_path, "onnx"), (ts_path, "torchscript")):
-        result = subprocess.run([sys.executable, "-m", "studio", "inspect", str(path), "--json"],
-                                capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stderr
-        info = json.loads(result.stdout)
-        assert info["format"] == fmt
-        assert {"name", "op", "parameters"} <= info["nodes"][0].keys()
-        node_params = sum(n["parameters"] for n in info["nodes"])
-        if fmt == "torchscript":
-            assert info["parameters"] == params
-            assert node_params == params
-        else:  # ONNX folds batch norm into convs: a little fewer, never more
-            assert 0.97 * params <= info["parameters"] <= params
-            assert info["macs"] > 0
-    if name != "bert_small":
-        assert info["nodes"], "no layers"
+    result = subprocess.run([sys.executable, "-m", "studio", "inspect", str(onnx_path), "--json"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["format"] == "onnx" and {"name", "op", "parameters"} <= info["nodes"][0].keys()
+    # ONNX folds batch norm into convs: a little fewer parameters, never more
+    assert 0.97 * params <= info["parameters"] <= params
+    # per node, a few small constants the exporter makes (110 values on ViT) count as weights
+    assert 0.97 * params <= sum(n["parameters"] for n in info["nodes"]) <= params * 1.0001
+    # ONNX shape inference loses the head size in the legacy exporter's attention reshapes, so
+    # ViT's attention matmuls count short (-14 %); convs and projections are exact
+    assert EXPECTED_MACS[name] * 0.85 <= info["macs"] <= EXPECTED_MACS[name] * 1.01
+
+    loaded = io.load(ts_path, input_shape=model.input_shape)
+    assert loaded.format == "torchscript"
+    loaded.meta.update(model.meta)  # token ids for BERT (a TorchScript file does not say)
+    info = summary(loaded)
+    assert info["parameters"] == params and sum(n["parameters"] for n in info["nodes"]) == params
+    assert info["macs"] == pytest.approx(EXPECTED_MACS[name], rel=0.01)
+    assert all(n["output_shape"] for n in info["nodes"]) and info["note"] == ""
+    assert len({n["name"] for n in info["nodes"]}) == len(info["nodes"])
+    # layers are named as the modules they are (recipe targets); functions keep fx-style names
+    modules = dict(model.obj.named_modules())
+    layers = [n for n in info["nodes"] if n["parameters"] and n["op"][0].isupper()]
+    assert len(layers) > 10 and all(n["name"] in modules for n in layers)
 
 
 @pytest.mark.slow
@@ -140,26 +155,3 @@ def test_torchscript_and_exported_files_give_the_fx_graph(tmp_path, form):
     bare = build_graph(io.load(path))
     assert [n.name for n in bare.layers()] == ["conv1", "conv2", "fc1", "fc2"]
     assert ("relu", "conv2") in bare.edges()
-
-
-@pytest.mark.slow
-def test_torchscript_graph_of_real_architectures(tmp_path):
-    """Residual adds, depthwise convs, attention and integer token inputs through TorchScript:
-    exact parameter counts and the published MACs (ResNet-18 1.82 G, MobileNetV2 0.30 G)."""
-    expected_macs = {"resnet18": 1.814e9, "mobilenet_v2": 0.3008e9, "vit_tiny": 1.254e9, "bert_small": 0.436e9}
-    for name, macs in expected_macs.items():
-        model = arch_model(name)
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            script = torch.jit.trace(model.obj, torch.from_numpy(model.example_input(1)), check_trace=False)
-        path = tmp_path / f"{name}.pt"
-        torch.jit.save(script, str(path))
-        loaded = io.load(path, input_shape=model.input_shape)
-        loaded.meta.update(model.meta)
-        graph = build_graph(loaded)
-        assert graph.total_parameters == sum(p.numel() for p in model.obj.parameters()), name
-        assert graph.total_macs == pytest.approx(macs, rel=0.01), name
-        assert all(n.output_shape for n in graph.nodes), name
-        assert len({n.name for n in graph.nodes}) == len(graph.nodes), name
-    add = graph.node("blocks.0.add") if "blocks.0.add" in graph else None
-    assert add is not None and len(add.inputs) == 2  # BERT's residual: two real predecessors

@@ -57,7 +57,7 @@ def build_graph(model: Model) -> Graph:
     if model.framework == ONNX:
         from .from_onnx import graph_from_onnx
 
-        return graph_from_onnx(model.obj)
+        return graph_from_onnx(model.obj, model.input_shape)
     from .from_torch import graph_from_torch
 
     return graph_from_torch(model.obj, model.input_shape, model.meta.get("input_dtype", "float32"))

@@ -11,14 +11,37 @@ FOLDED = {"QuantizeLinear", "DequantizeLinear", "Identity"}
 WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul", "MatMulNBits", "Gather"}
 
 
-def _shapes(proto) -> dict[str, tuple]:
-    """Output shapes from ONNX shape inference (batch and other symbolic dims -> 1)."""
+def _shapes(proto, input_shape=None) -> dict[str, tuple]:
+    """Output shapes from ONNX shape inference, run on a light copy of the model: big float
+    weights dropped (inference needs their dims, not their values; copying them made inference
+    on ResNet-50 take seconds), and the graph inputs' free dims pinned to batch 1 / the model's
+    input shape, so inference with data propagation can compute the dims that Shape -> Reshape
+    chains produce (attention heads, sequence length) instead of leaving them symbolic."""
     import onnx
 
+    light = onnx.ModelProto()
+    light.CopyFrom(proto)
+    for init in light.graph.initializer:
+        if init.data_type not in (onnx.TensorProto.INT64, onnx.TensorProto.INT32) and init.HasField("raw_data"):
+            if len(init.raw_data) > 256:
+                init.ClearField("raw_data")
+    inits = {i.name for i in light.graph.initializer}
+    real_inputs = [i for i in light.graph.input if i.name not in inits]
+    for k, inp in enumerate(real_inputs):
+        tt = inp.type.tensor_type
+        if not tt.HasField("shape"):
+            continue
+        for j, dim in enumerate(tt.shape.dim):
+            if dim.HasField("dim_value") and dim.dim_value > 0:
+                continue
+            if j == 0:
+                dim.dim_value = 1
+            elif k == 0 and input_shape is not None and j < len(input_shape):
+                dim.dim_value = int(input_shape[j])
     try:
-        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
+        inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
     except Exception:  # noqa: BLE001 - shapes are a nicety; very large or odd models may not infer
-        inferred = proto
+        inferred = light
     shapes = {}
     for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
         tt = vi.type.tensor_type
@@ -59,11 +82,11 @@ def _macs(op: str, node, out_shape, in_shapes, weight_shape) -> int:
     return 0
 
 
-def graph_from_onnx(proto) -> Graph:
+def graph_from_onnx(proto, input_shape=None) -> Graph:
     from ..convert import onnx_tensors
 
     inits = onnx_tensors(proto)
-    shapes = _shapes(proto)
+    shapes = _shapes(proto, input_shape)
     producer: dict[str, str] = {}  # tensor name -> node name that makes it
     alias: dict[str, str] = {}  # output of a folded node -> its source tensor
     weight_source: dict[str, str] = {}  # dequantized tensor -> initializer holding the int8 data

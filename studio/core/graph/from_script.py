@@ -144,12 +144,13 @@ class _Walker:
     def call(self, target: _Val, method: str, args: list[_Val], producers: list[str]) -> list[_Val]:
         sub = target.module
         if not _is_leaf(sub):
-            return self.walk(getattr(sub, method).graph, sub, target.path, args)
+            # through the C++ method: an in-memory traced module's .forward is a Python wrapper
+            return self.walk(sub._c._get_method(method).graph, sub, target.path, args)
         out = _MISSING
         values = [a.value for a in args]
         if self.run and all(v is not _MISSING for v in values):
             try:
-                out = getattr(sub, method)(*values)
+                out = sub._c._get_method(method)(*values)  # (traced submodules refuse a Python call)
             except Exception:  # noqa: BLE001 - shapes are a nicety
                 out = _MISSING
         params = list(sub.named_parameters())
