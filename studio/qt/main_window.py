@@ -338,11 +338,9 @@ class MainWindow(QMainWindow):
         stage = self.session.stage(run_id, index)
         if stage is None:
             return
-        if index == 0:  # stage 0 is the open model itself
-            self._show(self.session.original)
-            self.session.current = Variant(run_id, 0, self.session.original.model, self.session.original.graph,
-                                           self.session.original.layout, self.session.original.stats)
-            self.session.stage_selected.emit()
+        if index == 0:  # stage 0 is the open model itself: reuse its graph and statistics
+            o = self.session.original
+            self._show(Variant(run_id, 0, o.model, o.graph, o.layout, o.stats))
             return
         cached = self.variants.get((run_id, index))
         if cached is not None:
