@@ -41,6 +41,7 @@ def test_unlabelled_data_uses_soft_loss_only(demo_mlp, digits_data):
     assert accuracy(result.model, digits_data) > 0.85
 
 
+@pytest.mark.slow
 def test_zoo_student_and_reinit(demo_cnn, digits_data):
     result = run(create("distill.kd", student="zoo", name="mlp", epochs=1), demo_cnn, Context(data=digits_data))
     assert type(result.model.obj).__name__ == "MLP" and result.model.input_shape == demo_cnn.input_shape
