@@ -182,6 +182,8 @@ def run_and_export(model, recipe, data, out: Path, formats, args, progress) -> d
     run = drive(gen, progress, scale=lambda p: (p.overall, p.message))
     final = run.stages[-1]
     final.model.name = f"{model.name}-{final.index}-{final.name}"
+    if formats is None:  # default: ONNX, plus the packed file where the stack clusters weights
+        formats = ["onnx"] + (["packed"] if any(step.id.startswith("cluster.") for step in recipe.enabled_steps()) else [])
     exports = []
     for fmt in formats:
         target = out / export.default_name(final.model, fmt)
@@ -295,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", required=True, help="recipe YAML (the window's Recipe > Save writes one)")
     p.add_argument("--data", default="digits", help="digits, random, a .npz (x, y) or an image folder (default digits)")
     p.add_argument("--out", default="studio-out", help="folder for exports and report.json")
-    p.add_argument("--export", nargs="+", default=["onnx"], help="formats to export the last stage as (default onnx)")
+    p.add_argument("--export", nargs="+", default=None,
+                   help="formats to export the last stage as (default: onnx, and packed after clustering)")
     add_measure_args(p)
     p.set_defaults(func=cmd_run)
 
@@ -305,9 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_measure_args(p)
     p.set_defaults(func=cmd_demo, batches=[1, 256])
 
-    p = sub.add_parser("export", help="write a model as ONNX, ONNX FP16/INT8, TorchScript, torch.export or safetensors, verified")
+    p = sub.add_parser("export", help="write a model as ONNX, ONNX FP16/INT8, TorchScript, torch.export, safetensors or packed, verified")
     add_model_args(p)
-    p.add_argument("--format", default="onnx", help="onnx, onnx_fp16, onnx_int8, torchscript, torch_export, safetensors")
+    p.add_argument("--format", default="onnx", help="onnx, onnx_fp16, onnx_int8, torchscript, torch_export, safetensors, packed")
     p.add_argument("--out", required=True, help="the file to write")
     p.add_argument("--data", help="data for INT8 calibration and verification (digits, random, .npz, folder)")
     p.add_argument("--json", action="store_true")

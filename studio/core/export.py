@@ -29,6 +29,8 @@ FORMATS = {
     "torchscript": ("TorchScript", ".pt", True),
     "torch_export": ("torch.export program", ".pt2", True),
     "safetensors": ("safetensors (weights)", ".safetensors", True),
+    # the clustered model's shipping form: codebook + bit-packed indices, LZMA; loads back as ONNX
+    "packed": ("Packed (clustered weights, entropy coded)", ".packed", False),
 }
 # how close a lossless format must match; lossy conversions (FP16, INT8) are judged by agreement
 LOSSLESS_ATOL = 1e-4
@@ -81,6 +83,10 @@ def export(
             _save_torchscript(model, x, tmp)
         elif fmt == "torch_export":
             _save_torch_export(model, x, tmp)
+        elif fmt == "packed":
+            from . import packed
+
+            packed.pack(model, tmp)
         else:
             _save_safetensors(model, tmp)
         if cancel is not None:
@@ -155,6 +161,10 @@ def _load_outputs(tmp: Path, fmt: str, x: np.ndarray, model: Model) -> np.ndarra
 
     if fmt.startswith("onnx"):
         return run_session(session(tmp), x)
+    if fmt == "packed":
+        from . import packed
+
+        return run_session(session(packed.unpack(tmp)), x)
     if fmt == "torchscript":
         loaded = torch.jit.load(str(tmp))
         with torch.no_grad():

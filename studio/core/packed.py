@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import StudioError
+from .errors import LoadError
 
 MAGIC = b"STUDIOPK1\n"
 MIN_ELEMENTS = 64
@@ -95,32 +95,68 @@ def pack(model_or_proto, path: str | Path, preset: int = 9) -> dict:
             "packed_weights": int(sum(np.prod(e["shape"]) for e in entries))}
 
 
-def unpack(path: str | Path):
-    """The ONNX ModelProto the packed file holds, weights restored exactly."""
-    import onnx
+# What a packed file may inflate to: real models compress well below MAX_RATIO (sparse 4-bit
+# indices: ~10-50x), small ones get a floor. Beyond is a bomb, refused before it is allocated.
+MAX_PAYLOAD = 4 * 1024**3
+MAX_RATIO = 200
+MIN_LIMIT = 64 * 1024**2
 
-    raw = Path(path).read_bytes()
-    if not raw.startswith(MAGIC):
-        raise StudioError(f"{path}: not a studio packed file")
+
+def _decompress(raw: bytes, name: str) -> bytes:
+    """LZMA with a bound: a small file that inflates without end is refused, never allocated."""
+    decomp = lzma.LZMADecompressor()
+    limit = min(MAX_PAYLOAD, max(MIN_LIMIT, MAX_RATIO * len(raw)))
     try:
-        payload = lzma.decompress(raw[len(MAGIC) :])
+        payload = decomp.decompress(raw, max_length=limit)
+    except lzma.LZMAError as exc:
+        raise LoadError(f"{name}: damaged packed file ({exc})") from None
+    if not decomp.eof:
+        more = not decomp.needs_input
+        raise LoadError(f"{name}: " + (f"inflates beyond {limit:,} bytes; refused" if more else "damaged packed file (truncated)"))
+    return payload
+
+
+def unpack(path: str | Path):
+    """The ONNX ModelProto the packed file holds, weights restored exactly. Every claim of the
+    header is checked against the bytes that back it; raises LoadError with a one-line reason."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    path = Path(path)
+    raw = path.read_bytes()
+    if not raw.startswith(MAGIC):
+        raise LoadError(f"{path.name}: not a studio packed file")
+    payload = _decompress(raw[len(MAGIC) :], path.name)
+    try:
         (head_len,) = struct.unpack("<I", payload[:4])
         header = json.loads(payload[4 : 4 + head_len])
-        offset = 4 + head_len
-        chunks = []
-        for size in header["sizes"]:
-            chunks.append(payload[offset : offset + size])
-            offset += size
-    except (lzma.LZMAError, ValueError, struct.error) as exc:
-        raise StudioError(f"{path}: damaged packed file ({exc})") from None
-    proto = onnx.load_from_string(chunks[0])
+        sizes = [int(n) for n in header["sizes"]]
+        entries = header["tensors"]
+        if any(n < 0 for n in sizes) or 4 + head_len + sum(sizes) != len(payload) or len(sizes) != 1 + 2 * len(entries):
+            raise ValueError("section sizes do not match the file")
+        offsets = np.cumsum([4 + head_len, *sizes]).tolist()
+        chunks = [payload[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+        proto = onnx.load_from_string(chunks[0])
+    except (ValueError, KeyError, TypeError, struct.error, DecodeError) as exc:
+        raise LoadError(f"{path.name}: damaged packed file ({str(exc)[:100]})") from None
     slots = {t.doc_string[len("studio-packed:") :]: t for t in _tensors(proto) if t.doc_string.startswith("studio-packed:")}
-    for i, entry in enumerate(header["tensors"]):
-        dtype = np.dtype(entry["dtype"])
-        codebook = np.frombuffer(chunks[1 + 2 * i], dtype)
-        count = int(np.prod(entry["shape"])) if entry["shape"] else 1
-        idx = _unpack_bits(chunks[2 + 2 * i], entry["bits"], count)
-        tensor = slots[entry["key"]]
+    for i, entry in enumerate(entries):
+        try:
+            dtype, bits, tensor = np.dtype(entry["dtype"]), int(entry["bits"]), slots[entry["key"]]
+            if dtype not in [np.dtype(t) for t in PACKABLE.values()] or not 1 <= bits <= 8:
+                raise ValueError(f"dtype {dtype}, {bits} bits")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise LoadError(f"{path.name}: damaged packed file (tensor {i}: {exc})") from None
+        count = int(np.prod(tensor.dims, dtype=np.int64)) if len(tensor.dims) else 1
+        codebook = np.frombuffer(chunks[1 + 2 * i], dtype) if len(chunks[1 + 2 * i]) % dtype.itemsize == 0 else None
+        # the claimed element count must be what the index bytes hold: no allocation from a lie
+        if codebook is None or len(chunks[2 + 2 * i]) != (count * bits + 7) // 8:
+            raise LoadError(f"{path.name}: tensor '{tensor.name}' claims dims {list(tensor.dims)} that its bytes do not hold; refused")
+        idx = _unpack_bits(chunks[2 + 2 * i], bits, count)
+        if count and int(idx.max()) >= len(codebook):
+            raise LoadError(f"{path.name}: tensor '{tensor.name}' indexes past its codebook; refused")
         tensor.raw_data = codebook[idx].astype(dtype).tobytes()
         tensor.doc_string = ""
+    if any(t.doc_string.startswith("studio-packed:") for t in _tensors(proto)):
+        raise LoadError(f"{path.name}: damaged packed file (a tensor has no data)")
     return proto

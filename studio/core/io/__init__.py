@@ -6,6 +6,8 @@ runs code unless the user said they trust it:
 - TorchScript, torch.export (.pt2): torch's own loaders (no Python pickle of arbitrary objects).
 - state_dict (.pt/.pth): torch.load(weights_only=True); a whole pickled module only with trust.
 - safetensors: the header is checked against the file before the tensors are read.
+- packed (the studio's clustered format): bounded decompression, every claim checked, then
+  loaded as the ONNX model it restores to.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ def load(path, *, arch: str | None = None, trust: bool = False, input_shape: tup
         from .onnx_io import load_onnx
 
         model = load_onnx(path)
+    elif fmt == "packed":
+        from .onnx_io import load_packed
+
+        model = load_packed(path)
     elif fmt == "safetensors":
         from .torch_io import load_safetensors
 

@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 
 from ..errors import LoadError
+from ..packed import MAGIC as PACKED_MAGIC
 
 # format -> (label, suffixes) for file dialogs
 FORMATS = {
@@ -16,6 +17,7 @@ FORMATS = {
     "torch_export": ("torch.export program", [".pt2"]),
     "state_dict": ("PyTorch weights (state_dict)", [".pt", ".pth", ".bin", ".ckpt"]),
     "safetensors": ("safetensors weights", [".safetensors"]),
+    "packed": ("Studio packed model (clustered)", [".packed"]),
 }
 MAX_ZIP_RATIO = 50  # uncompressed / compressed beyond this is a zip bomb, not a model
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
@@ -35,6 +37,8 @@ def detect_format(path: Path) -> str:
         raise LoadError(f"{path.name}: the file is empty")
     with open(path, "rb") as f:
         head = f.read(16)
+    if head.startswith(PACKED_MAGIC):
+        return "packed"
     if head[:2] == b"PK":
         return _zip_format(path, size)
     if len(head) >= 9 and _looks_like_safetensors(path, head, size):
@@ -43,7 +47,7 @@ def detect_format(path: Path) -> str:
         return "legacy_pickle"
     if _looks_like_onnx(head):
         return "onnx"
-    raise LoadError(f"{path.name}: not a model file this studio reads (ONNX, TorchScript, .pt2, state_dict, safetensors)")
+    raise LoadError(f"{path.name}: not a model file this studio reads (ONNX, TorchScript, .pt2, state_dict, safetensors, packed)")
 
 
 def _looks_like_safetensors(path: Path, head: bytes, size: int) -> bool:

@@ -157,3 +157,14 @@ def load_onnx(path: Path) -> Model:
             raise LoadError(f"{path.name}: cannot read its external data ({exc})") from None
     shape, dtype = input_shape_of(proto)
     return Model(proto, ONNX, shape, name=path.stem, format="onnx", meta={"input_dtype": dtype, "external_data": external})
+
+
+def load_packed(path: Path) -> Model:
+    """A studio packed file, restored to the ONNX model it holds (weights bit-exact)."""
+    from .. import packed
+
+    proto = packed.unpack(path)
+    if check_tensors(proto, path.parent, path.name, path.stat().st_size):
+        raise LoadError(f"{path.name}: a packed file must not point to external data; refused")
+    shape, dtype = input_shape_of(proto)
+    return Model(proto, ONNX, shape, name=path.stem, format="packed", meta={"input_dtype": dtype, "external_data": False})

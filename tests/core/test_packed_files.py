@@ -1,0 +1,102 @@
+"""The packed file as a user meets it: `studio run` writes it after clustering, `studio export
+--format packed` writes it verified, and every loader (inspect, run, export back to ONNX) opens
+it. Hostile packed files are refused with one line, nothing allocated from their claims."""
+
+import json
+import lzma
+import struct
+
+import numpy as np
+import pytest
+
+from studio.cli import main
+from studio.core import io, packed
+from studio.core.convert import run_session, session, to_onnx_proto
+from studio.core.errors import LoadError
+from studio.core.export import export
+from studio.core.passes.base import Context
+from studio.core.passes.registry import create
+from studio.core.training import drain
+from tests.core.test_pass_common import run
+
+
+@pytest.fixture(scope="module")
+def clustered(demo_mlp):
+    pruned = run(create("prune.magnitude", sparsity=0.9), demo_mlp, Context()).model
+    return run(create("cluster.kmeans", bits=4), pruned, Context()).model
+
+
+def test_export_packed_verifies_and_loads_back_as_onnx(clustered, tmp_path, digits_data):
+    path = tmp_path / "mlp.packed"
+    result = drain(export(clustered, path, "packed", data=digits_data))
+    # verify() compares with the torch model: float noise only (bit-exactness vs ONNX is below)
+    assert result.verified and result.max_abs_diff < 1e-5 and result.agreement == 1.0
+    fp32_bytes = len(to_onnx_proto(clustered).SerializeToString())
+    assert result.size_bytes == path.stat().st_size and result.size_bytes * 10 < fp32_bytes
+    model = io.load(path)
+    assert model.framework == "onnx" and model.format == "packed" and model.input_shape == clustered.input_shape
+    x = digits_data.shaped(digits_data.x_test, clustered.input_shape)
+    assert np.array_equal(run_session(session(model.obj), x), run_session(session(to_onnx_proto(clustered)), x))
+
+
+def test_cli_inspect_and_restore_to_onnx(clustered, tmp_path, capsys):
+    path = tmp_path / "mlp.packed"
+    drain(export(clustered, path, "packed"))
+    assert main(["inspect", str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["format"] == "packed" and info["parameters"] == 64 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10
+    restored = tmp_path / "mlp.onnx"
+    assert main(["export", str(path), "--format", "onnx", "--out", str(restored), "-q"]) == 0
+    x = clustered.example_input(4)
+    assert np.array_equal(run_session(session(restored), x), run_session(session(to_onnx_proto(clustered)), x))
+
+
+def test_run_writes_packed_after_clustering(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("studio_recipe: 1\npasses:\n  - id: prune.magnitude\n    sparsity: 0.9\n"
+                      "  - id: cluster.kmeans\n    bits: 4\n")
+    out = tmp_path / "out"
+    assert main(["run", "demo:mlp", "--recipe", str(recipe), "--data", "digits", "--out", str(out),
+                 "--rounds", "1", "--json", "-q"]) == 0
+    exports = {e["format"]: e for e in json.loads(capsys.readouterr().out)["exports"]}
+    assert set(exports) == {"onnx", "packed"} and all(e["verified"] for e in exports.values())
+    assert exports["packed"]["size_bytes"] * 4 < exports["onnx"]["size_bytes"]
+
+
+def write_packed(path, header: dict, sections: list[bytes]):
+    head = json.dumps(header).encode()
+    path.write_bytes(packed.MAGIC + lzma.compress(struct.pack("<I", len(head)) + head + b"".join(sections)))
+
+
+def test_hostile_packed_files_refused(clustered, tmp_path):
+    good = tmp_path / "good.packed"
+    packed.pack(clustered, good)
+    payload = lzma.decompress(good.read_bytes()[len(packed.MAGIC):])
+    (n,) = struct.unpack("<I", payload[:4])
+    header, body = json.loads(payload[4:4 + n]), payload[4 + n:]
+    graph = body[: header["sizes"][0]]
+    cases = {}
+    # a bomb: 80 MB of zeros in ~12 KB, past the 64 MB floor and the 200x ratio
+    cases["bomb"] = packed.MAGIC + lzma.compress(bytes(80 * 1024 * 1024), preset=0)
+    cases["truncated"] = good.read_bytes()[:-40]
+    # index bytes that cannot hold the tensor's dims
+    lying = dict(header, sizes=[len(graph)] + [s for s in header["sizes"][1:]])
+    sections, offset = [], len(graph)
+    for size in header["sizes"][1:]:
+        sections.append(body[offset:offset + size])
+        offset += size
+    sections[1] = sections[1][:10]
+    lying["sizes"] = [len(graph)] + [len(s) for s in sections]
+    write_packed(tmp_path / "lying.packed", lying, [graph, *sections])
+    # indices past the codebook
+    sections2 = list(sections)
+    sections2[1] = body[len(graph) + header["sizes"][1]: len(graph) + header["sizes"][1] + header["sizes"][2]]
+    sections2[0] = sections2[0][: 2 * np.dtype(header["tensors"][0]["dtype"]).itemsize]  # codebook of 2 values
+    write_packed(tmp_path / "past.packed", dict(header, sizes=[len(graph)] + [len(s) for s in sections2]), [graph, *sections2])
+    for name, data in cases.items():
+        (tmp_path / f"{name}.packed").write_bytes(data)
+    expected = {"bomb": "inflates beyond", "truncated": "damaged packed file", "lying": "do not hold",
+                "past": "past its codebook"}
+    for name, reason in expected.items():
+        with pytest.raises(LoadError, match=reason):
+            io.load(tmp_path / f"{name}.packed")
