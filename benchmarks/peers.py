@@ -56,7 +56,8 @@ def torch_pruning_channels(module, x, y, ratio: float, epochs: int, lr: float = 
 
 
 def ort_static(proto, x_calib: np.ndarray, per_channel: bool = True):
-    """onnxruntime quantize_static, QDQ, per-channel, min-max, after its pre-processing."""
+    """onnxruntime quantize_static, QDQ, per-channel, min-max, after its pre-processing; activation and
+    weight types are the library defaults (QInt8, QInt8)."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process

@@ -32,6 +32,25 @@ def test_static_calibration_methods(demo_cnn, digits_data, method):
     assert (predict(result.model, x).argmax(1) == digits_data.y_test).mean() > 0.9
 
 
+@pytest.mark.parametrize("choice", ["uint8", "int8", "auto"])
+def test_static_activation_type(demo_cnn, digits_data, choice):
+    from onnx import TensorProto
+
+    from studio.core.passes.quantize import activation_type
+
+    result = run(create("quantize.int8_static", calibration_samples=64, activations=choice), demo_cnn,
+                 Context(data=digits_data))
+    proto = result.model.obj
+    inits = {i.name: i for i in proto.graph.initializer}
+    # the zero point of the first activation QuantizeLinear (the input) carries the type
+    first = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == proto.graph.input[0].name)
+    want = activation_type(choice)
+    assert inits[first.input[2]].data_type == {"uint8": TensorProto.UINT8, "int8": TensorProto.INT8}[want]
+    assert f"{want} activations" in result.summary
+    x = digits_data.shaped(digits_data.x_test, demo_cnn.input_shape)
+    assert (predict(result.model, x).argmax(1) == digits_data.y_test).mean() > 0.95
+
+
 def test_static_ignore_pattern_keeps_layers_float(demo_cnn, digits_data):
     before = state(demo_cnn)
     everything = run(create("quantize.int8_static", calibration_samples=64), demo_cnn, Context(data=digits_data))
