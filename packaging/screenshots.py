@@ -1,7 +1,9 @@
 """Screenshots of the real window for the README, taken offscreen:
 
-    .venv/bin/python packaging/screenshots.py      (writes docs/screenshots/*.png)
+    .venv/bin/python packaging/screenshots.py [NAME ...]   (writes docs/screenshots/*.png;
+                                                           names: only those, e.g. sensitivity)
 
+sensitivity.png: the per-layer pruning sensitivity heatmap of the demo CNN, a row selected;
 graph.png: the layer graph of a pruned variant with a pruned layer selected (inspector
 heatmap shows the zeros); tradeoff.png: the trade-off chart after two runs; compare.png."""
 
@@ -36,7 +38,7 @@ def settle(app, seconds=0.5):
         time.sleep(0.01)
 
 
-def main() -> int:
+def main(names: list[str]) -> int:
     from studio.core.recipe import Recipe, RecipeStep
     from studio.qt.app import create_app
 
@@ -49,6 +51,27 @@ def main() -> int:
     w.latency_batches = (1, 32)
     w.open_demo("cnn")
     wait(app, lambda: w.session.model is not None and not w.tasks.running())
+    OUT.mkdir(parents=True, exist_ok=True)
+
+    def wanted(name: str) -> bool:
+        return not names or name in names
+
+    if wanted("sensitivity"):  # the original CNN, each layer pruned alone at four ratios
+        view = w.sensitivity_view
+        w.tabs.setCurrentWidget(view)
+        view.ratios.setText("0.3, 0.5, 0.7, 0.9")
+        w.run_sensitivity()
+        wait(app, lambda: w.session.sensitivity is not None and not w.tasks.running())
+        view.select_row(1)
+        w.recipe_panel.add_pass("prune.magnitude")
+        view.max_drop.setValue(10.0)
+        view.at_ratio.setCurrentIndex(view.at_ratio.findData(0.9))
+        view.exclude_button.click()  # the recipe's form shows the ignore list
+        settle(app)
+        w.grab().save(str(OUT / "sensitivity.png"))
+        w.session.set_recipe(Recipe([]))
+    if names and not {"graph", "tradeoff", "compare"} & set(names):
+        return done(w)
     recipes = [
         Recipe([RecipeStep("prune.magnitude", {"sparsity": 0.9, "fine_tune_epochs": 3}),
                 RecipeStep("quantize.int8_static", {})], "prune 90% + INT8"),
@@ -60,7 +83,6 @@ def main() -> int:
         count = len(w.session.runs)
         w.run_recipe()
         wait(app, lambda: len(w.session.runs) > count and not w.tasks.running())
-    OUT.mkdir(parents=True, exist_ok=True)
 
     # the pruned stage of run 1, its most pruned layer selected
     run = w.session.runs[0]
@@ -72,17 +94,24 @@ def main() -> int:
     w.recipe_panel.list.setCurrentRow(0)
     wait(app, lambda: not w.tasks.running())
     settle(app)
-    w.grab().save(str(OUT / "graph.png"))
+    if wanted("graph"):
+        w.grab().save(str(OUT / "graph.png"))
 
     w.tabs.setCurrentWidget(w.chart)
     w.show_stage(run.id, 2)
     wait(app, lambda: w.session.current.index == 2 and not w.tasks.running())
     settle(app)
-    w.grab().save(str(OUT / "tradeoff.png"))
+    if wanted("tradeoff"):
+        w.grab().save(str(OUT / "tradeoff.png"))
 
     w.tabs.setCurrentWidget(w.compare)
     settle(app)
-    w.grab().save(str(OUT / "compare.png"))
+    if wanted("compare"):
+        w.grab().save(str(OUT / "compare.png"))
+    return done(w)
+
+
+def done(w) -> int:
     w.shutdown()
     w.close()
     print("\n".join(str(p) for p in sorted(OUT.glob("*.png"))))
@@ -90,4 +119,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))

@@ -27,6 +27,7 @@ from .views.inspector import LayerInspector
 from .views.log_panel import LogPanel
 from .views.recipe_panel import RecipePanel
 from .views.results import ResultsTable
+from .views.sensitivity import SensitivityView
 from .views.tradeoff import TradeoffChart
 from .workers import Tasks
 
@@ -109,16 +110,21 @@ class MainWindow(QMainWindow):
         self.distribution = DistributionView(s)
         self.recipe_panel = RecipePanel(s)
         self.log_panel = LogPanel(s)
+        self.sensitivity_view = SensitivityView(s)
         self.chart.variant_clicked.connect(self.show_stage)
         self.results.variant_clicked.connect(self.show_stage)
         self.recipe_panel.run_requested.connect(self.run_recipe)
         self.recipe_panel.cancel_requested.connect(self.cancel)
+        self.sensitivity_view.run_requested.connect(self.run_sensitivity)
+        self.sensitivity_view.cancel_requested.connect(self.cancel)
+        self.sensitivity_view.exclude_requested.connect(self.exclude_layers)
 
         self.tabs = QTabWidget()
         self.tabs.addTab(self.graph_view, "Graph")
         self.tabs.addTab(self.chart, "Trade-off")
         self.tabs.addTab(self.results, "Results")
         self.tabs.addTab(self.compare, "Compare")
+        self.tabs.addTab(self.sensitivity_view, "Sensitivity")
         self.netron_page = QWidget()  # the web view is created on first visit, never at start-up
         QVBoxLayout(self.netron_page)
         self.tabs.addTab(self.netron_page, "Netron")
@@ -396,9 +402,6 @@ class MainWindow(QMainWindow):
         except StudioError as exc:
             self.recipe_panel.error.setText(str(exc))
             return
-        self.recipe_panel.error.setText("")
-        self.cancel_event = threading.Event()
-        generation = s.generation
         model, spec, previous = s.model, s.data_spec, s.previous_stages()
         latency = getattr(self, "latency_batches", (1, 32))
 
@@ -410,10 +413,6 @@ class MainWindow(QMainWindow):
                                    previous=previous))
 
         def done(result):
-            self.recipe_panel.set_running(False)
-            if generation != s.generation or self.cancel_event is None or self.cancel_event.is_set():
-                self.log_panel.end("run finished for a model no longer open: dropped")
-                return
             result.data_name = spec
             s.add_run(result)
             last = result.stages[-1].measurement
@@ -425,27 +424,101 @@ class MainWindow(QMainWindow):
             # switching tabs paints the chart: a separate event, so no single slot stalls the window
             QTimer.singleShot(0, lambda: self.tabs.setCurrentWidget(self.chart))
 
+        steps = " → ".join(st.label() for st in recipe.enabled_steps())
+        self._start_job("run", f"running {steps} on {spec}", job, done, self.recipe_panel.error)
+
+    def run_sensitivity(self) -> None:
+        """Per-layer sensitivity of the variant shown, on the evaluation data chosen in the recipe
+        panel: the same worker, progress, log and cancel as a recipe run (one such job at a time)."""
+        s, view = self.session, self.sensitivity_view
+        variant = s.current
+        if variant is None:
+            view.error.setText("Open a model first.")
+            return
+        if self.tasks.running("run"):
+            return
+        try:
+            kind, ratios = view.request()
+        except StudioError as exc:
+            view.error.setText(str(exc))
+            return
+        model, spec, key = variant.model, s.data_spec, variant.key
+        shown = "the original" if variant.run_id is None else f"run {variant.run_id}, stage {variant.index}"
+
+        def job(cancel_event):
+            from studio.core.sensitivity import prune_sensitivity, quant_sensitivity
+
+            def check():
+                if cancel_event.is_set():
+                    raise Cancelled()
+
+            data = self.data_for(spec, model.input_shape)
+            if kind == "int8":
+                return (yield from quant_sensitivity(model, data, cancel=check))
+            return (yield from prune_sensitivity(model, data, ratios=ratios, method=kind, cancel=check))
+
+        def done(result):
+            result.meta.update(variant=f"{model.name} ({shown})", data=spec)
+            s.set_sensitivity(result, key)
+            worst = result.layers[int(result.drop().max(axis=1).argmax())]
+            self.log_panel.end(f"sensitivity of {len(result.layers)} layers done: the most sensitive is "
+                               f"{worst}")
+
+        how = "INT8 with one layer kept in float" if kind == "int8" else \
+            f"{kind} pruning at {', '.join(f'{r:.0%}' for r in ratios)}"
+        self._start_job("sensitivity analysis", f"sensitivity of {model.name} ({shown}): {how} on {spec}",
+                        job, done, view.error)
+
+    def _start_job(self, label: str, what: str, job, done, error_label: QLabel) -> None:
+        """The one long job at a time (a recipe run or a sensitivity analysis) on a worker: the
+        progress bars and the log follow it, Esc / Cancel stops it at its next step, the Run
+        buttons wait for it, and a result for a model no longer open (or cancelled) is dropped.
+        job(cancel_event) is a generator function; done(result) lands a fresh result."""
+        s = self.session
+        self.cancel_event = cancel = threading.Event()
+        generation = s.generation
+
+        def returned(result):
+            self._set_running(False)
+            if generation != s.generation or cancel.is_set():
+                self.log_panel.end(f"{label} finished for a model no longer open: dropped")
+                return
+            done(result)
+
         def failed(exc):
-            self.recipe_panel.set_running(False)
+            self._set_running(False)
             if isinstance(exc, Cancelled):
-                self.log_panel.end("run cancelled: the model is unchanged and no result was added")
+                self.log_panel.end(f"{label} cancelled: the model is unchanged and no result was added")
             else:
                 reason = str(exc) if isinstance(exc, StudioError) else f"{type(exc).__name__}: {exc}"
-                self.log_panel.end(f"run failed: {reason}")
-                self.recipe_panel.error.setText(reason)
+                self.log_panel.end(f"{label} failed: {reason}")
+                error_label.setText(reason)
                 if not isinstance(exc, StudioError):
                     self.log_panel.append("".join(traceback.format_exception(exc)))
 
-        self.recipe_panel.set_running(True)
-        self.log_panel.begin(f"running {' → '.join(st.label() for st in recipe.enabled_steps())} on {spec}")
-        self.settings.setValue("data_spec", spec)
-        self.tasks.start("run", job, self.cancel_event, _cancel=self.cancel_event,
-                         on_yield=self.log_panel.progress, on_return=done, on_error=failed)
+        error_label.setText("")
+        self._set_running(True)
+        self.log_panel.begin(what)
+        self.settings.setValue("data_spec", s.data_spec)
+        self.tasks.start("run", job, cancel, _cancel=cancel, on_yield=self.log_panel.progress,
+                         on_return=returned, on_error=failed)
+
+    def _set_running(self, running: bool) -> None:
+        self.recipe_panel.set_running(running)
+        self.sensitivity_view.set_running(running)
 
     def cancel(self) -> None:
         if self.cancel_event is not None and not self.cancel_event.is_set() and self.tasks.running("run"):
             self.cancel_event.set()
             self.log_panel.append("cancelling…")
+
+    def exclude_layers(self, layers: list[str], family: str) -> None:
+        if not layers:
+            self.log_panel.append("no layer is over the threshold: nothing to exclude")
+            return
+        rows = self.recipe_panel.ignore_layers(layers, family)
+        steps = ", ".join(f"{i + 1}. {self.session.recipe.passes[i].id}" for i in rows)
+        self.log_panel.append(f"added {', '.join(layers)} to the ignore list of {steps}")
 
     # -- recipes -------------------------------------------------------------------------
     def load_recipe_dialog(self) -> None:

@@ -33,6 +33,7 @@ class Session(QObject):
     selection_changed = Signal()  # selected layers changed
     recipe_changed = Signal()
     data_changed = Signal()
+    sensitivity_changed = Signal()  # a per-layer sensitivity analysis finished (or was cleared)
     log = Signal(str)
 
     def __init__(self, parent=None):
@@ -43,6 +44,8 @@ class Session(QObject):
         self.selected_layers: list[str] = []
         self.recipe = Recipe([], name="recipe")
         self.data_spec = "digits"
+        self.sensitivity = None  # studio.core.sensitivity.SensitivityResult of the last analysis
+        self.sensitivity_of: tuple | None = None  # key of the variant it was measured on
         self.generation = 0  # bumps on every model change: results for an older model are dropped
 
     # -- model ---------------------------------------------------------------------------
@@ -56,10 +59,12 @@ class Session(QObject):
         self.current = variant
         self.runs = []
         self.selected_layers = []
+        self.sensitivity, self.sensitivity_of = None, None
         self.model_changed.emit()
         self.runs_changed.emit()
         self.stage_selected.emit()
         self.selection_changed.emit()
+        self.sensitivity_changed.emit()
 
     # -- runs and variants ---------------------------------------------------------------
     def add_run(self, run) -> None:
@@ -93,6 +98,11 @@ class Session(QObject):
     @property
     def selected_layer(self) -> str | None:
         return self.selected_layers[0] if self.selected_layers else None
+
+    # -- sensitivity ---------------------------------------------------------------------
+    def set_sensitivity(self, result, variant_key: tuple | None = None) -> None:
+        self.sensitivity, self.sensitivity_of = result, variant_key
+        self.sensitivity_changed.emit()
 
     # -- recipe and data -----------------------------------------------------------------
     def set_recipe(self, recipe: Recipe) -> None:

@@ -1,5 +1,6 @@
 """The layer graph: a QGraphicsView over a layered layout (studio.qt.layout), zoom (wheel),
-pan (drag), fit, search, colour by sparsity / dtype / parameter share. Clicking selects the
+pan (drag), fit, search, colour by sparsity / dtype / parameter share / sensitivity (a layer's
+worst quality drop in the last sensitivity analysis, grey without data). Clicking selects the
 layer everywhere. Level of detail: far out, nodes are plain boxes without text, and all edges
 are one path item, so a graph with thousands of nodes pans smoothly."""
 
@@ -15,8 +16,10 @@ from PySide6.QtWidgets import (
 )
 
 from ..layout import NODE_H, NODE_W
+from .sensitivity import NO_DATA, drop_colour, drop_scale, worst_drops
 
-COLOUR_MODES = {"sparsity": "Sparsity", "dtype": "Data type", "share": "Parameter share"}
+COLOUR_MODES = {"sparsity": "Sparsity", "dtype": "Data type", "share": "Parameter share",
+                "sensitivity": "Sensitivity"}
 DTYPE_COLOURS = {"float32": "#8fb3e0", "float16": "#9ad0a0", "int8": "#e8b56a", "uint8": "#e8b56a", "int4": "#d98ad0"}
 
 
@@ -132,6 +135,7 @@ class GraphView(QWidget):
         self.canvas = GraphCanvas()
         self.search = QLineEdit(placeholderText="Search layers (Enter: next match)")
         self.search.returnPressed.connect(self.find_next)
+        self.search.setMinimumWidth(160)
         self.colour = QComboBox()
         for key, label in COLOUR_MODES.items():
             self.colour.addItem(label, key)
@@ -139,10 +143,12 @@ class GraphView(QWidget):
         fit = QPushButton("Fit")
         fit.clicked.connect(self.fit)
         self.info = QLabel()
+        self.legend = QLabel()
         bar = QHBoxLayout()
         bar.addWidget(self.search, 2)
         bar.addWidget(QLabel("Colour by"))
         bar.addWidget(self.colour)
+        bar.addWidget(self.legend)
         bar.addWidget(fit)
         bar.addWidget(self.info, 1)
         lay = QVBoxLayout(self)
@@ -154,6 +160,7 @@ class GraphView(QWidget):
         self.canvas.scene().selectionChanged.connect(self._scene_selection)
         session.stage_selected.connect(self.rebuild)
         session.selection_changed.connect(self.show_selection)
+        session.sensitivity_changed.connect(self.recolour)
 
     # -- building ------------------------------------------------------------------------
     def rebuild(self) -> None:
@@ -207,9 +214,25 @@ class GraphView(QWidget):
         mode = self.colour.currentData()
         nodes = [it.node for it in self.items.values()]
         total = max(1, sum(n.parameters for n in nodes))
+        result = self.session.sensitivity
+        drops = worst_drops(result, self.items) if result is not None else {}
+        top = drop_scale(result) if result is not None else 1.0
+        legend = ""
+        if mode == "sensitivity":
+            legend = f"drop 0 – {top:.1f} points, grey: none" if drops else "no data yet"
+        self.legend.setText(legend)
+        self.legend.setToolTip("Each layer's worst quality drop in the last sensitivity analysis: white "
+                               "none, red the worst; grey: not measured. Run one in the Sensitivity tab."
+                               if mode == "sensitivity" else "")
         for item in self.items.values():
             n = item.node
-            if mode == "dtype":
+            tip = item._tip()
+            if n.name in drops:
+                tip += f"<br>sensitivity: worst drop {drops[n.name]:+.1f} points"
+            item.setToolTip(tip)
+            if mode == "sensitivity":
+                c = drop_colour(drops[n.name], top) if n.name in drops else QColor(NO_DATA)
+            elif mode == "dtype":
                 c = QColor(DTYPE_COLOURS.get(n.dtype, "#cccccc"))
             elif not n.parameters:
                 c = QColor("#eeeeee")

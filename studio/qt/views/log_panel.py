@@ -42,16 +42,23 @@ class LogPanel(QWidget):
         self.append(what)
 
     def progress(self, p) -> None:
-        """p: studio.core.pipeline.Progress."""
-        self.stage_bar.setValue(int(100 * p.fraction))
-        self.overall_bar.setValue(int(100 * p.overall))
-        self.status.setText(f"step {p.stage + 1}/{p.stages}: {p.message}")
-        if p.message != self._last_message:
-            self._last_message = p.message
-            self.append(p.message)
-        if self._start is not None and p.overall > 0.05:
+        """p: studio.core.pipeline.Progress, or the (fraction, message) of a one-step job (a
+        sensitivity analysis)."""
+        if isinstance(p, tuple):
+            fraction, message = p
+            overall, status = fraction, message
+        else:
+            fraction, message, overall = p.fraction, p.message, p.overall
+            status = f"step {p.stage + 1}/{p.stages}: {message}"
+        self.stage_bar.setValue(int(100 * fraction))
+        self.overall_bar.setValue(int(100 * overall))
+        self.status.setText(status)
+        if message != self._last_message:
+            self._last_message = message
+            self.append(message)
+        if self._start is not None and overall > 0.05:
             elapsed = time.monotonic() - self._start
-            left = elapsed * (1 - p.overall) / p.overall
+            left = elapsed * (1 - overall) / overall
             self.eta.setText(f"about {left:.0f} s left")
 
     def end(self, message: str) -> None:

@@ -265,6 +265,31 @@ class RecipePanel(QWidget):
             return
         self.form.set_value("targets", list(self.session.selected_layers))
 
+    def ignore_layers(self, layers: list[str], family: str) -> list[int]:
+        """Add `layers` to the ignore list of the selected pass if it is a `family` pass ("prune"
+        or "quantize"), else of every `family` pass, else of a new one. Only passes of the kind
+        that was measured: a pruning sensitivity says nothing about which layers bear INT8, and
+        the other way round. Returns the rows changed."""
+        def fits(i: int) -> bool:
+            return self.steps[i].id.split(".")[0] == family
+
+        row = self.list.currentRow()
+        if 0 <= row < len(self.steps) and fits(row):
+            rows = [row]
+        else:
+            rows = [i for i in range(len(self.steps)) if fits(i)]
+        if not rows:
+            new = "prune.magnitude" if family == "prune" else "quantize.int8_static"
+            self.steps.append(RecipeStep(new, {}))
+            rows = [len(self.steps) - 1]
+        for i in rows:
+            step = self.steps[i]
+            ignore = list(dict.fromkeys(step.options.get("ignore", []) + list(layers)))
+            step.options = self.passes[step.id](**{**step.options, "ignore": ignore}).options()
+        self.session.recipe_changed.emit()  # the list and the form show the new options
+        self.list.setCurrentRow(rows[0])
+        return rows
+
     # -- data ----------------------------------------------------------------------------
     def _data_chosen(self, index: int) -> None:
         key = self.data_box.itemData(index)
