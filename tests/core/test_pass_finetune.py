@@ -58,3 +58,32 @@ def test_cancel_while_training(demo_mlp, digits_data):
         for _ in gen:
             pass
     assert same_state(before, state(demo_mlp))
+
+
+def test_residual_net_after_structured_pruning(digits_data):
+    """The demo ResNet (residual adds, batch norm) after channel pruning: fine-tune recovers
+    accuracy, batch-norm statistics stay consistent, and the export matches in onnxruntime."""
+    from tests.core.test_pass_common import resnet_model
+
+    model = resnet_model()
+    pruned = run(create("prune.structured", ratio=0.5), model, Context()).model
+    result = run(create("finetune", epochs=2, learning_rate=1e-3), pruned, Context(data=digits_data))
+    assert accuracy(result.model, digits_data) > max(0.9, accuracy(pruned, digits_data))
+    onnx_matches(result.model, atol=1e-3)
+
+
+def test_transformer_block_keeps_its_own_labels():
+    """A transformer block fine-tunes on sequence inputs labelled by its own predictions."""
+    from studio.core.data import Data
+    from tests.core.test_pass_common import transformer_model
+
+    model = transformer_model()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((96, 8, 16)).astype(np.float32)
+    y = predict(model, x).argmax(1)  # the model's own labels: fine-tuning must keep them
+    data = Data("self", x[:64], x[64:], y[:64], y[64:])
+    before = state(model)
+    result = run(create("finetune", epochs=2, learning_rate=1e-4), model, Context(data=data))
+    assert same_state(before, state(model))
+    assert (predict(result.model, x[64:]).argmax(1) == y[64:]).mean() > 0.8
+    onnx_matches(result.model, atol=1e-3)
