@@ -82,3 +82,14 @@ def test_onnx_teacher_and_cancel(demo_cnn, digits_data):
         for _ in gen:
             pass
     assert same_state(before, state(demo_cnn))
+
+
+def test_narrow_residual_student(digits_data):
+    """The demo ResNet (residual adds, batch norm) narrowed to half its channels learns from it."""
+    from tests.core.test_pass_common import resnet_model
+
+    teacher = resnet_model()
+    result = run(create("distill.kd", width=0.5, epochs=2), teacher, Context(data=digits_data))
+    assert params(result.model.obj) < 0.35 * params(teacher.obj)
+    assert accuracy(result.model, digits_data) > 0.9
+    onnx_matches(result.model, atol=1e-3)
