@@ -95,6 +95,7 @@ class MainWindow(QMainWindow):
         self.variants: dict[tuple, Variant] = {}  # prepared variants (graph, layout, stats) by (run, stage)
         self.data_cache: dict[str, object] = {}
         self.cancel_event: threading.Event | None = None
+        self.job_label = "job"  # what the running long job is ("recipe run", "sensitivity analysis")
         self.error_box: QMessageBox | None = None
         self.trust_box: QMessageBox | None = None
         self.export_dialog = None
@@ -207,7 +208,7 @@ class MainWindow(QMainWindow):
         self._action(f, "&Open…", self.open_dialog, QKeySequence.Open, "open")
         demo = f.addMenu("Open &demo model")
         for name in DEMO_MODELS:
-            self._action(demo, name, lambda checked=False, n=name: self.open_demo(n))
+            self._action(demo, name, lambda checked=False, n=name: self.open_demo(n), name=f"demo_{name}")
         self.recent_menu = f.addMenu("&Recent")
         self._fill_recent()
         f.addSeparator()
@@ -220,37 +221,77 @@ class MainWindow(QMainWindow):
         self._action(r, "&Save…", self.save_recipe_dialog, QKeySequence.Save, "save_recipe")
         self._action(r, "&Run", self.run_recipe, "Ctrl+R", "run")
         self._action(r, "&Cancel", self.cancel, "Esc", "cancel")
+        r.addSeparator()
+        self._action(r, "Run se&nsitivity analysis", self.sensitivity_from_menu, "Ctrl+Shift+R",
+                     "sensitivity")
+        exclude = self.sensitivity_view.exclude_button
+        self._action(r, "E&xclude sensitive layers", lambda: exclude.click(), None, "exclude")
+        r.aboutToShow.connect(lambda: self.actions_["exclude"].setEnabled(exclude.isEnabled()))
         v = bar.addMenu("&View")
+        for i in range(self.tabs.count()):  # Ctrl+1 … Ctrl+6: the tabs, in their order
+            self._action(v, self.tabs.tabText(i), lambda checked=False, i=i: self.tabs.setCurrentIndex(i),
+                         f"Ctrl+{i + 1}", f"tab_{self.tabs.tabText(i).lower()}")
+        v.addSeparator()
         for dock in self.docks.values():
             v.addAction(dock.toggleViewAction())
-        self._action(v, "&Fit graph", self.graph_view.fit, "Ctrl+0")
-        self._action(v, "Find layer", lambda: self.graph_view.search.setFocus(), QKeySequence.Find)
-        self._action(v, "Show &original model", self.show_original, "Ctrl+O, O")
+        v.addSeparator()
+        self._action(v, "&Fit graph", self.graph_view.fit, "Ctrl+0", "fit")
+        self._action(v, "Find layer", lambda: self.graph_view.search.setFocus(), QKeySequence.Find, "find")
+        # not "Ctrl+O, O": Ctrl+O opens a file at once, so that chord could never be typed
+        self._action(v, "Show &original model", self.show_original, "Ctrl+Home", "original")
+        self._set_running(False)
 
     # -- opening -------------------------------------------------------------------------
     def open_dialog(self) -> None:
         from studio.core.io.detect import file_filter
 
+        if self._open_refused("another model"):  # before the dialog, not after a file was chosen
+            return
         path, _ = QFileDialog.getOpenFileName(self, "Open a model", self.folder("open"), file_filter())
         if path:
             self.open_path(path)
 
+    # Opening another model while a recipe run or a sensitivity analysis works is refused with a
+    # message, rather than cancelling the job: the job may be minutes of fine-tuning the user
+    # asked for, and one deliberate Esc (or waiting) costs less than losing it to a stray drop
+    # or a click in Recent. The job keeps its progress bars, its Run buttons come back when it
+    # ends, and the open can simply be repeated then. The other way round, Run waits while a
+    # model is being opened (its result would be for a model about to be replaced).
+    def _open_refused(self, what: str) -> bool:
+        if not self.tasks.running("run"):
+            return False
+        message = (f"A {self.job_label} is in progress: wait for it to finish or cancel it (Esc), "
+                   f"then open {what}.")
+        self.statusBar().showMessage(message, 15_000)
+        self.log_panel.append(message)
+        return True
+
+    def _loading_refused(self, error_label: QLabel) -> bool:
+        if not self.tasks.running("load"):
+            return False
+        error_label.setText("A model is being opened: run once it is open.")
+        return True
+
     def open_path(self, path: str, trust: bool = False) -> None:
         path = str(path)
-        self.log_panel.begin(f"opening {path}")
+        if self._open_refused(path):
+            return
+        self.log_panel.begin(f"opening {path}", job=False)
         self.remember_folder("open", str(Path(path).parent))
         self.tasks.start("load", load_job, path, trust,
                          on_return=lambda v: self._opened(v, path),
                          on_error=lambda e: self._open_failed(e, path))
 
     def open_demo(self, name: str = "cnn") -> None:
-        self.log_panel.begin(f"opening the demo model '{name}'")
+        if self._open_refused(f"the demo model '{name}'"):
+            return
+        self.log_panel.begin(f"opening the demo model '{name}'", job=False)
         self.tasks.start("load", demo_job, name, on_return=lambda v: self._opened(v, None),
                          on_error=lambda e: self._open_failed(e, f"demo {name}"))
 
     def _opened(self, variant: Variant, path: str | None) -> None:
-        self.cancel()
-        self.tasks.drop("run")
+        if self._open_refused(path or f"the demo model '{variant.model.name}'"):
+            return  # a job started while this was loading (Run waits for loads: should not happen)
         self.variants = {variant.key: variant}
         self.session.set_model(variant)
         if path:
@@ -391,7 +432,7 @@ class MainWindow(QMainWindow):
         if s.model is None:
             self.recipe_panel.error.setText("Open a model first.")
             return
-        if self.tasks.running("run"):
+        if self.tasks.running("run") or self._loading_refused(self.recipe_panel.error):
             return
         recipe = Recipe([type(st)(st.id, dict(st.options), st.enabled) for st in s.recipe.passes], s.recipe.name)
         if not recipe.enabled_steps():
@@ -417,7 +458,8 @@ class MainWindow(QMainWindow):
             s.add_run(result)
             last = result.stages[-1].measurement
             q = f"{last.quality:.2%} {last.quality_label}" if last and last.quality is not None else ""
-            self.log_panel.end(f"run {result.id} done: {len(result.stages) - 1} passes · last stage {q}")
+            self.log_panel.end(f"run {result.id} done: {len(result.stages) - 1} passes · last stage {q}",
+                               "done")
             for st in result.stages:
                 for w in st.warnings:
                     self.log_panel.append(f"⚠ {st.label}: {w}")
@@ -435,7 +477,7 @@ class MainWindow(QMainWindow):
         if variant is None:
             view.error.setText("Open a model first.")
             return
-        if self.tasks.running("run"):
+        if self.tasks.running("run") or self._loading_refused(view.error):
             return
         try:
             kind, ratios = view.request()
@@ -462,7 +504,7 @@ class MainWindow(QMainWindow):
             s.set_sensitivity(result, key)
             worst = result.layers[int(result.drop().max(axis=1).argmax())]
             self.log_panel.end(f"sensitivity of {len(result.layers)} layers done: the most sensitive is "
-                               f"{worst}")
+                               f"{worst}", "done")
 
         how = "INT8 with one layer kept in float" if kind == "int8" else \
             f"{kind} pruning at {', '.join(f'{r:.0%}' for r in ratios)}"
@@ -480,23 +522,28 @@ class MainWindow(QMainWindow):
 
         def returned(result):
             self._set_running(False)
-            if generation != s.generation or cancel.is_set():
-                self.log_panel.end(f"{label} finished for a model no longer open: dropped")
-                return
-            done(result)
+            if cancel.is_set():  # it finished just as Cancel was pressed: cancelled all the same
+                self.log_panel.end(f"{label} cancelled: the model is unchanged and no result was added",
+                                   "cancelled")
+            elif generation != s.generation:
+                self.log_panel.end(f"{label} finished for a model no longer open: dropped", "cancelled")
+            else:
+                done(result)
 
         def failed(exc):
             self._set_running(False)
             if isinstance(exc, Cancelled):
-                self.log_panel.end(f"{label} cancelled: the model is unchanged and no result was added")
+                self.log_panel.end(f"{label} cancelled: the model is unchanged and no result was added",
+                                   "cancelled")
             else:
                 reason = str(exc) if isinstance(exc, StudioError) else f"{type(exc).__name__}: {exc}"
-                self.log_panel.end(f"{label} failed: {reason}")
+                self.log_panel.end(f"{label} failed: {reason}", "failed")
                 error_label.setText(reason)
                 if not isinstance(exc, StudioError):
                     self.log_panel.append("".join(traceback.format_exception(exc)))
 
         error_label.setText("")
+        self.job_label = "recipe run" if label == "run" else label
         self._set_running(True)
         self.log_panel.begin(what)
         self.settings.setValue("data_spec", s.data_spec)
@@ -504,8 +551,18 @@ class MainWindow(QMainWindow):
                          on_return=returned, on_error=failed)
 
     def _set_running(self, running: bool) -> None:
+        """Run buttons and menu commands wait while a job runs; Cancel (and Esc) works only then."""
         self.recipe_panel.set_running(running)
         self.sensitivity_view.set_running(running)
+        self.actions_["run"].setEnabled(not running)
+        self.actions_["sensitivity"].setEnabled(not running)
+        self.actions_["cancel"].setEnabled(running)
+
+    def sensitivity_from_menu(self) -> None:
+        """Recipe > Run sensitivity analysis: the Sensitivity tab comes to the front (its settings
+        and the heatmap are there) and the analysis starts with them."""
+        self.tabs.setCurrentWidget(self.sensitivity_view)
+        self.run_sensitivity()
 
     def cancel(self) -> None:
         if self.cancel_event is not None and not self.cancel_event.is_set() and self.tasks.running("run"):

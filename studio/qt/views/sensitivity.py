@@ -122,7 +122,7 @@ class SensitivityView(QWidget):
         self.ratios = QLineEdit(DEFAULT_RATIOS)
         self.ratios.setToolTip("Fractions of one layer's weights (or channels) to remove, comma separated")
         self.ratios.setMinimumWidth(self.ratios.fontMetrics().horizontalAdvance("0.3, 0.5, 0.7, 0.9") + 16)
-        self.run_button = QPushButton("Run analysis")
+        self.run_button = QPushButton("Run analysis  (Ctrl+Shift+R)")
         self.run_button.setToolTip("Measure every layer of the variant shown, on the evaluation data "
                                    "chosen in the recipe panel")
         self.run_button.clicked.connect(self.run_requested)
