@@ -141,16 +141,32 @@ def input_dtype(sess):
     return ORT_TYPES.get(sess.get_inputs()[0].type, np.float32)
 
 
+def fixed_batch(proto_or_session) -> int | None:
+    """The batch size the model's first input is pinned to (an export without a dynamic batch
+    axis, e.g. torch.onnx.export without dynamic_axes), or None when the batch axis is free."""
+    if hasattr(proto_or_session, "get_inputs"):
+        dims = proto_or_session.get_inputs()[0].shape
+        dim = dims[0] if dims else None
+    else:
+        graph = proto_or_session.graph
+        inits = {t.name for t in graph.initializer}
+        first = next((i for i in graph.input if i.name not in inits), None)
+        d = first.type.tensor_type.shape.dim if first is not None else []
+        dim = d[0].dim_value if len(d) and d[0].HasField("dim_value") else None
+    return dim if isinstance(dim, int) and dim > 0 else None
+
+
 def run_session(sess, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Outputs of the first output for inputs x, in batches (the batch axis is dynamic)."""
+    """Outputs of the first output for inputs x, in batches (of the model's own size when its
+    batch axis is fixed; the last one padded)."""
     name = sess.get_inputs()[0].name
     dtype = input_dtype(sess)
     outs = []
-    fixed = sess.get_inputs()[0].shape[0]
-    step = fixed if isinstance(fixed, int) and fixed > 0 else batch_size
+    fixed = fixed_batch(sess)
+    step = fixed or batch_size
     for i in range(0, len(x), step):
         chunk = x[i : i + step].astype(dtype, copy=False)
-        if len(chunk) < step and isinstance(fixed, int) and fixed > 0:
+        if len(chunk) < step and fixed:
             pad = np.zeros((step - len(chunk), *chunk.shape[1:]), dtype)
             out = sess.run(None, {name: np.concatenate([chunk, pad])})[0][: len(chunk)]
         else:

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .convert import input_dtype, onnx_tensors, run_session, session, to_onnx_proto
+from .convert import fixed_batch, input_dtype, onnx_tensors, run_session, session, to_onnx_proto
 from .data import Data
 from .model import Model
 
@@ -168,7 +168,8 @@ def measure_latency(
 ) -> Generator[tuple[float, str], None, list[dict[int, float]]]:
     """Median latency (ms) of each model at each batch size, in interleaved rounds (A B C A B C
     ...), so a drift of the machine touches every variant alike. Each round times enough runs to
-    last `min_round_s`; the median over rounds is reported."""
+    last `min_round_s`; the median over rounds is reported. A model whose batch axis is fixed (to
+    b) takes `batch` inputs in ceil(batch / b) calls: its time is that of all the calls."""
     results = [dict() for _ in protos]
     sessions = [session(p, threads) for p in protos]
     names = [s.get_inputs()[0].name for s in sessions]
@@ -178,12 +179,16 @@ def measure_latency(
         rng = np.random.default_rng(0)
         x = rng.standard_normal((batch, *input_shape[1:])).astype(np.float32)
         ids = rng.integers(0, 100, size=(batch, *input_shape[1:]))  # token ids for integer inputs
-        feeds = [{n: (ids if np.dtype(d).kind in "iu" else x).astype(d)} for n, d in zip(names, dtypes)]
+        pinned = [fixed_batch(s) for s in sessions]
+        feeds = [{n: np.resize(ids if np.dtype(d).kind in "iu" else x, (b or batch, *x.shape[1:])).astype(d)}
+                 for n, d, b in zip(names, dtypes, pinned)]
+        calls = [-(-batch // b) if b else 1 for b in pinned]  # ceil: the calls `batch` inputs take
         reps = []
-        for s, feed in zip(sessions, feeds):  # warm-up, and how many runs fill a round
+        for s, feed, c in zip(sessions, feeds, calls):  # warm-up, and how many runs fill a round
             s.run(None, feed)
             start = time.perf_counter()
-            s.run(None, feed)
+            for _ in range(c):
+                s.run(None, feed)
             one = max(time.perf_counter() - start, 1e-6)
             reps.append(max(1, min(1000, int(min_round_s / one))))
         samples = [[] for _ in protos]
@@ -192,7 +197,7 @@ def measure_latency(
                 cancel()
             for i, (s, feed) in enumerate(zip(sessions, feeds)):
                 start = time.perf_counter()
-                for _ in range(reps[i]):
+                for _ in range(reps[i] * calls[i]):
                     s.run(None, feed)
                 samples[i].append((time.perf_counter() - start) / reps[i] * 1000.0)
             yield (bi * rounds + r + 1) / steps, f"latency batch {batch}: round {r + 1}/{rounds}"

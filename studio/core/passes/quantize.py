@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from ..convert import to_onnx_proto
+from ..convert import fixed_batch, to_onnx_proto
 from ..model import ONNX
 from . import targets as tg
 from .base import Context, Pass, PassConfig, PassResult
@@ -93,12 +93,16 @@ class StaticInt8(Pass):
         x = data.shaped(data.x_train, model.input_shape)
         x = x[np.random.default_rng(context.seed).permutation(len(x))[: cfg.calibration_samples]]
         input_name = proto.graph.input[0].name
+        pinned = fixed_batch(proto)  # a model exported with a fixed batch size takes only that size
+        if pinned:
+            x = np.resize(x, (max(pinned, len(x) // pinned * pinned), *x.shape[1:]))
 
         class Reader(CalibrationDataReader):
             """Feeds calibration batches; checks for a cancel between them (ORT calls us)."""
 
             def __init__(self):
-                self.batches = iter(np.array_split(x, max(1, len(x) // 32)))
+                parts = len(x) // pinned if pinned else max(1, len(x) // 32)
+                self.batches = iter(np.array_split(x, parts))
 
             def get_next(self):
                 context.check_cancelled()
