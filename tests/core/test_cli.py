@@ -81,7 +81,7 @@ def test_ctrl_c_stops_cleanly_and_writes_nothing(tmp_path):
         line = proc.stderr.readline()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    assert proc.returncode == 130, f"signal sent after: {line!r}; stderr: {err[-1500:]!r}"
     assert "cancelled" in err and "Traceback" not in err
     assert not out.exists() or not any(out.iterdir())
 

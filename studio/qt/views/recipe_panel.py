@@ -14,6 +14,8 @@ from studio.core.errors import StudioError
 from studio.core.passes import all_passes
 from studio.core.recipe import RecipeStep
 
+from .job_controls import job_controls
+
 DATA_CHOICES = [("digits", "Built-in digits (labelled)"), ("random", "Random inputs (agreement)"),
                 ("npz", "A .npz file…"), ("folder", "An image folder…")]
 
@@ -150,14 +152,7 @@ class RecipePanel(QWidget):
             self.data_box.addItem(label, key)
         self.data_box.activated.connect(self._data_chosen)
         self.data_label = QLabel("digits")
-        self.run_button = QPushButton("Run  (Ctrl+R)")
-        self.run_button.clicked.connect(self.run_requested)
-        self.cancel_button = QPushButton("Cancel  (Esc)")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel_requested)
-        self.error = QLabel()
-        self.error.setStyleSheet("color: #c0392b")
-        self.error.setWordWrap(True)
+        job_controls(self, "Run  (Ctrl+R)")
 
         row = QHBoxLayout()
         row.addWidget(self.add_box, 1)

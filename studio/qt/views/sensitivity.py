@@ -21,6 +21,8 @@ from PySide6.QtWidgets import (
 from studio.core.errors import StudioError
 from studio.core.sensitivity import sensitive_layers
 
+from .job_controls import job_controls
+
 KINDS = {  # key: (label, tool tip)
     "magnitude": ("Pruning (magnitude)", "Zero the smallest weights of one layer at a time, at each ratio"),
     "structured": ("Pruning (channels)",
@@ -122,16 +124,9 @@ class SensitivityView(QWidget):
         self.ratios = QLineEdit(DEFAULT_RATIOS)
         self.ratios.setToolTip("Fractions of one layer's weights (or channels) to remove, comma separated")
         self.ratios.setMinimumWidth(self.ratios.fontMetrics().horizontalAdvance("0.3, 0.5, 0.7, 0.9") + 16)
-        self.run_button = QPushButton("Run analysis  (Ctrl+Shift+R)")
+        job_controls(self, "Run analysis  (Ctrl+Shift+R)")
         self.run_button.setToolTip("Measure every layer of the variant shown, on the evaluation data "
                                    "chosen in the recipe panel")
-        self.run_button.clicked.connect(self.run_requested)
-        self.cancel_button = QPushButton("Cancel  (Esc)")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel_requested)
-        self.error = QLabel()
-        self.error.setStyleSheet("color: #c0392b")
-        self.error.setWordWrap(True)
         self.summary = QLabel("Run an analysis to see how much quality each layer costs when only it is "
                               "changed.")
         self.summary.setWordWrap(True)
