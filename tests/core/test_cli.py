@@ -74,7 +74,10 @@ def test_ctrl_c_stops_cleanly_and_writes_nothing(tmp_path):
     (tmp_path / "r.yaml").write_text("passes:\n  - id: prune.magnitude\n    fine_tune_epochs: 200\n")
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "studio", "run", "demo:cnn", "--recipe", str(tmp_path / "r.yaml"),
-                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a shell's background job (`make test &`) ignores SIGINT and children
+                            # inherit that; a user's terminal does not: start as a terminal would
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     line = ""
     while "fine-tune" not in line and time.time() < deadline:  # wait until the pass is training
