@@ -101,3 +101,27 @@ class Pass:
     def options(self) -> dict:
         """The config as plain data, for recipes: only what differs from the defaults."""
         return self.config.model_dump(exclude_defaults=True)
+
+    # -- shared steps of the passes that change torch weights ---------------------------------
+    def torch_copy(self, model: Model) -> Generator[Progress, None, Model]:
+        """A torch model this pass may change: a copy, or for ONNX a conversion (onnx2torch)."""
+        if model.is_onnx:
+            from .onnx_torch import onnx_to_torch
+
+            yield 0.0, "converting ONNX to torch (onnx2torch)"
+            return onnx_to_torch(model)
+        return model.copy()
+
+    def recovery_training(self, module, input_shape, context: Context, start: float,
+                          after_step=None) -> Generator[Progress, None, None]:
+        """`fine_tune_epochs` of training on the data's training split (progress from `start`
+        to 1); `after_step` re-applies constraints (masks) after every optimiser step."""
+        from ..training import train
+
+        cfg = self.config
+        data = context.require_data(self.id, labels=True)
+        x = data.shaped(data.x_train, input_shape)
+        for fraction, message in train(module, x, data.y_train, cfg.fine_tune_epochs, cfg.learning_rate,
+                                       seed=context.seed, after_step=after_step):
+            context.check_cancelled()
+            yield start + (1 - start) * fraction, f"fine-tune {message}"

@@ -53,13 +53,7 @@ class FineTune(Pass):
     def apply(self, model, context: Context):
         cfg: FineTuneConfig = self.config
         data = context.require_data(self.id, labels=True)
-        if model.is_onnx:
-            from .onnx_torch import onnx_to_torch
-
-            yield 0.0, "converting ONNX to torch (onnx2torch)"
-            new = onnx_to_torch(model)
-        else:
-            new = model.copy()
+        new = yield from self.torch_copy(model)
         module = new.obj
         masks = zero_masks(module) if cfg.keep_zeros else {}
         x = data.shaped(data.x_train, new.input_shape)

@@ -15,7 +15,6 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from ..training import train
 from . import targets as tg
 from .base import Context, Pass, PassConfig, PassResult
 from .registry import register
@@ -112,11 +111,7 @@ class LowRank(Pass):
                                 "parameters": sum(p.numel() for p in seq.parameters())}
             yield 0.3 * (i + 1) / max(1, len(chosen)), f"{name}: " + (f"rank {record[name].get('rank')}" if result else "kept")
         if cfg.fine_tune_epochs:
-            data = context.require_data(self.id, labels=True)
-            x = data.shaped(data.x_train, new.input_shape)
-            for fraction, message in train(module, x, data.y_train, cfg.fine_tune_epochs, cfg.learning_rate, seed=context.seed):
-                context.check_cancelled()
-                yield 0.3 + 0.7 * fraction, f"fine-tune {message}"
+            yield from self.recovery_training(module, new.input_shape, context, 0.3)
         module.eval()
         after = sum(p.numel() for p in module.parameters())
         done = sum(1 for r in record.values() if r["factorized"])

@@ -10,7 +10,6 @@ from typing import Literal
 
 from pydantic import Field
 
-from ..training import train
 from . import targets as tg
 from .base import Context, Pass, PassConfig, PassResult
 from .registry import register
@@ -77,14 +76,7 @@ class MagnitudePrune(Pass):
             apply_masks()
         yield 0.1, "pruned"
         if cfg.fine_tune_epochs:
-            data = context.require_data(self.id, labels=True)
-            x = data.shaped(data.x_train, new.input_shape)
-            for fraction, message in train(
-                new.obj, x, data.y_train, cfg.fine_tune_epochs, cfg.learning_rate,
-                seed=context.seed, after_step=apply_masks,
-            ):
-                context.check_cancelled()
-                yield 0.1 + 0.9 * fraction, f"fine-tune {message}"
+            yield from self.recovery_training(new.obj, new.input_shape, context, 0.1, after_step=apply_masks)
         new.obj.eval()
         record = {
             n: {

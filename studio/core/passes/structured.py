@@ -14,7 +14,6 @@ import numpy as np
 from pydantic import Field
 
 from ..errors import StudioError
-from ..training import train
 from . import targets as tg
 from .base import Context, Pass, PassConfig, PassResult
 from .registry import register
@@ -152,13 +151,7 @@ class StructuredPrune(Pass):
         import torch
 
         cfg: StructuredConfig = self.config
-        if model.is_onnx:
-            from .onnx_torch import onnx_to_torch
-
-            yield 0.0, "converting ONNX to torch (onnx2torch)"
-            new = onnx_to_torch(model)
-        else:
-            new = model.copy()
+        new = yield from self.torch_copy(model)
         module = new.obj
         module.eval()
         example = torch.from_numpy(new.example_input(1))
@@ -191,11 +184,7 @@ class StructuredPrune(Pass):
         with torch.no_grad():
             module(example)  # fails here, not in a later stage, if the shapes no longer fit
         if cfg.fine_tune_epochs:
-            data = context.require_data(self.id, labels=True)
-            x = data.shaped(data.x_train, new.input_shape)
-            for fraction, message in train(module, x, data.y_train, cfg.fine_tune_epochs, cfg.learning_rate, seed=context.seed):
-                context.check_cancelled()
-                yield 0.3 + 0.7 * fraction, f"fine-tune {message}"
+            yield from self.recovery_training(module, new.input_shape, context, 0.3)
         module.eval()
         after = shapes(module)
         record = {}
