@@ -44,6 +44,15 @@ def pareto_front(points):
     return front
 
 
+class PercentAxis(pg.AxisItem):
+    """Quality ticks as percentages (0.978 -> 97.8%), with as many decimals as the spacing needs."""
+
+    def tickStrings(self, values, scale, spacing):
+        step = spacing * 100
+        decimals = 0 if step >= 1 else 1 if step >= 0.1 else 2
+        return [f"{v * 100:.{decimals}f}%" for v in values]
+
+
 class TradeoffChart(QWidget):
     variant_clicked = Signal(str, int)  # run id, stage index
 
@@ -55,10 +64,10 @@ class TradeoffChart(QWidget):
             self.axis.addItem(label, key)
         self.axis.setCurrentIndex(list(FOOTPRINTS).index("zip_bytes"))
         self.axis.currentIndexChanged.connect(self.refresh)
-        self.plot = pg.PlotWidget()
+        self.plot = pg.PlotWidget(axisItems={"left": PercentAxis("left")})
         self.plot.showGrid(x=True, y=True, alpha=0.3)
         self.plot.setLabel("left", "quality (held-out)")
-        self.plot.getAxis("left").enableAutoSIPrefix(False)  # 0.978, not 978 (x0.001)
+        self.plot.getAxis("left").enableAutoSIPrefix(False)
         self.front = self.plot.plot([], [], pen=pg.mkPen("#888888", width=1.5, style=pg.QtCore.Qt.DashLine))
         self.scatter = pg.ScatterPlotItem(hoverable=True, size=12, tip=self._tip,
                                           hoverPen=pg.mkPen("k", width=2), hoverSize=16)
@@ -83,7 +92,11 @@ class TradeoffChart(QWidget):
 
     def refresh(self) -> None:
         key = self.axis.currentData()
-        self.plot.setLabel("bottom", FOOTPRINTS[key])
+        label = FOOTPRINTS[key]
+        if label.endswith(" (bytes)"):  # pyqtgraph scales the unit: kB, MB
+            self.plot.setLabel("bottom", label[: -len(" (bytes)")], units="B")
+        else:
+            self.plot.setLabel("bottom", label, units=None)
         self.points = stage_points(self.session.runs, key)
         colours = {run.id: RUN_COLOURS[i % len(RUN_COLOURS)] for i, run in enumerate(self.session.runs)}
         spots = [{"pos": (x, q), "data": (rid, idx, tip), "brush": pg.mkBrush(colours[rid]),
