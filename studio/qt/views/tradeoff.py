@@ -65,7 +65,9 @@ class TradeoffChart(QWidget):
         self.axis.setCurrentIndex(list(FOOTPRINTS).index("zip_bytes"))
         self.axis.currentIndexChanged.connect(self.refresh)
         self.plot = pg.PlotWidget(axisItems={"left": PercentAxis("left")})
-        self.plot.showGrid(x=True, y=True, alpha=0.3)
+        # no grid: pyqtgraph's axis grid redraws every tick line at every level, and it alone was
+        # 20-40 ms of the window's longest stall when the chart appears (benchmarks/ui_stall.py);
+        # the hover tip gives each point's exact numbers
         self.plot.setLabel("left", "quality (held-out)")
         self.plot.getAxis("left").enableAutoSIPrefix(False)
         self.front = self.plot.plot([], [], pen=pg.mkPen("#888888", width=1.5, style=pg.QtCore.Qt.DashLine))
