@@ -54,6 +54,24 @@ def run(pass_, model, context):
     return drain(pass_.apply(model, context))
 
 
+def assert_cancel_leaves_input(pass_, model: Model, context, after_yields: int = 0) -> None:
+    """Cancel after `after_yields` progress steps (0: before the first): the pass raises
+    Cancelled at its next step and the input model's weights are exactly as they were."""
+    import pytest
+
+    from studio.core.errors import Cancelled
+
+    before = state(model)
+    gen = pass_.apply(model, context)
+    for _ in range(after_yields):
+        next(gen)
+    context.cancel_event.set()
+    with pytest.raises(Cancelled):
+        for _ in gen:
+            pass
+    assert same_state(before, state(model))
+
+
 def onnx_matches(model: Model, atol=1e-4, batch=5) -> float:
     """Export the torch model, run it in onnxruntime, return max |ort - torch|."""
     from studio.core.convert import predict, session, to_onnx_proto

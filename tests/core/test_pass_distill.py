@@ -3,10 +3,10 @@ import pytest
 
 from studio.core.convert import predict, to_onnx_model
 from studio.core.data import Data
-from studio.core.errors import Cancelled, StudioError
+from studio.core.errors import StudioError
 from studio.core.passes.base import Context
 from studio.core.passes.registry import create
-from tests.core.test_pass_common import onnx_matches, run, same_state, state, transformer_model
+from tests.core.test_pass_common import assert_cancel_leaves_input, onnx_matches, run, same_state, state, transformer_model
 
 
 def params(module):
@@ -72,16 +72,7 @@ def test_bad_student_names(demo_cnn, digits_data):
 def test_onnx_teacher_and_cancel(demo_cnn, digits_data):
     result = run(create("distill.kd", width=0.5, epochs=1), to_onnx_model(demo_cnn), Context(data=digits_data))
     assert result.model.is_torch and accuracy(result.model, digits_data) > 0.8
-    before = state(demo_cnn)
-    context = Context(data=digits_data)
-    gen = create("distill.kd", epochs=3).apply(demo_cnn, context)
-    next(gen)
-    next(gen)
-    context.cancel_event.set()
-    with pytest.raises(Cancelled):
-        for _ in gen:
-            pass
-    assert same_state(before, state(demo_cnn))
+    assert_cancel_leaves_input(create("distill.kd", epochs=3), demo_cnn, Context(data=digits_data), after_yields=2)
 
 
 def test_narrow_residual_student(digits_data):

@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from studio.core.convert import predict, to_onnx_model
-from studio.core.errors import Cancelled, StudioError
+from studio.core.errors import StudioError
 from studio.core.passes.base import Context
 from studio.core.passes.registry import create
-from tests.core.test_pass_common import onnx_matches, run, same_state, state
+from tests.core.test_pass_common import assert_cancel_leaves_input, onnx_matches, run, same_state, state
 
 
 def accuracy(model, data):
@@ -48,16 +48,7 @@ def test_onnx_model_is_converted(demo_mlp, digits_data):
 
 
 def test_cancel_while_training(demo_mlp, digits_data):
-    before = state(demo_mlp)
-    context = Context(data=digits_data)
-    gen = create("finetune", epochs=3).apply(demo_mlp, context)
-    next(gen)
-    next(gen)
-    context.cancel_event.set()
-    with pytest.raises(Cancelled):
-        for _ in gen:
-            pass
-    assert same_state(before, state(demo_mlp))
+    assert_cancel_leaves_input(create("finetune", epochs=3), demo_mlp, Context(data=digits_data), after_yields=2)
 
 
 def test_residual_net_after_structured_pruning(digits_data):

@@ -1,13 +1,9 @@
-import numpy as np
-import pytest
 import torch
 from torch import nn
 
-from studio.core.convert import predict
-from studio.core.errors import Cancelled
 from studio.core.passes.base import Context
 from studio.core.passes.registry import create
-from tests.core.test_pass_common import onnx_matches, resnet_model, run, same_state, state, transformer_model
+from tests.core.test_pass_common import assert_cancel_leaves_input, onnx_matches, resnet_model, run, same_state, state, transformer_model
 
 
 def test_cnn_ratio_factors_replace_layers(demo_cnn, digits_data):
@@ -53,9 +49,4 @@ def test_resnet_and_transformer():
 
 
 def test_cancel(demo_cnn):
-    before = state(demo_cnn)
-    context = Context()
-    context.cancel_event.set()
-    with pytest.raises(Cancelled):
-        run(create("lowrank.svd"), demo_cnn, context)
-    assert same_state(before, state(demo_cnn))
+    assert_cancel_leaves_input(create("lowrank.svd"), demo_cnn, Context())

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-import torch
 from onnx import TensorProto, helper
 
 from studio.core.convert import predict, to_onnx_model

@@ -3,7 +3,6 @@ pattern, weight-only INT4/INT8, batch-norm folding."""
 
 import numpy as np
 import pytest
-import torch
 from torch import nn
 
 from studio.core.convert import predict, run_session, session, to_onnx_model

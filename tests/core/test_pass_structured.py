@@ -1,6 +1,4 @@
-import numpy as np
 import pytest
-import torch
 
 from studio.core.convert import to_onnx_model
 from studio.core.errors import Cancelled, StudioError
