@@ -133,7 +133,7 @@ def cmd_inspect(args) -> int:
 def fmt_bytes(n) -> str:
     if n is None:
         return "-"
-    for unit in ("B", "KB", "MB", "GB"):
+    for unit in ("B", "KiB", "MiB", "GiB"):  # binary units, named as such
         if abs(n) < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
@@ -145,7 +145,7 @@ def stage_table(run) -> str:
     base = stages[0].measurement
     batches = sorted(base.latency_ms) if base and base.latency_ms else []
     head = f"{'stage':28} {base.quality_label if base else 'quality':>9} {'params':>9} {'nonzero':>9} " \
-           f"{'file':>9} {'zipped':>9} {'x zip':>6} {'MACs':>10}"
+           f"{'file':>10} {'zipped':>10} {'x zip':>6} {'MACs':>10}"
     for b in batches:
         head += f" {'ms b' + str(b):>9} {'x':>5}"
     lines = [head, "-" * len(head)]
@@ -155,8 +155,8 @@ def stage_table(run) -> str:
             lines.append(f"{s.label[:28]:28} (not measured)")
             continue
         q = "-" if m.quality is None else f"{m.quality:.2%}"
-        row = f"{s.label[:28]:28} {q:>9} {m.parameters:>9,} {m.nonzeros:>9,} {fmt_bytes(m.size_bytes):>9} " \
-              f"{fmt_bytes(m.zip_bytes):>9} {base.zip_bytes / max(1, m.zip_bytes):>5.1f}x {m.macs:>10,}"
+        row = f"{s.label[:28]:28} {q:>9} {m.parameters:>9,} {m.nonzeros:>9,} {fmt_bytes(m.size_bytes):>10} " \
+              f"{fmt_bytes(m.zip_bytes):>10} {base.zip_bytes / max(1, m.zip_bytes):>5.1f}x {m.macs:>10,}"
         for b in batches:
             ms = m.latency_ms.get(b)
             row += f" {ms:>9.3f} {base.latency_ms[b] / ms:>4.2f}x" if ms else f" {'-':>9} {'-':>5}"

@@ -27,7 +27,7 @@ def _fmt(value, kind: str) -> str:
     if kind == "pct":
         return f"{value:.2%}"
     if kind == "bytes":
-        return f"{value / 1024:,.1f} KB"
+        return f"{value / 1024:,.1f} KiB"
     if kind == "ms":
         return f"{value:.3f}"
     return f"{value:,}"
