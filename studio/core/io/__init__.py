@@ -3,7 +3,10 @@ runs code unless the user said they trust it:
 
 - ONNX: parsed without external data first; sidecar paths must stay inside the model's folder
   and every declared tensor must fit the bytes that back it, before anything is allocated.
-- TorchScript, torch.export (.pt2): torch's own loaders (no Python pickle of arbitrary objects).
+- TorchScript: torch's own loader (TorchScript's restricted unpickler).
+- torch.export (.pt2): checked as data first (pt2_check: no pickle members, no compiled code,
+  shape expressions plain arithmetic, calls only tensor operators), then loaded with
+  weights-only unpickling forced and the file's guards code never compiled.
 - state_dict (.pt/.pth): torch.load(weights_only=True); a whole pickled module only with trust.
 - safetensors: the header is checked against the file before the tensors are read.
 - packed (the studio's clustered format): bounded decompression, every claim checked, then

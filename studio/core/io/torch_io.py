@@ -96,20 +96,26 @@ def load_torch(path: Path, fmt: str, *, arch: str | None, trust: bool) -> Model:
             try:
                 module = torch.jit.load(str(path), map_location="cpu")
             except Exception as exc:  # noqa: BLE001
-                raise LoadError(f"{path.name}: unreadable TorchScript ({str(exc).splitlines()[0][:120]})") from None
+                raise LoadError(f"{path.name}: unreadable TorchScript ({_first_line(exc)})") from None
             return Model(module.eval(), TORCH, None, name=path.stem, format="torchscript")
         if fmt == "torch_export":
+            from .pt2_check import load_program
+
             try:
-                program = torch.export.load(str(path))
+                program = load_program(path)
+            except LoadError:
+                raise
             except Exception as exc:  # noqa: BLE001
-                raise LoadError(f"{path.name}: unreadable torch.export program ({str(exc).splitlines()[0][:120]})") from None
+                raise LoadError(f"{path.name}: unreadable torch.export program ({_first_line(exc)})") from None
             shape = None
             meta = {}
             example = getattr(program, "example_inputs", None)
             if example and example[0] and hasattr(example[0][0], "shape"):
                 shape = (1, *tuple(example[0][0].shape)[1:])
                 meta["input_dtype"] = str(example[0][0].dtype).replace("torch.", "")  # token ids: int64
-            return Model(program.module(), TORCH, shape, name=path.stem, format="torch.export", meta=meta)
+            # check_guards=False: the guards are Python source from the file (see pt2_check)
+            module = program.module(check_guards=False)
+            return Model(module, TORCH, shape, name=path.stem, format="torch.export", meta=meta)
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
@@ -117,7 +123,7 @@ def load_torch(path: Path, fmt: str, *, arch: str | None, trust: bool) -> Model:
                 raise TrustRequired(f"{path.name}: {TRUST_HINT}") from None
             obj = _load_trusted(path)
         except Exception as exc:  # noqa: BLE001
-            raise LoadError(f"{path.name}: unreadable PyTorch file ({str(exc).splitlines()[0][:120]})") from None
+            raise LoadError(f"{path.name}: unreadable PyTorch file ({_first_line(exc)})") from None
     if isinstance(obj, torch.nn.Module):
         return Model(obj.eval(), TORCH, None, name=path.stem, format="pickle", meta={"trusted": True})
     state = _state_dict_of(obj)
@@ -126,10 +132,19 @@ def load_torch(path: Path, fmt: str, *, arch: str | None, trust: bool) -> Model:
     return _with_arch(state, arch, path, "state_dict")
 
 
+def _first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (torch's can start with a newline or be
+    empty), or its type name."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()[:120]
+    return type(exc).__name__
+
+
 def _load_trusted(path: Path):
     import torch
 
     try:
         return torch.load(str(path), map_location="cpu", weights_only=False)  # the user said: trusted
     except Exception as exc:  # noqa: BLE001
-        raise LoadError(f"{path.name}: cannot unpickle ({str(exc).splitlines()[0][:120]})") from None
+        raise LoadError(f"{path.name}: cannot unpickle ({_first_line(exc)})") from None
