@@ -324,6 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv and argv[0] == "_probe":  # internal: parse an untrusted file in this child process
+        from studio.core.io.probe import child_main
+
+        return child_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -73,6 +73,35 @@ def load_safetensors(path: Path, arch: str | None) -> Model:
     return _with_arch(state, arch, path, "safetensors")
 
 
+MAX_CODE_BYTES = 64 * 1024 * 1024
+MAX_NESTING = 500  # TorchScript's recursive-descent parser overflows the C stack long before 50,000
+
+
+def check_torchscript_code(path: Path) -> None:
+    """Refuse TorchScript source that crashes the parser (nesting) or touches files when it runs:
+    `torch.from_file(..., shared=True)` maps a file writable, and `__setstate__` runs at load."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        code = [i for i in z.infolist() if "/code/" in i.filename and i.filename.endswith(".py")]
+        if sum(i.file_size for i in code) > MAX_CODE_BYTES:
+            raise LoadError(f"{path.name}: its TorchScript code claims over {MAX_CODE_BYTES:,} bytes; refused")
+        for info in code:
+            text = z.read(info).decode("utf-8", "replace")
+            if "from_file" in text:
+                raise LoadError(f"{path.name}: its TorchScript code maps files from disk (from_file); refused")
+            depth = deepest = 0
+            for ch in text:
+                if ch in "([{":
+                    depth += 1
+                    deepest = max(deepest, depth)
+                elif ch in ")]}":
+                    depth -= 1
+            if deepest > MAX_NESTING:
+                raise LoadError(f"{path.name}: its TorchScript code nests {deepest:,} brackets deep "
+                                f"(more than {MAX_NESTING}); refused")
+
+
 def _state_dict_of(obj):
     """A plain {name: tensor} from what torch.load returned, or None."""
     import torch
@@ -93,6 +122,10 @@ def load_torch(path: Path, fmt: str, *, arch: str | None, trust: bool) -> Model:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if fmt == "torchscript":
+            from .probe import probe
+
+            check_torchscript_code(path)
+            probe("torchscript", path)  # a crash or hang in torch's C++ parser stays in a child
             try:
                 module = torch.jit.load(str(path), map_location="cpu")
             except Exception as exc:  # noqa: BLE001
