@@ -53,6 +53,7 @@ def test_netron_tab_survives_an_old_build_date(demo, qtbot):
     assert w.netron is not None
     qtbot.waitUntil(lambda: w.netron.url is not None, timeout=60_000)
     view, profile = w.netron.web, w.netron.profile
+    assert len(QUrl(w.netron.url).path()) > 40  # served under a secret token (test_netron_server.py)
     # today: the model is drawn (netron's body class becomes 'default' once a graph is shown)
     cls, _ = page_state(view, qtbot, lambda s: "default" in s[0])
 

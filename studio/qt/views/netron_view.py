@@ -1,6 +1,7 @@
-"""Netron in a tab. The netron package serves the shown variant (as an ONNX file in a temp
-folder) on 127.0.0.1:<free port>; a QWebEngineView shows it, created only when the tab is first
-opened. Offline and pinned, two things in netron's browser.js would stop it:
+"""Netron in a tab. The shown variant is written as an ONNX file in a temp folder and served
+with netron's page at http://127.0.0.1:<free port>/<secret token>/, answering only a loopback
+Host (netron_server.py); a QWebEngineView shows it, created only when the tab is first opened.
+Offline and pinned, two things in netron's browser.js would stop it:
 - a cookie banner waits for consent: we set the cookie consent=1 for the origin first;
 - a page whose build date is > 180 days old loops on "Please update to the newest version".
   The date comes from <meta name="date">; a user script that runs before the page's scripts
@@ -10,11 +11,14 @@ Without QtWebEngine, a button opens the same URL in the system browser."""
 from __future__ import annotations
 
 import tempfile
+import threading
 import webbrowser
 from pathlib import Path
 
 from PySide6.QtCore import QUrl
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+
+from .netron_server import ModelServer
 
 # runs at DocumentCreation in the page's main world, before any of netron's scripts
 NETRON_GUARD_JS = r"""
@@ -42,9 +46,8 @@ def webengine_available() -> bool:
     return True
 
 
-def serve_model(variant, folder: Path) -> tuple[str, str]:
-    """Write the variant as ONNX and serve it; returns (url, file). Worker-thread work."""
-    import netron
+def serve_model(variant, folder: Path) -> tuple[ModelServer, str]:
+    """Write the variant as ONNX and serve it; returns (server, file). Worker-thread work."""
     import onnx
 
     model = variant.model
@@ -57,8 +60,7 @@ def serve_model(variant, folder: Path) -> tuple[str, str]:
 
         proto = to_onnx_proto(model)
     onnx.save_model(proto, str(path))
-    host, port = netron.serve(str(path), None, ("127.0.0.1", 0), browse=False)
-    return f"http://{host}:{port}/", str(path)
+    return ModelServer(path), str(path)
 
 
 class NetronView(QWidget):
@@ -67,7 +69,9 @@ class NetronView(QWidget):
         self.window_ = window
         self.folder = tempfile.TemporaryDirectory(prefix="studio-netron-")
         self.url: str | None = None
-        self.address = None
+        self.server: ModelServer | None = None
+        self._servers: list[ModelServer] = []  # every one started and not yet stopped
+        self._servers_lock = threading.Lock()
         self.info = QLabel("")
         self.browser_button = QPushButton("Open in the system browser")
         self.browser_button.clicked.connect(lambda: self.url and webbrowser.open(self.url))
@@ -117,20 +121,21 @@ class NetronView(QWidget):
                                  on_error=lambda e: self.info.setText(f"Netron: {e}"))
 
     def _serve(self, variant):
-        import netron
-
-        if self.address is not None:
-            netron.stop(self.address)
-        return serve_model(variant, Path(self.folder.name))
+        self._stop_servers()  # the previous variant is no longer served
+        server, path = serve_model(variant, Path(self.folder.name))
+        with self._servers_lock:
+            self._servers.append(server)
+        return server, path
 
     def _served(self, value) -> None:
-        url, path = value
+        self.server, path = value
+        self._stop_servers(keep=self.server)  # one a stale worker started, whose result was dropped
         import netron
 
-        self.url = url
+        url = self.url = self.server.url
         qurl = QUrl(url)
-        self.address = (qurl.host(), qurl.port())
-        self.info.setText(f"{Path(path).name} served by netron {netron.__version__} at {url}")
+        where = f"{qurl.host()}:{qurl.port()}"  # not the secret path
+        self.info.setText(f"{Path(path).name} served by netron {netron.__version__} on {where}")
         if self.web is None:
             webbrowser.open(url)
             return
@@ -139,15 +144,16 @@ class NetronView(QWidget):
         self.profile.cookieStore().setCookie(cookie, qurl)
         self.web.setUrl(qurl)
 
-    def stop(self) -> None:
-        import netron
+    def _stop_servers(self, keep=None) -> None:
+        with self._servers_lock:
+            gone = [s for s in self._servers if s is not keep]
+            self._servers = [s for s in self._servers if s is keep]
+        for server in gone:
+            server.stop()
 
-        if self.address is not None:
-            try:
-                netron.stop(self.address)
-            except Exception:
-                pass
-            self.address = None
+    def stop(self) -> None:
+        self._stop_servers()
+        self.server = None
         if self.web is not None:
             self.web.setUrl(QUrl("about:blank"))
             self.web.page().deleteLater()  # pages go before their profile
