@@ -116,6 +116,102 @@ def _check_sparse(graph, name: str, file_size: int) -> None:
                             f"from a {file_size:,}-byte file; refused")
 
 
+MAX_NODES = 300_000  # once local functions are inlined; real models have up to ~100k
+
+
+def _subgraphs(node):
+    for attr in node.attribute:
+        if attr.HasField("g"):
+            yield attr.g
+        yield from attr.graphs
+
+
+def _graphs(graph):
+    """A graph and every subgraph under it (If/Loop/Scan bodies), iteratively."""
+    stack = [graph]
+    while stack:
+        g = stack.pop()
+        yield g
+        for node in g.node:
+            stack.extend(_subgraphs(node))
+
+
+def check_structure(proto, name: str) -> None:
+    """Refuse graphs that would hang or exhaust C++ code before anyone can cancel it: more nodes
+    than MAX_NODES once local functions are inlined (40 functions each calling the next twice is
+    2^40 nodes, and shape inference inlines them), recursive functions, and cycles (a node that
+    consumes its own output opens fine and fails only at Run)."""
+    functions = {(f.domain, f.name): f for f in proto.functions}
+
+    def calls(nodes):
+        for node in nodes:
+            inner = [n for g in _subgraphs(node) for sub in _graphs(g) for n in sub.node]
+            for n in (node, *inner):
+                if (n.domain, n.op_type) in functions:
+                    yield (n.domain, n.op_type)
+
+    def own_size(nodes) -> int:
+        return sum(1 + sum(len(sub.node) for g in _subgraphs(n) for sub in _graphs(g)) for n in nodes)
+
+    # inlined size of every function, callees first (Kahn's order over the call graph)
+    callees = {key: list(calls(f.node)) for key, f in functions.items()}
+    waiting = {key: len(set(c)) for key, c in callees.items()}
+    callers: dict = {}
+    for key, cs in callees.items():
+        for c in set(cs):
+            callers.setdefault(c, []).append(key)
+    ready = [key for key, n in waiting.items() if n == 0]
+    size: dict = {}
+    while ready:
+        key = ready.pop()
+        size[key] = min(own_size(functions[key].node) + sum(size[c] - 1 for c in callees[key]), MAX_NODES + 1)
+        for caller in callers.get(key, []):
+            waiting[caller] -= 1
+            if waiting[caller] == 0:
+                ready.append(caller)
+    if len(size) != len(functions):
+        stuck = next(key for key in functions if key not in size)
+        raise LoadError(f"{name}: local function '{stuck[1]}' calls itself (directly or through others); refused")
+    total = own_size(proto.graph.node) + sum(size[c] - 1 for c in calls(proto.graph.node))
+    if total > MAX_NODES:
+        raise LoadError(f"{name}: the graph has over {MAX_NODES:,} nodes once its functions are inlined "
+                        f"({total:,}{'+' if total > MAX_NODES else ''}); refused")
+    for graph in _graphs(proto.graph):
+        _check_acyclic(graph, name)
+    for f in proto.functions:
+        _check_acyclic(f, name)
+
+
+def _check_acyclic(graph, name: str) -> None:
+    """Kahn's algorithm over the graph's own producer -> consumer edges."""
+    producer = {}
+    for i, node in enumerate(graph.node):
+        for out in node.output:
+            if out:
+                producer[out] = i
+    consumers: dict[int, list[int]] = {}
+    indegree = [0] * len(graph.node)
+    for i, node in enumerate(graph.node):
+        for inp in set(node.input):
+            j = producer.get(inp)
+            if j is not None:
+                consumers.setdefault(j, []).append(i)
+                indegree[i] += 1
+    ready = [i for i, d in enumerate(indegree) if d == 0]
+    done = 0
+    while ready:
+        i = ready.pop()
+        done += 1
+        for k in consumers.get(i, []):
+            indegree[k] -= 1
+            if indegree[k] == 0:
+                ready.append(k)
+    if done != len(graph.node):
+        node = graph.node[next(i for i, d in enumerate(indegree) if d > 0)]
+        label = node.name or node.op_type
+        raise LoadError(f"{name}: the graph has a cycle through node '{label}' ({node.op_type}); refused")
+
+
 def input_shape_of(proto) -> tuple[tuple[int, ...] | None, str]:
     """(batch-1 shape, dtype) of the first real graph input; symbolic dims become 1."""
     from onnx import helper
@@ -148,6 +244,7 @@ def load_onnx(path: Path) -> Model:
     if not proto.graph.node and not proto.graph.output:
         raise LoadError(f"{path.name}: not a readable ONNX file (no graph)")
     external = check_tensors(proto, path.parent, path.name, path.stat().st_size)
+    check_structure(proto, path.name)
     if external:
         from onnx.external_data_helper import load_external_data_for_model
 
@@ -166,5 +263,6 @@ def load_packed(path: Path) -> Model:
     proto = packed.unpack(path)
     if check_tensors(proto, path.parent, path.name, path.stat().st_size):
         raise LoadError(f"{path.name}: a packed file must not point to external data; refused")
+    check_structure(proto, path.name)
     shape, dtype = input_shape_of(proto)
     return Model(proto, ONNX, shape, name=path.stem, format="packed", meta={"input_dtype": dtype, "external_data": False})
