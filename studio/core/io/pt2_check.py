@@ -26,6 +26,7 @@ import ast
 import contextlib
 import io
 import json
+import logging
 import os
 import re
 import threading
@@ -252,5 +253,10 @@ def load_program(path: Path):
     import torch
 
     check_archive(path)
-    with force_weights_only():
-        return torch.export.load(str(path))
+    previous = logging.root.manager.disable
+    logging.disable(logging.ERROR)  # torch logs multi-line tracebacks on a failed load: the user gets one line
+    try:
+        with force_weights_only():
+            return torch.export.load(str(path))
+    finally:
+        logging.disable(previous)
