@@ -47,9 +47,26 @@ def test_unchanged_steps_are_reused(demo_mlp, digits_data):
         except StopIteration as stop:
             second = stop.value
             break
-    assert second.stages[1] is first.stages[1]  # pass 1 was not redone
-    assert second.stages[2] is not first.stages[2]
+    assert second.stages[1].model is first.stages[1].model  # pass 1 was not redone
+    assert second.stages[1] is not first.stages[1] and second.stages[2].model is not first.stages[2].model
+    assert second.stages[1].measurement is not first.stages[1].measurement  # measured by its own run
+    assert second.stages[1].measurement.quality == first.stages[1].measurement.quality
     assert any("unchanged, reused" in m for m in messages)
+
+
+def test_a_later_run_never_changes_an_earlier_runs_numbers(demo_mlp, digits_data):
+    """The report once said unstructured pruning was 5x faster: a later run had rewritten the
+    latencies of the stages it shared with the first (issue: numbers stay true)."""
+    import json
+
+    first = drain(pipeline.run(demo_mlp, RECIPE, digits_data, latency_batches=(1, 8), latency_rounds=3))
+    shown = json.dumps(first.as_dict(), sort_keys=True, default=str)
+    edited = Recipe([RECIPE.passes[0], RecipeStep("quantize.int8_static", {"calibration_samples": 32})])
+    second = drain(pipeline.run(demo_mlp, edited, digits_data, latency_batches=(1, 8), latency_rounds=3,
+                                previous=first.stages))
+    assert json.dumps(first.as_dict(), sort_keys=True, default=str) == shown
+    assert second.stages[0].measurement is not first.stages[0].measurement
+    assert all(set(s.measurement.latency_ms) == {1, 8} for s in second.stages)
 
 
 def test_cancel_raises_and_leaves_the_model_untouched(demo_cnn, digits_data):
