@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
 from studio.core.errors import Cancelled, LoadError, StudioError, TrustRequired
 from studio.core.recipe import Recipe
 
+from .compact import ElidedLabel, compact_all_combos
 from .session import Session, Variant
 from .views.compare import CompareView, tensor_key
 from .views.distribution import DistributionView
@@ -111,7 +112,7 @@ class MainWindow(QMainWindow):
         self.results = ResultsTable(s)
         self.compare = CompareView(s)
         self.inspector = LayerInspector(s)
-        self.inspector.setMinimumWidth(360)  # room for the histogram and heatmap axes
+        self.inspector.setMinimumWidth(240)  # room for the histogram and heatmap axes, and for a laptop
         self.distribution = DistributionView(s)
         self.recipe_panel = RecipePanel(s)
         self.log_panel = LogPanel(s)
@@ -154,11 +155,15 @@ class MainWindow(QMainWindow):
         self.tabifyDockWidget(self.docks["inspector"], self.docks["distribution"])
         self.docks["inspector"].raise_()
         self._menus()
-        self.status = QLabel("Open a model to begin.")
+        compact_all_combos(self)  # every view's combo boxes: sized to a few characters, not their longest item
+        self.status = ElidedLabel("Open a model to begin.")
         self.statusBar().addWidget(self.status, 1)
+        self.working = QLabel("working…")  # its own label: showMessage() would hide the status text
+        self.working.hide()
+        self.statusBar().addPermanentWidget(self.working)
         s.model_changed.connect(self._model_changed)
-        self.tasks.busy_changed.connect(lambda busy: self.statusBar().showMessage("working…" if busy else "", 0))
-        self.resize(1400, 900)
+        self.tasks.busy_changed.connect(self.working.setVisible)
+        self._fit_to_screen(1400, 900)
         geometry = self.settings.value("geometry")
         if geometry is not None:
             self.restoreGeometry(geometry)
@@ -175,6 +180,14 @@ class MainWindow(QMainWindow):
         if warm_up:
             self.tasks.start("warm-up", warm_up_job, on_error=lambda e: None)
 
+    def _fit_to_screen(self, width: int, height: int) -> None:
+        """The first size: what we'd like, but never more than the screen offers (a 1280x800 laptop)."""
+        screen = self.screen()
+        if screen is not None:
+            room = screen.availableGeometry()
+            width, height = min(width, room.width()), min(height, room.height())
+        self.resize(width, height)
+
     # -- layout pieces -------------------------------------------------------------------
     def _welcome(self) -> QWidget:
         w = QWidget()
@@ -183,6 +196,7 @@ class MainWindow(QMainWindow):
         title = QLabel("<h1>Compression Studio</h1><p>Open a model (ONNX, TorchScript, torch.export, "
                        "state_dict, safetensors), drop one here, or start with the demo.</p>")
         title.setAlignment(Qt.AlignCenter)
+        title.setWordWrap(True)
         lay.addWidget(title)
         self.demo_button = QPushButton("Open demo model (a small CNN trained on digits)")
         self.demo_button.setMinimumHeight(48)

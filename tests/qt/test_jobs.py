@@ -173,7 +173,7 @@ def test_menus_list_every_command_with_its_shortcut(window):
                     (a.toString(), b.toString())
     # the buttons name the shortcuts of their commands
     assert "Ctrl+R" in w.recipe_panel.run_button.text() and "Esc" in w.recipe_panel.cancel_button.text()
-    assert "Ctrl+Shift+R" in w.sensitivity_view.run_button.text()
+    assert "Ctrl+Shift+R" in w.sensitivity_view.run_button.toolTip()  # button text kept short for a laptop
     assert not w.actions_["cancel"].isEnabled()  # Esc is free for the widgets while nothing runs
 
 

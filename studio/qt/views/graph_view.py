@@ -15,6 +15,7 @@ from PySide6.QtWidgets import (
     QLineEdit, QPushButton, QStyleOptionGraphicsItem, QVBoxLayout, QWidget,
 )
 
+from ..compact import ElidedLabel, compact_combo
 from ..layout import NODE_H, NODE_W
 from .sensitivity import NO_DATA, drop_colour, drop_scale, worst_drops
 
@@ -135,14 +136,14 @@ class GraphView(QWidget):
         self.canvas = GraphCanvas()
         self.search = QLineEdit(placeholderText="Search layers (Enter: next match)")
         self.search.returnPressed.connect(self.find_next)
-        self.search.setMinimumWidth(160)
-        self.colour = QComboBox()
+        self.search.setMinimumWidth(90)
+        self.colour = compact_combo(QComboBox(), 8)
         for key, label in COLOUR_MODES.items():
             self.colour.addItem(label, key)
         self.colour.currentIndexChanged.connect(self.recolour)
         fit = QPushButton("Fit")
         fit.clicked.connect(self.fit)
-        self.info = QLabel()
+        self.info = ElidedLabel()
         self.legend = QLabel()
         bar = QHBoxLayout()
         bar.addWidget(self.search, 2)

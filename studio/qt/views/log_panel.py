@@ -6,7 +6,9 @@ from __future__ import annotations
 import time
 
 from PySide6.QtCore import QTimer
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QPlainTextEdit, QProgressBar, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QPlainTextEdit, QProgressBar, QVBoxLayout, QWidget
+
+from ..compact import ElidedLabel
 
 # time left is shown only once the estimate means something: a few percent done, a few seconds in
 ETA_MIN_FRACTION = 0.03
@@ -28,7 +30,7 @@ class LogPanel(QWidget):
         super().__init__(parent)
         self.stage_bar = QProgressBar()
         self.overall_bar = QProgressBar()
-        self.status = QLabel("idle")
+        self.status = ElidedLabel("idle")
         self.text = QPlainTextEdit(readOnly=True)
         self.text.setMaximumBlockCount(5000)
         bars = QHBoxLayout()

@@ -14,6 +14,7 @@ from studio.core.errors import StudioError
 from studio.core.passes import all_passes
 from studio.core.recipe import RecipeStep
 
+from ..compact import ElidedLabel, compact_combo
 from .job_controls import job_controls
 
 DATA_CHOICES = [("digits", "Built-in digits (labelled)"), ("random", "Random inputs (agreement)"),
@@ -48,7 +49,7 @@ class OptionsForm(QWidget):
             value = options.get(name, prop.get("default"))
             kind = prop.get("type")
             if "enum" in prop:
-                w = QComboBox()
+                w = compact_combo(QComboBox())
                 w.addItems([str(v) for v in prop["enum"]])
                 w.setCurrentText(str(value))
                 w.currentTextChanged.connect(self.changed)
@@ -122,7 +123,7 @@ class RecipePanel(QWidget):
         super().__init__(parent)
         self.session = session
         self.passes = all_passes()
-        self.add_box = QComboBox()
+        self.add_box = compact_combo(QComboBox())
         for pid, cls in self.passes.items():
             self.add_box.addItem(f"{cls.title} ({pid})", pid)
             self.add_box.setItemData(self.add_box.count() - 1, cls.description, Qt.ToolTipRole)
@@ -147,11 +148,11 @@ class RecipePanel(QWidget):
         fl.addWidget(self.description)
         fl.addWidget(self.form)
         fl.addWidget(self.apply_sel)
-        self.data_box = QComboBox()
+        self.data_box = compact_combo(QComboBox())
         for key, label in DATA_CHOICES:
             self.data_box.addItem(label, key)
         self.data_box.activated.connect(self._data_chosen)
-        self.data_label = QLabel("digits")
+        self.data_label = ElidedLabel("digits")
         job_controls(self, "Run  (Ctrl+R)")
 
         row = QHBoxLayout()

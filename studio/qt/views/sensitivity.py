@@ -124,9 +124,9 @@ class SensitivityView(QWidget):
         self.ratios = QLineEdit(DEFAULT_RATIOS)
         self.ratios.setToolTip("Fractions of one layer's weights (or channels) to remove, comma separated")
         self.ratios.setMinimumWidth(self.ratios.fontMetrics().horizontalAdvance("0.3, 0.5, 0.7, 0.9") + 16)
-        job_controls(self, "Run analysis  (Ctrl+Shift+R)")
+        job_controls(self, "Run analysis")
         self.run_button.setToolTip("Measure every layer of the variant shown, on the evaluation data "
-                                   "chosen in the recipe panel")
+                                   "chosen in the recipe panel (Ctrl+Shift+R)")
         self.summary = QLabel("Run an analysis to see how much quality each layer costs when only it is "
                               "changed.")
         self.summary.setWordWrap(True)
@@ -182,13 +182,14 @@ class SensitivityView(QWidget):
         bottom.addWidget(self.at_label)
         bottom.addWidget(self.at_ratio)
         bottom.addWidget(self.exclude_button)
-        bottom.addWidget(self.preview, 1)
+        bottom.addStretch(1)
         lay = QVBoxLayout(self)
         lay.addLayout(top)
         lay.addWidget(self.error)
         lay.addWidget(self.summary)
         lay.addWidget(self.plot, 1)
         lay.addLayout(bottom)
+        lay.addWidget(self.preview)  # its own line: a long list of layers must not widen the window
         session.sensitivity_changed.connect(self.refresh)
         session.selection_changed.connect(self.show_selection)
         session.stage_selected.connect(self.show_selection)
