@@ -12,6 +12,11 @@
 
 Options sit beside `id` (and `enabled`), so a recipe reads like the form the window draws.
 Only options that differ from the defaults are written.
+
+A recipe may come from anyone, so loading checks everything before a run can start: the YAML
+is read by safe_yaml (no aliases, tags or duplicate keys; bounded), values must have the types
+the pass declares (`"0.5"` and `enabled: "no"` are refused, not guessed), `re:` patterns must
+compile, and every refusal is one line naming the file and the pass.
 """
 
 from __future__ import annotations
@@ -166,7 +171,8 @@ class Recipe:
             with open(path, "rb") as f:
                 raw = f.read(MAX_BYTES + 1)
         except OSError as exc:
-            raise StudioError(f"cannot read recipe {path}: {exc.strerror or exc}") from None
+            shown = " ".join(str(path).splitlines())
+            raise StudioError(f"cannot read recipe {shown}: {exc.strerror or exc}") from None
         if len(raw) > MAX_BYTES:
             raise StudioError(f"{source}: larger than {MAX_BYTES >> 20} MiB; is it a recipe?")
         try:

@@ -145,6 +145,32 @@ def test_hostile_recipes_are_refused_in_one_line(name):
     assert message.startswith(f"{name}: {EXPECTED[name]}")
 
 
+@pytest.fixture
+def pure_python_yaml(monkeypatch):
+    """safe_yaml as it is where PyYAML has no libyaml (its parser in Python)."""
+    import importlib
+
+    monkeypatch.delattr(yaml, "CSafeLoader")
+    importlib.reload(safe_yaml)
+    assert safe_yaml._Base is yaml.SafeLoader
+    yield
+    monkeypatch.undo()
+    importlib.reload(safe_yaml)
+    assert safe_yaml._Base is yaml.CSafeLoader
+
+
+PARSER_WORDING = {"nul_byte.yaml", "syntax_error.yaml"}  # the two parsers word syntax errors differently
+
+
+def test_hostile_recipes_without_libyaml(pure_python_yaml):
+    for name, expected in EXPECTED.items():
+        message = refusal(HOSTILE / name)
+        if name in PARSER_WORDING:
+            assert message.startswith(f"{name}: ") and "not valid YAML" in message
+        else:
+            assert message.startswith(f"{name}: {expected}")
+
+
 def test_billion_laughs_is_small_and_refused():
     """The issue's report: a few hundred bytes that hung `studio run`."""
     assert (HOSTILE / "billion_laughs.yaml").stat().st_size < 600
