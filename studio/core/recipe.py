@@ -12,20 +12,63 @@
 
 Options sit beside `id` (and `enabled`), so a recipe reads like the form the window draws.
 Only options that differ from the defaults are written.
+
+A recipe may come from anyone, so loading checks everything before a run can start: the YAML
+is read by safe_yaml (no aliases, tags or duplicate keys; bounded), values must have the types
+the pass declares (`"0.5"` and `enabled: "no"` are refused, not guessed), `re:` patterns must
+compile, and every refusal is one line naming the file and the pass.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from . import safe_yaml
 from .errors import StudioError
 from .passes import registry
+from .safe_yaml import show
 
 VERSION = 1
 RESERVED = {"id", "enabled"}
+KEYS = ("studio_recipe", "name", "passes")
+MAX_BYTES = 1 << 20  # a recipe is well under 10 KiB; the bound keeps a hostile file from eating memory
+
+
+def pattern_problem(options: dict) -> str | None:
+    """Why a `re:` target or ignore pattern cannot be compiled, or None: found when the recipe
+    is loaded, not after the run has started."""
+    for key in ("targets", "ignore"):
+        for pattern in options.get(key) or ():
+            if isinstance(pattern, str) and pattern.startswith("re:"):
+                try:
+                    re.compile(pattern[3:])
+                except (re.error, OverflowError, RecursionError) as exc:
+                    return f"{key}: {show(pattern)} is not a regular expression ({exc})"
+    return None
+
+
+def options_problem(pass_id: str, options: dict) -> str | None:
+    """Why options from a file do not fit the pass, or None. Strict: a recipe says 0.5, not
+    "0.5", and 3, not 3.0 (the window's form is lax; a file must say what it means)."""
+    from pydantic import ValidationError
+
+    config = registry.get(pass_id).Config
+    for key in options:
+        if not isinstance(key, str):
+            return f"option names are text, not {show(key)}"
+        if key not in config.model_fields:
+            return f"unknown option {show(key)} (options: {', '.join(config.model_fields)})"
+    try:
+        config.model_validate(options, strict=True)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "options"
+        return f"{where}: {first['msg']} (got {show(first.get('input'))})"
+    return pattern_problem(options)
 
 
 @dataclass
@@ -35,7 +78,11 @@ class RecipeStep:
     enabled: bool = True
 
     def build(self):
-        return registry.create(self.id, **self.options)
+        built = registry.create(self.id, **self.options)
+        problem = pattern_problem(built.config.model_dump())
+        if problem:
+            raise StudioError(f"{self.id}: {problem}")
+        return built
 
     def label(self) -> str:
         shown = ", ".join(f"{k}={v}" for k, v in self.options.items() if k not in ("targets", "ignore"))
@@ -69,44 +116,81 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data, source: str = "recipe") -> Recipe:
+        """A recipe from plain data (a parsed file), checked completely: every problem is
+        refused here, with the pass named, rather than after a run has started."""
+
+        def refuse(problem: str):
+            raise StudioError(f"{source}: {problem}")
+
         if not isinstance(data, dict):
-            raise StudioError(f"{source}: a recipe is a mapping with 'passes'")
+            refuse("a recipe is a mapping with 'passes' (see recipes/*.yaml)")
+        unknown = [k for k in data if k not in KEYS]
+        if unknown:
+            refuse(f"unknown key {show(unknown[0])} (a recipe has {', '.join(KEYS)})")
         version = data.get("studio_recipe", VERSION)
+        if type(version) is not int:  # not "1", 1.0 or true
+            refuse(f"studio_recipe must be an integer, as in 'studio_recipe: {VERSION}', not {show(version)}")
         if version != VERSION:
-            raise StudioError(f"{source}: recipe version {version} is not supported (this studio reads {VERSION})")
-        entries = data.get("passes") or []
+            refuse(f"recipe version {version} is not supported (this studio reads {VERSION})")
+        name = data.get("name")
+        if name is None:
+            name = Path(source).stem
+        elif not isinstance(name, str):
+            refuse(f"name must be text, not {show(name)}")
+        entries = data.get("passes")
+        if entries is None:
+            entries = []
         if not isinstance(entries, list):
-            raise StudioError(f"{source}: 'passes' must be a list")
+            refuse("'passes' must be a list")
         steps = []
+        known = registry.all_passes()
         for i, entry in enumerate(entries, 1):
             if not isinstance(entry, dict) or "id" not in entry:
-                raise StudioError(f"{source}: pass {i} needs an 'id'")
+                refuse(f"pass {i} needs an 'id' (e.g. '- id: quantize.int8_static')")
+            pass_id = entry["id"]
+            if not isinstance(pass_id, str) or pass_id not in known:
+                refuse(f"pass {i}: unknown pass {show(pass_id)}; known: {', '.join(known)}")
+            enabled = entry.get("enabled", True)
             options = {k: v for k, v in entry.items() if k not in RESERVED}
-            step = RecipeStep(str(entry["id"]), options, bool(entry.get("enabled", True)))
-            try:
-                step.build()  # unknown ids and bad options fail here, with the pass named
-            except StudioError as exc:
-                raise StudioError(f"{source}: pass {i}: {exc}") from None
-            steps.append(step)
-        return cls(steps, str(data.get("name", Path(source).stem)))
+            if type(enabled) is not bool:  # YAML `"no"` or `0` is not false, and not true either
+                problem = f"enabled must be true or false (got {show(enabled)})"
+            else:
+                problem = options_problem(pass_id, options)
+            if problem:
+                refuse(f"pass {i} ({pass_id}): {problem}")
+            steps.append(RecipeStep(pass_id, options, enabled))
+        return cls(steps, name)
 
     @classmethod
     def load(cls, path: str | Path) -> Recipe:
+        """Read and check a recipe file. Files may come from anyone: the size is bounded before
+        parsing, and the YAML reader refuses aliases, tags and duplicate keys (safe_yaml)."""
         path = Path(path)
+        source = " ".join(path.name.splitlines())  # the file name in one-line messages
         try:
-            text = path.read_text(encoding="utf-8")
+            with open(path, "rb") as f:
+                raw = f.read(MAX_BYTES + 1)
         except OSError as exc:
-            raise StudioError(f"cannot read recipe {path}: {exc.strerror}") from None
+            shown = " ".join(str(path).splitlines())
+            raise StudioError(f"cannot read recipe {shown}: {exc.strerror or exc}") from None
+        if len(raw) > MAX_BYTES:
+            raise StudioError(f"{source}: larger than {MAX_BYTES >> 20} MiB; is it a recipe?")
         try:
-            data = yaml.safe_load(text)  # safe_load: a recipe never constructs Python objects
-        except yaml.YAMLError as exc:
-            raise StudioError(f"{path.name}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        return cls.from_dict(data, path.name)
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise StudioError(f"{source}: not UTF-8 text (byte {exc.start}); is it a recipe?") from None
+        try:
+            data = safe_yaml.load(text)
+        except safe_yaml.YAMLProblem as exc:
+            where = f"line {exc.line}: " if exc.line else ""
+            raise StudioError(f"{source}: {where}{exc.problem}") from None
+        return cls.from_dict(data, source)
 
     def save(self, path: str | Path) -> None:
         from .fileio import atomic_write_text
 
-        atomic_write_text(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
+        text = yaml.dump(self.to_dict(), Dumper=safe_yaml.Dumper, sort_keys=False, allow_unicode=True)
+        atomic_write_text(Path(path), text)
 
 
 def demo_recipe() -> Recipe:

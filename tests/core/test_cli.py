@@ -94,3 +94,29 @@ def test_export_command_writes_a_verified_file(tmp_path):
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
     assert info["verified"] and Path(info["path"]).is_file()
+
+
+HOSTILE_RECIPES = Path(__file__).resolve().parents[1] / "hostile" / "recipes"
+
+
+@pytest.mark.parametrize("name", ["billion_laughs.yaml", "duplicate_option.yaml", "bad_regex_ignore.yaml",
+                                  "version_string.yaml", "enabled_quoted_no.yaml", "number_as_text.yaml"])
+def test_hostile_recipes_exit_2_with_one_line(tmp_path, name):
+    """Issue "Hostile files stay harmless": `studio run x.onnx --recipe bad.yaml` refuses the
+    recipe in one line naming the file (the billion laughs used to hang here)."""
+    import onnx
+    import yaml
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((4, 2), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "tiny",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], [weight])
+    onnx.save(helper.make_model(graph), tmp_path / "x.onnx")
+    expected = yaml.safe_load((HOSTILE_RECIPES / "expected.yaml").read_text())[name]
+    result = studio("run", str(tmp_path / "x.onnx"), "--recipe", str(HOSTILE_RECIPES / name),
+                    "--out", str(tmp_path / "out"), timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"studio: error: {name}: {expected}")
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert result.stdout == "" and not (tmp_path / "out").exists()

@@ -1,6 +1,7 @@
 """The real window, driven as a user would: real core, real workers, real files."""
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -225,3 +226,17 @@ def test_random_data_measures_agreement(demo, qtbot):
     assert m.accuracy is None and m.quality_label == "agreement" and m.agreement > 0.9
     quality_cell = w.results.model.item(1, 2).text()
     assert "agreement" in quality_cell
+
+
+def test_a_hostile_recipe_is_refused_in_one_line_and_keeps_the_recipe(window):
+    """Recipe > Load of a crafted file: a one-line error box, the recipe as it was (the billion
+    laughs used to hang the window); a shipped recipe then loads."""
+    root = Path(__file__).resolve().parents[2]
+    window.session.set_recipe(Recipe([RecipeStep("quantize.fp16", {})]))
+    window.load_recipe(str(root / "tests" / "hostile" / "recipes" / "billion_laughs.yaml"))
+    assert window.error_box.text().startswith("billion_laughs.yaml: line 4: anchors and aliases")
+    assert "\n" not in window.error_box.text()
+    window.error_box.close()
+    assert [s.id for s in window.session.recipe.passes] == ["quantize.fp16"]
+    window.load_recipe(str(root / "recipes" / "demo.yaml"))
+    assert [s.id for s in window.session.recipe.passes] == ["prune.magnitude", "quantize.int8_static"]
