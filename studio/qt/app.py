@@ -62,7 +62,16 @@ def main(argv: list[str] | None = None) -> int:
     elif not window.settings.value("started", False, type=bool):
         window.open_demo("cnn")  # a first start shows something to work on, not an empty window
     window.settings.setValue("started", True)
-    return app.exec()
+    window.quit_budget_s = 1.5
+    code = app.exec()
+    # Python's own teardown of torch, onnxruntime and Qt takes seconds and saves nothing: the
+    # settings are synced and the workers stopped. Run the exit handlers (temporary folders), go.
+    import atexit
+
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

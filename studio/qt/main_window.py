@@ -12,7 +12,7 @@ from pathlib import Path
 from PySide6.QtCore import QSettings, Qt, QTimer
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
-    QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox, QPushButton, QStackedWidget, QTabWidget,
+    QApplication, QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox, QPushButton, QStackedWidget, QTabWidget,
     QVBoxLayout, QWidget,
 )
 
@@ -667,17 +667,33 @@ class MainWindow(QMainWindow):
             self.netron.show_variant(self.session.current)
 
     # -- quitting ------------------------------------------------------------------------
-    def shutdown(self) -> None:
-        """Cancel and wait for every worker; stop the Netron server."""
+    def shutdown(self, timeout: float = 60.0) -> bool:
+        """Cancel every worker and wait up to `timeout` s for them; stop the Netron server.
+        Returns whether every worker finished."""
         if self.cancel_event is not None:
             self.cancel_event.set()
-        self.tasks.wait()
         if self.netron is not None:
             self.netron.stop()
+        return self.tasks.wait(timeout)
+
+    # Quitting: None waits for every worker (tests); the application sets a budget in seconds.
+    quit_budget_s: float | None = None
+
+    @staticmethod
+    def leave_now() -> None:
+        """A worker inside one long C++ call (an onnxruntime run, a training step) cannot stop
+        sooner. Its writes are atomic (temporary file, then rename), so leaving loses only its
+        temporaries, which the next write to that folder removes."""
+        os._exit(0)
 
     def closeEvent(self, event) -> None:
         self.settings.setValue("geometry", self.saveGeometry())
         self.settings.setValue("state", self.saveState())
         self.settings.sync()
-        self.shutdown()
+        self.hide()  # at once: the user asked to quit, the window must not look hung
+        QApplication.processEvents()
+        if self.quit_budget_s is None:
+            self.shutdown()
+        elif not self.shutdown(self.quit_budget_s):
+            self.leave_now()
         super().closeEvent(event)

@@ -91,6 +91,18 @@ class GraphCanvas(QGraphicsView):
         self.setBackgroundBrush(self.palette().base())
         self.auto_fit = True  # keep the graph fitted to the view until the user zooms or pans
 
+    # A file dropped on the graph opens like one dropped anywhere else: the view would hand the
+    # drag to its scene, where nothing takes it.
+    def dragEnterEvent(self, event):
+        self.window().dragEnterEvent(event)
+
+    def dragMoveEvent(self, event):
+        if event.mimeData().hasUrls():
+            event.acceptProposedAction()
+
+    def dropEvent(self, event):
+        self.window().dropEvent(event)
+
     def showEvent(self, event):
         super().showEvent(event)
         if self.auto_fit:
