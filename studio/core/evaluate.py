@@ -19,6 +19,7 @@ import numpy as np
 
 from .convert import fixed_batch, input_dtype, onnx_tensors, run_session, session, to_onnx_proto
 from .data import Data
+from .data_checks import check_labels_fit
 from .model import Model
 
 ZIP_LEVEL = 6  # moderate: level 9 takes minutes on big, mostly-zero files for ~1 % less
@@ -150,6 +151,7 @@ def measure(model: Model, data: Data, reference: np.ndarray | None = None, proto
 def quality_from_outputs(m: Measurement, out: np.ndarray, labels, reference) -> None:
     flat = out.reshape(len(out), -1)
     if labels is not None and flat.shape[1] > 1:
+        check_labels_fit(labels, flat.shape[1])  # only here is the number of classes known
         m.accuracy = float((flat.argmax(1) == labels).mean())
         if flat.shape[1] > 5:  # top-5 means something only with more than five classes
             top5 = np.argsort(-flat, axis=1)[:, :5]
