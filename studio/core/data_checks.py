@@ -296,8 +296,13 @@ def open_image(path: Path, max_pixels: int | None = None):
     """A decoded PIL image from a regular file; refused, naming the file, if its header claims
     more pixels than PIL's decompression-bomb bound (Image.MAX_IMAGE_PIXELS) or if it is
     truncated or undecodable. The file is closed on return; the caller closes the image."""
+    import warnings
+
     from PIL import Image
 
+    # PIL only warns between MAX_IMAGE_PIXELS and twice that: make it the refusal it should be
+    # (process-wide and idempotent: a studio never wants to decode a bomb)
+    warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
     max_pixels = max_pixels or Image.MAX_IMAGE_PIXELS
     with open_regular(path) as fp:
         try:
@@ -309,7 +314,7 @@ def open_image(path: Path, max_pixels: int | None = None):
                                   "a decompression bomb? refused")
             img.load()  # decode now, while the file is open: a truncated one fails here, by name
         except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError,
-                MemoryError) as exc:  # UnidentifiedImageError is an OSError
+                Image.DecompressionBombWarning, MemoryError) as exc:  # UnidentifiedImageError is an OSError
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise StudioError(f"{path.name}: not a readable image ({msg}); refused") from None
     return img

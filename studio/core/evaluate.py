@@ -143,6 +143,8 @@ def measure(model: Model, data: Data, reference: np.ndarray | None = None, proto
         m.macs = 0
     x = data.shaped(data.x_test, model.input_shape)
     out = run_session(session(proto), x)
+    for labels in (data.y_train, data.y_test):  # only here is the number of classes known
+        check_labels_fit(labels, int(np.prod(out.shape[1:])))
     m.samples = len(x)
     quality_from_outputs(m, out, data.y_test, reference)
     return m
@@ -151,7 +153,6 @@ def measure(model: Model, data: Data, reference: np.ndarray | None = None, proto
 def quality_from_outputs(m: Measurement, out: np.ndarray, labels, reference) -> None:
     flat = out.reshape(len(out), -1)
     if labels is not None and flat.shape[1] > 1:
-        check_labels_fit(labels, flat.shape[1])  # only here is the number of classes known
         m.accuracy = float((flat.argmax(1) == labels).mean())
         if flat.shape[1] > 5:  # top-5 means something only with more than five classes
             top5 = np.argsort(-flat, axis=1)[:, :5]

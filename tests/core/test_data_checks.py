@@ -21,7 +21,10 @@ from PIL import Image
 from studio.core import data_checks
 from studio.core.data import from_image_folder, from_npz, open_data
 from studio.core.errors import StudioError
-from studio.core.evaluate import Measurement, quality_from_outputs
+from studio.core.data import Data
+from studio.core.evaluate import measure
+from studio.core.model import TORCH, Model
+from studio.core.sensitivity import prune_sensitivity
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -311,12 +314,20 @@ def test_good_npz_still_loads_with_its_dtypes_converted(tmp_path):
 
 
 def test_labels_beyond_the_models_outputs_are_refused_when_measuring():
-    out = np.eye(10, dtype=np.float32)[[0, 1, 2, 3]]  # a model with 10 outputs
-    m = Measurement()
-    with pytest.raises(StudioError, match=r"2 labels >= 10 \(highest 12\), but the model has 10 outputs"):
-        quality_from_outputs(m, out, np.array([0, 1, 10, 12]), None)
-    quality_from_outputs(m, out, np.array([0, 1, 2, 9]), None)
-    assert m.accuracy == 0.75
+    """The number of classes is known once the model runs: a label it cannot output is refused
+    (in either split; the split is the user's or the stratified one) before any accuracy is shown."""
+    import torch
+
+    model = Model(torch.nn.Linear(4, 10).eval(), TORCH, (1, 4))  # 10 outputs: classes 0..9
+    x = np.zeros((8, 4), np.float32)
+    for y_train, y_test in (([0, 1, 2, 12], [0, 1, 2, 3]), ([0, 1, 2, 3], [0, 1, 10, 11])):
+        data = Data("d", x[:4], x[4:], np.array(y_train), np.array(y_test))
+        with pytest.raises(StudioError, match=r"labels >= 10 \(highest 1[0-2]\), but the model has 10 outputs"):
+            measure(model, data)
+        with pytest.raises(StudioError, match=r"but the model has 10 outputs"):
+            next(prune_sensitivity(model, data))
+    good = measure(model, Data("d", x[:4], x[4:], np.array([0, 1, 2, 9]), np.array([0, 1, 2, 9])))
+    assert good.accuracy is not None and good.samples == 4
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,6 +355,9 @@ def test_image_bombs_truncated_and_fake_images_are_named(tmp_path):
     bomb = write_png_bomb(tmp_path / "b" / "bomb.png")
     refused(from_image_folder, tmp_path, (1, 1, 8, 8), match=r"bomb\.png: not a readable image \(Image size")
     bomb.unlink()
+    write_png_bomb(tmp_path / "b" / "warned.png", 10000, 10000)  # 100 M: PIL would only warn
+    refused(from_image_folder, tmp_path, (1, 1, 8, 8), match=r"warned\.png: not a readable image \(Image size")
+    (tmp_path / "b" / "warned.png").unlink()
     write_png_bomb(tmp_path / "b" / "big.png", 3000, 3000)  # 9 M pixels: under PIL's bound ...
     refused(data_checks.open_image, tmp_path / "b" / "big.png", 1_000_000,
             match=r"big\.png: 3000x3000 pixels, more than 1,000,000: a decompression bomb")
