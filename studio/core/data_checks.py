@@ -44,7 +44,7 @@ def memory_budget() -> int:
     return budget
 
 
-def fmt_bytes(n: int) -> str:
+def _fmt_bytes(n: int) -> str:
     for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
@@ -82,17 +82,17 @@ def open_regular(path: str | Path) -> BinaryIO:
     refused too; O_NONBLOCK makes that open return at once instead of waiting for a writer."""
     path = Path(path)
     regular_file(path)
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    nonblock = getattr(os, "O_NONBLOCK", 0)  # POSIX; Windows has no FIFOs to open by path
     try:
-        fd = os.open(path, flags)
+        fd = os.open(path, os.O_RDONLY | nonblock | getattr(os, "O_BINARY", 0))
     except OSError as exc:
         raise StudioError(f"{path}: cannot read it ({exc.strerror})") from None
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise StudioError(f"{path.name}: is {_kind(st.st_mode)}, not a regular file; refused")
-    if hasattr(os, "set_blocking"):
-        os.set_blocking(fd, True)  # no effect on regular files; restores ordinary reads anyway
+    if nonblock:
+        os.set_blocking(fd, True)  # no effect on regular files; ordinary reads all the same
     return os.fdopen(fd, "rb")
 
 
@@ -139,8 +139,8 @@ def _check_members(zf: zipfile.ZipFile, label: str, disk: int) -> None:
     compressed = min(sum(i.compress_size for i in infos), disk)  # a forged directory cannot lie upward
     if declared > MAX_RATIO * compressed + RATIO_FLOOR:
         raise StudioError(
-            f"{label}: would inflate {fmt_bytes(compressed)} to {fmt_bytes(declared)} "
-            f"(more than {MAX_RATIO}x + {fmt_bytes(RATIO_FLOOR)}): a zip bomb? refused")
+            f"{label}: would inflate {_fmt_bytes(compressed)} to {_fmt_bytes(declared)} "
+            f"(more than {MAX_RATIO}x + {_fmt_bytes(RATIO_FLOOR)}): a zip bomb? refused")
     in_memory = 0
     for info in infos:
         if info.is_dir():
@@ -158,13 +158,13 @@ def _check_members(zf: zipfile.ZipFile, label: str, disk: int) -> None:
         nbytes = count * dtype.itemsize  # Python ints: a forged shape cannot overflow
         if nbytes > info.file_size:
             raise StudioError(
-                f"{array}: its header promises {fmt_bytes(nbytes)} ({dtype}, shape {shape}) but the "
-                f"member holds {fmt_bytes(info.file_size)}: forged or damaged; refused")
+                f"{array}: its header promises {_fmt_bytes(nbytes)} ({dtype}, shape {shape}) but the "
+                f"member holds {_fmt_bytes(info.file_size)}: forged or damaged; refused")
         in_memory += count * max(dtype.itemsize, 4)  # inputs become float32 copies
     budget = memory_budget()
     if in_memory > budget:
-        raise StudioError(f"{label}: its arrays need {fmt_bytes(in_memory)} in memory, more than the "
-                          f"{fmt_bytes(budget)} allowed; use a smaller sample of the data")
+        raise StudioError(f"{label}: its arrays need {_fmt_bytes(in_memory)} in memory, more than the "
+                          f"{_fmt_bytes(budget)} allowed; use a smaller sample of the data")
 
 
 def _npy_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, array: str):
