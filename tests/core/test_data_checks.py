@@ -287,14 +287,14 @@ def test_a_missing_npz_is_named(tmp_path):
         ({"x": np.zeros((4, 2)), "y": np.array([0, 1, -1, 2])}, r"y has 1 negative labels \(lowest -1\)"),
         ({"x": np.zeros((3, 2)), "y": np.array([0, 1.5, 2])}, r"y has 1 non-integer labels"),
         ({"x": np.zeros((3, 2)), "y": np.array([0, np.nan, 2])}, r"y has 1 NaN values"),
-        ({"x": np.zeros((3, 2)), "y": np.zeros((3, 10), int)}, r"y: labels must be one class index per sample"),
+        ({"x": np.zeros((3, 2)), "y": np.zeros((3, 10), int)}, r"y: labels must be one class index per"),
         ({"x": np.zeros((2, 2)), "y": np.array([0, 10**12])}, r"y has a label 1000000000000"),
         ({"x": np.zeros((2, 2)), "y": np.array([0, 2**63 + 5], np.uint64)}, r"y has a label"),
         ({"x": np.zeros((2, 2)), "y": np.array([True, False])}, r"labels must be integers, not bool"),
         ({"x": np.zeros((4, 2)), "y": np.zeros(5, int)}, r"'x' has 4 samples but 'y' has 5"),
         ({"x_train": np.zeros((4, 2)), "x_test": np.zeros((2, 2)), "y_train": np.zeros(3, int),
           "y_test": np.zeros(2, int)}, r"'x_train' has 4 samples but 'y_train' has 3"),
-        ({"x_train": np.zeros((4, 2)), "x_test": np.zeros((2, 3))}, r"'x_train' has samples of shape \(2,\) but"),
+        ({"x_train": np.zeros((4, 2)), "x_test": np.zeros((2, 3))}, r"'x_train' has samples of shape \(2,\)"),
         ({"x_train": np.zeros((4, 2)), "x_test": np.full((2, 2), np.nan)}, r"x_test has 4 NaN values"),
     ],
 )
@@ -322,7 +322,7 @@ def test_labels_beyond_the_models_outputs_are_refused_when_measuring():
     x = np.zeros((8, 4), np.float32)
     for y_train, y_test in (([0, 1, 2, 12], [0, 1, 2, 3]), ([0, 1, 2, 3], [0, 1, 10, 11])):
         data = Data("d", x[:4], x[4:], np.array(y_train), np.array(y_test))
-        with pytest.raises(StudioError, match=r"labels >= 10 \(highest 1[0-2]\), but the model has 10 outputs"):
+        with pytest.raises(StudioError, match=r"labels >= 10 \(highest 1[0-2]\), but the model has 10 out"):
             measure(model, data)
         with pytest.raises(StudioError, match=r"but the model has 10 outputs"):
             next(prune_sensitivity(model, data))
@@ -353,19 +353,23 @@ def test_image_bombs_truncated_and_fake_images_are_named(tmp_path):
     save_images(tmp_path / "a", 3)
     save_images(tmp_path / "b", 3)
     bomb = write_png_bomb(tmp_path / "b" / "bomb.png")
-    refused(from_image_folder, tmp_path, (1, 1, 8, 8), match=r"bomb\.png: not a readable image \(Image size")
+    refused(from_image_folder, tmp_path, (1, 1, 8, 8),
+            match=r"bomb\.png: not a readable image \(Image size")
     bomb.unlink()
     write_png_bomb(tmp_path / "b" / "warned.png", 10000, 10000)  # 100 M: PIL would only warn
-    refused(from_image_folder, tmp_path, (1, 1, 8, 8), match=r"warned\.png: not a readable image \(Image size")
+    refused(from_image_folder, tmp_path, (1, 1, 8, 8),
+            match=r"warned\.png: not a readable image \(Image size")
     (tmp_path / "b" / "warned.png").unlink()
     write_png_bomb(tmp_path / "b" / "big.png", 3000, 3000)  # 9 M pixels: under PIL's bound ...
     refused(data_checks.open_image, tmp_path / "b" / "big.png", 1_000_000,
             match=r"big\.png: 3000x3000 pixels, more than 1,000,000: a decompression bomb")
     (tmp_path / "b" / "big.png").unlink()  # ... where the studio's own bound applies
     write_truncated_png(tmp_path / "a" / "cut.png")
-    refused(from_image_folder, tmp_path, (1, 1, 8, 8), match=r"cut\.png: not a readable image \(image file is truncated")
+    refused(from_image_folder, tmp_path, (1, 1, 8, 8),
+            match=r"cut\.png: not a readable image \(image file is truncated")
     (tmp_path / "a" / "cut.png").write_text("not a picture")
-    refused(from_image_folder, tmp_path, (1, 1, 8, 8), match=r"cut\.png: not a readable image \(cannot identify")
+    refused(from_image_folder, tmp_path, (1, 1, 8, 8),
+            match=r"cut\.png: not a readable image \(cannot identify")
     (tmp_path / "a" / "cut.png").unlink()
     assert len(from_image_folder(tmp_path, (1, 1, 8, 8)).x_test) == 2  # the good ones still load
 
