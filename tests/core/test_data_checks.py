@@ -313,6 +313,7 @@ def test_good_npz_still_loads_with_its_dtypes_converted(tmp_path):
     assert len(from_npz(tmp_path / "zeros.npz").x_test) == 400  # under the floor: not a bomb
 
 
+@pytest.mark.slow  # the first torch -> ONNX export in a process takes ~5 s
 def test_labels_beyond_the_models_outputs_are_refused_when_measuring():
     """The number of classes is known once the model runs: a label it cannot output is refused
     (in either split; the split is the user's or the stratified one) before any accuracy is shown."""
