@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import data_checks as checks
 from .errors import StudioError
 
 SEED = 0
@@ -83,36 +84,34 @@ def digits() -> Data:
 
 def from_npz(path: str | Path) -> Data:
     """A .npz with `x` (and optional `y`), split 80/20; or with x_train/x_test (y_train/y_test)
-    when the user has split it already. Never unpickles (allow_pickle=False)."""
+    when the user has split it already. Never unpickles (allow_pickle=False); the archive is
+    checked (regular file, sizes, headers) before any array is read (data_checks)."""
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {k: archive[k] for k in archive.files}
-    except Exception as exc:  # a bad zip, an object array, ...
-        raise StudioError(f"{path.name}: not a readable .npz of numeric arrays ({exc})") from None
+    with checks.open_regular(path) as fp:
+        checks.check_npz(fp, path.name)
+        try:
+            with np.load(fp, allow_pickle=False) as archive:
+                arrays = {k: archive[k] for k in archive.files}
+        except Exception as exc:  # noqa: BLE001 - a damaged member (bad CRC, short data), ...
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise StudioError(f"{path.name}: not a readable .npz of numeric arrays ({msg})") from None
     if "x_train" in arrays and "x_test" in arrays:
-        y_tr, y_te = arrays.get("y_train"), arrays.get("y_test")
-        return Data(
-            path.stem,
-            _floats(arrays["x_train"], path),
-            _floats(arrays["x_test"], path),
-            None if y_tr is None else _labels(y_tr, path),
-            None if y_te is None else _labels(y_te, path),
-        )
+        x_tr, x_te = _floats(arrays, "x_train", path), _floats(arrays, "x_test", path)
+        y_tr, y_te = _labels(arrays, "y_train", path), _labels(arrays, "y_test", path)
+        checks.check_lengths(path.name, "x_train", x_tr, "y_train", y_tr)
+        checks.check_lengths(path.name, "x_test", x_te, "y_test", y_te)
+        checks.check_split(path.name, x_tr, x_te)
+        return Data(path.stem, x_tr, x_te, y_tr, y_te)
     if "x" not in arrays:
         raise StudioError(f"{path.name}: needs an array named 'x' (and optionally 'y')")
-    x = _floats(arrays["x"], path)
-    y = _labels(arrays["y"], path) if "y" in arrays else None
-    if y is not None and len(y) != len(x):
-        raise StudioError(f"{path.name}: 'x' has {len(x)} samples but 'y' has {len(y)}")
+    x, y = _floats(arrays, "x", path), _labels(arrays, "y", path)
+    checks.check_lengths(path.name, "x", x, "y", y)
     return Data(path.stem, *_reorder(stratified_split(x, y)))
 
 
 def from_image_folder(path: str | Path, input_shape: tuple[int, ...]) -> Data:
     """One subfolder per class; images are resized to the model's input (C, H, W), scaled to
     [0, 1]."""
-    from PIL import Image
-
     path = Path(path)
     if input_shape is None or len(input_shape) != 4:
         raise StudioError("an image folder needs a model with an image input (N, C, H, W)")
@@ -121,15 +120,13 @@ def from_image_folder(path: str | Path, input_shape: tuple[int, ...]) -> Data:
     if not classes:
         raise StudioError(f"{path}: no class subfolders")
     xs, ys = [], []
-    for label, cls in enumerate(classes):
-        for file in sorted((path / cls).iterdir()):
-            if file.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            with Image.open(file) as img:
-                img = img.convert("L" if channels == 1 else "RGB").resize((width, height))
-                arr = np.asarray(img, dtype=np.float32) / 255.0
-            xs.append(arr[None] if channels == 1 else arr.transpose(2, 0, 1))
-            ys.append(label)
+    bound = checks.image_count_bound((channels, height, width))  # memory and time: see data_checks
+    for file, label in checks.list_images(path, classes, IMAGE_SUFFIXES, bound):
+        with checks.open_image(file) as img:  # regular files only; bombs, truncation refused
+            img = img.convert("L" if channels == 1 else "RGB").resize((width, height))
+            arr = np.asarray(img, dtype=np.float32) / 255.0
+        xs.append(arr[None] if channels == 1 else arr.transpose(2, 0, 1))
+        ys.append(label)
     if len(xs) < 2:
         raise StudioError(f"{path}: fewer than 2 images found")
     data = Data(path.name, *_reorder(stratified_split(np.stack(xs), np.array(ys, np.int64))))
@@ -155,7 +152,7 @@ def open_data(spec: str, input_shape: tuple[int, ...] | None = None) -> Data:
     path = Path(spec)
     if path.is_dir():
         return from_image_folder(path, input_shape)
-    if path.suffix == ".npz" and path.is_file():
+    if path.suffix == ".npz":  # a FIFO or a missing file is named by from_npz, not 'unknown'
         return from_npz(path)
     raise StudioError(f"unknown data '{spec}': use digits, random, a .npz file or an image folder")
 
@@ -165,13 +162,12 @@ def _reorder(split):
     return x_tr, x_te, y_tr, y_te
 
 
-def _floats(a: np.ndarray, path: Path) -> np.ndarray:
-    if not np.issubdtype(a.dtype, np.number):
-        raise StudioError(f"{path.name}: inputs must be numeric, not {a.dtype}")
-    return a.astype(np.float32, copy=False)
+def _floats(arrays: dict, name: str, path: Path) -> np.ndarray:
+    """arrays[name] as float32; refused (one line) if complex, NaN, infinite, not numeric."""
+    return checks.check_array(name, arrays[name], path.name)
 
 
-def _labels(a: np.ndarray, path: Path) -> np.ndarray:
-    if not np.issubdtype(a.dtype, np.integer):
-        raise StudioError(f"{path.name}: labels must be integers, not {a.dtype}")
-    return a.astype(np.int64, copy=False)
+def _labels(arrays: dict, name: str, path: Path) -> np.ndarray | None:
+    """arrays[name] as int64 class indices, None when absent; refused if negative, fractional,
+    not one per sample."""
+    return checks.check_array(name, arrays[name], path.name, labels=True) if name in arrays else None

@@ -19,6 +19,7 @@ import numpy as np
 
 from .convert import fixed_batch, input_dtype, onnx_tensors, run_session, session, to_onnx_proto
 from .data import Data
+from .data_checks import check_labels_fit
 from .model import Model
 
 ZIP_LEVEL = 6  # moderate: level 9 takes minutes on big, mostly-zero files for ~1 % less
@@ -142,6 +143,8 @@ def measure(model: Model, data: Data, reference: np.ndarray | None = None, proto
         m.macs = 0
     x = data.shaped(data.x_test, model.input_shape)
     out = run_session(session(proto), x)
+    for labels in (data.y_train, data.y_test):  # only here is the number of classes known
+        check_labels_fit(labels, int(np.prod(out.shape[1:])))
     m.samples = len(x)
     quality_from_outputs(m, out, data.y_test, reference)
     return m

@@ -15,6 +15,7 @@ import numpy as np
 
 from .convert import predict
 from .data import Data
+from .data_checks import check_labels_fit
 from .errors import StudioError
 from .model import Model
 
@@ -62,6 +63,9 @@ def _scorer(model: Model, data: Data):
     x = data.shaped(data.x_test, model.input_shape)
     if data.labelled:
         y = data.y_test
+        outputs = int(np.prod(predict(model, x[:1]).shape[1:]))
+        for labels in (data.y_train, y):
+            check_labels_fit(labels, outputs)  # a label the model cannot output: accuracy would lie
 
         def score(m: Model) -> float:
             return float((predict(m, x).argmax(1) == y).mean())
