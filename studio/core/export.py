@@ -78,7 +78,8 @@ def export(
     yield 0.05, f"writing {label}"
     # converted (INT8: calibrated) before the temporary exists, which then is never idle for long
     proto = _onnx_variant(model, fmt, data, cancel) if fmt.startswith("onnx") else None
-    with atomic_path(path) as tmp:
+    sidecars = [_sidecar_name(path.name)] if proto is not None and proto.ByteSize() > TWO_GB else []
+    with atomic_path(path, companions=sidecars) as tmp:
         if fmt.startswith("onnx"):
             _save_onnx(proto, tmp, path.name)
         elif fmt == "torchscript":
@@ -116,12 +117,17 @@ def _onnx_variant(model: Model, fmt: str, data, cancel):
     return drain(create(pass_id).apply(model, Context(data=data))).model.obj
 
 
+def _sidecar_name(final_name: str) -> str:
+    return final_name + ".data"
+
+
 def _save_onnx(proto, tmp: Path, final_name: str) -> None:
-    """One file; weights go to a sidecar only when the model is over protobuf's 2 GB limit."""
+    """One file; weights go to a sidecar beside `tmp` only when the model is over protobuf's
+    2 GB limit (export() then has atomic_path put `tmp` in a folder of its own)."""
     import onnx
 
     if proto.ByteSize() > TWO_GB:
-        sidecar = final_name + ".data"
+        sidecar = _sidecar_name(final_name)
         copy = onnx.ModelProto()  # saving with external data empties the proto's tensors in place
         copy.CopyFrom(proto)
         proto = copy

@@ -98,8 +98,10 @@ def test_stale_temporaries_are_removed_at_the_next_write_and_nothing_else(tmp_pa
     for name, (seconds, _) in files.items():
         (tmp_path / name).write_bytes(b"x")
         age(tmp_path / name, seconds)
-    # a folder and a symlink named like temporaries are never removed either
+    # a folder with the user's file and a symlink, named like temporaries, are never removed either
     (tmp_path / f".dir.abcdefgh.{gone}.partial").mkdir()
+    (tmp_path / f".dir.abcdefgh.{gone}.partial" / "photo.jpg").write_bytes(b"mine")
+    age(tmp_path / f".dir.abcdefgh.{gone}.partial" / "photo.jpg", 10**6)
     age(tmp_path / f".dir.abcdefgh.{gone}.partial", 10**6)
     target = tmp_path / "target.onnx"
     target.write_bytes(b"kept")
@@ -110,7 +112,7 @@ def test_stale_temporaries_are_removed_at_the_next_write_and_nothing_else(tmp_pa
     left = {p.name for p in tmp_path.iterdir()}
     assert left == {name for name, (_, removed) in files.items() if not removed} | {
         f".dir.abcdefgh.{gone}.partial", "target.onnx", f".link.abcdefgh.{gone}.partial.onnx", "notes.txt"}
-    assert target.read_bytes() == b"kept"
+    assert target.read_bytes() == b"kept" and (tmp_path / f".dir.abcdefgh.{gone}.partial" / "photo.jpg").is_file()
     assert remove_stale_temporaries(tmp_path) == []  # nothing further is ever taken
 
 
@@ -134,3 +136,63 @@ def test_a_killed_export_is_cleaned_up_by_the_next_one(demo_mlp, tmp_path):
     age(orphan, 600)  # gone 10 minutes: an orphan (under the hour a live writer gets)
     drain(export.export(demo_mlp, tmp_path / "other.onnx", "onnx"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.onnx"]
+
+
+# ------------------------------------------------- models over 2 GB: the model and its sidecar
+@pytest.fixture
+def tiny_onnx(monkeypatch):
+    """The tiny ONNX model, with the 2 GB limit lowered below its size so that export writes its
+    weights to a sidecar as it does for a model over 2 GB."""
+    from tests.core.test_inputs_unchanged import tiny_onnx
+
+    model = tiny_onnx()
+    monkeypatch.setattr(export, "TWO_GB", 10_000)
+    assert model.obj.ByteSize() > export.TWO_GB
+    return model
+
+
+def test_export_with_a_sidecar_writes_both_and_leaves_the_model_unchanged(tiny_onnx, tmp_path):
+    import numpy as np
+
+    from studio.core import io
+    from studio.core.convert import predict
+
+    before = tiny_onnx.obj.SerializeToString()
+    result = drain(export.export(tiny_onnx, tmp_path / "m.onnx", "onnx"))
+    assert result.verified, result.message
+    assert tiny_onnx.obj.SerializeToString() == before, "saving with external data emptied the model's tensors"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
+    assert (tmp_path / "m.onnx.data").stat().st_size > (tmp_path / "m.onnx").stat().st_size
+    loaded = io.load(tmp_path / "m.onnx")
+    x = tiny_onnx.example_input(8)
+    assert np.array_equal(predict(loaded, x), predict(tiny_onnx, x))
+
+
+def test_export_with_a_sidecar_failing_keeps_both_of_the_users_files(tiny_onnx, tmp_path):
+    (tmp_path / "m.onnx").write_bytes(b"the user's model")
+    (tmp_path / "m.onnx.data").write_bytes(b"the user's weights")
+    with disk_full_after(4096), pytest.raises(StudioError, match="File too large"):  # the sidecar is ~20 KB
+        drain(export.export(tiny_onnx, tmp_path / "m.onnx", "onnx"))
+    assert (tmp_path / "m.onnx").read_bytes() == b"the user's model"
+    assert (tmp_path / "m.onnx.data").read_bytes() == b"the user's weights"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
+
+
+def test_a_stale_temporary_folder_is_removed_only_when_it_holds_files_alone(tmp_path):
+    gone = dead_pid()
+    ours, theirs = tmp_path / f".m.abcdefgh.{gone}.partial", tmp_path / f".n.abcdefgh.{gone}.partial"
+    for folder in (ours, theirs):
+        folder.mkdir()
+        (folder / "m.onnx").write_bytes(b"x")
+        age(folder / "m.onnx", 600)
+        age(folder, 600)
+    (theirs / "sub").mkdir()  # not what the studio makes: left alone
+    age(theirs, 600)
+    atomic_write_text(tmp_path / "notes.txt", "hello")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [theirs.name, "notes.txt"]
+
+
+def test_a_long_file_name_is_written(tmp_path):
+    path = tmp_path / ("é" * 120 + ".html")  # 244 bytes: a temporary with the whole stem would not fit
+    atomic_write_text(path, "hello")
+    assert path.read_text() == "hello" and len(os.listdir(tmp_path)) == 1
