@@ -173,3 +173,21 @@ def test_cli_fp16_export_of_an_onnx_file_reports_the_real_difference(tmp_path):
     real = float(np.abs(fp32 - fp16.astype(np.float32)).max())
     assert real > 1e-5
     assert info["max_abs_diff"] == pytest.approx(real, rel=1e-3), info["message"]
+
+
+# --------------------------------------------------------------- analyses and measurements
+@pytest.mark.slow
+@pytest.mark.parametrize("framework", list(MODELS))
+def test_sensitivity_and_measuring_leave_the_input_unchanged(framework, data):
+    from studio.core import sensitivity
+
+    model = MODELS[framework]()
+    before = snapshot(model)
+    runs = [sensitivity.quant_sensitivity(model, data, calibration_samples=16)]
+    if framework == "torch":
+        runs += [sensitivity.prune_sensitivity(model, data, ratios=(0.5,), method=m) for m in ("magnitude", "structured")]
+    for gen in runs:
+        drain(gen)
+        assert snapshot(model) == before
+    drain(pipeline.run(model, Recipe([]), data, latency_batches=(1,), latency_rounds=1))
+    assert snapshot(model) == before
