@@ -58,6 +58,19 @@ def to_onnx_proto(model: Model):
     return proto
 
 
+def onnx_copy(model: Model):
+    """An onnx.ModelProto of the model that the caller may change in place: an ONNX model's own
+    proto is copied (to_onnx_proto returns it as is), a torch model is exported afresh."""
+    import onnx
+
+    proto = to_onnx_proto(model)
+    if proto is model.obj:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(proto)
+        return copy
+    return proto
+
+
 @contextlib.contextmanager
 def _quiet_output():
     """Silence C-level stdout and stderr: when the legacy exporter fails it prints its whole IR

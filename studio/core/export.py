@@ -4,6 +4,7 @@ cancelled export leaves no partial file and never replaces the user's file."""
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Generator
 from dataclasses import asdict, dataclass
@@ -75,9 +76,11 @@ def export(
     path = Path(path)
     x = sample_inputs(model, data)
     yield 0.05, f"writing {label}"
-    with atomic_path(path) as tmp:
+    # converted (INT8: calibrated) before the temporary exists, which then is never idle for long
+    proto = _onnx_variant(model, fmt, data, cancel) if fmt.startswith("onnx") else None
+    sidecars = [_sidecar_name(path.name)] if proto is not None and proto.ByteSize() > TWO_GB else []
+    with atomic_path(path, companions=sidecars) as tmp:
         if fmt.startswith("onnx"):
-            proto = _onnx_variant(model, fmt, data, cancel)
             _save_onnx(proto, tmp, path.name)
         elif fmt == "torchscript":
             _save_torchscript(model, x, tmp)
@@ -86,7 +89,7 @@ def export(
         elif fmt == "packed":
             from . import packed
 
-            packed.pack(model, tmp)
+            tmp.write_bytes(packed.packed_bytes(model)[0])
         else:
             _save_safetensors(model, tmp)
         if cancel is not None:
@@ -114,12 +117,20 @@ def _onnx_variant(model: Model, fmt: str, data, cancel):
     return drain(create(pass_id).apply(model, Context(data=data))).model.obj
 
 
+def _sidecar_name(final_name: str) -> str:
+    return final_name + ".data"
+
+
 def _save_onnx(proto, tmp: Path, final_name: str) -> None:
-    """One file; weights go to a sidecar only when the model is over protobuf's 2 GB limit."""
+    """One file; weights go to a sidecar beside `tmp` only when the model is over protobuf's
+    2 GB limit (export() then has atomic_path put `tmp` in a folder of its own)."""
     import onnx
 
     if proto.ByteSize() > TWO_GB:
-        sidecar = final_name + ".data"
+        sidecar = _sidecar_name(final_name)
+        copy = onnx.ModelProto()  # saving with external data empties the proto's tensors in place
+        copy.CopyFrom(proto)
+        proto = copy
         onnx.save_model(proto, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True, location=sidecar)
     else:
         tmp.write_bytes(proto.SerializeToString())
@@ -135,7 +146,11 @@ def _save_torchscript(model: Model, x, tmp: Path) -> None:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # torch.jit is deprecated but still what many runtimes load
             scripted = torch.jit.trace(module, torch.from_numpy(x[:1]), check_trace=False)  # verify() checks
-    torch.jit.save(scripted, str(tmp))
+    # saved to memory, written by Python: torch's own file writer aborts the whole process
+    # (std::terminate) when the disk fills up mid-write
+    buffer = io.BytesIO()
+    torch.jit.save(scripted, buffer)
+    tmp.write_bytes(buffer.getvalue())
 
 
 def _save_torch_export(model: Model, x, tmp: Path) -> None:
@@ -146,14 +161,16 @@ def _save_torch_export(model: Model, x, tmp: Path) -> None:
         program = torch.export.export(
             set_eval(model.obj), (torch.from_numpy(x[:2]),), dynamic_shapes=({0: torch.export.Dim("batch")},)
         )
-        torch.export.save(program, str(tmp))
+        buffer = io.BytesIO()  # as in _save_torchscript: a full disk must not abort the process
+        torch.export.save(program, buffer)
+    tmp.write_bytes(buffer.getvalue())
 
 
 def _save_safetensors(model: Model, tmp: Path) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     state = {k: v.detach().contiguous().clone() for k, v in model.obj.state_dict().items()}
-    save_file(state, str(tmp))
+    tmp.write_bytes(save(state))  # a failed write is then an OSError, reported as one line
 
 
 def _load_outputs(tmp: Path, fmt: str, x: np.ndarray, model: Model) -> np.ndarray:

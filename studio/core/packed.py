@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import lzma
-import os
 import struct
 from pathlib import Path
 
 import numpy as np
 
 from .errors import LoadError
+from .fileio import atomic_write_bytes
 
 MAGIC = b"STUDIOPK1\n"
 MIN_ELEMENTS = 64
@@ -49,7 +49,15 @@ def _tensors(proto):
 
 
 def pack(model_or_proto, path: str | Path, preset: int = 9) -> dict:
-    """Write the packed file; returns what was packed (tensors, bytes)."""
+    """Write the packed file (atomically); returns what was packed (tensors, bytes)."""
+    blob, entries = packed_bytes(model_or_proto, preset)
+    atomic_write_bytes(Path(path), blob)
+    return {"tensors": len(entries), "bytes": len(blob),
+            "packed_weights": int(sum(np.prod(e["shape"]) for e in entries))}
+
+
+def packed_bytes(model_or_proto, preset: int = 9) -> tuple[bytes, list[dict]]:
+    """The packed file's bytes and the tensors it packs."""
     import onnx
     from onnx import numpy_helper
 
@@ -87,12 +95,7 @@ def pack(model_or_proto, path: str | Path, preset: int = 9) -> dict:
     header = {"version": 1, "tensors": entries, "sizes": [len(graph)] + [len(s) for s in sections]}
     head = json.dumps(header).encode()
     payload = struct.pack("<I", len(head)) + head + graph + b"".join(sections)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(MAGIC + lzma.compress(payload, preset=preset))
-    os.replace(tmp, path)
-    return {"tensors": len(entries), "bytes": path.stat().st_size,
-            "packed_weights": int(sum(np.prod(e["shape"]) for e in entries))}
+    return MAGIC + lzma.compress(payload, preset=preset), entries
 
 
 # What a packed file may inflate to: real models compress well below MAX_RATIO (sparse 4-bit

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from ..convert import to_onnx_proto
+from ..convert import onnx_copy
 from ..model import ONNX
 from .base import Context, Pass, PassConfig, PassResult
 from .registry import register
@@ -70,7 +70,6 @@ class WeightOnly(Pass):
     frameworks = ("torch", "onnx")
 
     def apply(self, model, context: Context):
-        import onnx
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
         from .quantize import excluded_nodes
@@ -81,8 +80,7 @@ class WeightOnly(Pass):
         if cfg.block_size & (cfg.block_size - 1):
             raise ValueError("quantize.weight_only: block_size must be a power of two")
         yield 0.05, "exporting to ONNX" if model.is_torch else "preparing"
-        proto = onnx.ModelProto()
-        proto.CopyFrom(to_onnx_proto(model))
+        proto = onnx_copy(model)  # gemm_to_matmul and the quantizer change it in place
         rewritten = gemm_to_matmul(proto)
         context.check_cancelled()
         excluded = excluded_nodes(proto, cfg)

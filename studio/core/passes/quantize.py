@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from ..convert import fixed_batch, to_onnx_proto
+from ..convert import fixed_batch, onnx_copy, to_onnx_proto
 from ..model import ONNX
 from . import targets as tg
 from .base import Context, Pass, PassConfig, PassResult
@@ -202,7 +202,7 @@ class Fp16(Pass):
 
         cfg: Fp16Config = self.config
         yield 0.1, "exporting to ONNX" if model.is_torch else "preparing"
-        proto = to_onnx_proto(model)
+        proto = onnx_copy(model)  # the converter changes the proto in place
         blocked = [n.name for n in proto.graph.node if n.name in set(excluded_nodes(proto, cfg))]
         context.check_cancelled()
         yield 0.4, "converting to float16"

@@ -61,14 +61,13 @@ def train_and_save(name: str, folder: Path):
     from safetensors.torch import save_file
 
     from ..data import digits
+    from ..fileio import atomic_path
     from ..training import drain, train
 
     data = digits()
     module = build(name)
     x = data.shaped(data.x_train, INPUT_SHAPES[name])
     drain(train(module, x, data.y_train, epochs=EPOCHS[name], lr=1e-3, seed=0))
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{name}.safetensors.tmp"
-    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp))
-    os.replace(tmp, folder / f"{name}.safetensors")
+    with atomic_path(folder / f"{name}.safetensors") as tmp:
+        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp))
     return module
