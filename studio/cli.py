@@ -134,7 +134,7 @@ def fmt_bytes(n) -> str:
     if n is None:
         return "-"
     for unit in ("B", "KiB", "MiB", "GiB"):  # binary units, named as such
-        if abs(n) < 1024 or unit == "GB":
+        if abs(n) < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
 
