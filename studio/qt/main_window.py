@@ -36,6 +36,23 @@ MAX_RECENT = 10
 DEMO_MODELS = ("cnn", "mlp", "resnet")
 
 
+def about_text() -> str:
+    """Versions of the studio and of the libraries whose behaviour its numbers depend on."""
+    from importlib import metadata
+
+    def version(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    libs = ("torch", "onnx", "onnxruntime", "onnxscript", "torch-pruning", "onnx2torch", "PySide6", "pyqtgraph", "netron")
+    rows = "".join(f"<tr><td>{name}</td><td>&nbsp;&nbsp;{version(name)}</td></tr>" for name in libs)
+    return (f"<h3>Compression Studio {version('compression-studio')}</h3>"
+            "<p>Make a trained model smaller and faster, and see what it cost.</p>"
+            f"<table>{rows}</table>")
+
+
 def settings() -> QSettings:
     """STUDIO_SETTINGS=path.ini keeps tests and screenshots away from the user's settings."""
     path = os.environ.get("STUDIO_SETTINGS")
@@ -257,7 +274,22 @@ class MainWindow(QMainWindow):
         self._action(v, "Find layer", lambda: self.graph_view.search.setFocus(), QKeySequence.Find, "find")
         # not "Ctrl+O, O": Ctrl+O opens a file at once, so that chord could never be typed
         self._action(v, "Show &original model", self.show_original, "Ctrl+Home", "original")
+        h = bar.addMenu("&Help")
+        self._action(h, "&Keyboard shortcuts", lambda: self._info("Keyboard shortcuts", self.shortcuts_text()),
+                     QKeySequence.HelpContents, "shortcuts")
+        self._action(h, "&About Compression Studio", lambda: self._info("About", about_text()), None, "about")
         self._set_running(False)
+
+    def shortcuts_text(self) -> str:
+        """Every command that has a shortcut, as the menus show it (one table, from the actions)."""
+        rows = [(a.text().replace("&", ""), a.shortcut().toString(QKeySequence.NativeText))
+                for a in self.actions_.values() if not a.shortcut().isEmpty()]
+        return "<table>" + "".join(f"<tr><td>{t}</td><td>&nbsp;&nbsp;<b>{k}</b></td></tr>" for t, k in rows) + "</table>"
+
+    def _info(self, title: str, html: str) -> None:
+        box = QMessageBox(QMessageBox.Information, title, html, QMessageBox.Ok, self)
+        box.setTextFormat(Qt.RichText)
+        box.open()  # window-modal, not blocking the event loop (jobs keep reporting)
 
     # -- opening -------------------------------------------------------------------------
     def open_dialog(self) -> None:

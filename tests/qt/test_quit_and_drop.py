@@ -6,7 +6,7 @@ import onnx
 import torch
 from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDragEnterEvent, QDropEvent
-from PySide6.QtWidgets import QApplication
+from PySide6.QtWidgets import QApplication, QMessageBox
 
 
 def test_quit_hides_at_once_and_leaves_within_its_budget(window, qtbot):
@@ -42,3 +42,22 @@ def test_a_file_dropped_on_the_graph_opens(demo, qtbot, tmp_path):
     event = QDropEvent(QPointF(target.rect().center()), Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier)
     QApplication.sendEvent(target, event)
     qtbot.waitUntil(lambda: w.session.model is not None and w.session.model.name == "dropped", timeout=60_000)
+
+
+def test_help_lists_the_shortcuts_and_the_versions(window):
+    import onnxruntime
+    import torch as t
+
+    from studio.qt.main_window import about_text
+
+    menus = [a.text() for a in window.menuBar().actions()]
+    assert "&Help" in menus
+    text = window.shortcuts_text()
+    for name, key in (("Run", "Ctrl+R"), ("Open…", "Ctrl+O"), ("Export selected variant…", "Ctrl+E")):
+        assert f"<td>{name}</td><td>&nbsp;&nbsp;<b>{key}</b>" in text
+    about = about_text()
+    assert t.__version__ in about and onnxruntime.__version__ in about and "not installed" not in about.split("onnx2torch")[0]
+    window.actions_["about"].trigger()  # opens without blocking the event loop
+    (box,) = [b for b in window.findChildren(QMessageBox) if b.isVisible()]
+    assert "Compression Studio" in box.text()
+    box.close()
