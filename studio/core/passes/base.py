@@ -22,6 +22,9 @@ from ..model import Model
 
 Progress = tuple[float, str]
 
+FINE_TUNED_IN_TORCH = ("fine-tuning ran on a torch conversion of the ONNX model (onnx2torch), so this stage is a "
+                       "torch model; weights onnx2torch keeps as constants (e.g. MatMul weights) did not train")
+
 
 class PassConfig(BaseModel):
     """Options every pass has: which layers it touches. Targets are names, `re:` patterns or
@@ -111,6 +114,30 @@ class Pass:
             yield 0.0, "converting ONNX to torch (onnx2torch)"
             return onnx_to_torch(model)
         return model.copy()
+
+    def fine_tune_onnx(self, model: Model, context: Context, start: float,
+                       constraint=None) -> Generator[Progress, None, Model]:
+        """Fine-tuning asked of a pass that changed an ONNX model directly: the changed ONNX model
+        is converted to torch (onnx2torch) and trained, keeping its exact zeros, or the constraint
+        `constraint(module)` returns (a function run after every optimiser step). Never skipped silently: a model onnx2torch cannot convert
+        fails with the way out (fine_tune_epochs 0)."""
+        from .finetune import reapply, zero_masks
+        from .onnx_torch import onnx_to_torch
+
+        yield start, "converting to torch for fine-tuning (onnx2torch)"
+        try:
+            new = onnx_to_torch(model)
+        except StudioError as exc:
+            raise StudioError(f"{self.id}: fine-tuning needs a torch model; {exc}. "
+                              "Set fine_tune_epochs to 0 to change the ONNX model without training") from None
+        if constraint is None:
+            masks = zero_masks(new.obj)
+            after_step = reapply(masks) if masks else None
+        else:
+            after_step = constraint(new.obj)
+        yield from self.recovery_training(new.obj, new.input_shape, context, start, after_step=after_step)
+        new.obj.eval()
+        return new
 
     def recovery_training(self, module, input_shape, context: Context, start: float,
                           after_step=None) -> Generator[Progress, None, None]:
