@@ -181,8 +181,12 @@ class StructuredPrune(Pass):
             raise StudioError(f"prune.structured: Torch-Pruning failed on this model: {exc}") from None
         yield 0.3, "pruned"
         context.check_cancelled()
-        with torch.no_grad():
-            module(example)  # fails here, not in a later stage, if the shapes no longer fit
+        try:
+            with torch.no_grad():
+                module(example)  # fails here, not in a later stage, if the shapes no longer fit
+        except Exception as exc:  # noqa: BLE001 - e.g. a fixed-size reshape Torch-Pruning could not see
+            raise StudioError(f"prune.structured: the pruned model no longer runs ({str(exc).splitlines()[0]}); "
+                              "ignore the layers before that reshape, or use prune.magnitude / lowrank.svd") from None
         if cfg.fine_tune_epochs:
             yield from self.recovery_training(module, new.input_shape, context, 0.3)
         module.eval()
