@@ -68,6 +68,39 @@ class PassResult:
     warnings: list[str] = field(default_factory=list)
 
 
+def is_torchscript(model: Model) -> bool:
+    if not model.is_torch:
+        return False
+    import torch
+
+    return isinstance(model.obj, torch.jit.ScriptModule)
+
+
+SCRIPT_AS_ONNX = ("the TorchScript model was exported to ONNX for this pass (its compiled modules cannot be changed "
+                  "in place), so this stage is an ONNX model; for a torch result load the state_dict with --arch")
+
+
+def script_as_onnx(model: Model, pass_id: str) -> Model:
+    """A TorchScript model as its ONNX export, or a one-line refusal saying what to do."""
+    from ..convert import to_onnx_model
+
+    try:
+        return to_onnx_model(model)
+    except StudioError as exc:
+        raise StudioError(f"{pass_id} cannot change a TorchScript model in place and exporting it to ONNX failed "
+                          f"({str(exc).splitlines()[0][:160]}); load the state_dict with --arch instead") from None
+
+
+def conversion_notes(model: Model) -> list[str]:
+    """What torch_copy did to a model that was not plain torch, for the stage's warnings."""
+    if is_torchscript(model):
+        return ["the TorchScript model was exported to ONNX and converted to torch (onnx2torch) for this pass, "
+                "so this stage is a converted torch model"]
+    if model.is_onnx:
+        return ["the ONNX model was converted to torch (onnx2torch) for this pass, so this stage is a torch model"]
+    return []
+
+
 class Pass:
     """Subclasses set `id`, `title`, `Config` and `frameworks`, and implement `apply`."""
 
@@ -106,8 +139,21 @@ class Pass:
         return self.config.model_dump(exclude_defaults=True)
 
     # -- shared steps of the passes that change torch weights ---------------------------------
+    def unless_script(self, model: Model) -> Generator[Progress, None, tuple[Model, list[str]]]:
+        """(model, notes): a TorchScript model becomes its ONNX export (the ONNX-native path of
+        a weight pass then changes it), with a note for the stage's warnings."""
+        if not is_torchscript(model):
+            return model, []
+        yield 0.0, "exporting TorchScript to ONNX"
+        return script_as_onnx(model, self.id), [SCRIPT_AS_ONNX]
+
     def torch_copy(self, model: Model) -> Generator[Progress, None, Model]:
-        """A torch model this pass may change: a copy, or for ONNX a conversion (onnx2torch)."""
+        """A torch model this pass may change: a copy, or for ONNX a conversion (onnx2torch).
+        A TorchScript model goes through its ONNX export: its compiled modules can neither be
+        restructured (Torch-Pruning) nor trained after a deep copy."""
+        if is_torchscript(model):
+            yield 0.0, "exporting TorchScript to ONNX"
+            model = script_as_onnx(model, self.id)
         if model.is_onnx:
             from .onnx_torch import onnx_to_torch
 

@@ -81,8 +81,8 @@ class KMeansCluster(Pass):
 
     def apply(self, model, context: Context):
         cfg: ClusterConfig = self.config
+        model, warnings = yield from self.unless_script(model)
         new = model.copy()
-        warnings = []
         if new.is_onnx:
             record = yield from self._onnx(new, cfg, context)
             if record and cfg.fine_tune_epochs:

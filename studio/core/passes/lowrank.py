@@ -148,8 +148,10 @@ class LowRank(Pass):
     frameworks = ("torch", "onnx")
 
     def apply(self, model, context: Context):
+        model, notes = yield from self.unless_script(model)
         if model.is_onnx:
             result = yield from self._onnx(model, context)
+            result.warnings[:0] = notes
             return result
         cfg: LowRankConfig = self.config
         new = model.copy()

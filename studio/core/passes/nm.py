@@ -65,6 +65,7 @@ class NMPrune(Pass):
 
     def apply(self, model, context: Context):
         cfg: NMConfig = self.config
+        model, notes = yield from self.unless_script(model)
         new = model.copy()
         if new.is_onnx:
             record, warnings = yield from self._onnx(new, cfg, context)
@@ -81,6 +82,7 @@ class NMPrune(Pass):
         if all(r.get("unchanged") for r in record.values()):
             warnings.insert(0, f"nothing changed: every chosen layer already had the {cfg.n}:{cfg.m} pattern")
         warnings.append(SPEED_WARNING)
+        warnings[:0] = notes
         yield 1.0, summary
         return PassResult(new, record, summary, warnings)
 

@@ -196,13 +196,14 @@ class FoldBatchNorm(Pass):
     frameworks = ("torch", "onnx")
 
     def apply(self, model, context: Context):
+        model, notes = yield from self.unless_script(model)
         if model.is_onnx:
             new = model.copy()
             yield 0.0, "folding batch norms in the ONNX graph"
             record = fold_onnx(new.obj)
             summary = f"{len(record)} batch norms folded into convs"
-            warnings = [] if record else ["nothing changed: no Conv -> BatchNormalization pair found "
-                                          "(exporters usually fold them already)"]
+            warnings = notes + ([] if record else ["nothing changed: no Conv -> BatchNormalization pair found "
+                                                   "(exporters usually fold them already)"])
             yield 1.0, summary
             return PassResult(new, record, summary, warnings)
         from torch import nn

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from ..errors import StudioError
 from . import targets as tg
-from .base import Context, Pass, PassConfig, PassResult
+from .base import Context, Pass, PassConfig, PassResult, conversion_notes
 from .registry import register
 
 KINDS = ("Linear", "Conv1d", "Conv2d", "Conv3d", "NonDynamicallyQuantizableLinear")
@@ -200,7 +200,7 @@ class StructuredPrune(Pass):
         params_after = sum(p.numel() for p in module.parameters())
         summary = (f"parameters {params_before:,} -> {params_after:,} "
                    f"({1 - params_after / max(1, params_before):.1%} removed), ratio {cfg.ratio}, {cfg.importance}")
-        warnings = []
+        warnings = conversion_notes(model)
         unchanged_attention = [n for n, r in record.items() if r["op"] == "MultiheadAttention" and r["removed_out"] == 0
                                and r["in_channels"] == r["in_channels_before"]]
         if unchanged_attention:
