@@ -56,22 +56,25 @@ def export(kind: str, dynamo: bool, fold: bool = True) -> Model:
     exporters fold eval-mode batch norms into the convs by default)."""
     build, shape = BUILDERS[kind]
     torch.manual_seed(0)
-    module = build().eval()
+    proto = export_module(build().eval(), shape, dynamo, fold)
+    return Model(proto, ONNX, shape, name=f"{kind}-{'dynamo' if dynamo else 'legacy'}")
+
+
+def export_module(module, shape, dynamo: bool = False, fold: bool = True):
+    """A torch module as an onnx.ModelProto with a dynamic batch axis."""
     x = torch.randn(2, *shape[1:])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if dynamo:
             program = torch.onnx.export(module, (x,), dynamo=True, external_data=False, optimize=fold, verbose=False,
                                         dynamic_shapes=({0: torch.export.Dim("batch")},))
-            proto = onnx.load_from_string(program.model_proto.SerializeToString())
-        else:
-            buffer = io.BytesIO()
-            extra = {} if fold else {"do_constant_folding": False, "training": torch.onnx.TrainingMode.PRESERVE}
-            torch.onnx.export(module, (x,), buffer, dynamo=False, opset_version=17, input_names=["input"],
-                              output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-                              **extra)
-            proto = onnx.load_from_string(buffer.getvalue())
-    return Model(proto, ONNX, shape, name=f"{kind}-{'dynamo' if dynamo else 'legacy'}")
+            return onnx.load_from_string(program.model_proto.SerializeToString())
+        buffer = io.BytesIO()
+        extra = {} if fold else {"do_constant_folding": False, "training": torch.onnx.TrainingMode.PRESERVE}
+        torch.onnx.export(module, (x,), buffer, dynamo=False, opset_version=17, input_names=["input"],
+                          output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                          **extra)
+        return onnx.load_from_string(buffer.getvalue())
 
 
 def as_constants(model: Model) -> Model:
