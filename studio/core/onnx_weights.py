@@ -29,12 +29,12 @@ def subgraphs(node) -> Iterator:
             yield from attr.graphs
 
 
-def nodes(graph, parents_last: bool = True) -> Iterator[tuple[object, object]]:
+def nodes(graph) -> Iterator[tuple[object, object]]:
     """(node, the graph holding it) for every node, subgraphs included; a node holding
     subgraphs comes after their nodes (their results flow into it)."""
     for node in graph.node:
         for sub in subgraphs(node):
-            yield from nodes(sub, parents_last)
+            yield from nodes(sub)
         yield node, graph
 
 

@@ -211,3 +211,15 @@ def test_fine_tune_on_unconvertible_onnx_is_one_line(digits_data):
         run(create("lowrank.svd", fine_tune_epochs=1, rank_by="ratio"), model, Context(data=digits_data))
     message = str(err.value)
     assert "\n" not in message and "fine_tune_epochs to 0" in message and "If (opset 17)" in message
+
+
+def test_packed_file_holds_subgraph_weights(tmp_path):
+    """The packed export stores the clustered weights of an If's branches too, and restores them."""
+    from studio.core.packed import pack, unpack
+
+    result = run(create("cluster.kmeans", bits=3), om.if_model(), Context())
+    info = pack(result.model, tmp_path / "if.studio")
+    assert info["tensors"] == 4
+    restored = Model(unpack(tmp_path / "if.studio"), ONNX, (1, 16))
+    x = restored.example_input(3)
+    assert np.array_equal(om.run(restored, x), om.run(result.model, x))

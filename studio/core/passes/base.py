@@ -165,8 +165,8 @@ class Pass:
                        constraint=None) -> Generator[Progress, None, Model]:
         """Fine-tuning asked of a pass that changed an ONNX model directly: the changed ONNX model
         is converted to torch (onnx2torch) and trained, keeping its exact zeros, or the constraint
-        `constraint(module)` returns (a function run after every optimiser step). Never skipped silently: a model onnx2torch cannot convert
-        fails with the way out (fine_tune_epochs 0)."""
+        `constraint(module)` returns (run after every optimiser step). Never skipped silently: a
+        model onnx2torch cannot convert fails with the way out (fine_tune_epochs 0)."""
         from .finetune import reapply, zero_masks
         from .onnx_torch import onnx_to_torch
 

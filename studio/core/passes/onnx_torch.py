@@ -75,6 +75,8 @@ def _register_newer_opsets() -> None:
     from onnx import defs
     from onnx2torch.node_converters import registry
     from onnx2torch.node_converters.reduce import OnnxReduceStaticAxes
+    from onnx2torch.node_converters.reshape import OnnxReshape
+    from onnx2torch.utils.custom_export_to_onnx import DefaultExportToOnnx
     from onnx2torch.utils.common import OnnxMapping, OperationConverterResult, get_const_value, onnx_mapping_from_node
 
     def add(op: str, version: int, converter) -> None:
@@ -100,22 +102,27 @@ def _register_newer_opsets() -> None:
         for version in versions:
             try:
                 add(op, version, same_as(op, version, old))
-            except (NotImplementedError, Exception):  # noqa: BLE001 - an op this onnx/onnx2torch lacks
+            except Exception:  # noqa: BLE001 - an op or version this onnx/onnx2torch does not know
                 continue
 
-    class Reshape(torch.nn.Module):
-        """Reshape; with allowzero=1 a 0 in the shape is a real 0 (torch.reshape's meaning), else
-        it copies the input's dimension (onnx2torch's OnnxReshape)."""
+    class Reshape(OnnxReshape):
+        """onnx2torch's Reshape, plus allowzero=1: a 0 in the shape is then a real 0 (what
+        torch.reshape does) instead of a copy of the input's axis. Re-exported to ONNX as a
+        Reshape with the same attribute, so a dynamic shape stays dynamic."""
 
         def __init__(self, allowzero: int):
             super().__init__()
-            self.allowzero = allowzero
+            self.allowzero = int(allowzero)
 
         def forward(self, x, shape):
-            dims = [int(d) for d in shape]
-            if not self.allowzero:
-                dims = [x.shape[i] if d == 0 else d for i, d in enumerate(dims)]
-            return torch.reshape(x, dims)
+            def _forward():
+                if self.allowzero:
+                    return torch.reshape(x, [int(d) for d in shape])
+                return self._do_reshape(x, shape)
+
+            if torch.onnx.is_in_onnx_export():
+                return DefaultExportToOnnx.export(_forward, "Reshape", x, shape, {"allowzero_i": self.allowzero})
+            return _forward()
 
     def reshape(node, graph):
         if _is_flatten(node, graph):

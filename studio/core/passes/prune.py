@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
-
 import numpy as np
+from pydantic import Field
 
 from .. import onnx_weights as ow
 from . import targets as tg
