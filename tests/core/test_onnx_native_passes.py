@@ -223,3 +223,20 @@ def test_packed_file_holds_subgraph_weights(tmp_path):
     restored = Model(unpack(tmp_path / "if.studio"), ONNX, (1, 16))
     x = restored.example_input(3)
     assert np.array_equal(om.run(restored, x), om.run(result.model, x))
+
+
+def test_magnitude_sensitivity_on_onnx(demo_cnn, digits_data):
+    """Per-layer pruning sensitivity runs on the ONNX model's weights; layers are graph nodes."""
+    from studio.core.convert import to_onnx_model
+    from studio.core.graph import build_graph
+    from studio.core.sensitivity import prune_sensitivity
+    from studio.core.training import drain
+
+    model = to_onnx_model(demo_cnn)
+    torch_result = drain(prune_sensitivity(demo_cnn, digits_data, ratios=(0.0, 0.9)))
+    result = drain(prune_sensitivity(model, digits_data, ratios=(0.0, 0.9)))
+    graph = build_graph(model)
+    assert result.layers and all(name in graph for name in result.layers)
+    assert np.allclose(result.quality[:, 0], result.baseline)  # ratio 0 changes nothing
+    # the same rule on the same weights: the same qualities as the torch model's layers, in order
+    assert np.allclose(sorted(result.quality[:, 1]), sorted(torch_result.quality[:, 1]), atol=0.02)
