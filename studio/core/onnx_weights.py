@@ -16,6 +16,7 @@ import numpy as np
 
 # op type -> index of the constant weight input that the weight passes change
 LAYER_OPS = {"Conv": 1, "Gemm": 1, "MatMul": 1}
+FLOAT_TYPES = {1, 10, 11}  # TensorProto FLOAT, FLOAT16, DOUBLE (numpy can hold and write them back)
 
 
 def subgraphs(node) -> Iterator:
@@ -170,7 +171,7 @@ def layer_weights(proto, ops=tuple(LAYER_OPS)) -> list[Weight]:
         tensor = stored.get(name)
         if tensor is None or name in seen or len(tensor.dims) < 2:
             continue
-        if read(tensor).dtype.kind != "f":
+        if tensor.data_type not in FLOAT_TYPES:
             continue
         seen.add(name)
         found.append(Weight(node, graph, name, tensor, torch_names(node, name)))

@@ -240,3 +240,11 @@ def test_magnitude_sensitivity_on_onnx(demo_cnn, digits_data):
     assert np.allclose(result.quality[:, 0], result.baseline)  # ratio 0 changes nothing
     # the same rule on the same weights: the same qualities as the torch model's layers, in order
     assert np.allclose(sorted(result.quality[:, 1]), sorted(torch_result.quality[:, 1]), atol=0.02)
+
+
+def test_weight_pass_after_quantizer_says_why(demo_cnn, digits_data):
+    quantized = run(create("quantize.int8_static", calibration_samples=32), demo_cnn, Context(data=digits_data)).model
+    with pytest.raises(ValueError, match="before the quantizer"):
+        run(create("prune.magnitude"), quantized, Context())
+    result = run(create("lowrank.svd"), quantized, Context())
+    assert any(w.startswith("nothing changed") for w in result.warnings)

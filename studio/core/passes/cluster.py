@@ -91,7 +91,10 @@ class KMeansCluster(Pass):
         else:
             record = yield from self._torch(new, cfg, context)
         if not record:
-            raise ValueError("cluster.kmeans: no Linear or Conv layer matches the targets")
+            from .prune import NO_ONNX_LAYERS
+
+            raise ValueError("cluster.kmeans: " + (NO_ONNX_LAYERS if model.is_onnx else
+                                                   "no Linear or Conv layer matches the targets"))
         total = sum(r["parameters"] for r in record.values())
         summary = f"{len(record)} layers ({total:,} weights) clustered to <= {2**cfg.bits} values each"
         if all(r.get("unchanged") for r in record.values()):

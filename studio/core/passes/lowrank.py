@@ -215,7 +215,9 @@ class LowRank(Pass):
         summary = f"{done} of {len(chosen)} layers factorized; their weights {before:,} -> {after:,}"
         warnings = []
         if not chosen:
-            warnings.append("no Conv, Gemm or MatMul layer with a constant weight matches the targets: nothing changed")
+            from .prune import NO_ONNX_LAYERS
+
+            warnings.append(f"nothing changed: {NO_ONNX_LAYERS}")
         elif not done:
             warnings.append(NOTHING_FACTORIZED)
         if skipped:

@@ -122,11 +122,11 @@ class NMPrune(Pass):
         return record, warnings
 
     def _onnx(self, new, cfg: NMConfig, context: Context):
-        from .prune import onnx_layers
+        from .prune import NO_ONNX_LAYERS, onnx_layers
 
         chosen = onnx_layers(new.obj, cfg)
         if not chosen:
-            raise ValueError("prune.nm: no Conv, Gemm or MatMul layer with a constant weight matches the targets")
+            raise ValueError(f"prune.nm: {NO_ONNX_LAYERS}")
         record, warnings = {}, []
         for i, weight in enumerate(chosen):
             context.check_cancelled()

@@ -37,6 +37,10 @@ def sparsity_of(tensor) -> float:
     return float((tensor == 0).sum()) / max(1, tensor.numel())
 
 
+NO_ONNX_LAYERS = ("no Conv, Gemm or MatMul layer with a float constant weight matches the targets "
+                  "(a quantized layer's weights are INT8: put this pass before the quantizer)")
+
+
 def onnx_layers(proto, config: PassConfig) -> list[ow.Weight]:
     """The Conv/Gemm/MatMul weights of an ONNX model chosen by the config (any graph, any storage)."""
     return ow.select(ow.layer_weights(proto), config.targets, config.ignore)
@@ -127,7 +131,7 @@ class MagnitudePrune(Pass):
         new = model.copy()
         layers = onnx_layers(new.obj, cfg)
         if not layers:
-            raise ValueError("prune.magnitude: no Conv, Gemm or MatMul layer with a constant weight matches the targets")
+            raise ValueError(f"prune.magnitude: {NO_ONNX_LAYERS}")
         yield 0.0, f"ranking {len(layers)} layers"
         arrays = {w.name: w.array() for w in layers}
         masks = magnitude_masks(arrays, cfg.sparsity, cfg.scope)
