@@ -248,3 +248,16 @@ def test_weight_pass_after_quantizer_says_why(demo_cnn, digits_data):
         run(create("prune.magnitude"), quantized, Context())
     result = run(create("lowrank.svd"), quantized, Context())
     assert any(w.startswith("nothing changed") for w in result.warnings)
+
+
+def test_second_run_changes_nothing_and_says_so(demo_mlp):
+    """N:M and clustering applied twice: the second run finds nothing to do and warns (torch and ONNX)."""
+    from studio.core.convert import to_onnx_model
+
+    for model in (demo_mlp, to_onnx_model(demo_mlp)):
+        for pass_id in ("prune.nm", "cluster.kmeans"):
+            once = run(create(pass_id), model, Context()).model
+            twice = run(create(pass_id), once, Context())
+            assert any(w.startswith("nothing changed") for w in twice.warnings), (model.framework, pass_id)
+            first = run(create(pass_id), model, Context())
+            assert not any(w.startswith("nothing changed") for w in first.warnings), (model.framework, pass_id)

@@ -97,7 +97,7 @@ class KMeansCluster(Pass):
                                                    "no Linear or Conv layer matches the targets"))
         total = sum(r["parameters"] for r in record.values())
         summary = f"{len(record)} layers ({total:,} weights) clustered to <= {2**cfg.bits} values each"
-        if all(r.get("unchanged") for r in record.values()):
+        if not cfg.fine_tune_epochs and all(r.get("unchanged") for r in record.values()):
             warnings.append(f"nothing changed: every chosen layer already had at most {2**cfg.bits} values")
         yield 1.0, summary
         return PassResult(new, record, summary, warnings + [SPEED_WARNING])
@@ -108,11 +108,12 @@ class KMeansCluster(Pass):
         from .prune import weight_layers
 
         layers = weight_layers(new.obj, cfg)
-        tied = {}
+        tied, unchanged = {}, {}
         for i, (name, module) in enumerate(layers):
             context.check_cancelled()
             w = module.weight.detach().numpy()
             clustered, codebook = cluster_array(w, cfg.bits, cfg.iterations)
+            unchanged[name] = bool(np.array_equal(clustered, w))
             with torch.no_grad():
                 module.weight.copy_(torch.from_numpy(clustered))
             # index of each weight into its codebook, for the tied fine-tune
@@ -148,7 +149,8 @@ class KMeansCluster(Pass):
         for name, (module, _, _) in tied.items():
             w = module.weight.detach()
             record[name] = {"op": type(module).__name__, "bits": cfg.bits, "parameters": w.numel(),
-                            "values": int(torch.unique(w).numel()), "sparsity": round(float((w == 0).float().mean()), 4)}
+                            "values": int(torch.unique(w).numel()), "sparsity": round(float((w == 0).float().mean()), 4),
+                            "unchanged": unchanged[name] and not cfg.fine_tune_epochs}
         return record
 
     def _onnx(self, new, cfg: ClusterConfig, context: Context):

@@ -79,7 +79,7 @@ class NMPrune(Pass):
         total = sum(r["parameters"] for r in record.values())
         zeros = sum(r["parameters"] * r["sparsity"] for r in record.values())
         summary = f"{cfg.n}:{cfg.m} pattern in {len(record)} layers, {zeros / total:.1%} of {total:,} weights zero"
-        if all(r.get("unchanged") for r in record.values()):
+        if not cfg.fine_tune_epochs and all(r.get("unchanged") for r in record.values()):
             warnings.insert(0, f"nothing changed: every chosen layer already had the {cfg.n}:{cfg.m} pattern")
         warnings.append(SPEED_WARNING)
         warnings[:0] = notes
@@ -92,7 +92,7 @@ class NMPrune(Pass):
         from .prune import weight_layers
 
         layers = weight_layers(new.obj, cfg)
-        masks, record, warnings = {}, {}, []
+        masks, record, warnings, unchanged = {}, {}, [], {}
         for i, (name, module) in enumerate(layers):
             context.check_cancelled()
             w = module.weight.detach().numpy()
@@ -104,6 +104,7 @@ class NMPrune(Pass):
                 warnings.append(f"{name}: {w.shape[1]} inputs is not a multiple of {cfg.m}; left dense")
                 continue
             masks[name] = (module, torch.from_numpy(mask.astype(np.float32)))
+            unchanged[name] = not np.any(w[~mask])
             yield 0.1 * (i + 1) / len(layers), f"{name}: {cfg.n}:{cfg.m}"
 
         def apply_masks():
@@ -118,7 +119,7 @@ class NMPrune(Pass):
         for name, (module, _) in masks.items():
             w = module.weight.detach()
             record[name] = {"op": type(module).__name__, "pattern": f"{cfg.n}:{cfg.m}", "parameters": w.numel(),
-                            "sparsity": round(float((w == 0).float().mean()), 4)}
+                            "sparsity": round(float((w == 0).float().mean()), 4), "unchanged": unchanged[name]}
         return record, warnings
 
     def _onnx(self, new, cfg: NMConfig, context: Context):

@@ -201,11 +201,8 @@ def _register_newer_opsets() -> None:
     for version in (18, 19, 21):
         add("Pad", version, pad)
 
-    class Gelu(torch.nn.GELU):
-        pass
-
     def gelu(node, graph):
-        module = Gelu(approximate=node.attributes.get("approximate", "none"))
+        module = torch.nn.GELU(approximate=node.attributes.get("approximate", "none"))
         return OperationConverterResult(torch_module=module, onnx_mapping=onnx_mapping_from_node(node=node))
 
     add("Gelu", 20, gelu)

@@ -124,7 +124,7 @@ class MagnitudePrune(Pass):
         zeros = sum(r["parameters"] * r["sparsity"] for r in record.values())
         summary = f"{zeros / total:.1%} of {total:,} weights in {len(layers)} layers are zero"
         yield 1.0, summary
-        return PassResult(new, record, summary, unchanged_warning(record))
+        return PassResult(new, record, summary, [] if cfg.fine_tune_epochs else unchanged_warning(record))
 
     def _onnx(self, model, context: Context):
         cfg: MagnitudeConfig = self.config
@@ -144,7 +144,7 @@ class MagnitudePrune(Pass):
             record[w.name] = {"op": w.op, "initializer": w.tensor_name, "parameters": int(before.size),
                               "sparsity_before": round(float((before == 0).mean()), 4),
                               "sparsity": round(float((after == 0).mean()), 4)}
-        warnings = unchanged_warning(record)
+        warnings = [] if cfg.fine_tune_epochs else unchanged_warning(record)
         if cfg.fine_tune_epochs:
             new = yield from self.fine_tune_onnx(new, context, 0.1)
             warnings.append(FINE_TUNED_IN_TORCH)
