@@ -119,6 +119,25 @@ def test_fold_batchnorm_on_onnx(exported, dynamo):
     assert np.array_equal(out2, ref2)
 
 
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_fold_batchnorm_after_linear_on_onnx(dynamo):
+    """BatchNorm1d after a Linear (a Gemm) folds into the Gemm's weight rows and bias."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10)).eval()
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-1, 1)
+        net[1].running_var.uniform_(0.5, 2)
+    model = Model(om.export_module(net, (1, 16), dynamo, fold=False), ONNX, (1, 16))
+    assert any(n.op_type == "BatchNormalization" for n in model.obj.graph.node)
+    result, out, ref = apply("fold.batchnorm", model)
+    assert [r["op"] for r in result.layers.values()] == ["Gemm"]
+    assert not any(n.op_type == "BatchNormalization" for n in result.model.obj.graph.node)
+    assert np.abs(out - ref).max() < 1e-5
+
+
 def test_targets_match_onnx_and_torch_names():
     """Targets name the ONNX node, the torch module it came from, its weight or an op type."""
     model = om.export("conv", dynamo=False)
