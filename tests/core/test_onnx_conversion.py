@@ -132,3 +132,17 @@ def test_torchscript_every_pass(scripted, pass_id, options, framework, tmp_path,
     if pass_id in ("prune.magnitude", "lowrank.svd"):
         assert result.layers
     assert os.listdir(tmp_path) == []
+
+
+def test_new_attribute_an_old_converter_would_ignore_is_refused():
+    """Resize-18 with antialias=1 must not silently convert as Resize-13 (which has no antialias)."""
+    from onnx import TensorProto, helper
+
+    scales = helper.make_tensor("scales", TensorProto.FLOAT, [4], [1, 1, 0.5, 0.5])
+    node = helper.make_node("Resize", ["input", "", "scales"], ["output"], name="shrink", mode="linear", antialias=1)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 8, 8])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 1, 4, 4])],
+                              initializer=[scales])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    with pytest.raises(StudioError, match="Resize \\(opset 18\\), node 'shrink': attribute antialias=1"):
+        onnx_to_torch(Model(proto, ONNX, (1, 1, 8, 8), name="resize"))

@@ -280,3 +280,12 @@ def test_second_run_changes_nothing_and_says_so(demo_mlp):
             assert any(w.startswith("nothing changed") for w in twice.warnings), (model.framework, pass_id)
             first = run(create(pass_id), model, Context())
             assert not any(w.startswith("nothing changed") for w in first.warnings), (model.framework, pass_id)
+
+
+@pytest.mark.slow
+def test_constant_node_weights_of_a_dynamo_transformer(exported):
+    model = om.as_constants(exported("transformer", True))
+    for pass_id, options in [("prune.magnitude", {"sparsity": 0.5}), ("lowrank.svd", {"rank_by": "ratio"})]:
+        result, out, ref = apply(pass_id, model, **options)
+        assert len(result.layers) == 6, pass_id  # embed, attention in/out, two feed-forward, head
+        assert not np.allclose(out, ref)
