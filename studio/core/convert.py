@@ -111,16 +111,11 @@ def _export_dynamo(module, example):
 
 
 def onnx_tensors(proto) -> dict:
-    """Every weight tensor an ONNX graph holds: its initializers and the values of its Constant
-    nodes (the exporter's constant folding turns some weights, e.g. attention projections, into
-    Constant nodes). Name -> TensorProto."""
-    tensors = {i.name: i for i in proto.graph.initializer}
-    for node in proto.graph.node:
-        if node.op_type == "Constant" and node.output:
-            for attr in node.attribute:
-                if attr.name == "value" and attr.HasField("t"):
-                    tensors[node.output[0]] = attr.t
-    return tensors
+    """Every weight tensor an ONNX model holds: initializers and Constant-node values, in the main
+    graph and in If/Loop/Scan subgraphs (studio.core.onnx_weights). Name -> TensorProto."""
+    from .onnx_weights import tensors
+
+    return tensors(proto)
 
 
 def to_onnx_model(model: Model) -> Model:

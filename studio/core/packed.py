@@ -40,12 +40,11 @@ def _unpack_bits(data: bytes, bits: int, count: int) -> np.ndarray:
 
 
 def _tensors(proto):
-    """Initializers and Constant-node tensors (the exporter folds some weights into Constants)."""
-    found = list(proto.graph.initializer)
-    for node in proto.graph.node:
-        if node.op_type == "Constant":
-            found += [a.t for a in node.attribute if a.name == "value" and a.HasField("t")]
-    return found
+    """Initializers and Constant-node tensors (the exporter folds some weights into Constants),
+    in the main graph and in If/Loop/Scan subgraphs."""
+    from .onnx_weights import tensors
+
+    return list(tensors(proto).values())
 
 
 def pack(model_or_proto, path: str | Path, preset: int = 9) -> dict:

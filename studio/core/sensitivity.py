@@ -90,10 +90,18 @@ def prune_sensitivity(model: Model, data: Data, layers: Sequence[str] | None = N
     from .passes import targets as tg
     from .passes.structured import KINDS, final_layers, prune_module
 
-    if not model.is_torch:
-        raise StudioError("pruning sensitivity needs a torch model")
+    from .passes.base import is_torchscript, script_as_onnx
+
     if method not in ("magnitude", "structured"):
         raise StudioError(f"unknown sensitivity method '{method}': magnitude or structured")
+    if is_torchscript(model):  # compiled modules cannot be pruned in place: measure the ONNX export
+        model = script_as_onnx(model, "pruning sensitivity")
+    if model.is_onnx and method == "magnitude":
+        return (yield from _onnx_magnitude_sensitivity(model, data, layers, ratios, cancel))
+    if model.is_onnx:
+        from .passes.onnx_torch import onnx_to_torch
+
+        model = onnx_to_torch(model)  # structured pruning needs torch; layers are onnx2torch's names
     score, metric, _ = _scorer(model, data)
     all_layers = [n for n, _ in tg.torch_layers(model.obj, KINDS)]
     example = torch.from_numpy(model.example_input(1))
@@ -124,6 +132,35 @@ def prune_sensitivity(model: Model, data: Data, layers: Sequence[str] | None = N
             yield (i * len(ratios) + j + 1) / total, f"{name} at {ratio:.0%}: {quality[i, j]:.3f}"
     return SensitivityResult("prune", chosen, [float(r) for r in ratios], quality, baseline, metric,
                              reference=baseline, method=method)
+
+
+def _onnx_magnitude_sensitivity(model: Model, data: Data, layers, ratios, cancel):
+    """prune_sensitivity's magnitude method on an ONNX model's weights (studio.core.onnx_weights);
+    layers are the ONNX node names the graph view shows."""
+    from .onnx_weights import layer_weights
+    from .passes.prune import magnitude_masks
+
+    score, metric, _ = _scorer(model, data)
+    all_layers = [w.name for w in layer_weights(model.obj)]
+    chosen = list(layers or all_layers)
+    unknown = set(chosen) - set(all_layers)
+    if unknown:
+        raise StudioError(f"no such layers: {', '.join(sorted(unknown))}")
+    baseline = score(model)
+    quality = np.zeros((len(chosen), len(ratios)))
+    total = max(1, len(chosen) * len(ratios))
+    for i, name in enumerate(chosen):
+        for j, ratio in enumerate(ratios):
+            if cancel is not None:
+                cancel()
+            trial = model.copy()
+            weight = next(w for w in layer_weights(trial.obj) if w.name == name)
+            w = weight.array()
+            weight.write(np.where(magnitude_masks({name: w}, ratio, "per_layer")[name], w, 0))
+            quality[i, j] = score(trial)
+            yield (i * len(ratios) + j + 1) / total, f"{name} at {ratio:.0%}: {quality[i, j]:.3f}"
+    return SensitivityResult("prune", chosen, [float(r) for r in ratios], quality, baseline, metric,
+                             reference=baseline, method="magnitude")
 
 
 def quant_sensitivity(model: Model, data: Data, layers: Sequence[str] | None = None,

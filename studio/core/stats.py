@@ -66,14 +66,15 @@ def _onnx_weights(proto):
     behind a DequantizeLinear are dequantized (zeros stay exactly zero)."""
     from onnx import numpy_helper
 
-    from .convert import onnx_tensors
+    from .onnx_weights import nodes, tensors
 
-    inits = onnx_tensors(proto)
+    inits = tensors(proto)  # initializers and Constant nodes, subgraphs included
+    every = [node for node, _ in nodes(proto.graph)]
     dq = {}
-    for node in proto.graph.node:
+    for node in every:
         if node.op_type == "DequantizeLinear" and node.input[0] in inits:
             dq[node.output[0]] = node
-    for node in proto.graph.node:
+    for node in every:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear", "Constant"):
             continue
         for j, tensor in enumerate(node.input):

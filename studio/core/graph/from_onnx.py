@@ -42,8 +42,11 @@ def _shapes(proto, input_shape=None) -> dict[str, tuple]:
         inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
     except Exception:  # noqa: BLE001 - shapes are a nicety; very large or odd models may not infer
         inferred = light
+    from ..onnx_weights import graphs
+
     shapes = {}
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
+    infos = [vi for g in graphs(inferred.graph) for vi in (*g.value_info, *g.output, *g.input)]
+    for vi in infos:
         tt = vi.type.tensor_type
         if tt.HasField("shape"):
             shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in tt.shape.dim)
@@ -83,14 +86,18 @@ def _macs(op: str, node, out_shape, in_shapes, weight_shape) -> int:
 
 
 def graph_from_onnx(proto, input_shape=None) -> Graph:
-    from ..convert import onnx_tensors
+    """The layers of the main graph and of If/Loop/Scan subgraphs (flattened: a subgraph's nodes
+    come before the node holding them, which takes their results as inputs)."""
+    from ..onnx_weights import nodes as all_nodes
+    from ..onnx_weights import subgraphs, tensors
 
-    inits = onnx_tensors(proto)
+    inits = tensors(proto)
+    every = [node for node, _ in all_nodes(proto.graph)]
     shapes = _shapes(proto, input_shape)
     producer: dict[str, str] = {}  # tensor name -> node name that makes it
     alias: dict[str, str] = {}  # output of a folded node -> its source tensor
     weight_source: dict[str, str] = {}  # dequantized tensor -> initializer holding the int8 data
-    for node in proto.graph.node:
+    for node in every:
         if node.op_type in FOLDED and node.input:
             alias[node.output[0]] = node.input[0]
             if node.op_type == "DequantizeLinear" and node.input[0] in inits:
@@ -104,7 +111,7 @@ def graph_from_onnx(proto, input_shape=None) -> Graph:
 
     nodes: list[Node] = []
     used_names: set[str] = set()
-    for i, node in enumerate(proto.graph.node):
+    for i, node in enumerate(every):
         if node.op_type in FOLDED or node.op_type == "Constant":  # constants: weights of their consumers
             continue
         name = node.name or (node.output[0] if node.output else f"{node.op_type}_{i}")
@@ -126,6 +133,8 @@ def graph_from_onnx(proto, input_shape=None) -> Graph:
                     continue  # scalars (scales, epsilons) are not weights
                 if init.data_type in (6, 7) and node.op_type not in ("Gather",) and not weight_source.get(tensor):
                     continue  # int32/int64 shapes, axes, indices
+                if init.data_type == 9:
+                    continue  # bool: an If's condition, masks
                 params += count
                 pnames.append(source)
                 arr = _array(init)
@@ -136,6 +145,8 @@ def graph_from_onnx(proto, input_shape=None) -> Graph:
                         dtype = _dtype_name(init)
             elif source in producer:
                 preds.append(producer[source])
+        for sub in subgraphs(node):  # an If/Loop/Scan takes the results of its subgraphs' nodes
+            preds.extend(producer[resolve(o.name)] for o in sub.output if resolve(o.name) in producer)
         for out in node.output:
             producer[out] = name
         out_shape = shapes.get(node.output[0]) if node.output else None

@@ -22,6 +22,9 @@ from ..model import Model
 
 Progress = tuple[float, str]
 
+FINE_TUNED_IN_TORCH = ("fine-tuning ran on a torch conversion of the ONNX model (onnx2torch), so this stage is a "
+                       "torch model; weights onnx2torch keeps as constants (e.g. MatMul weights) did not train")
+
 
 class PassConfig(BaseModel):
     """Options every pass has: which layers it touches. Targets are names, `re:` patterns or
@@ -65,6 +68,39 @@ class PassResult:
     warnings: list[str] = field(default_factory=list)
 
 
+def is_torchscript(model: Model) -> bool:
+    if not model.is_torch:
+        return False
+    import torch
+
+    return isinstance(model.obj, torch.jit.ScriptModule)
+
+
+SCRIPT_AS_ONNX = ("the TorchScript model was exported to ONNX for this pass (its compiled modules cannot be changed "
+                  "in place), so this stage is an ONNX model; for a torch result load the state_dict with --arch")
+
+
+def script_as_onnx(model: Model, pass_id: str) -> Model:
+    """A TorchScript model as its ONNX export, or a one-line refusal saying what to do."""
+    from ..convert import to_onnx_model
+
+    try:
+        return to_onnx_model(model)
+    except StudioError as exc:
+        raise StudioError(f"{pass_id} cannot change a TorchScript model in place and exporting it to ONNX failed "
+                          f"({str(exc).splitlines()[0][:160]}); load the state_dict with --arch instead") from None
+
+
+def conversion_notes(model: Model) -> list[str]:
+    """What torch_copy did to a model that was not plain torch, for the stage's warnings."""
+    if is_torchscript(model):
+        return ["the TorchScript model was exported to ONNX and converted to torch (onnx2torch) for this pass, "
+                "so this stage is a converted torch model"]
+    if model.is_onnx:
+        return ["the ONNX model was converted to torch (onnx2torch) for this pass, so this stage is a torch model"]
+    return []
+
+
 class Pass:
     """Subclasses set `id`, `title`, `Config` and `frameworks`, and implement `apply`."""
 
@@ -103,14 +139,51 @@ class Pass:
         return self.config.model_dump(exclude_defaults=True)
 
     # -- shared steps of the passes that change torch weights ---------------------------------
+    def unless_script(self, model: Model) -> Generator[Progress, None, tuple[Model, list[str]]]:
+        """(model, notes): a TorchScript model becomes its ONNX export (the ONNX-native path of
+        a weight pass then changes it), with a note for the stage's warnings."""
+        if not is_torchscript(model):
+            return model, []
+        yield 0.0, "exporting TorchScript to ONNX"
+        return script_as_onnx(model, self.id), [SCRIPT_AS_ONNX]
+
     def torch_copy(self, model: Model) -> Generator[Progress, None, Model]:
-        """A torch model this pass may change: a copy, or for ONNX a conversion (onnx2torch)."""
+        """A torch model this pass may change: a copy, or for ONNX a conversion (onnx2torch).
+        A TorchScript model goes through its ONNX export: its compiled modules can neither be
+        restructured (Torch-Pruning) nor trained after a deep copy."""
+        if is_torchscript(model):
+            yield 0.0, "exporting TorchScript to ONNX"
+            model = script_as_onnx(model, self.id)
         if model.is_onnx:
             from .onnx_torch import onnx_to_torch
 
             yield 0.0, "converting ONNX to torch (onnx2torch)"
             return onnx_to_torch(model)
         return model.copy()
+
+    def fine_tune_onnx(self, model: Model, context: Context, start: float,
+                       constraint=None) -> Generator[Progress, None, Model]:
+        """Fine-tuning asked of a pass that changed an ONNX model directly: the changed ONNX model
+        is converted to torch (onnx2torch) and trained, keeping its exact zeros, or the constraint
+        `constraint(module)` returns (run after every optimiser step). Never skipped silently: a
+        model onnx2torch cannot convert fails with the way out (fine_tune_epochs 0)."""
+        from .finetune import reapply, zero_masks
+        from .onnx_torch import onnx_to_torch
+
+        yield start, "converting to torch for fine-tuning (onnx2torch)"
+        try:
+            new = onnx_to_torch(model)
+        except StudioError as exc:
+            raise StudioError(f"{self.id}: fine-tuning needs a torch model; {exc}. "
+                              "Set fine_tune_epochs to 0 to change the ONNX model without training") from None
+        if constraint is None:
+            masks = zero_masks(new.obj)
+            after_step = reapply(masks) if masks else None
+        else:
+            after_step = constraint(new.obj)
+        yield from self.recovery_training(new.obj, new.input_shape, context, start, after_step=after_step)
+        new.obj.eval()
+        return new
 
     def recovery_training(self, module, input_shape, context: Context, start: float,
                           after_step=None) -> Generator[Progress, None, None]:

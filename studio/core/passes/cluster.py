@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import Field
 
 from ..training import train
-from .base import Context, Pass, PassConfig, PassResult
+from .base import FINE_TUNED_IN_TORCH, Context, Pass, PassConfig, PassResult
 from .registry import register
 
 SPEED_WARNING = ("clustering does not change latency (onnxruntime still computes in float32); it shrinks the "
@@ -81,19 +81,26 @@ class KMeansCluster(Pass):
 
     def apply(self, model, context: Context):
         cfg: ClusterConfig = self.config
+        model, warnings = yield from self.unless_script(model)
         new = model.copy()
         if new.is_onnx:
-            if cfg.fine_tune_epochs:
-                raise ValueError("cluster.kmeans: fine-tuning needs a torch model; set fine_tune_epochs to 0 for ONNX")
             record = yield from self._onnx(new, cfg, context)
+            if record and cfg.fine_tune_epochs:
+                new = yield from self.fine_tune_onnx(new, context, 0.2, constraint=lambda m: tie_clustered(m, 2**cfg.bits))
+                warnings.append(FINE_TUNED_IN_TORCH)
         else:
             record = yield from self._torch(new, cfg, context)
         if not record:
-            raise ValueError("cluster.kmeans: no Linear or Conv layer matches the targets")
+            from .prune import NO_ONNX_LAYERS
+
+            raise ValueError("cluster.kmeans: " + (NO_ONNX_LAYERS if model.is_onnx else
+                                                   "no Linear or Conv layer matches the targets"))
         total = sum(r["parameters"] for r in record.values())
         summary = f"{len(record)} layers ({total:,} weights) clustered to <= {2**cfg.bits} values each"
+        if not cfg.fine_tune_epochs and all(r.get("unchanged") for r in record.values()):
+            warnings.append(f"nothing changed: every chosen layer already had at most {2**cfg.bits} values")
         yield 1.0, summary
-        return PassResult(new, record, summary, [SPEED_WARNING])
+        return PassResult(new, record, summary, warnings + [SPEED_WARNING])
 
     def _torch(self, new, cfg: ClusterConfig, context: Context):
         import torch
@@ -101,11 +108,12 @@ class KMeansCluster(Pass):
         from .prune import weight_layers
 
         layers = weight_layers(new.obj, cfg)
-        tied = {}
+        tied, unchanged = {}, {}
         for i, (name, module) in enumerate(layers):
             context.check_cancelled()
             w = module.weight.detach().numpy()
             clustered, codebook = cluster_array(w, cfg.bits, cfg.iterations)
+            unchanged[name] = bool(np.array_equal(clustered, w))
             with torch.no_grad():
                 module.weight.copy_(torch.from_numpy(clustered))
             # index of each weight into its codebook, for the tied fine-tune
@@ -141,23 +149,51 @@ class KMeansCluster(Pass):
         for name, (module, _, _) in tied.items():
             w = module.weight.detach()
             record[name] = {"op": type(module).__name__, "bits": cfg.bits, "parameters": w.numel(),
-                            "values": int(torch.unique(w).numel()), "sparsity": round(float((w == 0).float().mean()), 4)}
+                            "values": int(torch.unique(w).numel()), "sparsity": round(float((w == 0).float().mean()), 4),
+                            "unchanged": unchanged[name] and not cfg.fine_tune_epochs}
         return record
 
     def _onnx(self, new, cfg: ClusterConfig, context: Context):
-        from onnx import numpy_helper
+        from .prune import onnx_layers
 
-        from .nm import onnx_weights
-
-        inits = {i.name: i for i in new.obj.graph.initializer}
-        chosen = onnx_weights(new.obj, cfg)
+        chosen = onnx_layers(new.obj, cfg)
         record = {}
-        for i, (init_name, node_name, _) in enumerate(chosen):
+        for i, weight in enumerate(chosen):
             context.check_cancelled()
-            w = numpy_helper.to_array(inits[init_name])
+            w = weight.array()
             clustered, codebook = cluster_array(w, cfg.bits, cfg.iterations)
-            inits[init_name].CopyFrom(numpy_helper.from_array(clustered.astype(w.dtype), init_name))
-            record[node_name] = {"op": "onnx", "initializer": init_name, "bits": cfg.bits, "parameters": int(w.size),
-                                 "values": int(len(codebook)), "sparsity": round(float((clustered == 0).mean()), 4)}
-            yield (i + 1) / max(1, len(chosen)), f"{node_name}: {len(codebook)} values"
+            weight.write(clustered)
+            record[weight.name] = {"op": weight.op, "initializer": weight.tensor_name, "bits": cfg.bits,
+                                   "parameters": int(w.size), "values": int(len(codebook)),
+                                   "sparsity": round(float((clustered == 0).mean()), 4),
+                                   "unchanged": bool(np.array_equal(clustered, w))}
+            yield 0.2 * (i + 1) / len(chosen), f"{weight.name}: {len(codebook)} values"
         return record
+
+
+def tie_clustered(module, max_values: int):
+    """After-step for fine-tuning a converted, clustered model: every weight tensor (2+ dims)
+    holding at most `max_values` distinct values is tied to its clusters (each weight set to its
+    cluster's mean; zero stays zero)."""
+    import torch
+
+    tied = []
+    for p in module.parameters():
+        if p.dim() < 2:
+            continue
+        codebook, idx = torch.unique(p.detach(), return_inverse=True)
+        if len(codebook) <= max_values:
+            zero = int((codebook == 0).nonzero()[0]) if bool((codebook == 0).any()) else None
+            tied.append((p, idx.view(-1), len(codebook), zero))
+
+    def tie():
+        with torch.no_grad():
+            for p, idx, k, zero in tied:
+                flat = p.view(-1)
+                sums = torch.zeros(k, dtype=flat.dtype).index_add_(0, idx, flat)
+                centroids = sums / torch.bincount(idx, minlength=k).clamp(min=1).to(flat.dtype)
+                if zero is not None:
+                    centroids[zero] = 0.0
+                flat.copy_(centroids[idx])
+
+    return tie

@@ -17,7 +17,7 @@ from pydantic import Field
 
 from ..errors import StudioError
 from ..training import predict, train
-from .base import Context, Pass, PassConfig, PassResult
+from .base import Context, Pass, PassConfig, PassResult, conversion_notes, is_torchscript
 from .registry import register
 
 
@@ -80,11 +80,8 @@ class Distill(Pass):
         cfg: DistillConfig = self.config
         data = context.require_data(self.id)
         teacher = model
-        if model.is_onnx:
-            from .onnx_torch import onnx_to_torch
-
-            yield 0.0, "converting ONNX to torch (onnx2torch)"
-            teacher = onnx_to_torch(model)
+        if model.is_onnx or is_torchscript(model):  # a converted copy: the teacher is not changed either way
+            teacher = yield from self.torch_copy(model)
         yield 0.02, f"building the student ({cfg.student})"
         student = build_student(teacher, cfg)
         x = data.shaped(data.x_train, teacher.input_shape)
@@ -117,4 +114,4 @@ class Distill(Pass):
         summary = (f"student {s_params:,} parameters (teacher {t_params:,}); top-1 agreement on training data {agree:.1%}"
                    + ("" if labels else "; soft loss only (no labels)"))
         yield 1.0, summary
-        return PassResult(new, record, summary)
+        return PassResult(new, record, summary, conversion_notes(model))

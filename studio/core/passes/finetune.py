@@ -7,7 +7,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from ..training import train
-from .base import Context, Pass, PassConfig, PassResult
+from .base import Context, Pass, PassConfig, PassResult, conversion_notes
 from .registry import register
 
 
@@ -69,4 +69,4 @@ class FineTune(Pass):
         if masks:
             summary += f"; zeros kept in {len(masks)} tensors"
         yield 1.0, summary
-        return PassResult(new, record, summary)
+        return PassResult(new, record, summary, conversion_notes(model))

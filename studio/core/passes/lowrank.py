@@ -5,7 +5,11 @@ with U sqrt(S) and the bias. Conv W [out, in, kh, kw] reshaped to [out, in*kh*kw
 with r outputs (same stride/padding) followed by a 1x1 conv to out: the SVD of the reshaped
 kernel is the best rank-r approximation of the layer's linear map on each patch, and both
 factors are ordinary layers every runtime runs fast. Layers whose factors would not have fewer
-parameters are left alone. The module is replaced in the model, so the graph shows the factors."""
+parameters are left alone. The module is replaced in the model, so the graph shows the factors.
+
+ONNX models are factorized in the graph itself, no torch needed: a Conv/Gemm/MatMul node with a
+constant weight becomes two nodes of the same op (the second keeps the node's name, outputs and
+bias), wherever the weight is stored (initializer, Constant node, subgraph)."""
 
 from __future__ import annotations
 
@@ -15,8 +19,9 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from .. import onnx_weights as ow
 from . import targets as tg
-from .base import Context, Pass, PassConfig, PassResult
+from .base import FINE_TUNED_IN_TORCH, Context, Pass, PassConfig, PassResult
 from .registry import register
 
 
@@ -71,6 +76,62 @@ def factorize(module, cfg: LowRankConfig):
     return nn.Sequential(first, second), r, full
 
 
+def factorize_onnx(proto, weight: ow.Weight, cfg: LowRankConfig) -> tuple:
+    """Split one ONNX layer into two thinner ones, in place: (rank, full rank, parameters of the
+    factors, "") or (None, None, None, why it was kept)."""
+    from onnx import helper, numpy_helper
+
+    node, graph = weight.node, weight.graph
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    w = weight.array()
+    if weight.op == "Conv":
+        if attrs.get("group", 1) != 1:
+            return None, None, None, "grouped conv"
+        mat = w.reshape(w.shape[0], -1)  # [out, in*k...]
+    elif weight.op == "Gemm":
+        if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0:
+            return None, None, None, "Gemm with transA or alpha"
+        mat = w if attrs.get("transB", 0) else w.T  # [out, in]
+    else:
+        if w.ndim != 2:
+            return None, None, None, "batched MatMul weight"
+        mat = w.T  # MatMul: x @ W with W [in, out]
+    u, s, vh = np.linalg.svd(mat.astype(np.float64), full_matrices=False)
+    r = choose_rank(s, cfg)
+    if r * (mat.shape[0] + mat.shape[1]) >= mat.size:
+        return None, None, None, "factors would not have fewer parameters"
+    root = np.sqrt(s[:r])
+    first = (root[:, None] * vh[:r]).astype(w.dtype)  # [r, in]
+    second = (u[:, :r] * root[None, :]).astype(w.dtype)  # [out, r]
+    base = weight.name.replace("/", "_").strip("_") or "layer"
+    first_name = ow.unique_name(proto, f"{base}_lowrank_in")
+    second_name = ow.unique_name(proto, f"{base}_lowrank_out")
+    middle = ow.unique_name(proto, f"{base}_lowrank_mid")
+    if weight.op == "Conv":
+        first = first.reshape(r, *w.shape[1:])
+        second = second.reshape(w.shape[0], r, *([1] * (w.ndim - 2)))
+        first_node = helper.make_node("Conv", [node.input[0], first_name], [middle], name=f"{weight.name}_lowrank_in")
+        first_node.attribute.extend(a for a in node.attribute if a.name != "kernel_shape")
+        second_attrs = {"kernel_shape": [1] * (w.ndim - 2)}
+    elif weight.op == "Gemm":
+        first_node = helper.make_node("Gemm", [node.input[0], first_name], [middle], name=f"{weight.name}_lowrank_in",
+                                      transB=1)
+        second_attrs = {"transB": 1, "beta": attrs.get("beta", 1.0)}
+    else:
+        first, second = first.T, second.T  # MatMul weights are [in, out]
+        first_node = helper.make_node("MatMul", [node.input[0], first_name], [middle], name=f"{weight.name}_lowrank_in")
+        second_attrs = {}
+    first_node.metadata_props.extend(node.metadata_props)
+    graph.initializer.extend([numpy_helper.from_array(np.ascontiguousarray(first), first_name),
+                              numpy_helper.from_array(np.ascontiguousarray(second), second_name)])
+    # the original node becomes the second factor: it keeps its name, outputs and bias
+    node.input[0], node.input[1] = middle, second_name
+    del node.attribute[:]
+    node.attribute.extend(helper.make_attribute(k, v) for k, v in second_attrs.items())
+    ow.insert_before(graph, node, first_node)
+    return r, len(s), int(first.size + second.size), ""
+
+
 def _replace(root, name: str, new):
     parent_name, _, child = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
@@ -84,9 +145,14 @@ class LowRank(Pass):
     description = ("Replaces Linear and Conv2d layers by two thinner layers from a truncated SVD; "
                    "fewer parameters and MACs, and dense runtimes run the factors faster when the rank is low.")
     Config = LowRankConfig
-    frameworks = ("torch",)
+    frameworks = ("torch", "onnx")
 
     def apply(self, model, context: Context):
+        model, notes = yield from self.unless_script(model)
+        if model.is_onnx:
+            result = yield from self._onnx(model, context)
+            result.warnings[:0] = notes
+            return result
         cfg: LowRankConfig = self.config
         new = model.copy()
         module = new.obj
@@ -120,6 +186,47 @@ class LowRank(Pass):
         if skipped:
             warnings.append(f"{len(skipped)} layers kept whole (the factors would be larger): {', '.join(skipped[:5])}")
         if not done:
-            warnings.append("no layer was factorized: raise rank_ratio's reduction or lower energy")
+            warnings.append(NOTHING_FACTORIZED)
         yield 1.0, summary
         return PassResult(new, record, summary, warnings)
+
+    def _onnx(self, model, context: Context):
+        from .prune import onnx_layers
+
+        cfg: LowRankConfig = self.config
+        new = model.copy()
+        chosen = onnx_layers(new.obj, cfg)
+        record, skipped = {}, []
+        for i, weight in enumerate(chosen):
+            context.check_cancelled()
+            name, op, size = weight.name, weight.op, int(weight.array().size)
+            rank, full, params, reason = factorize_onnx(new.obj, weight, cfg)
+            if rank is None:
+                skipped.append(name)
+                record[name] = {"op": op, "factorized": False, "reason": reason}
+            else:
+                record[name] = {"op": op, "factorized": True, "rank": rank, "full_rank": full,
+                                "parameters_before": size, "parameters": params}
+            yield 0.3 * (i + 1) / max(1, len(chosen)), f"{name}: " + (f"rank {rank}" if rank else "kept")
+        ow.drop_unused(new.obj)
+        done = sum(1 for r in record.values() if r["factorized"])
+        before = sum(r.get("parameters_before", 0) for r in record.values())
+        after = sum(r.get("parameters", 0) for r in record.values())
+        summary = f"{done} of {len(chosen)} layers factorized; their weights {before:,} -> {after:,}"
+        warnings = []
+        if not chosen:
+            from .prune import NO_ONNX_LAYERS
+
+            warnings.append(f"nothing changed: {NO_ONNX_LAYERS}")
+        elif not done:
+            warnings.append(NOTHING_FACTORIZED)
+        if skipped:
+            warnings.append(f"{len(skipped)} layers kept whole: {', '.join(skipped[:5])}")
+        if done and cfg.fine_tune_epochs:
+            new = yield from self.fine_tune_onnx(new, context, 0.3)
+            warnings.append(FINE_TUNED_IN_TORCH)
+        yield 1.0, summary
+        return PassResult(new, record, summary, warnings)
+
+
+NOTHING_FACTORIZED = "nothing changed: no layer was factorized; lower rank_ratio or energy"

@@ -2,16 +2,16 @@
 dimension, only the N largest stay (2:4 is what NVIDIA's sparse tensor cores run).
 
 The groups run along the input (reduction) dimension, as in NVIDIA's ASP: for a conv the kernel
-is viewed as [out, kh, kw, in]. Works on torch modules and on ONNX initializers (Conv, Gemm,
-MatMul weights). onnxruntime's CPU kernels are dense: the pattern does not make it faster."""
+is viewed as [out, kh, kw, in]. Works on torch modules and on ONNX weights (Conv, Gemm, MatMul;
+initializers, Constant nodes and subgraphs alike, via studio.core.onnx_weights). onnxruntime's
+CPU kernels are dense: the pattern does not make it faster."""
 
 from __future__ import annotations
 
 import numpy as np
 from pydantic import Field, model_validator
 
-from . import targets as tg
-from .base import Context, Pass, PassConfig, PassResult
+from .base import FINE_TUNED_IN_TORCH, Context, Pass, PassConfig, PassResult
 from .registry import register
 
 SPEED_WARNING = ("N:M sparsity does not speed up onnxruntime on CPU (dense kernels compute the zeros); "
@@ -55,30 +55,6 @@ def torch_axis(weight_ndim: int) -> int:
     return 1
 
 
-def onnx_weights(proto, config: PassConfig) -> list[tuple[str, str, int]]:
-    """(initializer name, node name, input axis) of the Conv/Gemm/MatMul weights chosen by the
-    config (a torch layer name like "fc1" matches the node "/fc1/Gemm")."""
-    from .quantize import excluded_nodes
-
-    excluded = set(excluded_nodes(proto, config))
-    inits = {i.name for i in proto.graph.initializer}
-    found = []
-    for node in proto.graph.node:
-        if node.op_type not in {"Conv", "Gemm", "MatMul"} or node.name in excluded or len(node.input) < 2:
-            continue
-        if node.input[1] not in inits:
-            continue
-        if node.op_type == "Conv":
-            axis = 1
-        elif node.op_type == "Gemm":
-            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-            axis = 1 if trans_b else 0
-        else:
-            axis = 0  # MatMul: x @ W with W [in, out]
-        found.append((node.input[1], node.name, axis))
-    return found
-
-
 @register
 class NMPrune(Pass):
     id = "prune.nm"
@@ -89,11 +65,13 @@ class NMPrune(Pass):
 
     def apply(self, model, context: Context):
         cfg: NMConfig = self.config
+        model, notes = yield from self.unless_script(model)
         new = model.copy()
         if new.is_onnx:
-            if cfg.fine_tune_epochs:
-                raise ValueError("prune.nm: fine-tuning needs a torch model; set fine_tune_epochs to 0 for ONNX")
             record, warnings = yield from self._onnx(new, cfg, context)
+            if record and cfg.fine_tune_epochs:
+                new = yield from self.fine_tune_onnx(new, context, 0.5)
+                warnings.append(FINE_TUNED_IN_TORCH)
         else:
             record, warnings = yield from self._torch(new, cfg, context)
         if not record:
@@ -101,7 +79,10 @@ class NMPrune(Pass):
         total = sum(r["parameters"] for r in record.values())
         zeros = sum(r["parameters"] * r["sparsity"] for r in record.values())
         summary = f"{cfg.n}:{cfg.m} pattern in {len(record)} layers, {zeros / total:.1%} of {total:,} weights zero"
+        if not cfg.fine_tune_epochs and all(r.get("unchanged") for r in record.values()):
+            warnings.insert(0, f"nothing changed: every chosen layer already had the {cfg.n}:{cfg.m} pattern")
         warnings.append(SPEED_WARNING)
+        warnings[:0] = notes
         yield 1.0, summary
         return PassResult(new, record, summary, warnings)
 
@@ -111,7 +92,7 @@ class NMPrune(Pass):
         from .prune import weight_layers
 
         layers = weight_layers(new.obj, cfg)
-        masks, record, warnings = {}, {}, []
+        masks, record, warnings, unchanged = {}, {}, [], {}
         for i, (name, module) in enumerate(layers):
             context.check_cancelled()
             w = module.weight.detach().numpy()
@@ -123,6 +104,7 @@ class NMPrune(Pass):
                 warnings.append(f"{name}: {w.shape[1]} inputs is not a multiple of {cfg.m}; left dense")
                 continue
             masks[name] = (module, torch.from_numpy(mask.astype(np.float32)))
+            unchanged[name] = not np.any(w[~mask])
             yield 0.1 * (i + 1) / len(layers), f"{name}: {cfg.n}:{cfg.m}"
 
         def apply_masks():
@@ -137,26 +119,27 @@ class NMPrune(Pass):
         for name, (module, _) in masks.items():
             w = module.weight.detach()
             record[name] = {"op": type(module).__name__, "pattern": f"{cfg.n}:{cfg.m}", "parameters": w.numel(),
-                            "sparsity": round(float((w == 0).float().mean()), 4)}
+                            "sparsity": round(float((w == 0).float().mean()), 4), "unchanged": unchanged[name]}
         return record, warnings
 
     def _onnx(self, new, cfg: NMConfig, context: Context):
-        from onnx import numpy_helper
+        from .prune import NO_ONNX_LAYERS, onnx_layers
 
-        inits = {i.name: i for i in new.obj.graph.initializer}
-        chosen = onnx_weights(new.obj, cfg)
+        chosen = onnx_layers(new.obj, cfg)
+        if not chosen:
+            raise ValueError(f"prune.nm: {NO_ONNX_LAYERS}")
         record, warnings = {}, []
-        for i, (init_name, node_name, axis) in enumerate(chosen):
+        for i, weight in enumerate(chosen):
             context.check_cancelled()
-            tensor = inits[init_name]
-            w = numpy_helper.to_array(tensor)
+            w, axis = weight.array(), weight.input_axis
             mask = nm_mask(w, cfg.n, cfg.m, axis)
             if mask is None:
-                warnings.append(f"{node_name}: input dimension {w.shape[axis]} is not a multiple of {cfg.m}; left dense")
+                warnings.append(f"{weight.name}: input dimension {w.shape[axis]} is not a multiple of {cfg.m}; left dense")
                 continue
             pruned = np.where(mask, w, 0).astype(w.dtype)
-            tensor.CopyFrom(numpy_helper.from_array(pruned, init_name))
-            record[node_name] = {"op": "onnx", "initializer": init_name, "pattern": f"{cfg.n}:{cfg.m}",
-                                 "parameters": int(w.size), "sparsity": round(float((pruned == 0).mean()), 4)}
-            yield (i + 1) / max(1, len(chosen)), f"{node_name}: {cfg.n}:{cfg.m}"
+            weight.write(pruned)
+            record[weight.name] = {"op": weight.op, "initializer": weight.tensor_name, "pattern": f"{cfg.n}:{cfg.m}",
+                                   "parameters": int(w.size), "sparsity": round(float((pruned == 0).mean()), 4),
+                                   "unchanged": bool(np.array_equal(pruned, w))}
+            yield 0.5 * (i + 1) / len(chosen), f"{weight.name}: {cfg.n}:{cfg.m}"
         return record, warnings

@@ -4,7 +4,16 @@ onnx2torch builds a torch.fx GraphModule with one torch module per ONNX node. It
 with --no-deps because it declares torchvision, whose wheel is broken against the pinned torch;
 onnx2torch imports torchvision only in its NonMaxSuppression and RoiAlign converters, so those
 two modules are replaced by empty ones before the import (models using those ops fail to
-convert, with a clear error)."""
+convert, with a clear error).
+
+onnx2torch 1.5 stops at opset 17, while torch's default (dynamo) exporter writes opset 18-20
+(Reshape-19 with allowzero=1, ReduceMean-18 with axes as an input, Gelu-20, ...). We register
+converters for those op versions with onnx2torch's own `add_converter` rather than downgrading
+the model with onnx's version converter: the version converter fails on the whole model when a
+single op has no older form (Gelu-20 has none: tried on a dynamo export of a GELU MLP), while a
+converter per op keeps every other op convertible and names the one that is not. Most newer
+versions only add tensor types and reuse onnx2torch's converter for the previous version; the
+ones whose meaning changed get a small converter here."""
 
 from __future__ import annotations
 
@@ -34,7 +43,198 @@ def _import_onnx2torch():
             f"this pass needs a torch model and converting ONNX to torch needs onnx2torch ({exc}); "
             "install it with `pip install --no-deps onnx2torch`"
         ) from None
+    _register_newer_opsets()
     return onnx2torch
+
+
+# op -> (newer versions that only add types or attributes with a harmless default, version whose
+# onnx2torch converter handles them)
+_SAME_AS = {
+    "Cast": ((19, 21), 13), "Constant": ((19, 21), 13), "ConstantOfShape": ((20, 21), 9), "Equal": ((19,), 13),
+    "Flatten": ((21,), 13), "Identity": ((19, 21), 16), "IsInf": ((20,), 10), "IsNaN": ((20,), 13),
+    "Shape": ((19, 21), 15), "Transpose": ((21,), 13), "Unsqueeze": ((21,), 13), "Squeeze": ((21,), 13),
+    "AveragePool": ((19, 22), 11), "Resize": ((18, 19), 13), "ScatterND": ((18,), 16), "Size": ((19, 21), 13),
+    "GreaterOrEqual": ((16,), 12), "LessOrEqual": ((16,), 12), "Conv": ((22,), 11), "ConvTranspose": ((22,), 11),
+    "MaxPool": ((22,), 12), "GlobalAveragePool": ((22,), 1), "Dropout": ((22,), 13), "InstanceNormalization": ((22,), 6),
+    "HardSigmoid": ((22,), 6), "HardSwish": ((22,), 14), "Elu": ((22,), 6), "Selu": ((22,), 6), "Softplus": ((22,), 1),
+    "Softsign": ((22,), 1), "Round": ((22,), 11), "EyeLike": ((22,), 9),
+    **{op: ((22,), 7) for op in ("Acos", "Asin", "Atan", "Cos", "Sin", "Tan")},
+}
+_REDUCE = ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin",
+           "ReduceProd", "ReduceSumSquare")
+_registered = False
+
+
+def _register_newer_opsets() -> None:
+    global _registered
+    if _registered:
+        return
+    _registered = True
+    import numpy as np
+    import torch
+    from onnx import defs
+    from onnx2torch.node_converters import registry
+    from onnx2torch.node_converters.reduce import OnnxReduceStaticAxes
+    from onnx2torch.node_converters.reshape import OnnxReshape
+    from onnx2torch.utils.custom_export_to_onnx import DefaultExportToOnnx
+    from onnx2torch.utils.common import OnnxMapping, OperationConverterResult, get_const_value, onnx_mapping_from_node
+
+    def add(op: str, version: int, converter) -> None:
+        if registry.OperationDescription("", op, version) not in registry._CONVERTER_REGISTRY:
+            registry.add_converter(operation_type=op, version=version)(converter)
+
+    def same_as(op: str, version: int, old: int):
+        previous = registry.get_converter(op, old)
+        known = set(defs.get_schema(op, max_inclusive_version=old).attributes)
+        new_schema = defs.get_schema(op, max_inclusive_version=version)
+
+        def convert(node, graph):
+            for name, value in node.attributes.items():  # a new attribute the old converter would ignore
+                default = new_schema.attributes[name].default_value if name in new_schema.attributes else None
+                if name not in known and (default is None or not default.name or
+                                          _attr_value(default) != value):
+                    raise NotImplementedError(f"attribute {name}={value!r} of {op}-{version} is not supported")
+            return previous(node, graph)
+
+        return convert
+
+    for op, (versions, old) in _SAME_AS.items():
+        for version in versions:
+            try:
+                add(op, version, same_as(op, version, old))
+            except Exception:  # noqa: BLE001 - an op or version this onnx/onnx2torch does not know
+                continue
+
+    class Reshape(OnnxReshape):
+        """onnx2torch's Reshape, plus allowzero=1: a 0 in the shape is then a real 0 (what
+        torch.reshape does) instead of a copy of the input's axis. Re-exported to ONNX as a
+        Reshape with the same attribute, so a dynamic shape stays dynamic."""
+
+        def __init__(self, allowzero: int):
+            super().__init__()
+            self.allowzero = int(allowzero)
+
+        def forward(self, x, shape):
+            def _forward():
+                if self.allowzero:
+                    return torch.reshape(x, [int(d) for d in shape])
+                return self._do_reshape(x, shape)
+
+            if torch.onnx.is_in_onnx_export():
+                return DefaultExportToOnnx.export(_forward, "Reshape", x, shape, {"allowzero_i": self.allowzero})
+            return _forward()
+
+    def reshape(node, graph):
+        if _is_flatten(node, graph):
+            # torch's x.flatten(1) exports as Reshape(x, [-1, C*H*W]); as nn.Flatten the width is
+            # not pinned, so channel pruning after conversion (Torch-Pruning) still fits the next layer
+            return OperationConverterResult(torch_module=torch.nn.Flatten(1),
+                                            onnx_mapping=OnnxMapping(inputs=(node.input_values[0],),
+                                                                     outputs=node.output_values))
+        return OperationConverterResult(torch_module=Reshape(node.attributes.get("allowzero", 0)),
+                                        onnx_mapping=onnx_mapping_from_node(node=node))
+
+    def _is_flatten(node, graph) -> bool:
+        """Reshape(x, [-1, K]) where K is x's size after the batch axis (known from shape inference)."""
+        try:
+            shape = [int(d) for d in get_const_value(node.input_values[1], graph).tolist()]
+        except (KeyError, AttributeError, TypeError, ValueError):
+            return False
+        info = graph.value_info.get(node.input_values[0])
+        if len(shape) != 2 or shape[0] != -1 or info is None or not info.type.tensor_type.HasField("shape"):
+            return False
+        dims = info.type.tensor_type.shape.dim[1:]
+        if not dims or not all(d.HasField("dim_value") for d in dims):
+            return False
+        return int(np.prod([d.dim_value for d in dims])) == shape[1]
+
+    for version in (19, 21):
+        add("Reshape", version, reshape)
+    # onnx2torch refuses allowzero=1 for Reshape-14 too: replace its converter
+    registry._CONVERTER_REGISTRY[registry.OperationDescription("", "Reshape", 14)] = reshape
+
+    def reduce(node, graph):
+        """Reduce*-18+: the axes come as an (constant) input instead of an attribute."""
+        axes = None
+        if len(node.input_values) > 1 and node.input_values[1]:
+            try:
+                axes = [int(a) for a in get_const_value(node.input_values[1], graph).tolist()]
+            except KeyError:
+                raise NotImplementedError(f"{node.operation_type} with axes computed at run time") from None
+        if not axes and node.attributes.get("noop_with_empty_axes", 0):
+            module = torch.nn.Identity()
+        else:
+            module = OnnxReduceStaticAxes(node.operation_type, axes, node.attributes.get("keepdims", 1))
+        return OperationConverterResult(torch_module=module,
+                                        onnx_mapping=OnnxMapping(inputs=(node.input_values[0],), outputs=node.output_values))
+
+    for op in _REDUCE:
+        for version in (18, 20):
+            add(op, version, reduce)
+
+    class Split(torch.nn.Module):
+        """Split-18: sizes from the `split` input, or `num_outputs` chunks of ceil(n / k)."""
+
+        def __init__(self, axis: int, outputs: int):
+            super().__init__()
+            self.axis, self.outputs = axis, outputs
+
+        def forward(self, x, split=None):
+            if split is not None:
+                return torch.split(x, [int(s) for s in split], dim=self.axis)
+            size = -(-x.shape[self.axis] // self.outputs)
+            return torch.split(x, size, dim=self.axis)
+
+    def split(node, graph):
+        module = Split(node.attributes.get("axis", 0), len(node.output_values))
+        return OperationConverterResult(torch_module=module, onnx_mapping=onnx_mapping_from_node(node=node))
+
+    add("Split", 18, split)
+
+    pad13 = registry.get_converter("Pad", 13)
+
+    def pad(node, graph):
+        if len(node.input_values) > 3 and node.input_values[3]:
+            raise NotImplementedError(f"Pad-{18} with an axes input")
+        return pad13(node, graph)
+
+    for version in (18, 19, 21):
+        add("Pad", version, pad)
+
+    def gelu(node, graph):
+        module = torch.nn.GELU(approximate=node.attributes.get("approximate", "none"))
+        return OperationConverterResult(torch_module=module, onnx_mapping=onnx_mapping_from_node(node=node))
+
+    add("Gelu", 20, gelu)
+
+
+def _attr_value(attribute):
+    from onnx import helper
+
+    return helper.get_attribute_value(attribute)
+
+
+def unconvertible(proto) -> str | None:
+    """The first node onnx2torch cannot convert, as "Op (opset N), node 'name': why", or None."""
+    from onnx2torch.node_converters import get_converter
+    from onnx2torch.onnx_graph import OnnxGraph
+
+    opsets = {o.domain: o.version for o in proto.opset_import}
+    graph = OnnxGraph(proto.graph)
+    for node in graph.nodes.values():
+        version = opsets.get(node.domain, 0)
+        try:
+            get_converter(domain=node.domain, operation_type=node.operation_type, version=version)(node, graph)
+        except Exception as exc:  # noqa: BLE001 - the converter's own reason
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if reason.startswith("Converter is not implemented"):
+                reason = "onnx2torch has no converter for it"
+            return f"{node.operation_type} (opset {version}), node '{node.name or node.unique_name}': {reason}"
+    return None
+
+
+ONNX_NATIVE = ("prune.magnitude, prune.nm, lowrank.svd, cluster.kmeans, fold.batchnorm and the quantize passes "
+               "work on the ONNX model without converting it")
 
 
 def onnx_to_torch(model: Model) -> Model:
@@ -46,9 +246,13 @@ def onnx_to_torch(model: Model) -> Model:
     try:
         module = onnx2torch.convert(model.obj)
     except Exception as exc:  # noqa: BLE001 - unsupported op, opset, dynamic shapes, ...
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        try:
+            where = unconvertible(model.obj)
+        except Exception:  # noqa: BLE001 - the diagnosis is a nicety; keep the original reason
+            where = None
+        first = where or (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise StudioError(f"{model.name}: cannot convert this ONNX model to torch (onnx2torch: {first}); "
-                          "passes that need torch cannot run on it") from None
+                          f"passes that need torch cannot run on it; {ONNX_NATIVE}") from None
     module.eval()
     new = model.with_obj(module, TORCH, format="onnx2torch", meta=dict(model.meta, converted_from="onnx"))
     if new.input_shape is not None:  # check now: a wrong conversion must not surface passes later

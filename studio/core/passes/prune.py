@@ -2,16 +2,21 @@
 
 Masks are applied by hand (a multiply after each optimizer step) instead of with
 torch.nn.utils.prune: its forward hooks break copy.deepcopy and do not work on TorchScript
-modules, and a pass must be able to copy any model it is given."""
+modules, and a pass must be able to copy any model it is given.
+
+ONNX models are pruned in place of their stored weights (initializers, Constant nodes, subgraphs:
+studio.core.onnx_weights), no torch needed; fine-tuning one converts it to torch first."""
 
 from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 from pydantic import Field
 
+from .. import onnx_weights as ow
 from . import targets as tg
-from .base import Context, Pass, PassConfig, PassResult
+from .base import FINE_TUNED_IN_TORCH, Context, Pass, PassConfig, PassResult
 from .registry import register
 
 
@@ -32,6 +37,29 @@ def sparsity_of(tensor) -> float:
     return float((tensor == 0).sum()) / max(1, tensor.numel())
 
 
+NO_ONNX_LAYERS = ("no Conv, Gemm or MatMul layer with a float constant weight matches the targets "
+                  "(a quantized layer's weights are INT8: put this pass before the quantizer)")
+
+
+def onnx_layers(proto, config: PassConfig) -> list[ow.Weight]:
+    """The Conv/Gemm/MatMul weights of an ONNX model chosen by the config (any graph, any storage)."""
+    return ow.select(ow.layer_weights(proto), config.targets, config.ignore)
+
+
+def magnitude_masks(arrays: dict[str, np.ndarray], sparsity: float, scope: str) -> dict[str, np.ndarray]:
+    """Keep-masks zeroing the `sparsity` fraction of smallest |w|: one threshold over all arrays
+    (global) or one per array (per_layer)."""
+
+    def threshold(values: np.ndarray) -> float:
+        k = int(sparsity * values.size)
+        return float(np.partition(values, k - 1)[k - 1]) if k > 0 else -1.0
+
+    if scope == "global":
+        t = threshold(np.concatenate([np.abs(a).ravel() for a in arrays.values()]))
+        return {n: np.abs(a) > t for n, a in arrays.items()}
+    return {n: np.abs(a) > threshold(np.abs(a).ravel()) for n, a in arrays.items()}
+
+
 @register
 class MagnitudePrune(Pass):
     id = "prune.magnitude"
@@ -41,9 +69,14 @@ class MagnitudePrune(Pass):
         "dense runtimes compute the zeros anyway."
     )
     Config = MagnitudeConfig
-    frameworks = ("torch",)
+    frameworks = ("torch", "onnx")
 
     def apply(self, model, context: Context):
+        model, notes = yield from self.unless_script(model)
+        if model.is_onnx:
+            result = yield from self._onnx(model, context)
+            result.warnings[:0] = notes
+            return result
         import torch
 
         cfg: MagnitudeConfig = self.config
@@ -91,4 +124,39 @@ class MagnitudePrune(Pass):
         zeros = sum(r["parameters"] * r["sparsity"] for r in record.values())
         summary = f"{zeros / total:.1%} of {total:,} weights in {len(layers)} layers are zero"
         yield 1.0, summary
-        return PassResult(new, record, summary)
+        return PassResult(new, record, summary, [] if cfg.fine_tune_epochs else unchanged_warning(record))
+
+    def _onnx(self, model, context: Context):
+        cfg: MagnitudeConfig = self.config
+        new = model.copy()
+        layers = onnx_layers(new.obj, cfg)
+        if not layers:
+            raise ValueError(f"prune.magnitude: {NO_ONNX_LAYERS}")
+        yield 0.0, f"ranking {len(layers)} layers"
+        arrays = {w.name: w.array() for w in layers}
+        masks = magnitude_masks(arrays, cfg.sparsity, cfg.scope)
+        record = {}
+        for w in layers:
+            context.check_cancelled()
+            before = arrays[w.name]
+            after = np.where(masks[w.name], before, 0)
+            w.write(after)
+            record[w.name] = {"op": w.op, "initializer": w.tensor_name, "parameters": int(before.size),
+                              "sparsity_before": round(float((before == 0).mean()), 4),
+                              "sparsity": round(float((after == 0).mean()), 4)}
+        warnings = [] if cfg.fine_tune_epochs else unchanged_warning(record)
+        if cfg.fine_tune_epochs:
+            new = yield from self.fine_tune_onnx(new, context, 0.1)
+            warnings.append(FINE_TUNED_IN_TORCH)
+        total = sum(r["parameters"] for r in record.values())
+        zeros = sum(r["parameters"] * r["sparsity"] for r in record.values())
+        summary = f"{zeros / total:.1%} of {total:,} weights in {len(layers)} layers are zero"
+        yield 1.0, summary
+        return PassResult(new, record, summary, warnings)
+
+
+def unchanged_warning(record: dict) -> list[str]:
+    """A warning when pruning zeroed no weight that was not zero already."""
+    if all(r["sparsity"] <= r["sparsity_before"] for r in record.values()):
+        return ["nothing changed: no weight was zeroed (sparsity 0, or the layers were already this sparse)"]
+    return []

@@ -137,15 +137,84 @@ def conv_bn_pairs(module) -> list[tuple[str, str]]:
     return pairs
 
 
+def fold_onnx(proto) -> dict[str, dict]:
+    """Fold every inference-mode BatchNormalization whose input is a Conv or Gemm with a constant
+    weight (read by nothing else) into that layer, in place, in any graph: W' = W * g / sqrt(var +
+    eps) per output channel, b' = (b - mean) * g / sqrt(var + eps) + beta. Returns {layer: record}."""
+    from onnx import helper, numpy_helper
+
+    from .. import onnx_weights as ow
+
+    stored = ow.tensors(proto)
+    readers: dict[str, int] = {}
+    outputs = set()
+    for node, graph in ow.nodes(proto.graph):
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    for graph in ow.graphs(proto.graph):
+        outputs.update(o.name for o in graph.output)
+    record = {}
+    for graph in list(ow.graphs(proto.graph)):
+        producer = {out: n for n in graph.node for out in n.output}
+        for bn in [n for n in graph.node if n.op_type == "BatchNormalization"]:
+            attrs = {a.name: helper.get_attribute_value(a) for a in bn.attribute}
+            conv = producer.get(bn.input[0])
+            if (conv is None or conv.op_type not in ("Conv", "Gemm") or len(bn.output) != 1
+                    or attrs.get("training_mode", 0) or readers.get(bn.input[0], 0) != 1 or bn.input[0] in outputs
+                    or conv.input[1] not in stored or readers.get(conv.input[1], 0) != 1
+                    or not all(t in stored for t in bn.input[1:5])):
+                continue
+            w = ow.read(stored[conv.input[1]])
+            out_axis = 0
+            if conv.op_type == "Gemm":  # a Linear followed by BatchNorm1d: y = x W^T + b, W's rows are outputs
+                g = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+                if g.get("transA", 0) or g.get("alpha", 1.0) != 1.0 or g.get("beta", 1.0) != 1.0 or w.ndim != 2:
+                    continue
+                out_axis = 0 if g.get("transB", 0) else 1
+            out_c = w.shape[out_axis]
+            has_bias = len(conv.input) > 2 and conv.input[2] in stored
+            b = ow.read(stored[conv.input[2]]).astype(np.float64).reshape(-1) if has_bias else np.zeros(out_c)
+            if b.size != out_c:
+                continue  # a broadcast bias: leave it
+            gamma, beta, mean, var = (ow.read(stored[t]).astype(np.float64) for t in bn.input[1:5])
+            scale = gamma / np.sqrt(var + attrs.get("epsilon", 1e-5))
+            shape = [1] * w.ndim
+            shape[out_axis] = -1
+            ow.write(stored[conv.input[1]], w * scale.reshape(shape))
+            new_bias = ((b - mean) * scale + beta).astype(w.dtype)
+            if has_bias and readers.get(conv.input[2], 0) == 1:
+                ow.write(stored[conv.input[2]], new_bias)
+            else:
+                name = ow.unique_name(proto, f"{conv.input[1]}_folded_bias")
+                graph.initializer.append(numpy_helper.from_array(new_bias, name))
+                del conv.input[2:]
+                conv.input.append(name)
+            conv.output[0] = bn.output[0]
+            graph.node.remove(bn)
+            record[ow.node_name(conv)] = {"op": conv.op_type, "folded": ow.node_name(bn)}
+    ow.drop_unused(proto)
+    return record
+
+
 @register
 class FoldBatchNorm(Pass):
     id = "fold.batchnorm"
     title = "Fold batch norm into convs"
     description = "Merges each BatchNorm into the conv before it (exact in eval mode): fewer layers, same outputs."
     Config = FoldConfig
-    frameworks = ("torch",)
+    frameworks = ("torch", "onnx")
 
     def apply(self, model, context: Context):
+        model, notes = yield from self.unless_script(model)
+        if model.is_onnx:
+            new = model.copy()
+            yield 0.0, "folding batch norms in the ONNX graph"
+            record = fold_onnx(new.obj)
+            summary = f"{len(record)} batch norms folded into the Conv/Gemm layers before them"
+            warnings = notes + ([] if record else ["nothing changed: no Conv/Gemm -> BatchNormalization pair found "
+                                                   "(exporters usually fold them already)"])
+            yield 1.0, summary
+            return PassResult(new, record, summary, warnings)
         from torch import nn
         from torch.nn.utils.fusion import fuse_conv_bn_eval
 
@@ -167,7 +236,7 @@ class FoldBatchNorm(Pass):
             record[conv_name] = {"op": type(conv).__name__, "folded": bn_name}
             yield (i + 1) / max(1, len(pairs)), f"{bn_name} -> {conv_name}"
         summary = f"{len(pairs)} batch norms folded into convs"
-        warnings = [] if pairs else ["no Conv -> BatchNorm pair found"]
+        warnings = [] if pairs else ["nothing changed: no Conv -> BatchNorm pair found"]
         warnings.append("the ONNX export already folds eval-mode batch norms, so onnxruntime latency does not change; "
                         "folding matters for the torch model and for passes that follow")
         yield 1.0, summary

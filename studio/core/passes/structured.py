@@ -15,7 +15,7 @@ from pydantic import Field
 
 from ..errors import StudioError
 from . import targets as tg
-from .base import Context, Pass, PassConfig, PassResult
+from .base import Context, Pass, PassConfig, PassResult, conversion_notes
 from .registry import register
 
 KINDS = ("Linear", "Conv1d", "Conv2d", "Conv3d", "NonDynamicallyQuantizableLinear")
@@ -181,8 +181,12 @@ class StructuredPrune(Pass):
             raise StudioError(f"prune.structured: Torch-Pruning failed on this model: {exc}") from None
         yield 0.3, "pruned"
         context.check_cancelled()
-        with torch.no_grad():
-            module(example)  # fails here, not in a later stage, if the shapes no longer fit
+        try:
+            with torch.no_grad():
+                module(example)  # fails here, not in a later stage, if the shapes no longer fit
+        except Exception as exc:  # noqa: BLE001 - e.g. a fixed-size reshape Torch-Pruning could not see
+            raise StudioError(f"prune.structured: the pruned model no longer runs ({str(exc).splitlines()[0]}); "
+                              "ignore the layers before that reshape, or use prune.magnitude / lowrank.svd") from None
         if cfg.fine_tune_epochs:
             yield from self.recovery_training(module, new.input_shape, context, 0.3)
         module.eval()
@@ -196,7 +200,7 @@ class StructuredPrune(Pass):
         params_after = sum(p.numel() for p in module.parameters())
         summary = (f"parameters {params_before:,} -> {params_after:,} "
                    f"({1 - params_after / max(1, params_before):.1%} removed), ratio {cfg.ratio}, {cfg.importance}")
-        warnings = []
+        warnings = conversion_notes(model)
         unchanged_attention = [n for n, r in record.items() if r["op"] == "MultiheadAttention" and r["removed_out"] == 0
                                and r["in_channels"] == r["in_channels_before"]]
         if unchanged_attention:
