@@ -90,3 +90,22 @@ def predict(module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
             out = module(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])))  # dtype as given
             outs.append(out.detach().float().numpy())
     return np.concatenate(outs)
+
+
+def predict_outputs(module, x, signature=None, batch_size: int = 512) -> list[np.ndarray]:
+    """Every output of a torch module (tuples, lists and dicts flattened in order) on one array
+    or on Inputs (fed as forward's positional arguments in the signature's order)."""
+    import torch
+
+    from .signature import flatten_outputs, torch_args
+
+    set_eval(module)
+    parts: list[list[np.ndarray]] = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            outs = flatten_outputs(module(*torch_args(x[i : i + batch_size], signature)))
+            if not parts:
+                parts = [[] for _ in outs]
+            for j, out in enumerate(outs):
+                parts[j].append(np.atleast_1d(out.detach().float().numpy()))
+    return [np.concatenate(p) for p in parts]

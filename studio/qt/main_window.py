@@ -461,7 +461,7 @@ class MainWindow(QMainWindow):
             result.data_name = spec
             s.add_run(result)
             last = result.stages[-1].measurement
-            q = f"{last.quality:.2%} {last.quality_label}" if last and last.quality is not None else ""
+            q = f"{last.quality_text} {last.quality_label}" if last and last.quality is not None else ""
             self.log_panel.end(f"run {result.id} done: {len(result.stages) - 1} passes · last stage {q}",
                                "done")
             for st in result.stages:
