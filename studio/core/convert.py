@@ -73,9 +73,14 @@ def to_onnx_proto(model: Model):
         proto = onnx.load_from_string(buffer.getvalue())
     except Exception as legacy_error:  # noqa: BLE001 - try the other exporter before failing
         try:
-            proto = _export_dynamo(module, args, in_names, out_names)
+            if isinstance(module, torch.jit.ScriptModule):
+                proto = _export_script(module, args, in_names, out_names)
+            else:
+                proto = _export_dynamo(module, args, in_names, out_names)
         except Exception as exc:
-            raise StudioError(f"{model.name}: ONNX export failed: {legacy_error}; dynamo: {exc}") from None
+            first = str(legacy_error).splitlines()[0] if str(legacy_error) else type(legacy_error).__name__
+            raise StudioError(f"{model.name}: ONNX export failed: {first}; "
+                              f"dynamo: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     return proto
 
 
@@ -118,6 +123,24 @@ def _export_dynamo(module, args, in_names=(INPUT_NAME,), out_names=(OUTPUT_NAME,
             dynamic_shapes=shapes, verbose=False,
         )
     return onnx.load_from_string(program.model_proto.SerializeToString())
+
+
+def _export_script(module, args, in_names, out_names):
+    """A loaded TorchScript file the legacy exporter cannot take (its graph lost the ranks that
+    attention or dict outputs need): torch's TorchScript -> ExportedProgram converter, then the
+    dynamo exporter. The program is traced at the example's batch, so the file gets a fixed
+    batch axis (measurement then feeds it in batches of that size)."""
+    import onnx
+    from torch._export.converter import TS2EPConverter  # torch's own converter (private module)
+
+    with warnings.catch_warnings(), _quiet_output():
+        warnings.simplefilter("ignore")
+        program = TS2EPConverter(module, tuple(args)).convert()
+        import torch
+
+        onnx_program = torch.onnx.export(program, tuple(args), dynamo=True, external_data=False,
+                                         input_names=list(in_names), output_names=list(out_names), verbose=False)
+    return onnx.load_from_string(onnx_program.model_proto.SerializeToString())
 
 
 def onnx_tensors(proto) -> dict:

@@ -410,7 +410,11 @@ def from_torch_export(program) -> Signature | None:
         sig = Signature(inputs, outputs)
     except Exception:  # noqa: BLE001 - an unusual program: fall back to its example inputs
         return None
-    _torch_ranges(sig, program.module())
+    try:
+        known = _export_embedding_sizes(program)
+    except Exception:  # noqa: BLE001 - ranges are a refinement
+        known = {}
+    _torch_ranges(sig, program.module(), known)
     return sig
 
 
@@ -423,12 +427,70 @@ def _spec_from_fake(name: str, val) -> TensorSpec:
     return TensorSpec(name, str(val.dtype).replace("torch.", ""), dims)
 
 
-def _torch_ranges(sig: Signature, module) -> None:
-    """Integer inputs of a torch model index its embeddings: ids in [0, the smallest table).
-    Which input feeds which table is not known without tracing, so every integer input but a
-    mask gets the range every table accepts."""
+TORCH_PASS_THROUGH = ("view", "reshape", "unsqueeze", "squeeze", "flatten", "to", "_to_copy", "contiguous",
+                      "clone", "clamp", "expand", "type_as", "long", "int")
+
+
+def _op_name(target) -> str:
+    """'aten::unsqueeze' / aten.unsqueeze.default -> 'unsqueeze'."""
+    text = str(target).replace("aten::", "aten.")
+    return text.split(".")[1] if text.startswith("aten.") and "." in text else text
+
+
+def _export_embedding_sizes(program) -> dict[str, int]:
+    """User input -> rows of the smallest embedding table it indexes, read from the program's
+    aten.embedding calls (following views and casts back to the input)."""
+    users = set(program.graph_signature.user_inputs)
+    sizes: dict[str, int] = {}
+    for node in program.graph.nodes:
+        if node.op != "call_function" or _op_name(node.target) != "embedding" or len(node.args) < 2:
+            continue
+        weight, ids = node.args[0], node.args[1]
+        val = getattr(weight, "meta", {}).get("val")
+        while getattr(ids, "op", None) == "call_function" and _op_name(ids.target) in TORCH_PASS_THROUGH:
+            ids = ids.args[0]
+        if val is not None and getattr(ids, "op", None) == "placeholder" and ids.name in users:
+            sizes[ids.name] = min(sizes.get(ids.name, 1 << 62), int(val.shape[0]))
+    return sizes
+
+
+def _script_embedding_sizes(module) -> dict[str, int]:
+    """The same for TorchScript: aten::embedding in the inlined graph, its weight found by
+    following the GetAttr chain from `self`, its ids followed back to a forward argument."""
+    sizes: dict[str, int] = {}
+    graph = module.inlined_graph
+    params = {v.debugName(): i for i, v in enumerate(graph.inputs())}
+    for node in graph.nodes():
+        if node.kind() != "aten::embedding":
+            continue
+        weight, ids = list(node.inputs())[:2]
+        path, v = [], weight
+        while v.node().kind() == "prim::GetAttr":
+            path.append(v.node().s("name"))
+            v = next(v.node().inputs())
+        obj = module
+        for name in reversed(path):
+            obj = getattr(obj, name, None)
+        while ids.node().kind() != "prim::Param" and _op_name(ids.node().kind()) in TORCH_PASS_THROUGH:
+            ids = next(ids.node().inputs())
+        if hasattr(obj, "shape") and ids.node().kind() == "prim::Param" and ids.debugName() in params:
+            arg = module.forward.schema.arguments[params[ids.debugName()]].name
+            sizes[arg] = min(sizes.get(arg, 1 << 62), int(obj.shape[0]))
+    return sizes
+
+
+def _torch_ranges(sig: Signature, module, known: dict[str, int] | None = None) -> None:
+    """Integer inputs of a torch model index its embeddings: ids in [0, rows of the table).
+    Where the graph says which input feeds which table (`known`), that table; otherwise every
+    integer input but a mask gets the range every table accepts (the smallest)."""
     import torch
 
+    known = known or {}
+    for spec in sig.inputs:
+        if spec.name in known and np.dtype(spec.dtype).kind in INT_KINDS:
+            spec.value_range = (0, known[spec.name])
+    if known:
+        return
     sizes = []
     for sub in module.modules():
         kind = getattr(sub, "original_name", type(sub).__name__)
@@ -489,7 +551,11 @@ def from_torchscript(path, module) -> Signature | None:
         name = names[i] if i < len(names) else f"input_{i}"
         inputs.append(TensorSpec(name, dtype, ("batch", *shape[1:]) if shape else ()))
     sig = Signature(inputs, [])
-    _torch_ranges(sig, module)
+    try:
+        known = _script_embedding_sizes(module)
+    except Exception:  # noqa: BLE001 - ranges are a refinement
+        known = {}
+    _torch_ranges(sig, module, known)
     return sig
 
 
