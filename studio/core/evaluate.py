@@ -239,6 +239,8 @@ def fidelity(got: np.ndarray, want: np.ndarray) -> dict[str, float | None]:
     if got.shape != want.shape:
         return {"cosine": None, "snr_db": None, "max_abs": None, "note": f"shape {got.shape} != {want.shape}"}
     g = got.reshape(len(got), -1).astype(np.float64) if got.ndim else got.reshape(1, -1).astype(np.float64)
+    if g.shape[1] == 1:  # one number per sample: a per-sample cosine is only its sign; use the whole
+        g = g.reshape(1, -1)
     w = want.reshape(g.shape).astype(np.float64)
     norms = np.linalg.norm(g, axis=1) * np.linalg.norm(w, axis=1)
     both_zero = (np.linalg.norm(g, axis=1) == 0) & (np.linalg.norm(w, axis=1) == 0)

@@ -31,6 +31,11 @@ def train(
     import torch
     import torch.nn.functional as F
 
+    if not isinstance(x, np.ndarray):  # signature.Inputs: several (or integer) inputs
+        from .errors import StudioError
+
+        raise StudioError("training (fine-tune, distillation, recovery) takes models with one float input "
+                          f"for now; this model takes {', '.join(x.names)}: use passes that need no training")
     generator = torch.Generator().manual_seed(seed)
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     yt = None if y is None else torch.from_numpy(np.asarray(y, dtype=np.int64))
