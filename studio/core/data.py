@@ -203,15 +203,14 @@ def open_data(spec: str, input_shape: tuple[int, ...] | None = None, signature=N
     if path.is_dir():
         return from_image_folder(path, input_shape)
     if path.suffix == ".npz" and path.is_file():
-        if signature is not None and (signature.multi or signature.names[0] in _npz_names(path)):
-            names = _npz_names(path)
-            if any(n in names for n in signature.names):
+        # several (or integer) inputs: one array per input name; else the single-array layout
+        if signature is not None and signature.multi and any(n in _npz_names(path) for n in signature.names):
+            try:
                 with np.load(path, allow_pickle=False) as archive:
-                    try:
-                        arrays = {k: archive[k] for k in archive.files}
-                    except Exception as exc:  # noqa: BLE001 - object arrays, a bad member
-                        raise StudioError(f"{path.name}: not a readable .npz of numeric arrays ({exc})") from None
-                return from_npz_inputs(path, arrays, signature)
+                    arrays = {k: archive[k] for k in archive.files}
+            except Exception as exc:  # noqa: BLE001 - object arrays, a bad member
+                raise StudioError(f"{path.name}: not a readable .npz of numeric arrays ({exc})") from None
+            return from_npz_inputs(path, arrays, signature)
         return from_npz(path)
     raise StudioError(f"unknown data '{spec}': use digits, random, a .npz file or an image folder")
 

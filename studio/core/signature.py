@@ -319,12 +319,13 @@ def flatten_outputs(out) -> list:
 
 
 def output_names(out, prefix: str = "") -> list[str]:
-    """Names for the flattened outputs: dict keys where there are any, else output, output_1, ..."""
+    """Names for the flattened outputs: dict keys ("box", "heads.0") where there are any, ""
+    for plain tuple members (the caller names those output, output_1, ...)."""
     if isinstance(out, dict):
-        return [n for k, o in out.items() for n in output_names(o, f"{prefix}{k}" if not prefix else f"{prefix}.{k}")]
+        return [n for k, o in out.items() for n in output_names(o, f"{prefix}.{k}" if prefix else str(k))]
     if isinstance(out, (tuple, list)):
         return [n for i, o in enumerate(out) for n in output_names(o, f"{prefix}.{i}" if prefix else "")]
-    return [prefix or ""]
+    return [prefix]
 
 
 # ------------------------------------------------------------------------ finding signatures
