@@ -62,6 +62,8 @@ def detail_rows(run) -> str:
     """Per stage: macro precision/recall/F1 where there are labels, and each output's fidelity
     to the original (cosine, SNR, max abs error) where the model has several outputs or its
     outputs are not class scores."""
+    from .evaluate import SNR_CAP_DB
+
     measured = [s for s in run.stages if s.measurement is not None]
     parts = []
     if any(s.measurement.f1 is not None for s in measured):
@@ -77,6 +79,7 @@ def detail_rows(run) -> str:
         for s in measured:
             for name, f in s.measurement.fidelity.items():
                 cells = [f"{f[k]:.4f}" if k == "cosine" and f.get(k) is not None else
+                         "exact" if k == "snr_db" and f.get(k) is not None and f[k] >= SNR_CAP_DB else
                          f"{f[k]:.1f}" if k == "snr_db" and f.get(k) is not None else
                          f"{f[k]:.3g}" if f.get(k) is not None else "–" for k in ("cosine", "snr_db", "max_abs")]
                 rows.append(f"<tr><td>{html.escape(s.label)}</td><td>{html.escape(name)}</td>"

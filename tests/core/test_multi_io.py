@@ -59,6 +59,11 @@ def check_run(model_file: Path, name: str, out: Path):
     if name == "tiny_bert":
         assert all(t == "tensor(int64)" for t in types.values())
     assert f"{QUALITY[name]}:" in r.stdout  # the table says which measure the numbers are
+    html = (out / "report.html").read_text()
+    assert f"<th>{QUALITY[name]}</th>" in html
+    if OUTPUTS[name] > 1 or QUALITY[name] == "cosine":  # each output's fidelity, the original's exact
+        assert "Output fidelity against the original model" in html
+        assert html.count("<td>exact</td>") == OUTPUTS[name]
     return report
 
 
