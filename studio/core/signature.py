@@ -64,7 +64,7 @@ class TensorSpec:
                     f"give its value with --input {self.name}=VALUE")
         if self.missing_dims():
             dims = ", ".join(_dim_text(d, i) for i, d in enumerate(self.shape))
-            hint = ",".join("1" if i == 0 else str(d) if isinstance(d, int) else _dim_text(d, i).upper()
+            hint = ",".join(str(d) if isinstance(d, int) else "1" if i == 0 else _dim_text(d, i).upper()
                             for i, d in enumerate(self.shape))
             return f"input '{self.name}' has dynamic dims [{dims}]: give them with --input {self.name}:{hint} (numbers)"
         return None
@@ -156,11 +156,26 @@ class Signature:
         """More than the one float tensor the old single-array code paths handle."""
         return len(self.inputs) != 1 or self.inputs[0].value is not None or np.dtype(self.inputs[0].dtype).kind != "f"
 
+    def unbatched(self, spec: TensorSpec) -> bool:
+        """An input whose first dim the file fixes while another input's batch is free (a
+        recurrent state [2, batch, 128]): one value fed to every call, not sliced."""
+        free = any(s.shape and not isinstance(s.shape[0], int) for s in self.inputs if s.value is None)
+        return free and bool(spec.shape) and isinstance(spec.shape[0], int)
+
     def random(self, count: int, seed: int = 0) -> Inputs:
+        """`count` random samples of every input; constants (and fixed-size inputs of a model
+        whose batch is free) are fed as they are."""
         self.check()
         rng = np.random.default_rng(seed)
-        return Inputs({s.name: s.sample(count, rng) for s in self.inputs if s.batched},
-                      {s.name: s.value for s in self.inputs if s.value is not None})
+        arrays, constants = {}, {}
+        for s in self.inputs:
+            if s.value is not None:
+                constants[s.name] = s.value
+            elif self.unbatched(s):
+                constants[s.name] = s.sample(s.shape[0], rng)
+            elif s.batched:
+                arrays[s.name] = s.sample(count, rng)
+        return Inputs(arrays, constants)
 
     def constants(self) -> dict[str, np.ndarray]:
         return {s.name: s.value for s in self.inputs if s.value is not None}

@@ -163,3 +163,23 @@ def test_torch_export_program_signature(tmp_path):
     model = io.load(tmp_path / "d.pt2")
     assert [s.shape for s in model.io.inputs] == [("batch", 12)]
     assert [s.shape for s in model.io.outputs] == [("batch", 6), ("batch", 2)]
+
+
+def test_a_state_with_a_fixed_first_dim_is_fed_whole_to_every_call():
+    """Like Silero VAD's state [2, batch, 128]: not sliced into samples; its batch dim is asked for."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])
+    state = helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "n", 3])
+    outs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4]),
+            helper.make_tensor_value_info("new_state", TensorProto.FLOAT, [2, "n", 3])]
+    one = helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])
+    nodes = [helper.make_node("Add", ["x", "one"], ["y"]), helper.make_node("Add", ["state", "one"], ["new_state"])]
+    proto = helper.make_model(helper.make_graph(nodes, "g", [x, state], outs, [one]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    sig = from_onnx(proto)
+    assert sig.problems() == ["input 'state' has dynamic dims [2, n, 3]: give them with --input state:2,N,3 (numbers)"]
+    model = Model(proto, "onnx", name="vad", signature=sig.with_overrides(["state:2,1,3"]))
+    data = open_data("random", model.input_shape, signature=model.io)
+    assert data.x_test.constants["state"].shape == (2, 1, 3) and data.x_test.arrays["x"].shape == (256, 4)
+    m = measure(model, data, run_session_all(session(proto), data.x_test))
+    assert m.quality == pytest.approx(1.0) and set(m.fidelity) == {"y", "new_state"}
+    assert m.fidelity["new_state"] == {"cosine": 1.0, "snr_db": 200.0, "max_abs": 0.0}
