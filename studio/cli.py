@@ -96,6 +96,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model file (.onnx, TorchScript .pt, .pt2, state_dict .pt/.pth, .safetensors) or demo:cnn|mlp|resnet")
     p.add_argument("--arch", help="architecture for weight files: package.module:Class or path/to/file.py:Class")
     p.add_argument("--input-shape", help="input shape with batch, e.g. 1,3,224,224 (when the file does not say)")
+    p.add_argument("--input", action="append", metavar="NAME:D0,D1,...|NAME=VALUE",
+                   help="size an input's dynamic dims (x:1,3,320,320) or pin an input to a constant (sr=16000); repeatable")
     p.add_argument("--trust", action="store_true", help="allow unpickling a whole model: this RUNS CODE from the file, only for files you trust")
 
 
@@ -103,8 +105,20 @@ def resolve_model(args):
     if args.model.startswith("demo:"):
         from studio.core import zoo
 
-        return zoo.load(args.model.split(":", 1)[1])
-    return load_model(args)
+        model = zoo.load(args.model.split(":", 1)[1])
+    else:
+        model = load_model(args)
+    if getattr(args, "input", None):  # --input NAME:D0,D1,... / NAME=VALUE, repeatable
+        model = model.with_signature(model.io.with_overrides(args.input))
+    return model
+
+
+def ready_model(args):
+    """The model with every input sized: a dynamic dim or an unset scalar is a one-line error
+    naming the input and the --input that fixes it."""
+    model = resolve_model(args)
+    model.io.check()
+    return model
 
 
 # ---------------------------------------------------------------------------------- commands
@@ -120,6 +134,10 @@ def cmd_inspect(args) -> int:
     print(f"{info['name']}  ({info['format']}, {info['framework']})")
     print(f"input shape {info.get('input_shape')}  parameters {info['parameters']:,}  "
           f"nonzeros {info.get('nonzeros', 0):,}  MACs {info.get('macs', 0):,}")
+    for line in model.io.describe():
+        print(line)
+    for problem in model.io.problems():
+        print(f"note: {problem}")
     print(f"{'layer':40} {'op':18} {'params':>10} {'sparsity':>8}  output shape")
     for node in info["nodes"]:
         if node.get("parameters") or args.all:
@@ -154,7 +172,7 @@ def stage_table(run) -> str:
         if m is None:
             lines.append(f"{s.label[:28]:28} (not measured)")
             continue
-        q = "-" if m.quality is None else f"{m.quality:.2%}"
+        q = m.quality_text
         row = f"{s.label[:28]:28} {q:>9} {m.parameters:>9,} {m.nonzeros:>9,} {fmt_bytes(m.size_bytes):>10} " \
               f"{fmt_bytes(m.zip_bytes):>10} {base.zip_bytes / max(1, m.zip_bytes):>5.1f}x {m.macs:>10,}"
         for b in batches:
@@ -162,6 +180,10 @@ def stage_table(run) -> str:
             row += f" {ms:>9.3f} {base.latency_ms[b] / ms:>4.2f}x" if ms else f" {'-':>9} {'-':>5}"
         lines.append(row)
     threads = base.threads if base else 1
+    if base is not None:
+        from studio.core.evaluate import QUALITY_LABELS
+
+        lines.append(f"{base.quality_label}: {QUALITY_LABELS[base.quality_label]}")
     lines.append(f"quality on {base.samples if base else 0} held-out samples of '{run.data_name}'; "
                  f"latency: onnxruntime CPU, {threads} thread(s), median of interleaved rounds; "
                  "x = times smaller / faster than the original")
@@ -222,8 +244,8 @@ def cmd_run(args) -> int:
     from studio.core.recipe import Recipe
 
     recipe = Recipe.load(args.recipe)  # before loading the model: a bad recipe fails fast
-    model = resolve_model(args)
-    data = open_data(args.data, model.input_shape)
+    model = ready_model(args)
+    data = open_data(args.data, model.input_shape, signature=model.io)
     out = Path(args.out)
     result = run_and_export(model, recipe, data, out, args.export, args, ProgressLine(enabled=not args.quiet))
     write_report(out, result)
@@ -253,8 +275,8 @@ def cmd_export(args) -> int:
     from studio.core import export
     from studio.core.data import open_data
 
-    model = resolve_model(args)
-    data = open_data(args.data, model.input_shape) if args.data else None
+    model = ready_model(args)
+    data = open_data(args.data, model.input_shape, signature=model.io) if args.data else None
     out = Path(args.out)
     result = drive(export.export(model, out, args.format, data=data), ProgressLine(enabled=not args.quiet))
     if args.json:

@@ -28,14 +28,36 @@ def to_onnx_proto(model: Model):
         return model.obj
     if model.framework != TORCH:
         raise StudioError(f"cannot convert a {model.framework} model to ONNX")
-    if model.input_shape is None:
+    signature = model.signature
+    if signature is not None and signature.multi:
+        signature.check()  # names the input that needs a size or a value
+    elif model.input_shape is None:
+        if signature is not None:
+            signature.check()
         raise StudioError(f"{model.name}: the input shape is unknown; pass --input-shape")
     import torch
 
+    from .signature import flatten_outputs, output_names, torch_args
     from .training import set_eval
 
     module = set_eval(model.obj)
-    example = torch.from_numpy(model.example_input(2))  # batch 2: no batch-1 special cases get baked in
+    # batch 2: no batch-1 special cases get baked in
+    args = torch_args(model.example_inputs(2), signature) if signature is not None and signature.multi \
+        else (torch.from_numpy(model.example_input(2)),)
+    in_names = signature.names if signature is not None else [INPUT_NAME]
+    with torch.no_grad():
+        out = module(*args)
+    flat = flatten_outputs(out)
+    names = output_names(out)
+    if len(flat) == 1:
+        out_names = [OUTPUT_NAME]
+    else:  # dict keys where the model gives them, else output, output_1, ...
+        out_names = [n if n else (OUTPUT_NAME if i == 0 else f"{OUTPUT_NAME}_{i}") for i, n in enumerate(names)]
+        if len(set(out_names)) != len(out_names) or len(out_names) != len(flat):
+            out_names = [OUTPUT_NAME if i == 0 else f"{OUTPUT_NAME}_{i}" for i in range(len(flat))]
+    dynamic = {n: {0: "batch"} for n, a in zip(in_names, args) if a.dim() >= 1 and a.shape[0] == 2}
+    dynamic.update({n: {0: "batch"} for n, o in zip(out_names, flat)
+                    if hasattr(o, "dim") and o.dim() >= 1 and o.shape[0] == 2})
     buffer = io.BytesIO()
     # The TorchScript-based exporter (dynamo=False) takes ~0.2 s on the demo nets where the
     # dynamo exporter takes ~5 s, and the studio exports every stage to measure it. It is
@@ -44,17 +66,21 @@ def to_onnx_proto(model: Model):
         with warnings.catch_warnings(), torch.no_grad(), _quiet_output():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                module, (example,), buffer, dynamo=False, opset_version=OPSET,
-                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                module, args, buffer, dynamo=False, opset_version=OPSET,
+                input_names=in_names, output_names=out_names, dynamic_axes=dynamic,
                 do_constant_folding=True,
             )
         proto = onnx.load_from_string(buffer.getvalue())
     except Exception as legacy_error:  # noqa: BLE001 - try the other exporter before failing
         try:
-            proto = _export_dynamo(module, example)
+            if isinstance(module, torch.jit.ScriptModule):
+                proto = _export_script(module, args, in_names, out_names)
+            else:
+                proto = _export_dynamo(module, args, in_names, out_names)
         except Exception as exc:
-            raise StudioError(f"{model.name}: ONNX export failed: {legacy_error}; dynamo: {exc}") from None
+            first = str(legacy_error).splitlines()[0] if str(legacy_error) else type(legacy_error).__name__
+            raise StudioError(f"{model.name}: ONNX export failed: {first}; "
+                              f"dynamo: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     return proto
 
 
@@ -96,18 +122,38 @@ def _quiet_output():
             os.close(copy)
 
 
-def _export_dynamo(module, example):
+def _export_dynamo(module, args, in_names=(INPUT_NAME,), out_names=(OUTPUT_NAME,)):
     import onnx
     import torch
 
+    batch = torch.export.Dim("batch")
+    shapes = tuple({0: batch} if a.dim() >= 1 and a.shape[0] == 2 else None for a in args)
     with warnings.catch_warnings(), _quiet_output():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            module, (example,), dynamo=True, external_data=False,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False,
+            module, tuple(args), dynamo=True, external_data=False,
+            input_names=list(in_names), output_names=list(out_names),
+            dynamic_shapes=shapes, verbose=False,
         )
     return onnx.load_from_string(program.model_proto.SerializeToString())
+
+
+def _export_script(module, args, in_names, out_names):
+    """A loaded TorchScript file the legacy exporter cannot take (its graph lost the ranks that
+    attention or dict outputs need): torch's TorchScript -> ExportedProgram converter, then the
+    dynamo exporter. The program is traced at the example's batch, so the file gets a fixed
+    batch axis (measurement then feeds it in batches of that size)."""
+    import onnx
+    from torch._export.converter import TS2EPConverter  # torch's own converter (private module)
+
+    with warnings.catch_warnings(), _quiet_output():
+        warnings.simplefilter("ignore")
+        program = TS2EPConverter(module, tuple(args)).convert()
+        import torch
+
+        onnx_program = torch.onnx.export(program, tuple(args), dynamo=True, external_data=False,
+                                         input_names=list(in_names), output_names=list(out_names), verbose=False)
+    return onnx.load_from_string(onnx_program.model_proto.SerializeToString())
 
 
 def onnx_tensors(proto) -> dict:
@@ -141,7 +187,9 @@ def session(proto_or_path, threads: int = 1):
 
 
 ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-             "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
+             "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8,
+             "tensor(bool)": np.bool_, "tensor(int16)": np.int16, "tensor(uint16)": np.uint16,
+             "tensor(uint32)": np.uint32, "tensor(uint64)": np.uint64}
 
 
 def input_dtype(sess):
@@ -164,30 +212,47 @@ def fixed_batch(proto_or_session) -> int | None:
     return dim if isinstance(dim, int) and dim > 0 else None
 
 
-def run_session(sess, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Outputs of the first output for inputs x, in batches (of the model's own size when its
-    batch axis is fixed; the last one padded)."""
-    name = sess.get_inputs()[0].name
-    dtype = input_dtype(sess)
-    outs = []
+def run_session(sess, x, batch_size: int = 256) -> np.ndarray:
+    """Outputs of the first output for inputs x (one array, or Inputs for every input)."""
+    return run_session_all(sess, x, batch_size)[0]
+
+
+def run_session_all(sess, x, batch_size: int = 256) -> list[np.ndarray]:
+    """Every output of the model for inputs x, in batches (of the model's own size when its
+    batch axis is fixed; the last one padded), as float32 arrays in the model's output order."""
+    from .signature import feeds
+
+    metas = sess.get_inputs()
     fixed = fixed_batch(sess)
     step = fixed or batch_size
+    parts: list[list[np.ndarray]] = []
     for i in range(0, len(x), step):
-        chunk = x[i : i + step].astype(dtype, copy=False)
-        if len(chunk) < step and fixed:
-            pad = np.zeros((step - len(chunk), *chunk.shape[1:]), dtype)
-            out = sess.run(None, {name: np.concatenate([chunk, pad])})[0][: len(chunk)]
-        else:
-            out = sess.run(None, {name: chunk})[0]
-        outs.append(np.asarray(out, dtype=np.float32))
-    return np.concatenate(outs)
+        n = min(step, len(x) - i)
+        outs = sess.run(None, feeds(metas, x, i, i + step, pad_to=fixed))
+        if not parts:
+            parts = [[] for _ in outs]
+        for j, out in enumerate(outs):
+            out = np.atleast_1d(np.asarray(out))
+            if fixed and n < fixed and out.shape[0] == fixed:
+                out = out[:n]
+            parts[j].append(out.astype(np.float32, copy=False))
+    return [np.concatenate(p) for p in parts]
 
 
-def predict(model: Model, x: np.ndarray) -> np.ndarray:
+def predict(model: Model, x) -> np.ndarray:
     """Outputs of any model on numpy inputs (torch in eval mode, ONNX in onnxruntime)."""
-    x = np.ascontiguousarray(x)
-    if model.framework == TORCH:
-        from .training import predict as torch_predict
+    return predict_all(model, x)[0]
 
-        return torch_predict(model.obj, x)
-    return run_session(session(model.obj), x)
+
+def predict_all(model: Model, x) -> list[np.ndarray]:
+    """Every output (flattened: tuples, lists, dicts) of any model on one array or Inputs."""
+    if model.framework == TORCH:
+        from .signature import Inputs
+        from .training import predict_outputs
+
+        if isinstance(x, Inputs):
+            return predict_outputs(model.obj, x, model.io)
+        return predict_outputs(model.obj, np.ascontiguousarray(x), None)
+    if not hasattr(x, "arrays"):
+        x = np.ascontiguousarray(x)
+    return run_session_all(session(model.obj), x)

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .convert import fixed_batch, input_dtype, onnx_tensors, run_session, session, to_onnx_proto
+from .convert import fixed_batch, input_dtype, onnx_tensors, run_session_all, session, to_onnx_proto
 from .data import Data
 from .data_checks import check_labels_fit
 from .model import Model
@@ -38,12 +38,20 @@ FOOTPRINTS = {
 QDQ_PARAMS = {"QuantizeLinear": (1, 2), "DequantizeLinear": (1, 2)}  # scale, zero point inputs
 
 
+SNR_CAP_DB = 200.0  # identical outputs: no noise; float32 resolves ~150 dB, so this means "exact"
+QUALITY_LABELS = {
+    "accuracy": "top-1 accuracy on the labelled held-out split",
+    "agreement": "top-1 agreement of the class scores with the original model (no labels)",
+    "cosine": "cosine similarity to the original's outputs (worst output; per-output SNR and max error kept)",
+}
+
+
 @dataclass
 class Measurement:
     accuracy: float | None = None  # top-1 on labelled held-out data
     top5: float | None = None
     agreement: float | None = None  # top-1 agreement with the original model
-    rel_error: float | None = None  # ||y - y_original|| / ||y_original||
+    rel_error: float | None = None  # ||y - y_original|| / ||y_original|| (first output)
     parameters: int = 0
     nonzeros: int = 0
     size_bytes: int = 0
@@ -52,14 +60,47 @@ class Measurement:
     latency_ms: dict[int, float] = field(default_factory=dict)  # batch size -> median ms
     threads: int = 1
     samples: int = 0  # held-out samples the quality is measured on
+    # labelled classifiers: macro precision/recall/F1 and the confusion matrix (rows = true class)
+    precision: float | None = None
+    recall: float | None = None
+    f1: float | None = None
+    confusion: list[list[int]] | None = None
+    # per output, against the original model: {"cosine", "snr_db", "max_abs"}
+    fidelity: dict[str, dict[str, float]] = field(default_factory=dict)
+    classifier: bool = True  # the first output is class scores [batch, classes]
+
+    @property
+    def cosine(self) -> float | None:
+        """The worst output's cosine similarity to the original (None without a reference)."""
+        values = [f["cosine"] for f in self.fidelity.values() if f.get("cosine") is not None]
+        return min(values) if values else None
 
     @property
     def quality(self) -> float | None:
-        return self.accuracy if self.accuracy is not None else self.agreement
+        if self.accuracy is not None:
+            return self.accuracy
+        if self.agreement is not None:
+            return self.agreement
+        return self.cosine
 
     @property
     def quality_label(self) -> str:
-        return "accuracy" if self.accuracy is not None else "agreement"
+        """Which measure `quality` is: accuracy, agreement (top-1 with the original) or cosine
+        (output fidelity, for models whose outputs are not class scores)."""
+        if self.accuracy is not None:
+            return "accuracy"
+        if self.agreement is not None or self.classifier:
+            return "agreement"
+        return "cosine"
+
+    @property
+    def quality_text(self) -> str:
+        """The quality number as it should be read: a percentage for accuracy and agreement, a
+        similarity (1 = identical) for cosine."""
+        q = self.quality
+        if q is None:
+            return "-"
+        return f"{q:.4f}" if self.quality_label == "cosine" else f"{q:.2%}"
 
     @property
     def latency_b1(self) -> float | None:
@@ -78,6 +119,7 @@ class Measurement:
         d["latency_ms"] = {str(k): v for k, v in self.latency_ms.items()}
         d["quality"] = self.quality
         d["quality_label"] = self.quality_label
+        d["quality_means"] = QUALITY_LABELS[self.quality_label]
         return d
 
 
@@ -126,12 +168,13 @@ def count_macs(model: Model) -> int:
     return int(stats.count_macs(model))
 
 
-def reference_outputs(model: Model, data: Data) -> np.ndarray:
+def reference_outputs(model: Model, data: Data) -> list[np.ndarray]:
+    """Every output of the original model on the held-out inputs (what fidelity compares to)."""
     proto = to_onnx_proto(model)
-    return run_session(session(proto), data.shaped(data.x_test, model.input_shape))
+    return run_session_all(session(proto), data.shaped(data.x_test, model.input_shape))
 
 
-def measure(model: Model, data: Data, reference: np.ndarray | None = None, proto=None) -> Measurement:
+def measure(model: Model, data: Data, reference=None, proto=None) -> Measurement:
     """Quality and footprint (not latency: see measure_latency, which interleaves variants)."""
     proto = proto if proto is not None else to_onnx_proto(model)
     blob = onnx_bytes(proto)
@@ -142,37 +185,87 @@ def measure(model: Model, data: Data, reference: np.ndarray | None = None, proto
     except Exception:  # noqa: BLE001 - MACs of exotic graphs may be unknown; 0 means unknown
         m.macs = 0
     x = data.shaped(data.x_test, model.input_shape)
-    out = run_session(session(proto), x)
+    sess = session(proto)
+    outs = run_session_all(sess, x)
     for labels in (data.y_train, data.y_test):  # only here is the number of classes known
-        check_labels_fit(labels, int(np.prod(out.shape[1:])))
+        check_labels_fit(labels, int(np.prod(outs[0].shape[1:])))
     m.samples = len(x)
-    quality_from_outputs(m, out, data.y_test, reference)
+    names = [o.name for o in sess.get_outputs()]
+    quality_from_outputs(m, outs, data.y_test, reference, names)
     return m
 
 
-def quality_from_outputs(m: Measurement, out: np.ndarray, labels, reference) -> None:
-    flat = out.reshape(len(out), -1)
-    if labels is not None and flat.shape[1] > 1:
-        m.accuracy = float((flat.argmax(1) == labels).mean())
-        if flat.shape[1] > 5:  # top-5 means something only with more than five classes
-            top5 = np.argsort(-flat, axis=1)[:, :5]
-            m.top5 = float((top5 == labels[:, None]).any(1).mean())
-    if reference is not None:
-        ref = reference.reshape(len(reference), -1)
-        if ref.shape == flat.shape:
-            if flat.shape[1] > 1:
-                m.agreement = float((flat.argmax(1) == ref.argmax(1)).mean())
-            m.rel_error = float(np.linalg.norm(flat - ref) / max(np.linalg.norm(ref), 1e-12))
+def is_class_scores(out: np.ndarray) -> bool:
+    """A [batch, classes] output: the only kind top-1 agreement and accuracy mean something for."""
+    return out.ndim == 2 and out.shape[1] > 1
+
+
+def quality_from_outputs(m: Measurement, out, labels, reference, names=None) -> None:
+    """Fill m's quality from the model's outputs (one array or the list of every output):
+    accuracy (+ macro precision/recall/F1, confusion matrix) with labels, top-1 agreement where
+    the first output is class scores, and per-output fidelity against the reference."""
+    outs = out if isinstance(out, list) else [out]
+    refs = None if reference is None else (reference if isinstance(reference, list) else [reference])
+    first = outs[0]
+    m.classifier = is_class_scores(first)
+    if labels is not None and m.classifier:
+        classify(m, first, labels)
+    if refs is None:
+        return
+    ref = refs[0]
+    if m.classifier and ref.shape == first.shape:
+        m.agreement = float((first.argmax(1) == ref.argmax(1)).mean())
+    if ref.shape == first.shape:
+        m.rel_error = float(np.linalg.norm(first - ref) / max(np.linalg.norm(ref), 1e-12))
+    names = names or [f"output_{i}" for i in range(len(outs))]
+    for name, got, want in zip(names, outs, refs):
+        m.fidelity[name] = fidelity(got, want)
+
+
+def classify(m: Measurement, scores: np.ndarray, labels: np.ndarray) -> None:
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    pred = scores.argmax(1)
+    m.accuracy = float((pred == labels).mean())
+    if scores.shape[1] > 5:  # top-5 means something only with more than five classes
+        top5 = np.argsort(-scores, axis=1)[:, :5]
+        m.top5 = float((top5 == labels[:, None]).any(1).mean())
+    classes = list(range(max(scores.shape[1], int(labels.max(initial=0)) + 1)))
+    p, r, f, _ = precision_recall_fscore_support(labels, pred, labels=classes, average="macro", zero_division=0)
+    m.precision, m.recall, m.f1 = float(p), float(r), float(f)
+    m.confusion = confusion_matrix(labels, pred, labels=classes).tolist()
+
+
+def fidelity(got: np.ndarray, want: np.ndarray) -> dict[str, float | None]:
+    """How close one output is to the original's: mean per-sample cosine similarity, signal to
+    noise ratio in dB, and the largest absolute difference."""
+    if got.shape != want.shape:
+        return {"cosine": None, "snr_db": None, "max_abs": None, "note": f"shape {got.shape} != {want.shape}"}
+    g = got.reshape(len(got), -1).astype(np.float64) if got.ndim else got.reshape(1, -1).astype(np.float64)
+    if g.shape[1] == 1:  # one number per sample: a per-sample cosine is only its sign; use the whole
+        g = g.reshape(1, -1)
+    w = want.reshape(g.shape).astype(np.float64)
+    norms = np.linalg.norm(g, axis=1) * np.linalg.norm(w, axis=1)
+    both_zero = (np.linalg.norm(g, axis=1) == 0) & (np.linalg.norm(w, axis=1) == 0)
+    cos = np.where(both_zero, 1.0, (g * w).sum(1) / np.maximum(norms, 1e-300))
+    noise = float(((g - w) ** 2).sum())
+    signal = float((w**2).sum())
+    snr = SNR_CAP_DB if noise == 0 else min(SNR_CAP_DB, 10 * np.log10(max(signal, 1e-300) / noise))
+    finite = bool(np.isfinite(g).all())
+    return {"cosine": float(cos.mean()) if finite else float("nan"), "snr_db": float(snr) if finite else float("nan"),
+            "max_abs": float(np.abs(g - w).max()) if g.size else 0.0}
 
 
 def measure_latency(
     protos: list, input_shape: tuple[int, ...], batches=(1, 32), threads: int = 1,
-    rounds: int = 7, min_round_s: float = 0.02, cancel=None,
+    rounds: int = 7, min_round_s: float = 0.02, cancel=None, signature=None,
 ) -> Generator[tuple[float, str], None, list[dict[int, float]]]:
     """Median latency (ms) of each model at each batch size, in interleaved rounds (A B C A B C
     ...), so a drift of the machine touches every variant alike. Each round times enough runs to
     last `min_round_s`; the median over rounds is reported. A model whose batch axis is fixed (to
     b) takes `batch` inputs in ceil(batch / b) calls: its time is that of all the calls."""
+    if signature is not None and signature.multi:
+        return (yield from _latency_inputs(protos, signature, batches, threads, rounds, min_round_s, cancel))
     results = [dict() for _ in protos]
     sessions = [session(p, threads) for p in protos]
     names = [s.get_inputs()[0].name for s in sessions]
@@ -188,6 +281,42 @@ def measure_latency(
         calls = [-(-batch // b) if b else 1 for b in pinned]  # ceil: the calls `batch` inputs take
         reps = []
         for s, feed, c in zip(sessions, feeds, calls):  # warm-up, and how many runs fill a round
+            s.run(None, feed)
+            start = time.perf_counter()
+            for _ in range(c):
+                s.run(None, feed)
+            one = max(time.perf_counter() - start, 1e-6)
+            reps.append(max(1, min(1000, int(min_round_s / one))))
+        samples = [[] for _ in protos]
+        for r in range(rounds):
+            if cancel is not None:
+                cancel()
+            for i, (s, feed) in enumerate(zip(sessions, feeds)):
+                start = time.perf_counter()
+                for _ in range(reps[i] * calls[i]):
+                    s.run(None, feed)
+                samples[i].append((time.perf_counter() - start) / reps[i] * 1000.0)
+            yield (bi * rounds + r + 1) / steps, f"latency batch {batch}: round {r + 1}/{rounds}"
+        for i in range(len(protos)):
+            results[i][batch] = float(statistics.median(samples[i]))
+    return results
+
+
+def _latency_inputs(protos, signature, batches, threads, rounds, min_round_s, cancel):
+    """measure_latency for a model with several (or integer, or constant) inputs: each batch is
+    drawn from the signature, every input with its own dtype and shape."""
+    from .signature import feeds as feed_of
+
+    results = [dict() for _ in protos]
+    sessions = [session(p, threads) for p in protos]
+    steps = len(batches) * rounds
+    for bi, batch in enumerate(batches):
+        x = signature.random(batch, seed=0)
+        pinned = [fixed_batch(s) for s in sessions]
+        feeds = [feed_of(s.get_inputs(), x, 0, b or batch, pad_to=b) for s, b in zip(sessions, pinned)]
+        calls = [-(-batch // b) if b else 1 for b in pinned]
+        reps = []
+        for s, feed, c in zip(sessions, feeds, calls):
             s.run(None, feed)
             start = time.perf_counter()
             for _ in range(c):

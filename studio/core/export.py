@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .convert import predict, run_session, session, to_onnx_proto
+from .convert import predict_all, run_session_all, session, to_onnx_proto
 from .data import Data
 from .errors import StudioError
 from .fileio import atomic_path
@@ -36,6 +36,7 @@ FORMATS = {
 # how close a lossless format must match; lossy conversions (FP16, INT8) are judged by agreement
 LOSSLESS_ATOL = 1e-4
 LOSSY_AGREEMENT = 0.9
+LOSSY_COSINE = 0.95  # outputs that are not class scores: every output this close to the original
 
 
 @dataclass
@@ -58,10 +59,11 @@ def default_name(model: Model, fmt: str) -> str:
     return f"{stem}{tag}{FORMATS[fmt][1]}"
 
 
-def sample_inputs(model: Model, data: Data | None) -> np.ndarray:
+def sample_inputs(model: Model, data: Data | None):
+    """Held-out samples to verify on: one array, or Inputs for a model with several inputs."""
     if data is not None:
         return data.shaped(data.x_test[:VERIFY_SAMPLES], model.input_shape)
-    return model.example_input(VERIFY_SAMPLES)
+    return model.example_inputs(VERIFY_SAMPLES)
 
 
 def export(
@@ -145,7 +147,7 @@ def _save_torchscript(model: Model, x, tmp: Path) -> None:
     else:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # torch.jit is deprecated but still what many runtimes load
-            scripted = torch.jit.trace(module, torch.from_numpy(x[:1]), check_trace=False)  # verify() checks
+            scripted = torch.jit.trace(module, _args(model, x[:1]), check_trace=False, strict=False)  # verify() checks
     # saved to memory, written by Python: torch's own file writer aborts the whole process
     # (std::terminate) when the disk fills up mid-write
     buffer = io.BytesIO()
@@ -158,9 +160,10 @@ def _save_torch_export(model: Model, x, tmp: Path) -> None:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.export.export(
-            set_eval(model.obj), (torch.from_numpy(x[:2]),), dynamic_shapes=({0: torch.export.Dim("batch")},)
-        )
+        args = _args(model, x[:2])
+        batch = torch.export.Dim("batch")
+        shapes = tuple({0: batch} if a.dim() >= 1 and a.shape[0] == 2 else None for a in args)
+        program = torch.export.export(set_eval(model.obj), args, dynamic_shapes=shapes)
         buffer = io.BytesIO()  # as in _save_torchscript: a full disk must not abort the process
         torch.export.save(program, buffer)
     tmp.write_bytes(buffer.getvalue())
@@ -173,50 +176,79 @@ def _save_safetensors(model: Model, tmp: Path) -> None:
     tmp.write_bytes(save(state))  # a failed write is then an OSError, reported as one line
 
 
-def _load_outputs(tmp: Path, fmt: str, x: np.ndarray, model: Model) -> np.ndarray:
+def _args(model: Model, x) -> tuple:
+    """forward's positional tensors for samples x (one array, or Inputs in signature order)."""
+    from .signature import torch_args
+
+    return torch_args(x, model.io)
+
+
+def _load_outputs(tmp: Path, fmt: str, x, model: Model) -> list[np.ndarray]:
+    """Every output of the written file on x, flattened like the model's own."""
     import torch
 
+    from .signature import flatten_outputs
+
     if fmt.startswith("onnx"):
-        return run_session(session(tmp), x)
+        return run_session_all(session(tmp), x)
     if fmt == "packed":
         from . import packed
 
-        return run_session(session(packed.unpack(tmp)), x)
-    if fmt == "torchscript":
-        loaded = torch.jit.load(str(tmp))
+        return run_session_all(session(packed.unpack(tmp)), x)
+    if fmt in ("torchscript", "torch_export"):
+        loaded = torch.jit.load(str(tmp)) if fmt == "torchscript" else torch.export.load(str(tmp)).module()
         with torch.no_grad():
-            return loaded(torch.from_numpy(x)).numpy()
-    if fmt == "torch_export":
-        loaded = torch.export.load(str(tmp)).module()
-        with torch.no_grad():
-            return loaded(torch.from_numpy(x)).numpy()
+            outs = flatten_outputs(loaded(*_args(model, x)))
+        return [np.atleast_1d(o.detach().float().numpy()) for o in outs]
     from safetensors.torch import load_file
 
     restored = model.copy()
     restored.obj.load_state_dict(load_file(str(tmp)))
-    return predict(restored, x)
+    return predict_all(restored, x)
 
 
-def verify(model: Model, file: Path, fmt: str, x: np.ndarray) -> ExportResult:
-    """Load the written file back, run it on `x`, and compare with `model`'s own outputs."""
+def verify(model: Model, file: Path, fmt: str, x) -> ExportResult:
+    """Load the written file back, run it on `x`, and compare every output with `model`'s own:
+    lossless formats must match closely; lossy ones (FP16, INT8) by top-1 agreement where the
+    first output is class scores, by cosine similarity elsewhere."""
+    from .evaluate import fidelity, is_class_scores
+
     size = file.stat().st_size
     try:
-        got = _load_outputs(file, fmt, x, model)
+        got_all = _load_outputs(file, fmt, x, model)
     except Exception as exc:  # noqa: BLE001 - any failure to load or run is the verdict
         return ExportResult(str(file), fmt, False, None, None, size, f"the written file does not run: {exc}")
-    want = predict(model, x)
-    if got.shape != want.shape:
-        return ExportResult(str(file), fmt, False, None, None, size, f"output shape {got.shape} != {want.shape}")
-    diff = float(np.max(np.abs(got - want))) if got.size else 0.0
-    flat_got, flat_want = got.reshape(len(got), -1), want.reshape(len(want), -1)
-    agreement = float((flat_got.argmax(1) == flat_want.argmax(1)).mean()) if flat_got.shape[1] > 1 else None
+    want_all = predict_all(model, x)
+    if len(got_all) != len(want_all):
+        return ExportResult(str(file), fmt, False, None, None, size,
+                            f"the file gives {len(got_all)} outputs, the model {len(want_all)}")
+    for i, (got, want) in enumerate(zip(got_all, want_all)):
+        if got.shape != want.shape:
+            return ExportResult(str(file), fmt, False, None, None, size,
+                                f"output {i}: shape {got.shape} != {want.shape}")
+    diff = max((float(np.max(np.abs(g - w))) if g.size else 0.0) for g, w in zip(got_all, want_all))
+    got, want = got_all[0], want_all[0]
+    agreement = float((got.argmax(1) == want.argmax(1)).mean()) if is_class_scores(want) else None
+    cosines = [fidelity(g, w)["cosine"] for g, w in zip(got_all, want_all)]
+    worst_cos = min(cosines) if cosines else None
     lossy = fmt in ("onnx_fp16", "onnx_int8")
-    finite = bool(np.isfinite(got).all())
+    finite = all(bool(np.isfinite(g).all()) for g in got_all)
     if lossy:
-        ok = finite and (agreement is None or agreement >= LOSSY_AGREEMENT)
+        # class scores by agreement, every other output (a classifier's extra heads too) by cosine
+        others = cosines[1:] if agreement is not None else cosines
+        ok = finite and (agreement is None or agreement >= LOSSY_AGREEMENT) and all(
+            c is not None and c >= LOSSY_COSINE for c in others)
     else:
-        ok = finite and diff <= LOSSLESS_ATOL * max(1.0, float(np.abs(want).max()))
-    what = f"max abs diff {diff:.2e}" + (f", top-1 agreement {agreement:.1%}" if agreement is not None else "")
+        ok = finite and all(
+            (float(np.max(np.abs(g - w))) if g.size else 0.0) <= LOSSLESS_ATOL * max(1.0, float(np.abs(w).max(initial=0)))
+            for g, w in zip(got_all, want_all))
+    what = f"max abs diff {diff:.2e}"
+    if len(got_all) > 1:
+        what += f" over {len(got_all)} outputs"
+    if agreement is not None:
+        what += f", top-1 agreement {agreement:.1%}"
+    elif lossy and worst_cos is not None:
+        what += f", cosine {worst_cos:.4f} (worst output)"
     verdict = "verified" if ok else "NOT verified"
     return ExportResult(str(file), fmt, ok, diff, agreement, size, f"{verdict}: {what} on {len(x)} samples")
 

@@ -16,6 +16,7 @@ def summary(model: Model) -> dict:
         "framework": model.framework,
         "source": str(model.source) if model.source else None,
         "input_shape": list(model.input_shape) if model.input_shape else None,
+        "signature": model.io.as_dict(),  # every input and output: names, dtypes, dynamic dims
         "parameters": params,
         "nonzeros": nonzeros,
         "macs": graph.total_macs,

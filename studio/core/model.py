@@ -26,6 +26,26 @@ class Model:
     source: Path | None = None
     format: str = ""  # how it was loaded: onnx, torchscript, torch.export, state_dict, ...
     meta: dict = field(default_factory=dict)
+    # every input and output (names, dtypes, dynamic dims, id ranges, constants): see signature.py.
+    # None for a model known only by `input_shape`; `io` then describes it as one float input.
+    signature: Any = None
+
+    def __post_init__(self):
+        if self.signature is not None and self.input_shape is None:
+            self.input_shape = self.signature.first_shape()  # old callers: the first input
+
+    @property
+    def io(self):
+        """The model's Signature (one input described by input_shape when nothing else is known)."""
+        from .signature import Signature
+
+        if self.signature is not None:
+            return self.signature
+        return Signature.single(self.input_shape, self.meta.get("input_dtype", "float32"))
+
+    def with_signature(self, signature) -> Model:
+        """The same model with the given inputs/outputs (after --input); input_shape follows."""
+        return replace(self, signature=signature, input_shape=signature.first_shape() or self.input_shape)
 
     def copy(self) -> Model:
         """A deep copy: passes work on one, so the model a view shows never changes under it."""
@@ -36,7 +56,7 @@ class Model:
             obj.CopyFrom(self.obj)
         else:
             obj = copy.deepcopy(self.obj)
-        return replace(self, obj=obj, meta=copy.deepcopy(self.meta))
+        return replace(self, obj=obj, meta=copy.deepcopy(self.meta), signature=copy.deepcopy(self.signature))
 
     def with_obj(self, obj: Any, framework: str | None = None, **changes) -> Model:
         return replace(self, obj=obj, framework=framework or self.framework, **changes)
@@ -54,6 +74,10 @@ class Model:
         token ids in [0, 100) for models whose input is integer (meta["input_dtype"])."""
         import numpy as np
 
+        if self.signature is not None and self.signature.multi:
+            from .signature import first_array
+
+            return first_array(self.signature.random(batch))
         if self.input_shape is None:
             raise ValueError(f"the input shape of {self.name} is unknown: pass --input-shape")
         shape = (batch, *self.input_shape[1:])
@@ -62,3 +86,10 @@ class Model:
         if np.dtype(dtype).kind in "iu":
             return rng.integers(0, 100, size=shape).astype(dtype)
         return rng.standard_normal(shape).astype(np.float32)
+
+    def example_inputs(self, batch: int = 1):
+        """Random samples for every input: one array for a one-float-input model, else Inputs
+        (each input with its own dtype, shape and id range; constants as pinned)."""
+        if self.signature is not None and self.signature.multi:
+            return self.signature.random(batch)
+        return self.example_input(batch)

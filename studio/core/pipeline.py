@@ -202,7 +202,8 @@ def run(
     if measure_stages and latency_batches:
         k = stages_total - 1
         protos = [s.onnx() for s in stages]
-        gen = measure_latency(protos, model.input_shape, latency_batches, threads, latency_rounds, cancel=check)
+        gen = measure_latency(protos, model.input_shape, latency_batches, threads, latency_rounds, cancel=check,
+                              signature=model.signature)
         try:
             while True:
                 try:

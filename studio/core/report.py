@@ -36,20 +36,56 @@ def _fmt(value, kind: str) -> str:
 def stage_rows(run) -> str:
     base = run.stages[0].measurement
     batches = sorted(base.latency_ms) if base and base.latency_ms else []
-    head = ["stage", "quality", "parameters", "nonzeros", "file", "zipped", "x smaller (zip)", "MACs"]
+    label = base.quality_label if base else "quality"
+    head = ["stage", label, "parameters", "nonzeros", "file", "zipped", "x smaller (zip)", "MACs"]
     head += [f"ms, batch {b}" for b in batches] + [f"x faster, batch {b}" for b in batches]
     rows = ["<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
     for s in run.stages:
         m = s.measurement
         if m is None:
             continue
-        cells = [html.escape(s.label), _fmt(m.quality, "pct"), _fmt(m.parameters, "n"), _fmt(m.nonzeros, "n"),
+        cells = [html.escape(s.label), html.escape(m.quality_text), _fmt(m.parameters, "n"), _fmt(m.nonzeros, "n"),
                  _fmt(m.size_bytes, "bytes"), _fmt(m.zip_bytes, "bytes"), f"{base.zip_bytes / max(1, m.zip_bytes):.1f}x",
                  _fmt(m.macs, "n")]
         cells += [_fmt(m.latency_ms.get(b), "ms") for b in batches]
         cells += [f"{base.latency_ms[b] / m.latency_ms[b]:.2f}x" if m.latency_ms.get(b) else "–" for b in batches]
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    return "<table>" + "".join(rows) + "</table>"
+    table = "<table>" + "".join(rows) + "</table>"
+    if base is not None:
+        from .evaluate import QUALITY_LABELS
+
+        table += f"<p class='note'>{html.escape(label)}: {html.escape(QUALITY_LABELS[label])}</p>"
+    return table + detail_rows(run)
+
+
+def detail_rows(run) -> str:
+    """Per stage: macro precision/recall/F1 where there are labels, and each output's fidelity
+    to the original (cosine, SNR, max abs error) where the model has several outputs or its
+    outputs are not class scores."""
+    from .evaluate import SNR_CAP_DB
+
+    measured = [s for s in run.stages if s.measurement is not None]
+    parts = []
+    if any(s.measurement.f1 is not None for s in measured):
+        rows = ["<tr><th>stage</th><th>precision (macro)</th><th>recall (macro)</th><th>F1 (macro)</th></tr>"]
+        for s in measured:
+            m = s.measurement
+            rows.append(f"<tr><td>{html.escape(s.label)}</td><td>{_fmt(m.precision, 'pct')}</td>"
+                        f"<td>{_fmt(m.recall, 'pct')}</td><td>{_fmt(m.f1, 'pct')}</td></tr>")
+        parts.append("<table>" + "".join(rows) + "</table>")
+    outputs = list(measured[0].measurement.fidelity) if measured else []
+    if outputs and (len(outputs) > 1 or not measured[0].measurement.classifier):
+        rows = ["<tr><th>stage</th><th>output</th><th>cosine</th><th>SNR (dB)</th><th>max abs error</th></tr>"]
+        for s in measured:
+            for name, f in s.measurement.fidelity.items():
+                cells = [f"{f[k]:.4f}" if k == "cosine" and f.get(k) is not None else
+                         "exact" if k == "snr_db" and f.get(k) is not None and f[k] >= SNR_CAP_DB else
+                         f"{f[k]:.1f}" if k == "snr_db" and f.get(k) is not None else
+                         f"{f[k]:.3g}" if f.get(k) is not None else "–" for k in ("cosine", "snr_db", "max_abs")]
+                rows.append(f"<tr><td>{html.escape(s.label)}</td><td>{html.escape(name)}</td>"
+                            + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        parts.append("<p>Output fidelity against the original model, per output:</p><table>" + "".join(rows) + "</table>")
+    return "".join(parts)
 
 
 def render(runs, model_name: str, chart_png: bytes | None = None, source: str = "") -> str:

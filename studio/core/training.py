@@ -31,6 +31,11 @@ def train(
     import torch
     import torch.nn.functional as F
 
+    if not isinstance(x, np.ndarray):  # signature.Inputs: several (or integer) inputs
+        from .errors import StudioError
+
+        raise StudioError("training (fine-tune, distillation, recovery) takes models with one float input "
+                          f"for now; this model takes {', '.join(x.names)}: use passes that need no training")
     generator = torch.Generator().manual_seed(seed)
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     yt = None if y is None else torch.from_numpy(np.asarray(y, dtype=np.int64))
@@ -90,3 +95,22 @@ def predict(module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
             out = module(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])))  # dtype as given
             outs.append(out.detach().float().numpy())
     return np.concatenate(outs)
+
+
+def predict_outputs(module, x, signature=None, batch_size: int = 512) -> list[np.ndarray]:
+    """Every output of a torch module (tuples, lists and dicts flattened in order) on one array
+    or on Inputs (fed as forward's positional arguments in the signature's order)."""
+    import torch
+
+    from .signature import flatten_outputs, torch_args
+
+    set_eval(module)
+    parts: list[list[np.ndarray]] = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            outs = flatten_outputs(module(*torch_args(x[i : i + batch_size], signature)))
+            if not parts:
+                parts = [[] for _ in outs]
+            for j, out in enumerate(outs):
+                parts[j].append(np.atleast_1d(out.detach().float().numpy()))
+    return [np.concatenate(p) for p in parts]

@@ -468,13 +468,14 @@ class MainWindow(QMainWindow):
             self.netron.show_variant(variant)
 
     # -- running -------------------------------------------------------------------------
-    def data_for(self, spec: str, input_shape):
-        """Open (and cache) the evaluation data: called on workers."""
+    def data_for(self, spec: str, input_shape, signature=None):
+        """Open (and cache) the evaluation data: called on workers. With the model's signature,
+        random data and .npz files cover every input."""
         from studio.core.data import open_data
 
-        key = f"{spec}|{input_shape}"
+        key = _data_key(spec, input_shape, signature)
         if key not in self.data_cache:
-            self.data_cache[key] = open_data(spec, input_shape)
+            self.data_cache[key] = open_data(spec, input_shape, signature=signature)
         return self.data_cache[key]
 
     def run_recipe(self) -> None:
@@ -499,7 +500,7 @@ class MainWindow(QMainWindow):
         def job(cancel_event):
             from studio.core.pipeline import run
 
-            data = self.data_for(spec, model.input_shape)
+            data = self.data_for(spec, model.input_shape, model.signature)
             return (yield from run(model, recipe, data, latency_batches=latency, cancel_event=cancel_event,
                                    previous=previous))
 
@@ -507,7 +508,7 @@ class MainWindow(QMainWindow):
             result.data_name = spec
             s.add_run(result)
             last = result.stages[-1].measurement
-            q = f"{last.quality:.2%} {last.quality_label}" if last and last.quality is not None else ""
+            q = f"{last.quality_text} {last.quality_label}" if last and last.quality is not None else ""
             self.log_panel.end(f"run {result.id} done: {len(result.stages) - 1} passes · last stage {q}",
                                "done")
             for st in result.stages:
@@ -544,7 +545,7 @@ class MainWindow(QMainWindow):
                 if cancel_event.is_set():
                     raise Cancelled()
 
-            data = self.data_for(spec, model.input_shape)
+            data = self.data_for(spec, model.input_shape, model.signature)
             if kind == "int8":
                 return (yield from quant_sensitivity(model, data, cancel=check))
             return (yield from prune_sensitivity(model, data, ratios=ratios, method=kind, cancel=check))
@@ -666,7 +667,7 @@ class MainWindow(QMainWindow):
         if v is None:
             return None
         model = v.model
-        data = self.data_cache.get(f"{self.session.data_spec}|{model.input_shape}")
+        data = self.data_cache.get(_data_key(self.session.data_spec, model.input_shape, model.signature))
         self.export_dialog = ExportDialog(self, v, data, self.folder("export"))
         self.export_dialog.open()
         return self.export_dialog
@@ -729,3 +730,9 @@ class MainWindow(QMainWindow):
         elif not self.shutdown(self.quit_budget_s):
             self.leave_now()
         super().closeEvent(event)
+
+
+def _data_key(spec: str, input_shape, signature) -> str:
+    """The data cache's key: a model with several (or integer) inputs gets data of its own."""
+    extra = "|" + ";".join(signature.describe()) if signature is not None and signature.multi else ""
+    return f"{spec}|{input_shape}{extra}"

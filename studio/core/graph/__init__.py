@@ -60,4 +60,11 @@ def build_graph(model: Model) -> Graph:
         return graph_from_onnx(model.obj, model.input_shape)
     from .from_torch import graph_from_torch
 
-    return graph_from_torch(model.obj, model.input_shape, model.meta.get("input_dtype", "float32"))
+    examples, shape = None, model.input_shape
+    if model.signature is not None and model.signature.multi:
+        shape = None  # one example tensor would not fit: every input, or none while one needs a size
+        if not model.signature.problems():
+            from ..signature import torch_args
+
+            examples = torch_args(model.signature.random(1), model.signature)  # batch 1
+    return graph_from_torch(model.obj, shape, model.meta.get("input_dtype", "float32"), examples)

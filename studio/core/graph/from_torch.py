@@ -41,11 +41,13 @@ def _weights(params) -> tuple[int, float, str]:
     return count, zeros / count, str(params[0].dtype).replace("torch.", "")
 
 
-def graph_from_torch(module, input_shape=None, input_dtype: str = "float32") -> Graph:
+def graph_from_torch(module, input_shape=None, input_dtype: str = "float32", examples=None) -> Graph:
+    """`examples`: a tuple of tensors for a model with several inputs (else one is made from
+    input_shape)."""
     import torch
 
-    example = None
-    if input_shape is not None:
+    example = examples
+    if example is None and input_shape is not None:
         example = torch.zeros(input_shape, dtype=getattr(torch, input_dtype, torch.float32))
 
     if isinstance(module, torch.fx.GraphModule):
@@ -55,7 +57,7 @@ def graph_from_torch(module, input_shape=None, input_dtype: str = "float32") -> 
         from .from_script import graph_from_script
 
         try:
-            return graph_from_script(module, example)
+            return graph_from_script(module, example if not isinstance(example, tuple) else None)
         except Exception as exc:  # noqa: BLE001 - an unusual TorchScript graph: fall back to the layer list
             return _from_leaves(module, example, f"could not read this TorchScript graph ({type(exc).__name__}); "
                                 "layers are shown in definition order and edges are approximate")
@@ -75,7 +77,7 @@ def _propagate(traced, example):
         return False
     try:
         with torch.no_grad():
-            ShapeProp(traced).propagate(example)
+            ShapeProp(traced).propagate(*(example if isinstance(example, tuple) else (example,)))
         return True
     except Exception:  # noqa: BLE001 - shapes are a nicety
         return False
@@ -167,7 +169,7 @@ def _from_leaves(module, example, note: str) -> Graph:
         hooks = [m.register_forward_hook(lambda m, i, o, n=n: shapes.__setitem__(n, _shape(o))) for n, m in leaves]
         try:
             with torch.no_grad():
-                module(example)
+                module(*(example if isinstance(example, tuple) else (example,)))
         except Exception:  # noqa: BLE001
             pass
         finally:

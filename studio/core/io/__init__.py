@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import LoadError, TrustRequired
+from ..errors import LoadError, StudioError, TrustRequired
 from ..model import Model
 from .detect import FORMATS, detect_format
 
@@ -53,6 +53,12 @@ def load(path, *, arch: str | None = None, trust: bool = False, input_shape: tup
         model = load_torch(path, fmt, arch=arch, trust=trust)
     if input_shape is not None:
         model.input_shape = tuple(input_shape)
+        if model.signature is not None:  # --input-shape sizes the first input of the signature too
+            try:
+                model.signature = model.signature.with_overrides(
+                    [f"{model.signature.inputs[0].name}:{','.join(str(d) for d in input_shape)}"])
+            except StudioError:  # the user's shape disagrees with the file's: theirs wins, as before
+                model.signature = None
     model.source = path
     if not model.name or model.name == "model":
         model.name = path.stem

@@ -252,8 +252,7 @@ def load_onnx(path: Path) -> Model:
             load_external_data_for_model(proto, str(path.parent))
         except Exception as exc:  # noqa: BLE001
             raise LoadError(f"{path.name}: cannot read its external data ({exc})") from None
-    shape, dtype = input_shape_of(proto)
-    return Model(proto, ONNX, shape, name=path.stem, format="onnx", meta={"input_dtype": dtype, "external_data": external})
+    return _onnx_model(proto, path, "onnx", external)
 
 
 def load_packed(path: Path) -> Model:
@@ -264,5 +263,15 @@ def load_packed(path: Path) -> Model:
     if check_tensors(proto, path.parent, path.name, path.stat().st_size):
         raise LoadError(f"{path.name}: a packed file must not point to external data; refused")
     check_structure(proto, path.name)
-    shape, dtype = input_shape_of(proto)
-    return Model(proto, ONNX, shape, name=path.stem, format="packed", meta={"input_dtype": dtype, "external_data": False})
+    return _onnx_model(proto, path, "packed", False)
+
+
+def _onnx_model(proto, path: Path, fmt: str, external: bool) -> Model:
+    """The Model of a loaded graph: its signature (every input and output) and, for the code
+    that knows one input, the first input's batch-1 shape (None while a dim must be given)."""
+    from ..signature import from_onnx
+
+    signature = from_onnx(proto)
+    _, dtype = input_shape_of(proto)
+    return Model(proto, ONNX, None, name=path.stem, format=fmt, signature=signature,
+                 meta={"input_dtype": dtype, "external_data": external})

@@ -130,7 +130,11 @@ def load_torch(path: Path, fmt: str, *, arch: str | None, trust: bool) -> Model:
                 module = torch.jit.load(str(path), map_location="cpu")
             except Exception as exc:  # noqa: BLE001
                 raise LoadError(f"{path.name}: unreadable TorchScript ({_first_line(exc)})") from None
-            return Model(module.eval(), TORCH, None, name=path.stem, format="torchscript")
+            from ..signature import from_torchscript
+
+            signature = from_torchscript(path, module)  # traced files record their inputs' shapes
+            meta = {"input_dtype": signature.inputs[0].dtype} if signature and signature.inputs else {}
+            return Model(module.eval(), TORCH, None, name=path.stem, format="torchscript", meta=meta, signature=signature)
         if fmt == "torch_export":
             from .pt2_check import load_program
 
@@ -146,9 +150,15 @@ def load_torch(path: Path, fmt: str, *, arch: str | None, trust: bool) -> Model:
             if example and example[0] and hasattr(example[0][0], "shape"):
                 shape = (1, *tuple(example[0][0].shape)[1:])
                 meta["input_dtype"] = str(example[0][0].dtype).replace("torch.", "")  # token ids: int64
+            from ..signature import from_torch_export
+
+            signature = from_torch_export(program)
+            if signature is not None and signature.inputs:
+                meta["input_dtype"] = signature.inputs[0].dtype
+                shape = signature.first_shape() or shape
             # check_guards=False: the guards are Python source from the file (see pt2_check)
-            module = program.module(check_guards=False)
-            return Model(module, TORCH, shape, name=path.stem, format="torch.export", meta=meta)
+            return Model(program.module(check_guards=False), TORCH, shape, name=path.stem, format="torch.export", meta=meta,
+                         signature=signature)
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:

@@ -240,7 +240,6 @@ ONNX_NATIVE = ("prune.magnitude, prune.nm, lowrank.svd, cluster.kmeans, fold.bat
 def onnx_to_torch(model: Model) -> Model:
     """A torch Model computing what the ONNX model computes (a new object: the input is untouched)."""
     import numpy as np
-    import torch
 
     onnx2torch = _import_onnx2torch()
     try:
@@ -255,13 +254,12 @@ def onnx_to_torch(model: Model) -> Model:
                           f"passes that need torch cannot run on it; {ONNX_NATIVE}") from None
     module.eval()
     new = model.with_obj(module, TORCH, format="onnx2torch", meta=dict(model.meta, converted_from="onnx"))
-    if new.input_shape is not None:  # check now: a wrong conversion must not surface passes later
-        from ..convert import run_session, session
+    if new.input_shape is not None and not new.io.problems():  # a wrong conversion must not surface passes later
+        from ..convert import predict_all, run_session_all, session
 
-        x = new.example_input(2)
-        with torch.no_grad():
-            ours = module(torch.from_numpy(x)).numpy()
-        ref = run_session(session(model.obj), x)
-        if ours.shape != ref.shape or not np.allclose(ours, ref, rtol=1e-3, atol=1e-4):
+        x = new.example_inputs(2)  # every input, each in its dtype
+        ours, ref = predict_all(new, x), run_session_all(session(model.obj), x)
+        if len(ours) != len(ref) or any(a.shape != b.shape or not np.allclose(a, b, rtol=1e-3, atol=1e-4)
+                                        for a, b in zip(ours, ref)):
             raise StudioError(f"{model.name}: onnx2torch converted the model but its outputs differ from onnxruntime's")
     return new

@@ -83,7 +83,7 @@ class StaticInt8(Pass):
     needs_data = True
 
     def apply(self, model, context: Context):
-        from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
         cfg: StaticConfig = self.config
@@ -92,22 +92,11 @@ class StaticInt8(Pass):
         proto = to_onnx_proto(model)
         x = data.shaped(data.x_train, model.input_shape)
         x = x[np.random.default_rng(context.seed).permutation(len(x))[: cfg.calibration_samples]]
-        input_name = proto.graph.input[0].name
         pinned = fixed_batch(proto)  # a model exported with a fixed batch size takes only that size
-        if pinned:
-            x = np.resize(x, (max(pinned, len(x) // pinned * pinned), *x.shape[1:]))
-
-        class Reader(CalibrationDataReader):
-            """Feeds calibration batches; checks for a cancel between them (ORT calls us)."""
-
-            def __init__(self):
-                parts = len(x) // pinned if pinned else max(1, len(x) // 32)
-                self.batches = iter(np.array_split(x, parts))
-
-            def get_next(self):
-                context.check_cancelled()
-                batch = next(self.batches, None)
-                return None if batch is None else {input_name: batch.astype(np.float32)}
+        if pinned and len(x) % pinned:
+            whole = max(pinned, len(x) // pinned * pinned)
+            x = x[np.resize(np.arange(len(x)), whole)]
+        reader = calibration_reader(proto, x, pinned or 32, context)
 
         activations = QuantType.QUInt8 if activation_type(cfg.activations) == "uint8" else QuantType.QInt8
         method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -125,7 +114,7 @@ class StaticInt8(Pass):
             yield 0.3, f"calibrating on {len(x)} samples ({cfg.method})"
             out = tmp / "int8.onnx"
             quantize_static(
-                str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
+                str(pre), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
                 activation_type=activations, weight_type=QuantType.QInt8, calibrate_method=method,
                 nodes_to_exclude=excluded_nodes(_load(pre), cfg),
                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
@@ -137,6 +126,45 @@ class StaticInt8(Pass):
                    f"{'per-channel' if cfg.per_channel else 'per-tensor'}, {cfg.method})")
         yield 1.0, summary
         return PassResult(new, layers, summary)
+
+
+def calibration_reader(proto, x, step: int, context: Context):
+    """onnxruntime's CalibrationDataReader over samples x: batches for every graph input, each in
+    the dtype the graph declares (token ids stay int64, constants are fed as pinned); it checks
+    for a cancel between batches (onnxruntime calls us)."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    from ..signature import feeds, from_onnx
+
+    metas = [_InputMeta(s.name, s.dtype) for s in from_onnx(proto).inputs]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.start = 0
+
+        def get_next(self):
+            context.check_cancelled()
+            if self.start >= len(x):
+                return None
+            feed = feeds(metas, x, self.start, self.start + step)
+            self.start += step
+            return feed
+
+        def rewind(self):
+            self.start = 0
+
+    return Reader()
+
+
+class _InputMeta:
+    """What signature.feeds reads from an onnxruntime input: its name and ORT type string."""
+
+    def __init__(self, name: str, dtype: str):
+        from ..convert import ORT_TYPES
+
+        self.name = name
+        by_dtype = {np.dtype(v).name: k for k, v in ORT_TYPES.items()}
+        self.type = by_dtype.get(dtype, "tensor(float)")
 
 
 class DynamicConfig(PassConfig):

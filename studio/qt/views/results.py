@@ -57,7 +57,7 @@ class ResultsTable(QWidget):
                 bn = [b for b in lat if b > 1]
                 row = [
                     _item(run.id), _item(s.label, s.index),
-                    _item(f"{q:.2%} {m.quality_label}" if q is not None else "–", q if q is not None else -1.0),
+                    _item(f"{m.quality_text} {m.quality_label}" if q is not None else "–", q if q is not None else -1.0),
                     _item(f"{m.size_bytes:,}" if m else "–", m.size_bytes if m else 0),
                     _item(f"{m.zip_bytes:,}" if m else "–", m.zip_bytes if m else 0),
                     _item(f"{m.parameters:,}" if m else "–", m.parameters if m else 0),

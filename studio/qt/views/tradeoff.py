@@ -26,7 +26,7 @@ def stage_points(runs, key: str):
             if x is None:
                 continue
             steps = " → ".join(s.label() for s in stage.steps) or "original"
-            tip = (f"run {run.id} · {stage.label}\n{steps}\n{m.quality_label} {m.quality:.2%}\n"
+            tip = (f"run {run.id} · {stage.label}\n{steps}\n{m.quality_label} {m.quality_text}\n"
                    f"size {m.size_bytes:,} B · zip {m.zip_bytes:,} B\nparameters {m.parameters:,} · "
                    f"nonzeros {m.nonzeros:,}\nMACs {m.macs:,}\n"
                    + " · ".join(f"batch {b}: {ms:.3f} ms" for b, ms in sorted(m.latency_ms.items())))
@@ -100,6 +100,10 @@ class TradeoffChart(QWidget):
         else:
             self.plot.setLabel("bottom", label, units=None)
         self.points = stage_points(self.session.runs, key)
+        # say which measure the y-axis is: accuracy, agreement, or cosine (output fidelity)
+        kinds = sorted({s.measurement.quality_label for r in self.session.runs for s in r.stages
+                        if s.measurement is not None and s.measurement.quality is not None})
+        self.plot.setLabel("left", f"{' / '.join(kinds) or 'quality'} (held-out)")
         colours = {run.id: RUN_COLOURS[i % len(RUN_COLOURS)] for i, run in enumerate(self.session.runs)}
         spots = [{"pos": (x, q), "data": (rid, idx, tip), "brush": pg.mkBrush(colours[rid]),
                   "symbol": "s" if idx == 0 else "o"} for x, q, rid, idx, tip in self.points]
