@@ -7,11 +7,13 @@ import contextlib
 import io
 import os
 import sys
+import threading
+import time
 import warnings
 
 import numpy as np
 
-from .errors import StudioError
+from .errors import Cancelled, StudioError
 from .model import ONNX, TORCH, Model
 
 OPSET = 17
@@ -212,12 +214,54 @@ def fixed_batch(proto_or_session) -> int | None:
     return dim if isinstance(dim, int) and dim > 0 else None
 
 
-def run_session(sess, x, batch_size: int = 256) -> np.ndarray:
+# One onnxruntime call may take this long before it is stopped: a Loop with a trip count of 2^62
+# never ends by itself, and a call in C++ cannot see Ctrl-C or a cancel.
+RUN_BUDGET_S = float(os.environ.get("STUDIO_RUN_BUDGET", "900"))
+
+
+def guarded_run(sess, feed: dict, cancel: threading.Event | None = None, budget_s: float | None = None):
+    """sess.run(None, feed) that a cancel, Ctrl-C or the time budget stops: the call runs on a
+    helper thread while this one waits in short steps (so KeyboardInterrupt and the cancel event
+    are seen), and onnxruntime's RunOptions.terminate ends it at its next node."""
+    import onnxruntime as ort
+
+    budget_s = RUN_BUDGET_S if budget_s is None else budget_s
+    options = ort.RunOptions()
+    options.log_severity_level = 4  # a terminated run is ours to report, in one line
+    result: dict = {}
+
+    def call():
+        try:
+            result["out"] = sess.run(None, feed, options)
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            result["error"] = exc
+
+    worker = threading.Thread(target=call, name="onnxruntime-run", daemon=True)
+    deadline = time.monotonic() + budget_s
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.05)
+            if cancel is not None and cancel.is_set():
+                raise Cancelled()
+            if time.monotonic() > deadline:
+                raise StudioError(f"onnxruntime ran one call for over {budget_s:.0f} s and was stopped "
+                                  "(a Loop that never ends?); STUDIO_RUN_BUDGET sets the limit")
+    except BaseException:
+        options.terminate = True
+        worker.join()
+        raise
+    if "error" in result:
+        raise result["error"]
+    return result["out"]
+
+
+def run_session(sess, x, batch_size: int = 256, cancel: threading.Event | None = None) -> np.ndarray:
     """Outputs of the first output for inputs x (one array, or Inputs for every input)."""
-    return run_session_all(sess, x, batch_size)[0]
+    return run_session_all(sess, x, batch_size, cancel)[0]
 
 
-def run_session_all(sess, x, batch_size: int = 256) -> list[np.ndarray]:
+def run_session_all(sess, x, batch_size: int = 256, cancel: threading.Event | None = None) -> list[np.ndarray]:
     """Every output of the model for inputs x, in batches (of the model's own size when its
     batch axis is fixed; the last one padded), as float32 arrays in the model's output order."""
     from .signature import feeds
@@ -228,7 +272,7 @@ def run_session_all(sess, x, batch_size: int = 256) -> list[np.ndarray]:
     parts: list[list[np.ndarray]] = []
     for i in range(0, len(x), step):
         n = min(step, len(x) - i)
-        outs = sess.run(None, feeds(metas, x, i, i + step, pad_to=fixed))
+        outs = guarded_run(sess, feeds(metas, x, i, i + step, pad_to=fixed), cancel)
         if not parts:
             parts = [[] for _ in outs]
         for j, out in enumerate(outs):

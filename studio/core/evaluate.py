@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .convert import fixed_batch, input_dtype, onnx_tensors, run_session_all, session, to_onnx_proto
+from .convert import fixed_batch, guarded_run, input_dtype, onnx_tensors, run_session_all, session, to_onnx_proto
 from .data import Data
 from .data_checks import check_labels_fit
 from .model import Model
@@ -168,14 +168,15 @@ def count_macs(model: Model) -> int:
     return int(stats.count_macs(model))
 
 
-def reference_outputs(model: Model, data: Data) -> list[np.ndarray]:
+def reference_outputs(model: Model, data: Data, cancel=None) -> list[np.ndarray]:
     """Every output of the original model on the held-out inputs (what fidelity compares to)."""
     proto = to_onnx_proto(model)
-    return run_session_all(session(proto), data.shaped(data.x_test, model.input_shape))
+    return run_session_all(session(proto), data.shaped(data.x_test, model.input_shape), cancel=cancel)
 
 
-def measure(model: Model, data: Data, reference=None, proto=None) -> Measurement:
-    """Quality and footprint (not latency: see measure_latency, which interleaves variants)."""
+def measure(model: Model, data: Data, reference=None, proto=None, cancel=None) -> Measurement:
+    """Quality and footprint (not latency: see measure_latency, which interleaves variants).
+    A set `cancel` event stops it within its current onnxruntime call."""
     proto = proto if proto is not None else to_onnx_proto(model)
     blob = onnx_bytes(proto)
     params, nonzeros = count_parameters(proto)
@@ -186,7 +187,7 @@ def measure(model: Model, data: Data, reference=None, proto=None) -> Measurement
         m.macs = 0
     x = data.shaped(data.x_test, model.input_shape)
     sess = session(proto)
-    outs = run_session_all(sess, x)
+    outs = run_session_all(sess, x, cancel=cancel)
     for labels in (data.y_train, data.y_test):  # only here is the number of classes known
         check_labels_fit(labels, int(np.prod(outs[0].shape[1:])))
     m.samples = len(x)
@@ -281,7 +282,7 @@ def measure_latency(
         calls = [-(-batch // b) if b else 1 for b in pinned]  # ceil: the calls `batch` inputs take
         reps = []
         for s, feed, c in zip(sessions, feeds, calls):  # warm-up, and how many runs fill a round
-            s.run(None, feed)
+            guarded_run(s, feed)  # the warm-up: a run that never ends stops here, in one line
             start = time.perf_counter()
             for _ in range(c):
                 s.run(None, feed)
@@ -317,7 +318,7 @@ def _latency_inputs(protos, signature, batches, threads, rounds, min_round_s, ca
         calls = [-(-batch // b) if b else 1 for b in pinned]
         reps = []
         for s, feed, c in zip(sessions, feeds, calls):
-            s.run(None, feed)
+            guarded_run(s, feed)  # the warm-up: a run that never ends stops here, in one line
             start = time.perf_counter()
             for _ in range(c):
                 s.run(None, feed)

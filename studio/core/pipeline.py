@@ -148,8 +148,8 @@ def run(
         # earlier run must not change when this run measures latency (MEASURING.md)
         if previous and previous[0].model is model:
             original._onnx = previous[0]._onnx
-        reference = reference_outputs(model, data)
-        original.measurement = measure(model, data, reference, original.onnx())
+        reference = reference_outputs(model, data, cancel_event)
+        original.measurement = measure(model, data, reference, original.onnx(), cancel_event)
     check()
 
     current = model
@@ -164,7 +164,7 @@ def run(
                           _onnx=old._onnx)  # a new stage: the earlier run's keeps its own numbers
             if measure_stages:
                 yield Progress(i, stages_total, 0.9, f"{p.id}: unchanged, reused; measuring")
-                stage.measurement = measure(stage.model, data, reference, stage.onnx())
+                stage.measurement = measure(stage.model, data, reference, stage.onnx(), cancel_event)
             stages.append(stage)
             current = old.model
             yield Progress(i, stages_total, 1.0, f"{p.id}: unchanged, reused")
@@ -194,7 +194,7 @@ def run(
         )
         if measure_stages:
             yield Progress(i, stages_total, 0.9, f"{p.id}: measuring")
-            stage.measurement = measure(stage.model, data, reference, stage.onnx())
+            stage.measurement = measure(stage.model, data, reference, stage.onnx(), cancel_event)
         stages.append(stage)
         current = result.model
         check()
