@@ -18,6 +18,8 @@ import threading
 import time
 from pathlib import Path
 
+from studio.core.units import fmt_bytes
+
 EXIT_ERROR = 2
 EXIT_CANCELLED = 130
 
@@ -146,15 +148,6 @@ def cmd_inspect(args) -> int:
     shown = sum(1 for n in info["nodes"] if n.get("parameters") or args.all)
     print(f"({len(info['nodes'])} nodes; {shown} shown{'' if args.all else ': layers with weights, --all for every node'})")
     return 0
-
-
-def fmt_bytes(n) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):  # binary units, named as such
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
 
 
 def stage_table(run) -> str:

@@ -44,12 +44,7 @@ def memory_budget() -> int:
     return budget
 
 
-def _fmt_bytes(n: int) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)  # unreachable
+from .units import fmt_bytes as _fmt_bytes
 
 
 def _kind(mode: int) -> str:

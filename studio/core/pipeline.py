@@ -79,6 +79,22 @@ class Run:
                 "stages": [s.as_dict() for s in self.stages]}
 
 
+def run_titles(runs: list[Run]) -> dict[str, str]:
+    """run id -> '#2 prune 90% + INT8': numbered in order, named after the recipe (or its passes
+    when it has no name of its own); a run of the same recipe on the same data is marked a re-run."""
+    titles: dict[str, str] = {}
+    seen: dict[tuple, int] = {}
+    for k, run in enumerate(runs, 1):
+        recipe = run.recipe
+        name = recipe.name if recipe.name and recipe.name != "recipe" else \
+            " → ".join(s.id for s in recipe.enabled_steps()) or "no passes"
+        key = (repr(recipe.to_dict()["passes"]), run.data_name)
+        again = f" (re-run of #{seen[key]})" if key in seen else ""
+        seen.setdefault(key, k)
+        titles[run.id] = f"#{k} {name}{again}"
+    return titles
+
+
 SLOWER = 1.10  # a stage this much slower than the one before it gets a warning
 NO_GAIN = 0.95  # "faster" means at least 5 % less time; less is within the noise of these machines
 

@@ -9,6 +9,7 @@ import html
 from pathlib import Path
 
 from .fileio import atomic_write_text
+from .units import fmt_bytes
 
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -27,7 +28,7 @@ def _fmt(value, kind: str) -> str:
     if kind == "pct":
         return f"{value:.2%}"
     if kind == "bytes":
-        return f"{value / 1024:,.1f} KiB"
+        return fmt_bytes(value)
     if kind == "ms":
         return f"{value:.3f}"
     return f"{value:,}"

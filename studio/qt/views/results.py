@@ -6,7 +6,10 @@ from PySide6.QtCore import QSortFilterProxyModel, Qt, Signal
 from PySide6.QtGui import QStandardItem, QStandardItemModel
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QLineEdit, QTableView, QVBoxLayout, QWidget
 
-COLUMNS = ["Run", "Stage", "Quality", "File bytes", "Zip bytes", "Parameters", "Nonzeros", "MACs",
+from studio.core.pipeline import run_titles
+from studio.core.units import fmt_bytes
+
+COLUMNS = ["Run", "Stage", "Quality", "File size", "Zipped", "Parameters", "Nonzeros", "MACs",
            "Latency b1 (ms)", "Latency bN (ms)", "Pass seconds", "Recipe"]
 SORT = Qt.UserRole + 1
 
@@ -49,6 +52,7 @@ class ResultsTable(QWidget):
 
     def refresh(self) -> None:
         self.model.removeRows(0, self.model.rowCount())
+        titles = run_titles(self.session.runs)
         for run in self.session.runs:
             for s in run.stages:
                 m = s.measurement
@@ -56,10 +60,10 @@ class ResultsTable(QWidget):
                 lat = m.latency_ms if m else {}
                 bn = [b for b in lat if b > 1]
                 row = [
-                    _item(run.id), _item(s.label, s.index),
+                    _item(titles[run.id]), _item(s.label, s.index),
                     _item(f"{m.quality_text} {m.quality_label}" if q is not None else "–", q if q is not None else -1.0),
-                    _item(f"{m.size_bytes:,}" if m else "–", m.size_bytes if m else 0),
-                    _item(f"{m.zip_bytes:,}" if m else "–", m.zip_bytes if m else 0),
+                    _item(fmt_bytes(m.size_bytes) if m else "–", m.size_bytes if m else 0),
+                    _item(fmt_bytes(m.zip_bytes) if m else "–", m.zip_bytes if m else 0),
                     _item(f"{m.parameters:,}" if m else "–", m.parameters if m else 0),
                     _item(f"{m.nonzeros:,}" if m else "–", m.nonzeros if m else 0),
                     _item(f"{m.macs:,}" if m else "–", m.macs if m else 0),
