@@ -17,7 +17,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .convert import fixed_batch, guarded_run, input_dtype, onnx_tensors, run_session_all, session, to_onnx_proto
+from .convert import (
+    drain, fixed_batch, guarded_run, input_dtype, iter_session_all, onnx_tensors, run_session_all, session, to_onnx_proto,
+)
 from .data import Data
 from .data_checks import check_labels_fit
 from .model import Model
@@ -170,24 +172,57 @@ def count_macs(model: Model) -> int:
 
 def reference_outputs(model: Model, data: Data, cancel=None) -> list[np.ndarray]:
     """Every output of the original model on the held-out inputs (what fidelity compares to)."""
-    proto = to_onnx_proto(model)
-    return run_session_all(session(proto), data.shaped(data.x_test, model.input_shape), cancel=cancel)
+    return drain(reference_steps(model, data, cancel))
+
+
+def reference_steps(model: Model, data: Data, cancel=None, proto=None):
+    """reference_outputs as a generator of (fraction, message)."""
+    if proto is None:
+        yield 0.0, "exporting to ONNX"
+        proto = to_onnx_proto(model)
+    x = data.shaped(data.x_test, model.input_shape)
+    yield 0.1, f"running {len(x):,} held-out samples"
+    steps = iter_session_all(session(proto), x, cancel=cancel)
+    while True:
+        try:
+            done = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        yield 0.1 + 0.9 * done, f"running {len(x):,} held-out samples"  # the bar shows how far
 
 
 def measure(model: Model, data: Data, reference=None, proto=None, cancel=None) -> Measurement:
     """Quality and footprint (not latency: see measure_latency, which interleaves variants).
     A set `cancel` event stops it within its current onnxruntime call."""
-    proto = proto if proto is not None else to_onnx_proto(model)
+    return drain(measure_steps(model, data, reference, proto, cancel))
+
+
+def measure_steps(model: Model, data: Data, reference=None, proto=None, cancel=None):
+    """measure() as a generator of (fraction, message) for each phase and batch; returns the
+    Measurement."""
+    if proto is None:
+        yield 0.0, "exporting to ONNX"
+        proto = to_onnx_proto(model)
+    yield 0.05, "file size and zipped size"
     blob = onnx_bytes(proto)
     params, nonzeros = count_parameters(proto)
     m = Measurement(parameters=params, nonzeros=nonzeros, size_bytes=len(blob), zip_bytes=zipped_size(blob))
+    yield 0.2, "counting MACs"
     try:
         m.macs = count_macs(model)
     except Exception:  # noqa: BLE001 - MACs of exotic graphs may be unknown; 0 means unknown
         m.macs = 0
     x = data.shaped(data.x_test, model.input_shape)
+    yield 0.3, f"quality on {len(x):,} held-out samples"
     sess = session(proto)
-    outs = run_session_all(sess, x, cancel=cancel)
+    steps = iter_session_all(sess, x, cancel=cancel)
+    while True:
+        try:
+            done = next(steps)
+        except StopIteration as stop:
+            outs = stop.value
+            break
+        yield 0.3 + 0.7 * done, f"quality on {len(x):,} held-out samples"  # the bar shows how far
     for labels in (data.y_train, data.y_test):  # only here is the number of classes known
         check_labels_fit(labels, int(np.prod(outs[0].shape[1:])))
     m.samples = len(x)

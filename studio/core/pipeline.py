@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from .convert import to_onnx_proto
 from .data import Data
 from .errors import Cancelled, StudioError
-from .evaluate import Measurement, measure, measure_latency, reference_outputs
+from .evaluate import Measurement, measure_latency, measure_steps, reference_steps
 from .model import Model
 from .passes.base import Context
 from .recipe import Recipe, RecipeStep
@@ -77,6 +77,17 @@ class Run:
     def as_dict(self) -> dict:
         return {"id": self.id, "recipe": self.recipe.to_dict(), "data": self.data_name,
                 "stages": [s.as_dict() for s in self.stages]}
+
+
+def _mapped(steps, stage: int, stages: int, start: float, end: float, prefix: str):
+    """Progress of a sub-step that yields (fraction, message), mapped into [start, end] of this
+    step; returns the sub-step's value."""
+    while True:
+        try:
+            fraction, message = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        yield Progress(stage, stages, start + (end - start) * fraction, prefix + message)
 
 
 def run_titles(runs: list[Run]) -> dict[str, str]:
@@ -164,8 +175,12 @@ def run(
         # earlier run must not change when this run measures latency (MEASURING.md)
         if previous and previous[0].model is model:
             original._onnx = previous[0]._onnx
-        reference = reference_outputs(model, data, cancel_event)
-        original.measurement = measure(model, data, reference, original.onnx(), cancel_event)
+        what = "measuring the original model: "
+        yield Progress(0, stages_total, 0.0, what + "exporting to ONNX")
+        reference = yield from _mapped(reference_steps(model, data, cancel_event, original.onnx()),
+                                       0, stages_total, 0.05, 0.5, what)
+        original.measurement = yield from _mapped(
+            measure_steps(model, data, reference, original.onnx(), cancel_event), 0, stages_total, 0.5, 1.0, what)
     check()
 
     current = model
@@ -179,8 +194,9 @@ def run(
                           list(old.pass_warnings), seconds=old.seconds, pass_warnings=list(old.pass_warnings),
                           _onnx=old._onnx)  # a new stage: the earlier run's keeps its own numbers
             if measure_stages:
-                yield Progress(i, stages_total, 0.9, f"{p.id}: unchanged, reused; measuring")
-                stage.measurement = measure(stage.model, data, reference, stage.onnx(), cancel_event)
+                stage.measurement = yield from _mapped(
+                    measure_steps(stage.model, data, reference, stage.onnx(), cancel_event),
+                    i, stages_total, 0.9, 1.0, f"{p.id}: unchanged, reused; measuring: ")
             stages.append(stage)
             current = old.model
             yield Progress(i, stages_total, 1.0, f"{p.id}: unchanged, reused")
@@ -209,8 +225,10 @@ def run(
             list(pass_warnings), seconds=seconds, pass_warnings=pass_warnings,
         )
         if measure_stages:
-            yield Progress(i, stages_total, 0.9, f"{p.id}: measuring")
-            stage.measurement = measure(stage.model, data, reference, stage.onnx(), cancel_event)
+            yield Progress(i, stages_total, 0.9, f"{p.id}: measuring: exporting to ONNX")
+            stage.measurement = yield from _mapped(
+                measure_steps(stage.model, data, reference, stage.onnx(), cancel_event),
+                i, stages_total, 0.9, 1.0, f"{p.id}: measuring: ")
         stages.append(stage)
         current = result.model
         check()
