@@ -335,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("gui", help="open the studio window (the default)")
     p.add_argument("model", nargs="?", help="a model file to open")
     p.set_defaults(func=cmd_gui)
+    parser.commands = set(sub.choices)  # `studio FILE` means `studio gui FILE` (see main)
     return parser
 
 
@@ -344,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return child_main(argv[1:])
     parser = build_parser()
+    if argv and argv[0] not in parser.commands and not argv[0].startswith("-") and Path(argv[0]).exists():
+        argv = ["gui", *argv]  # `studio model.onnx` opens the window on it, as a file manager would
     args = parser.parse_args(argv)
     if args.command is None:
         args = parser.parse_args(["gui", *(argv or [])])
