@@ -299,60 +299,29 @@ def measure_latency(
     """Median latency (ms) of each model at each batch size, in interleaved rounds (A B C A B C
     ...), so a drift of the machine touches every variant alike. Each round times enough runs to
     last `min_round_s`; the median over rounds is reported. A model whose batch axis is fixed (to
-    b) takes `batch` inputs in ceil(batch / b) calls: its time is that of all the calls."""
-    if signature is not None and signature.multi:
-        return (yield from _latency_inputs(protos, signature, batches, threads, rounds, min_round_s, cancel))
-    results = [dict() for _ in protos]
-    sessions = [session(p, threads) for p in protos]
-    names = [s.get_inputs()[0].name for s in sessions]
-    dtypes = [input_dtype(s) for s in sessions]
-    steps = len(batches) * rounds
-    for bi, batch in enumerate(batches):
-        rng = np.random.default_rng(0)
-        x = rng.standard_normal((batch, *input_shape[1:])).astype(np.float32)
-        ids = rng.integers(0, 100, size=(batch, *input_shape[1:]))  # token ids for integer inputs
-        pinned = [fixed_batch(s) for s in sessions]
-        feeds = [{n: np.resize(ids if np.dtype(d).kind in "iu" else x, (b or batch, *x.shape[1:])).astype(d)}
-                 for n, d, b in zip(names, dtypes, pinned)]
-        calls = [-(-batch // b) if b else 1 for b in pinned]  # ceil: the calls `batch` inputs take
-        reps = []
-        for s, feed, c in zip(sessions, feeds, calls):  # warm-up, and how many runs fill a round
-            guarded_run(s, feed)  # the warm-up: a run that never ends stops here, in one line
-            start = time.perf_counter()
-            for _ in range(c):
-                s.run(None, feed)
-            one = max(time.perf_counter() - start, 1e-6)
-            reps.append(max(1, min(1000, int(min_round_s / one))))
-        samples = [[] for _ in protos]
-        for r in range(rounds):
-            if cancel is not None:
-                cancel()
-            for i, (s, feed) in enumerate(zip(sessions, feeds)):
-                start = time.perf_counter()
-                for _ in range(reps[i] * calls[i]):
-                    s.run(None, feed)
-                samples[i].append((time.perf_counter() - start) / reps[i] * 1000.0)
-            yield (bi * rounds + r + 1) / steps, f"latency batch {batch}: round {r + 1}/{rounds}"
-        for i in range(len(protos)):
-            results[i][batch] = float(statistics.median(samples[i]))
-    return results
-
-
-def _latency_inputs(protos, signature, batches, threads, rounds, min_round_s, cancel):
-    """measure_latency for a model with several (or integer, or constant) inputs: each batch is
-    drawn from the signature, every input with its own dtype and shape."""
+    b) takes `batch` inputs in ceil(batch / b) calls: its time is that of all the calls. Inputs:
+    from the signature (every input with its own dtype and shape), else one input of
+    `input_shape` (float, or token ids in [0, 100) for an integer input)."""
     from .signature import feeds as feed_of
 
     results = [dict() for _ in protos]
     sessions = [session(p, threads) for p in protos]
+    pinned = [fixed_batch(s) for s in sessions]
     steps = len(batches) * rounds
     for bi, batch in enumerate(batches):
-        x = signature.random(batch, seed=0)
-        pinned = [fixed_batch(s) for s in sessions]
-        feeds = [feed_of(s.get_inputs(), x, 0, b or batch, pad_to=b) for s, b in zip(sessions, pinned)]
-        calls = [-(-batch // b) if b else 1 for b in pinned]
+        if signature is not None and signature.multi:
+            x = signature.random(batch, seed=0)
+            feeds = [feed_of(s.get_inputs(), x, 0, b or batch, pad_to=b) for s, b in zip(sessions, pinned)]
+        else:
+            rng = np.random.default_rng(0)
+            x = rng.standard_normal((batch, *input_shape[1:])).astype(np.float32)
+            ids = rng.integers(0, 100, size=(batch, *input_shape[1:]))
+            feeds = [{s.get_inputs()[0].name: np.resize(ids if np.dtype(input_dtype(s)).kind in "iu" else x,
+                                                         (b or batch, *x.shape[1:])).astype(input_dtype(s))}
+                     for s, b in zip(sessions, pinned)]
+        calls = [-(-batch // b) if b else 1 for b in pinned]  # ceil: the calls `batch` inputs take
         reps = []
-        for s, feed, c in zip(sessions, feeds, calls):
+        for s, feed, c in zip(sessions, feeds, calls):  # warm-up, and how many runs fill a round
             guarded_run(s, feed)  # the warm-up: a run that never ends stops here, in one line
             start = time.perf_counter()
             for _ in range(c):
