@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import StudioError
+from .errors import StudioError, one_line
 
 SEED = 0
 TEST_FRACTION = 0.2
+MAX_CLASSES = 1_000_000
+MAX_NPZ_RATIO, MIN_NPZ_LIMIT = 200, 256 * 1024**2  # inflated / compressed beyond both: a zip bomb
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -85,11 +87,15 @@ def from_npz(path: str | Path) -> Data:
     """A .npz with `x` (and optional `y`), split 80/20; or with x_train/x_test (y_train/y_test)
     when the user has split it already. Never unpickles (allow_pickle=False)."""
     path = Path(path)
+    _check_inflation(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
-    except Exception as exc:  # a bad zip, an object array, ...
-        raise StudioError(f"{path.name}: not a readable .npz of numeric arrays ({exc})") from None
+    except Exception as exc:  # a bad zip, an object array, a shape too big to allocate, ...
+        raise StudioError(one_line(f"{path.name}: not a readable .npz of numeric arrays ({exc})")) from None
+    for key, value in arrays.items():
+        if not isinstance(value, np.ndarray):  # a member that is not .npy comes back as raw bytes
+            raise StudioError(one_line(f"{path.name}: member {key!r} is not a numpy array"))
     if "x_train" in arrays and "x_test" in arrays:
         y_tr, y_te = arrays.get("y_train"), arrays.get("y_test")
         return Data(
@@ -106,6 +112,21 @@ def from_npz(path: str | Path) -> Data:
     if y is not None and len(y) != len(x):
         raise StudioError(f"{path.name}: 'x' has {len(x)} samples but 'y' has {len(y)}")
     return Data(path.stem, *_reorder(stratified_split(x, y)))
+
+
+def _check_inflation(path: Path) -> None:
+    """Refuse a .npz whose members claim far more than the file could hold compressed (a zip
+    bomb): numpy would inflate every byte into memory. Claims beyond the real data fail in numpy."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            claimed = sum(i.file_size for i in z.infolist())
+    except Exception:  # noqa: BLE001 - not a zip (or a damaged one): np.load reports it below
+        return
+    size = path.stat().st_size
+    if claimed > max(MAX_NPZ_RATIO * size, MIN_NPZ_LIMIT):
+        raise StudioError(f"{path.name}: its arrays claim {claimed:,} bytes from a {size:,}-byte file; refused")
 
 
 def from_image_folder(path: str | Path, input_shape: tuple[int, ...]) -> Data:
@@ -168,10 +189,15 @@ def _reorder(split):
 def _floats(a: np.ndarray, path: Path) -> np.ndarray:
     if not np.issubdtype(a.dtype, np.number):
         raise StudioError(f"{path.name}: inputs must be numeric, not {a.dtype}")
+    if a.ndim < 1:
+        raise StudioError(f"{path.name}: inputs must be an array of samples, not a single number")
     return a.astype(np.float32, copy=False)
 
 
 def _labels(a: np.ndarray, path: Path) -> np.ndarray:
     if not np.issubdtype(a.dtype, np.integer):
         raise StudioError(f"{path.name}: labels must be integers, not {a.dtype}")
+    # class indices: counting them (bincount) allocates max(label) + 1 slots
+    if a.ndim != 1 or a.size and not 0 <= int(a.min()) <= int(a.max()) < MAX_CLASSES:
+        raise StudioError(f"{path.name}: labels must be one class index per sample, 0 to {MAX_CLASSES - 1:,}")
     return a.astype(np.int64, copy=False)

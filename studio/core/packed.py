@@ -137,7 +137,7 @@ def unpack(path: str | Path):
         offsets = np.cumsum([4 + head_len, *sizes]).tolist()
         chunks = [payload[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
         proto = onnx.load_from_string(chunks[0])
-    except (ValueError, KeyError, TypeError, struct.error, DecodeError) as exc:
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError, struct.error, DecodeError) as exc:
         raise LoadError(f"{path.name}: damaged packed file ({str(exc)[:100]})") from None
     slots = {t.doc_string[len("studio-packed:") :]: t for t in _tensors(proto) if t.doc_string.startswith("studio-packed:")}
     for i, entry in enumerate(entries):
@@ -145,7 +145,7 @@ def unpack(path: str | Path):
             dtype, bits, tensor = np.dtype(entry["dtype"]), int(entry["bits"]), slots[entry["key"]]
             if dtype not in [np.dtype(t) for t in PACKABLE.values()] or not 1 <= bits <= 8:
                 raise ValueError(f"dtype {dtype}, {bits} bits")
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise LoadError(f"{path.name}: damaged packed file (tensor {i}: {exc})") from None
         count = int(np.prod(tensor.dims, dtype=np.int64)) if len(tensor.dims) else 1
         codebook = np.frombuffer(chunks[1 + 2 * i], dtype) if len(chunks[1 + 2 * i]) % dtype.itemsize == 0 else None

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import StudioError
+from .errors import StudioError, one_line
 from .passes import registry
 
 VERSION = 1
@@ -73,7 +73,7 @@ class Recipe:
             raise StudioError(f"{source}: a recipe is a mapping with 'passes'")
         version = data.get("studio_recipe", VERSION)
         if version != VERSION:
-            raise StudioError(f"{source}: recipe version {version} is not supported (this studio reads {VERSION})")
+            raise StudioError(f"{source}: recipe version {version!r} is not supported (this studio reads {VERSION})")
         entries = data.get("passes") or []
         if not isinstance(entries, list):
             raise StudioError(f"{source}: 'passes' must be a list")
@@ -82,13 +82,19 @@ class Recipe:
             if not isinstance(entry, dict) or "id" not in entry:
                 raise StudioError(f"{source}: pass {i} needs an 'id'")
             options = {k: v for k, v in entry.items() if k not in RESERVED}
+            if not all(isinstance(k, str) for k in options):
+                raise StudioError(f"{source}: pass {i}: option names must be text, not "
+                                  f"{', '.join(repr(k) for k in options if not isinstance(k, str))}")
             step = RecipeStep(str(entry["id"]), options, bool(entry.get("enabled", True)))
             try:
                 step.build()  # unknown ids and bad options fail here, with the pass named
-            except StudioError as exc:
-                raise StudioError(f"{source}: pass {i}: {exc}") from None
+            except StudioError as exc:  # one line even if the file's own ids or keys hold line breaks
+                raise StudioError(one_line(f"{source}: pass {i}: {exc}")) from None
             steps.append(step)
-        return cls(steps, str(data.get("name", Path(source).stem)))
+        name = data.get("name", Path(source).stem)
+        if not isinstance(name, (str, int, float)):  # str() of nested YAML aliases never ends
+            raise StudioError(f"{source}: 'name' must be text")
+        return cls(steps, str(name))
 
     @classmethod
     def load(cls, path: str | Path) -> Recipe:
@@ -97,11 +103,20 @@ class Recipe:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise StudioError(f"cannot read recipe {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise StudioError(f"{path.name}: not a recipe (not UTF-8 text)") from None
         try:
             data = yaml.safe_load(text)  # safe_load: a recipe never constructs Python objects
         except yaml.YAMLError as exc:
             raise StudioError(f"{path.name}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        return cls.from_dict(data, path.name)
+        except RecursionError:
+            raise StudioError(f"{path.name}: not a recipe (nested too deep)") from None
+        except ValueError as exc:  # a value YAML itself cannot build: a 13th month, a !!float 'x'
+            raise StudioError(f"{path.name}: not valid YAML ({one_line(exc)})") from None
+        try:
+            return cls.from_dict(data, path.name)
+        except StudioError as exc:  # one line, even for a file whose name holds a line break
+            raise StudioError(one_line(exc)) from None
 
     def save(self, path: str | Path) -> None:
         from .fileio import atomic_write_text
