@@ -105,6 +105,7 @@ class Recipe:
             raise StudioError(f"cannot read recipe {path}: {exc.strerror}") from None
         except UnicodeDecodeError:
             raise StudioError(f"{path.name}: not a recipe (not UTF-8 text)") from None
+        _check_shape(text, path.name)
         try:
             data = yaml.safe_load(text)  # safe_load: a recipe never constructs Python objects
         except yaml.YAMLError as exc:
@@ -122,6 +123,26 @@ class Recipe:
         from .fileio import atomic_write_text
 
         atomic_write_text(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+MAX_TEXT = 1024 * 1024  # real recipes are a few hundred bytes
+MAX_NESTING = 64
+
+
+def _check_shape(text: str, name: str) -> None:
+    """PyYAML's time grows with the square of [ and { nesting (5,000 levels: seconds; 50,000:
+    many minutes): a recipe nests two or three levels, so deep or huge text is refused first."""
+    if len(text) > MAX_TEXT:
+        raise StudioError(f"{name}: {len(text):,} characters is not a recipe (at most {MAX_TEXT:,})")
+    depth = deepest = 0
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    if deepest > MAX_NESTING:
+        raise StudioError(f"{name}: not a recipe (nested {deepest:,} levels deep)")
 
 
 def demo_recipe() -> Recipe:

@@ -6,40 +6,17 @@ import shutil
 import warnings
 from pathlib import Path
 
-ARCH = "tests.fuzz.seeds:Tiny"  # the architecture safetensors / state_dict seeds are loaded with
+ARCH = "tests.fuzz.nets:Tiny"  # the architecture safetensors / state_dict seeds are loaded with
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _tiny_class():
-    import torch
-
-    class Tiny(torch.nn.Module):
-        """1x8x8 -> 4: one conv, one dense layer (~300 parameters)."""
-
-        def __init__(self):
-            super().__init__()
-            self.conv = torch.nn.Conv2d(1, 2, 3)
-            self.fc = torch.nn.Linear(72, 4)
-
-        def forward(self, x):
-            return self.fc(torch.relu(self.conv(x)).flatten(1))
-
-    return Tiny
-
-
-def __getattr__(name):  # `Tiny` built on first use: importing this module must not import torch
-    if name == "Tiny":
-        cls = _tiny_class()
-        globals()["Tiny"] = cls
-        return cls
-    raise AttributeError(name)
 
 
 def tiny():
     import torch
 
+    from .nets import Tiny
+
     torch.manual_seed(0)
-    model = __getattr__("Tiny")().eval()
+    model = Tiny().eval()
     with torch.no_grad():  # few distinct values: the packed seed stores the dense weights as a codebook
         model.fc.weight.copy_(torch.round(model.fc.weight * 8) / 8)
     return model
