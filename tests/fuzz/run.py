@@ -2,15 +2,17 @@
 
     python -m tests.fuzz.run FORMAT --out results.jsonl [--count 300] [--seed 0] [--only I --keep]
 
-Each mutant is opened the way the studio opens it (io.load with an architecture, Recipe.load,
-data.from_npz). The property: it returns, or raises a StudioError whose message is one line;
-nothing else escapes and it finishes within MUTANT_BOUND_S. A line {"start": i} is written
+Each mutant is opened the way the studio opens it (io.load with an architecture, then the graph
+summary `studio inspect` and the window build; Recipe.load; data.from_npz). The property: it
+returns, or raises a StudioError whose message is one line; nothing else escapes, no traceback
+reaches stderr, and it finishes within MUTANT_BOUND_S. A line {"start": i} is written
 before each mutant, so if this process crashes or hangs the parent names the mutant.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -34,10 +36,12 @@ def opener(fmt: str):
 
         return from_npz
     from studio.core import io
+    from studio.core.inspect import summary
 
     from .seeds import ARCH
 
-    return lambda path: io.load(path, arch=ARCH)
+    # what `studio inspect` and the window's Open do: load, then build the graph and the stats
+    return lambda path: summary(io.load(path, arch=ARCH))
 
 
 def mutant_of(fmt: str, seeds: list[Path], seed: int, index: int) -> tuple[bytes, str, Path]:
@@ -49,12 +53,28 @@ def mutant_of(fmt: str, seeds: list[Path], seed: int, index: int) -> tuple[bytes
     return data, f"{src.name}: {how}", src
 
 
+@contextlib.contextmanager
+def stderr_to(file: Path):
+    """fd 2 (Python's and C++'s stderr) into `file` while the mutant is opened."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(file, "wb") as f:
+        os.dup2(f.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def check(open_, path: Path) -> dict:
     from studio.core.errors import StudioError
 
     start = time.perf_counter()
     try:
-        open_(path)
+        with stderr_to(path.with_suffix(".stderr")):
+            open_(path)
         result = {"outcome": "opened"}
     except StudioError as exc:
         message = str(exc)
@@ -70,6 +90,9 @@ def check(open_, path: Path) -> dict:
         result = {"outcome": "bad", "error": f"{type(exc).__name__}: {str(exc)[:300]}",
                   "where": f"{ours[-1].filename}:{ours[-1].lineno} (raised in {frames[-1].filename}:{frames[-1].lineno})"}
     result["seconds"] = round(time.perf_counter() - start, 3)
+    printed = path.with_suffix(".stderr").read_text(errors="replace") if path.with_suffix(".stderr").exists() else ""
+    if "Traceback (most recent call last)" in printed:  # the CLI user would see it above the one line
+        result.update(outcome="bad", error="printed a traceback on stderr: " + printed[-300:])
     if result["seconds"] > MUTANT_BOUND_S:
         result.update(outcome="bad", error=f"took {result['seconds']} s (bound {MUTANT_BOUND_S} s)")
     return result
@@ -114,6 +137,7 @@ def main(argv=None) -> int:
             out.write(json.dumps({"index": i, "mutation": how, **result}) + "\n")
             if not args.keep:
                 path.unlink(missing_ok=True)
+                path.with_suffix(".stderr").unlink(missing_ok=True)
     return 0
 
 

@@ -68,11 +68,16 @@ def _onnx_files(folder: Path, outside: Path) -> None:
     (folder / "symlink.data").symlink_to(outside)
     (folder / "sidecar_short.onnx").write_bytes(_external(proto, "short.data", length=10**9))
     (folder / "short.data").write_bytes(bytes(16))
+    (folder / "sidecar_long.onnx").write_bytes(_external(proto, "long.data"))  # no length: read to the end
+    (folder / "long.data").write_bytes(bytes(4096))
     lying = onnx.ModelProto()
     lying.CopyFrom(proto)
     lying.graph.initializer[0].ClearField("dims")
     lying.graph.initializer[0].dims.extend([100_000, 100_000, 100_000])  # 4 PB claimed, a few bytes held
     (folder / "lying_tensor.onnx").write_bytes(lying.SerializeToString())
+    lying.graph.initializer[0].CopyFrom(proto.graph.initializer[0])
+    lying.graph.initializer[0].data_type = 40  # no such type: numpy_helper raised KeyError in inspect
+    (folder / "unknown_dtype.onnx").write_bytes(lying.SerializeToString())
     (folder / "text.onnx").write_text("this is a README, not a model\n")
     (folder / "empty.onnx").write_bytes(b"")
     (folder / "new\nline.onnx").write_text("a file whose name holds a line break\n")
@@ -143,6 +148,11 @@ def _torch_files(folder: Path, marker: Path) -> None:
 
     src = write_tiny_program(folder / "_plain.pt2")
     pickled_weight(src, folder / "pickled_weight.pt2", marker)
+    # no archive_version member: torch logged its traceback on stderr, then raised "see above"
+    with zipfile.ZipFile(src) as a, zipfile.ZipFile(folder / "no_version.pt2", "w") as b:
+        for info in a.infolist():
+            if not info.filename.endswith("/archive_version"):
+                b.writestr(zipfile.ZipInfo(info.filename), a.read(info))
     src.unlink()
 
 

@@ -252,5 +252,31 @@ def load_program(path: Path):
     import torch
 
     check_archive(path)
-    with force_weights_only():
-        return torch.export.load(str(path))
+    with force_weights_only(), _torch_export_log() as logged:
+        try:
+            return torch.export.load(str(path))
+        except Exception:
+            if logged:  # torch logged the real reason (a traceback on stderr) and raised a vague one
+                raise logged[0] from None
+            raise
+
+
+@contextlib.contextmanager
+def _torch_export_log():
+    """torch.export.load logs a failed read with its traceback on stderr, then raises "check the
+    warnings above": keep the logged error (the caller reports it in one line) off the terminal."""
+    import logging
+
+    logged = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            if record.exc_info and record.exc_info[1] is not None:
+                logged.append(record.exc_info[1])
+
+    log = logging.getLogger("torch.export")
+    handlers, log.handlers = log.handlers, [Keep()]
+    try:
+        yield logged
+    finally:
+        log.handlers = handlers
