@@ -130,8 +130,9 @@ MAX_NESTING = 64
 
 
 def _check_shape(text: str, name: str) -> None:
-    """PyYAML's time grows with the square of [ and { nesting (5,000 levels: seconds; 50,000:
-    many minutes): a recipe nests two or three levels, so deep or huge text is refused first."""
+    """PyYAML parses [ and { nesting recursively: thousands of levels end in a RecursionError after
+    one to two seconds on the window's thread. A recipe nests two or three levels, so deep or huge
+    text is refused before it is parsed."""
     if len(text) > MAX_TEXT:
         raise StudioError(f"{name}: {len(text):,} characters is not a recipe (at most {MAX_TEXT:,})")
     depth = deepest = 0

@@ -193,7 +193,7 @@ RECIPES = {
     "id_newline.yaml": b'studio_recipe: 1\npasses:\n  - id: "prune.magnitude\\nrm -rf /"\n',
     "version_newline.yaml": b'studio_recipe: "1\\n2"\npasses: []\n',
     "bad_date.yaml": b"studio_recipe: 1\nname: 2001-13-45\npasses: []\n",
-    # PyYAML takes time with the square of the nesting: this one ran for many minutes
+    # PyYAML parses nesting recursively: this ended in a RecursionError (a traceback, not a refusal)
     "deep.yaml": b"studio_recipe: 1\npasses: " + b"[" * 50_000 + b"]" * 50_000 + b"\n",
     "python_object.yaml": b"studio_recipe: 1\nname: !!python/object/apply:os.system [touch PAYLOAD_RAN]\npasses: []\n",
     # nine levels of nine aliases: a name 9**9 items long once expanded (str() of it never ends)
