@@ -56,7 +56,7 @@ def test_each_file_is_refused_in_one_line(hostile, name):
 
 
 @pytest.mark.parametrize("name", ["outside.onnx", "zip_bomb.pt", "pickled_module.pt", "lying_header.packed",
-                                  "checksum.pth", "no_version.pt2", "new\nline.onnx"])
+                                  "checksum.pth", "no_version.pt2", "short_record.pt", "new\nline.onnx"])
 def test_the_cli_refuses_in_one_stderr_line(hostile, name):
     folder, marker = hostile
     result = subprocess.run([sys.executable, "-m", "studio", "inspect", str(folder / name)], cwd=REPO,
