@@ -9,7 +9,8 @@ from tests.hostile.make_files import build, expected
 
 EXPECTED = expected()
 MODELS = ["outside.onnx", "symlink.onnx", "lying_tensor.onnx", "zip_bomb.pt", "checksum.pth", "from_file.pt",
-          "short_record.pt", "lying_header.safetensors", "lying_header.packed", "pickled_weight.pt2", "new\nline.onnx", "empty.onnx"]
+          "short_record.pt", "lying_header.safetensors", "lying_header.packed", "pickled_weight.pt2",
+          "new\nline.onnx", "empty.onnx"]
 RECIPES = ["deep.yaml", "billion_laughs.yaml", "not_utf8.yaml"]
 
 

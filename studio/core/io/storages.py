@@ -83,8 +83,9 @@ def check_storages(path: Path) -> None:
                     if kind != "storage" or type(numel) is not int or numel < 0:
                         raise ValueError
                 except (TypeError, ValueError, KeyError, AttributeError):
-                    raise LoadError(f"{path.name}: {name} names a tensor storage this studio cannot check; refused") from None
-                record = folder + str(key)
-                if sizes.get(record, -1) < numel * itemsize:
-                    raise LoadError(f"{path.name}: tensor data {record!r} holds {max(0, sizes.get(record, 0)):,} bytes "
-                                    f"but claims {numel * itemsize:,}; refused")
+                    raise LoadError(f"{path.name}: {name} names a tensor storage this studio cannot "
+                                    "check; refused") from None
+                record, need = folder + str(key), numel * itemsize
+                if sizes.get(record, -1) < need:
+                    raise LoadError(f"{path.name}: tensor data {record!r} holds {max(0, sizes.get(record, 0)):,} "
+                                    f"bytes but claims {need:,}; refused")
