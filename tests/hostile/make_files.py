@@ -75,6 +75,12 @@ def _onnx_files(folder: Path, outside: Path) -> None:
     lying.graph.initializer[0].ClearField("dims")
     lying.graph.initializer[0].dims.extend([100_000, 100_000, 100_000])  # 4 PB claimed, a few bytes held
     (folder / "lying_tensor.onnx").write_bytes(lying.SerializeToString())
+    (folder / "nul_location.onnx").write_bytes(_external(proto, "w\x00.data"))
+    (folder / "long_location.onnx").write_bytes(_external(proto, "a" * 300))
+    lying.graph.initializer[0].CopyFrom(proto.graph.initializer[0])
+    lying.graph.initializer[0].ClearField("dims")
+    lying.graph.initializer[0].dims.extend([0])  # no elements, 72 bytes: numpy cannot reshape them
+    (folder / "empty_dims.onnx").write_bytes(lying.SerializeToString())
     lying.graph.initializer[0].CopyFrom(proto.graph.initializer[0])
     lying.graph.initializer[0].data_type = 40  # no such type: numpy_helper raised KeyError in inspect
     (folder / "unknown_dtype.onnx").write_bytes(lying.SerializeToString())

@@ -26,12 +26,15 @@ def _external_info(tensor) -> dict:
 
 
 def _inside(folder: Path, location: str) -> Path | None:
-    if not location or os.path.isabs(location) or location.startswith(("/", "\\")):
+    # (a location that is not valid UTF-8 comes back as bytes; NUL, symlink loops: not a path)
+    if not isinstance(location, str) or not location or "\x00" in location:
         return None
-    target = (folder / location).resolve()
+    if os.path.isabs(location) or location.startswith(("/", "\\")):
+        return None
     try:
+        target = (folder / location).resolve()
         target.relative_to(folder.resolve())
-    except ValueError:
+    except (ValueError, OSError, RuntimeError):
         return None
     return target
 
@@ -79,7 +82,11 @@ def check_tensors(proto, folder: Path, name: str, file_size: int = 0) -> bool:
             if target is None:
                 raise LoadError(f"{name}: tensor '{t.name}' points outside the model's folder "
                                 f"({info.get('location')!r}); refused")
-            if not target.is_file():
+            try:
+                present = target.is_file()
+            except OSError:  # a name too long for the file system
+                present = False
+            if not present:
                 raise LoadError(f"{name}: external data file {info.get('location')!r} is missing")
             try:
                 offset, length = int(info.get("offset", 0)), info.get("length")
@@ -98,7 +105,12 @@ def check_tensors(proto, folder: Path, name: str, file_size: int = 0) -> bool:
                 raise LoadError(f"{name}: tensor '{t.name}' claims dims {list(t.dims)} but its external data "
                                 f"holds {read:,} bytes; refused")
             continue
-        if size is None or t.data_type in (TensorProto.STRING,):
+        if t.data_type == TensorProto.STRING and not t.HasField("raw_data"):
+            if len(t.string_data) != count:
+                raise LoadError(f"{name}: tensor '{t.name}' claims dims {list(t.dims)} but holds "
+                                f"{len(t.string_data):,} strings; refused")
+            continue
+        if size is None:
             continue
         if t.HasField("raw_data"):
             have = len(t.raw_data)
@@ -113,8 +125,9 @@ def check_tensors(proto, folder: Path, name: str, file_size: int = 0) -> bool:
                 have = 0
         # sub-byte types (int4) pack two values a byte: allow either count. A tensor that claims
         # elements but holds no bytes at all is refused too: numpy/onnxruntime would fail (or
-        # allocate the claimed size) the moment anyone reads it.
-        if have != count * size and not (size == 1 and have in ((count + 1) // 2,)) and not (count == 0):
+        # allocate the claimed size) the moment anyone reads it; so is one that claims no elements
+        # but holds bytes (numpy cannot reshape them).
+        if have != count * size and not (size == 1 and have in ((count + 1) // 2,)):
             raise LoadError(f"{name}: tensor '{t.name}' claims dims {list(t.dims)} but holds {have:,} bytes; refused")
     _check_sparse(proto.graph, name, file_size)
     return external
