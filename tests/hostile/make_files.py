@@ -195,6 +195,8 @@ def _packed_files(folder: Path) -> None:
             t.dims.extend([1000, 1000, 1000])
     new_graph = g.SerializeToString()
     write("lying_header.packed", dict(header, sizes=[len(new_graph), *header["sizes"][1:]]), new_graph + body[len(graph):])
+    bad_doc = graph.replace(b"studio-packed:", b"studio-packed\xff", 1)  # not UTF-8: protobuf gives bytes
+    write("undecodable_doc.packed", dict(header, sizes=[len(bad_doc), *header["sizes"][1:]]), bad_doc + body[len(graph):])
     write("infinite_size.packed", dict(header, sizes=[float("inf"), *header["sizes"][1:]]), body)  # json: Infinity
     (folder / "bomb.packed").write_bytes(packed.MAGIC + lzma.compress(bytes(80 * 1024 * 1024), preset=0))
 
