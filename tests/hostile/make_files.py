@@ -206,7 +206,7 @@ RECIPES = {
     "option_key_number.yaml": b"studio_recipe: 1\npasses:\n  - id: prune.magnitude\n    1.5: 2\n",
     "id_newline.yaml": b'studio_recipe: 1\npasses:\n  - id: "prune.magnitude\\nrm -rf /"\n',
     "version_newline.yaml": b'studio_recipe: "1\\n2"\npasses: []\n',
-    "bad_date.yaml": b"studio_recipe: 1\nname: 2001-13-45\npasses: []\n",
+    "bad_date.yaml": b"studio_recipe: 1\npasses:\n  - id: prune.magnitude\n    sparsity: 2001-13-45\n",
     # PyYAML parses nesting recursively: this ended in a RecursionError (a traceback, not a refusal)
     "deep.yaml": b"studio_recipe: 1\npasses: " + b"[" * 50_000 + b"]" * 50_000 + b"\n",
     "python_object.yaml": b"studio_recipe: 1\nname: !!python/object/apply:os.system [touch PAYLOAD_RAN]\npasses: []\n",
