@@ -89,3 +89,21 @@ print(m.name, sum(p.numel() for p in m.obj.parameters()))
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split() == ["demo-cnn", "151306"]
     assert not (tmp_path / "cache").exists()  # nothing was trained for want of weights
+
+
+@pytest.mark.slow
+def test_without_onnx2torch_a_pass_needing_torch_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+    # onnx2torch is not a declared dependency (see pyproject.toml): an install without it must
+    # tell the user in one line what to do, not crash
+    from studio.cli import main
+
+    onnx_file = tmp_path / "mlp.onnx"
+    assert main(["export", "demo:mlp", "--format", "onnx", "--out", str(onnx_file), "-q"]) == 0
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("studio_recipe: 1\npasses:\n  - id: prune.structured\n    ratio: 0.5\n    fine_tune_epochs: 1\n")
+    capsys.readouterr()
+    monkeypatch.setitem(sys.modules, "onnx2torch", None)  # what `import onnx2torch` meets when it is not installed
+    rc = main(["run", str(onnx_file), "--recipe", str(recipe), "--data", "digits", "--out", str(tmp_path / "out"), "-q"])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0
+    assert len(err.splitlines()) == 1 and 'pip install --no-deps "onnx2torch>=1.5,<2"' in err, err
