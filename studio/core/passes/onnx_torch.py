@@ -41,7 +41,7 @@ def _import_onnx2torch():
     except ImportError as exc:
         raise StudioError(
             f"this pass needs a torch model and converting ONNX to torch needs onnx2torch ({exc}); "
-            "install it with `pip install --no-deps onnx2torch`"
+            "install it with `pip install --no-deps \"onnx2torch>=1.5,<2\"`"
         ) from None
     _register_newer_opsets()
     return onnx2torch
