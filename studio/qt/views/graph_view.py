@@ -317,6 +317,14 @@ class GraphCanvas(QGraphicsView):
         if self.transform().m11() < READABLE:
             self.resetTransform()
             self.scale(READABLE, READABLE)
+        # room around the item for it to be in the middle, even near the scene's edge
+        scale = self.transform().m11()
+        vp = self.viewport().rect()
+        room = QRectF(0, 0, vp.width() / scale, vp.height() / scale)
+        room.moveCenter(item.scenePos())
+        if not self.sceneRect().contains(room):
+            self.setSceneRect(self.sceneRect().united(room))
+            self.overview.refresh()
         self.centerOn(item)
         self.overview.update()
 
