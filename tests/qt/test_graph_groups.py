@@ -196,6 +196,7 @@ def test_zoom_keys_and_the_overview(window, qtbot, resnet):
     assert canvas.transform().m11() == pytest.approx(scale * 1.25 ** 3)
     w.actions_["fit"].trigger()
     assert canvas.transform().m11() == pytest.approx(scale)
+    assert not canvas.overview.isVisible()  # the whole graph is in sight: no map needed
 
     # zoomed in, the overview in the corner shows where the view is; a click there moves it
     for _ in range(5):

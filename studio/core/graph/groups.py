@@ -91,17 +91,21 @@ class Grouping:
         return [g for g in self.members if len(g) == len(group) + 1 and g[:len(group)] == group]
 
     def default_expanded(self) -> set[Path]:
-        """Small graphs: everything open. Large: top-level groups closed, except wrappers (a
-        whole model inside `bert` or `model`): open while the view shows fewer than 4 boxes."""
+        """Small graphs: everything open. Large: top-level groups closed, but a group holding
+        most of the model (`features` of a MobileNet, `blocks` of a ViT, `bert` around all of
+        BERT) is a wrapper, not a part: it opens, as do groups while fewer than 4 boxes show."""
         if len(self.graph.nodes) <= COLLAPSE_OVER:
             return set(self.members)
         expanded: set[Path] = set()
         while True:
             keys = self.visible_keys(expanded)
-            closed = [k for k in keys if k.startswith(GROUP)]
-            if len(keys) >= 4 or not closed:
+            closed = [self.group_of_key(k) for k in keys if k.startswith(GROUP)]
+            if not closed:
                 return expanded
-            expanded.add(self.group_of_key(max(closed, key=lambda k: len(self.members[self.group_of_key(k)]))))
+            biggest = max(closed, key=lambda g: len(self.members[g]))
+            if len(keys) >= 4 and 2 * len(self.members[biggest]) <= len(self.graph.nodes):
+                return expanded
+            expanded.add(biggest)
 
     def ancestors(self, name: str) -> list[Path]:
         p = self.path.get(name, ())

@@ -42,6 +42,8 @@ def _fmt_count(n: int) -> str:
 
 
 class NodeItem(QGraphicsItem):
+    plain = False  # boxes only (the overview map draws the scene this way)
+
     def __init__(self, node, x: float, y: float):
         super().__init__()
         self.node = node
@@ -75,14 +77,17 @@ class NodeItem(QGraphicsItem):
         lod = option.levelOfDetailFromTransform(painter.worldTransform())
         painter.setBrush(QBrush(self.fill))
         painter.setPen(self._pen())
-        if lod < 0.25:  # far out: a box is all the eye can see
+        if lod < 0.25 or self.plain:  # far out: a box is all the eye can see
             painter.drawRect(self._rect)
             return
         painter.drawRoundedRect(self._rect, 6, 6)
         if lod < 0.45:
             return
         painter.setPen(QColor("#111111"))
-        name = self.node.name if len(self.node.name) <= 22 else "…" + self.node.name[-21:]
+        # the module (`layer3.4.conv2` of `/layer3/layer3.4/conv2/Conv`: the op is on the next
+        # line), cut at the left: the end of a path is what tells boxes apart
+        name = module_of(self.node.name) or self.node.name
+        name = painter.fontMetrics().elidedText(name, Qt.ElideLeft, int(NODE_W - 12))
         painter.drawText(self._rect.adjusted(6, 2, -6, -NODE_H / 2), Qt.AlignLeft | Qt.AlignVCenter, name)
         detail = self.node.op
         if self.node.parameters:
@@ -121,6 +126,8 @@ class GroupItem(NodeItem):
         painter.setBrush(QBrush(self.fill))
         painter.drawRoundedRect(self._rect, 6, 6)
         painter.setPen(QColor("#111111"))
+        if self.plain:
+            return
         if lod < 0.45:
             # far out the label would be a few pixels high: the name alone, in a font that stays
             # ~13 px on screen, spilling out of the box rather than vanishing
@@ -128,8 +135,8 @@ class GroupItem(NodeItem):
             font.setBold(True)
             font.setPixelSize(max(8, int(13 / max(lod, 0.02))))
             painter.setFont(font)
-            painter.drawText(self._rect.adjusted(-NODE_W, -NODE_H, NODE_W, NODE_H), Qt.AlignCenter,
-                             self.group[-1])
+            short = ".".join(self.group[-2:]) if self.group[-1].isdigit() else self.group[-1]  # blocks.0, not 0
+            painter.drawText(self._rect.adjusted(-NODE_W, -NODE_H, NODE_W, NODE_H), Qt.AlignCenter, short)
             return
         font = QFont(painter.font())
         font.setBold(True)
@@ -146,16 +153,17 @@ class OverviewMap(QWidget):
     """The whole scene, small, in a corner of the view, with the visible rectangle on it; a click
     or a drag on it moves the view there."""
 
-    SIZE = 170
+    SIZE = 130
 
     def __init__(self, canvas: GraphCanvas):
         super().__init__(canvas)
         self.canvas = canvas
         self.pixmap = QPixmap()
+        self.whole = QRectF()  # the items' bounding rectangle when last rendered
         self.setCursor(Qt.PointingHandCursor)
         self.setToolTip("Overview: click or drag to move the view")
-        canvas.horizontalScrollBar().valueChanged.connect(self.update)
-        canvas.verticalScrollBar().valueChanged.connect(self.update)
+        canvas.horizontalScrollBar().valueChanged.connect(self.follow)
+        canvas.verticalScrollBar().valueChanged.connect(self.follow)
 
     def refresh(self) -> None:
         """Render the scene again (after a rebuild or a recolour)."""
@@ -163,6 +171,7 @@ class OverviewMap(QWidget):
         if rect.isEmpty():
             self.hide()
             return
+        self.whole = self.canvas.scene().itemsBoundingRect()
         scale = self.SIZE / max(rect.width(), rect.height())
         w, h = max(24, int(rect.width() * scale)), max(24, int(rect.height() * scale))
         self.resize(w + 2, h + 2)
@@ -170,10 +179,22 @@ class OverviewMap(QWidget):
         self.pixmap.fill(QColor(255, 255, 255, 235))
         painter = QPainter(self.pixmap)
         painter.setRenderHint(QPainter.Antialiasing)
-        self.canvas.scene().render(painter, QRectF(0, 0, w, h), rect, Qt.KeepAspectRatio)
+        NodeItem.plain = True
+        try:
+            self.canvas.scene().render(painter, QRectF(0, 0, w, h), rect, Qt.KeepAspectRatio)
+        finally:
+            NodeItem.plain = False
         painter.end()
         self.place()
-        self.show()
+        self.update()
+        self.follow()
+
+    def follow(self) -> None:
+        """Shown only while part of the graph is out of sight: over a fitted graph it adds nothing."""
+        if self.pixmap.isNull():
+            return
+        seen = self.canvas.mapToScene(self.canvas.viewport().rect()).boundingRect()
+        self.setVisible(not seen.contains(self.whole))
         self.update()
 
     def place(self) -> None:
@@ -280,7 +301,7 @@ class GraphCanvas(QGraphicsView):
 
     def scrollContentsBy(self, dx, dy):
         super().scrollContentsBy(dx, dy)
-        self.overview.update()
+        self.overview.follow()
 
     def wheelEvent(self, event):
         self.auto_fit = False
@@ -291,7 +312,7 @@ class GraphCanvas(QGraphicsView):
         current = self.transform().m11()
         factor = max(0.01 / current, min(factor, 8 / current))
         self.scale(factor, factor)
-        self.overview.update()
+        self.overview.follow()
 
     def zoom_keys(self, factor: float) -> None:
         """Ctrl+= / Ctrl+-: about the middle of the view (the mouse may be anywhere)."""
@@ -309,7 +330,7 @@ class GraphCanvas(QGraphicsView):
             self.resetTransform()
             self.scale(1.5, 1.5)
             self.centerOn(rect.center())
-        self.overview.update()
+        self.overview.follow()
 
     def zoom_to(self, item: QGraphicsItem) -> None:
         """Centre an item, zoomed in far enough to read it."""
@@ -326,7 +347,7 @@ class GraphCanvas(QGraphicsView):
             self.setSceneRect(self.sceneRect().united(room))
             self.overview.refresh()
         self.centerOn(item)
-        self.overview.update()
+        self.overview.follow()
 
 
 class GraphView(QWidget):
