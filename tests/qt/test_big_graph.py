@@ -84,5 +84,5 @@ def test_window_opens_a_3000_node_onnx_in_seconds(window, qtbot, tmp_path):
     qtbot.waitUntil(lambda: len(view.groups) == 1000)
     view.search.setText("block999/relu")
     view.find_next()
-    qtbot.waitUntil(lambda: window.session.selected_layers == ["block999/Relu"])
+    qtbot.waitUntil(lambda: window.session.selected_layers == ["block999/Relu"], timeout=20_000)
     assert "block999/Relu" in view.items and len(view.groups) == 999

@@ -202,7 +202,8 @@ def test_zoom_keys_and_the_overview(window, qtbot, resnet):
     for _ in range(5):
         w.actions_["zoom_in"].trigger()
     overview = canvas.overview
-    assert overview.isVisible() and not overview.pixmap.isNull()
+    qtbot.waitUntil(overview.isVisible)  # drawn once the view settled
+    assert not overview.pixmap.isNull()
     assert canvas.viewport().geometry().contains(overview.geometry())
     before = canvas.mapToScene(canvas.viewport().rect().center())
     target = QPoint(overview.width() // 2, overview.height() * 3 // 4)  # the lower part of the graph

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from PySide6.QtCore import QPointF, QRectF, Qt, Signal
+from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import QBrush, QColor, QFont, QPainter, QPainterPath, QPen, QPixmap
 from PySide6.QtWidgets import (
     QComboBox, QGraphicsItem, QGraphicsPathItem, QGraphicsScene, QGraphicsView, QHBoxLayout, QLabel,
@@ -159,19 +159,24 @@ class OverviewMap(QWidget):
         super().__init__(canvas)
         self.canvas = canvas
         self.pixmap = QPixmap()
-        self.whole = QRectF()  # the items' bounding rectangle when last rendered
+        self.whole = QRectF()  # the items' bounding rectangle
+        self.stale = True  # the scene changed since the pixmap was rendered
+        self.later = QTimer(self, singleShot=True, interval=0)
+        self.later.timeout.connect(self._settle)
         self.setCursor(Qt.PointingHandCursor)
         self.setToolTip("Overview: click or drag to move the view")
         canvas.horizontalScrollBar().valueChanged.connect(self.follow)
         canvas.verticalScrollBar().valueChanged.connect(self.follow)
 
     def refresh(self) -> None:
-        """Render the scene again (after a rebuild or a recolour)."""
-        rect = self.canvas.sceneRect()
-        if rect.isEmpty():
-            self.hide()
-            return
+        """The scene changed (a rebuild, a recolour): render it again when next shown."""
+        self.stale = True
         self.whole = self.canvas.scene().itemsBoundingRect()
+        self.later.start()  # once the view settled (a rebuild fits it next), not at every step
+
+    def _render(self) -> None:
+        self.stale = False
+        rect = self.canvas.sceneRect()
         scale = self.SIZE / max(rect.width(), rect.height())
         w, h = max(24, int(rect.width() * scale)), max(24, int(rect.height() * scale))
         self.resize(w + 2, h + 2)
@@ -186,15 +191,27 @@ class OverviewMap(QWidget):
             NodeItem.plain = False
         painter.end()
         self.place()
-        self.update()
-        self.follow()
+
+    def _wanted(self) -> bool:
+        """Shown only while part of the graph is out of sight: over a fitted graph it adds nothing."""
+        seen = self.canvas.mapToScene(self.canvas.viewport().rect()).boundingRect()
+        return not self.whole.isEmpty() and not seen.contains(self.whole)
 
     def follow(self) -> None:
-        """Shown only while part of the graph is out of sight: over a fitted graph it adds nothing."""
-        if self.pixmap.isNull():
+        """The view moved or the scene changed. Rendering waits for the event loop: a fit
+        scrolls several times on its way, and only where it ends counts."""
+        wanted = self._wanted()
+        if wanted and self.stale:
+            self.later.start()
             return
-        seen = self.canvas.mapToScene(self.canvas.viewport().rect()).boundingRect()
-        self.setVisible(not seen.contains(self.whole))
+        self.setVisible(wanted)
+        self.update()
+
+    def _settle(self) -> None:
+        wanted = self._wanted()
+        if wanted and self.stale:
+            self._render()
+        self.setVisible(wanted)
         self.update()
 
     def place(self) -> None:
@@ -404,7 +421,7 @@ class GraphView(QWidget):
             self._graph = self.grouping = None
             self._clear()
             self.info.setText("")
-            self.canvas.overview.hide()
+            self.canvas.overview.refresh()  # nothing to map: hidden
             return
         graph = variant.graph
         same = self._graph is not None and [n.name for n in self._graph.nodes] == [n.name for n in graph.nodes]
