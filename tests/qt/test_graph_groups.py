@@ -151,6 +151,16 @@ def test_collapsed_click_to_open_and_find(window, qtbot, resnet, resnet_onnx, ki
     view.canvas.centerOn(block)
     qtbot.mouseDClick(view.canvas.viewport(), Qt.LeftButton, pos=view.canvas.mapFromScene(block.scenePos()))
     assert set(view.groups) == TOP
+    # a real double click starts with a click, which opens a closed block: the double click undoes
+    # that and closes layer2 around it
+    view.expand(("layer2",))
+    block = view.groups["group:layer2.1"]
+    view.canvas.centerOn(block)
+    at = view.canvas.mapFromScene(block.scenePos())
+    qtbot.mouseClick(view.canvas.viewport(), Qt.LeftButton, pos=at)
+    assert "group:layer2.1" not in view.groups  # opened
+    qtbot.mouseDClick(view.canvas.viewport(), Qt.LeftButton, pos=at)
+    assert set(view.groups) == TOP and not view.expanded
 
     # Find a layer: its group opens, it is selected, zoomed to and centred
     view.fit()

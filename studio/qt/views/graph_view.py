@@ -12,11 +12,12 @@ no text except the groups' names in a large font, and all edges are one path ite
 from __future__ import annotations
 
 import math
+import time
 
 from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import QBrush, QColor, QFont, QPainter, QPainterPath, QPen, QPixmap
 from PySide6.QtWidgets import (
-    QComboBox, QGraphicsItem, QGraphicsPathItem, QGraphicsScene, QGraphicsView, QHBoxLayout, QLabel,
+    QApplication, QComboBox, QGraphicsItem, QGraphicsPathItem, QGraphicsScene, QGraphicsView, QHBoxLayout, QLabel,
     QLineEdit, QMenu, QPushButton, QStyleOptionGraphicsItem, QVBoxLayout, QWidget,
 )
 
@@ -379,6 +380,7 @@ class GraphView(QWidget):
         self.expanded: set[tuple] = set()  # the open groups
         self._layouts: dict[frozenset, dict] = {}  # layouts of the current graph, by open groups
         self._graph = None
+        self._last_expand: tuple[tuple, float] = ((), 0.0)  # the group a click opened, and when
         self.tasks = Tasks(self)  # large re-layouts run on a worker
         self.canvas = GraphCanvas()
         self.search = QLineEdit(placeholderText="Find layer or weight (Enter: next match)")
@@ -508,6 +510,7 @@ class GraphView(QWidget):
     # -- groups --------------------------------------------------------------------------
     def expand(self, group: tuple, then=None) -> None:
         self.expanded.add(tuple(group))
+        self._last_expand = (tuple(group), time.monotonic())
         self._show(then=then)
 
     def collapse(self, group: tuple) -> None:
@@ -531,7 +534,17 @@ class GraphView(QWidget):
         return self.grouping.path.get(item.node.name, ())
 
     def _collapse_around(self, item: NodeItem) -> None:
-        parent = self._parent_group(item)
+        # the first click of a double click on a closed group opened it: undo that, and close
+        # the group around the box the user double-clicked
+        group, when = self._last_expand
+        if time.monotonic() - when < QApplication.doubleClickInterval() / 1000:
+            self._last_expand = ((), 0.0)
+            self.expanded.discard(group)
+            parent = group[:-1]
+            if not parent:
+                self._show()
+        else:
+            parent = self._parent_group(item)
         if parent:
             self.collapse(parent)
 
