@@ -270,6 +270,8 @@ class MainWindow(QMainWindow):
         for dock in self.docks.values():
             v.addAction(dock.toggleViewAction())
         v.addSeparator()
+        self._action(v, "Zoom &in", self.graph_view.zoom_in, "Ctrl+=", "zoom_in")
+        self._action(v, "Zoom &out", self.graph_view.zoom_out, "Ctrl+-", "zoom_out")
         self._action(v, "&Fit graph", self.graph_view.fit, "Ctrl+0", "fit")
         self._action(v, "Find layer", lambda: self.graph_view.search.setFocus(), QKeySequence.Find, "find")
         # not "Ctrl+O, O": Ctrl+O opens a file at once, so that chord could never be typed
