@@ -1,6 +1,7 @@
 """The recipe: passes from the registry, in order, each enabled or not, with its options as a
 form drawn from the pass's pydantic config schema. "Apply to selection" fills a pass's targets
-with the layers selected in the graph. Also where the evaluation data is chosen."""
+with the layers selected in the graph. Also where the evaluation data is chosen and the model's
+inputs are sized (inputs_panel.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from studio.core.passes import all_passes
 from studio.core.recipe import RecipeStep
 
 from ..compact import ElidedLabel, compact_combo
+from .inputs_panel import InputsPanel
 from .job_controls import job_controls
 
 DATA_CHOICES = [("digits", "Built-in digits (labelled)"), ("random", "Random inputs (agreement)"),
@@ -153,6 +155,7 @@ class RecipePanel(QWidget):
             self.data_box.addItem(label, key)
         self.data_box.activated.connect(self._data_chosen)
         self.data_label = ElidedLabel("digits")
+        self.inputs = InputsPanel()  # the model's inputs: sizes for dynamic dims, pinned constants
         job_controls(self, "Run  (Ctrl+R)")
 
         row = QHBoxLayout()
@@ -174,6 +177,7 @@ class RecipePanel(QWidget):
         lay.addWidget(self.form_box, 2)
         lay.addLayout(data)
         lay.addWidget(self.data_label)
+        lay.addWidget(self.inputs)
         lay.addLayout(runs)
         lay.addWidget(self.error)
         self._filling = False
