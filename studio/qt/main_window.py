@@ -126,6 +126,7 @@ class MainWindow(QMainWindow):
         self.size_dialog: SizeDialog | None = None
         self.inputs_key: str | None = None  # where the open model's input settings are kept
         self._sized = None  # (model, --input items, the model sized with them)
+        self.auto_random = False  # the data went to random because the last model could not take digits
         self.netron = None
 
         s = self.session
@@ -390,7 +391,8 @@ class MainWindow(QMainWindow):
         m = self.session.model
         if m is not None:
             self.setWindowTitle(f"{m.name} — Compression Studio")
-            self.status.setText(f"{m.name} · {m.framework} · input {m.input_shape}")
+            inputs = "; ".join(spec.describe() for spec in m.io.inputs)  # dynamic dims by name, not None
+            self.status.setText(f"{m.name} · {m.framework} · {inputs}")
             if self.netron is not None:
                 self.netron.show_variant(self.session.current)
 
@@ -403,10 +405,15 @@ class MainWindow(QMainWindow):
         saved = self.settings.value(self.inputs_key, [])
         sig = model.io
         self.recipe_panel.inputs.set_signature(sig, [saved] if isinstance(saved, str) else list(saved or []))
-        if self.session.data_spec == "digits" and (sig.multi or sig.problems()):
+        digits_cannot = sig.multi or bool(sig.problems())
+        if self.session.data_spec == "digits" and digits_cannot:
             self.session.set_data_spec("random")
+            self.auto_random = True
             self.log_panel.append("the built-in digits do not fit this model's inputs: evaluating on random inputs "
                                   "(quality is agreement with the original); choose a .npz in Data for your own")
+        elif self.auto_random and self.session.data_spec == "random" and not digits_cannot:
+            self.session.set_data_spec("digits")  # back to what the user had, for a model digits can feed
+            self.auto_random = False
 
     def _inputs_changed(self) -> None:
         if self.inputs_key:

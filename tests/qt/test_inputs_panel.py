@@ -50,11 +50,20 @@ def test_the_panel_lists_every_input_with_its_dynamic_dims(window, qtbot, bert_f
     t = panel.table
     assert t.rowCount() == 2
     assert [t.item(r, 0).text() for r in range(2)] == ["input_ids", "attention_mask"]
-    assert t.item(0, 1).text() == "int64 [batch, seq] in [0, 50)"  # ids index the 50-row embedding
-    assert t.item(1, 1).text() == "int64 [batch, seq]"
+    assert t.item(0, 1).text() == "[N, seq] int64 in [0, 50)"  # ids index the 50-row embedding
+    assert t.item(0, 1).toolTip() == "input_ids: int64 [batch, seq] in [0, 50)"
+    assert t.item(1, 1).text() == "[N, seq] int64"
     assert panel.editors["input_ids"].placeholderText() == "1,SEQ"
-    assert "asked before a run: input_ids, attention_mask" in panel.status.text()
+    assert panel.status.text() == "2 inputs · unset: seq (asked at Run)"
     assert w.session.data_spec == "random"  # digits cannot feed token ids
+    assert w.recipe_panel.data_box.currentData() == "random"  # and the combo says so
+    for key in ("prune.magnitude", "cluster.kmeans", "quantize.int8_static"):
+        w.recipe_panel.add_pass(key)  # each pass draws its option form
+    qtbot.wait(50)
+    hint = w.minimumSizeHint()
+    assert hint.width() <= 1280 and hint.height() <= 768, hint  # still fits a laptop
+    w.open_demo("cnn")  # a model the digits fit: back to them
+    qtbot.waitUntil(lambda: w.session.data_spec == "digits", timeout=60_000)
 
 
 @pytest.mark.slow

@@ -22,8 +22,33 @@ MAX_DIM = 1 << 20
 
 
 def shape_text(spec) -> str:
-    """'int64 [batch, seq] ids in [0, 50)' (the core's describe(), without the name)."""
+    """'int64 [batch, seq] in [0, 50)' (the core's describe(), without the name)."""
     return spec.describe().split(": ", 1)[1]
+
+
+def short_text(spec) -> str:
+    """The table's narrow column: the shape first (what the user sizes), then dtype and range:
+    '[N, seq] int64 in [0, 50)'."""
+    text = shape_text(spec)
+    if spec.value is not None or " " not in text:
+        return text
+    dtype, rest = text.split(" ", 1)
+    rest = rest.replace("[batch", "[N", 1)
+    shape, _, tail = rest.partition("]")
+    return f"{shape}] {dtype}{tail}"
+
+
+def unset_text(specs) -> str:
+    """What is still open, by name: 'seq', 'sr value', 'x dim 2'."""
+    names = []
+    for spec in specs:
+        if spec.shape is None:
+            names.append(f"{spec.name} shape")
+        elif len(spec.shape) == 0:
+            names.append(f"{spec.name} value")
+        else:
+            names += [spec.shape[i] or f"{spec.name} dim {i}" for i in spec.missing_dims()]
+    return ", ".join(dict.fromkeys(names))
 
 
 def to_items(texts: dict[str, str]) -> list[str]:
@@ -64,6 +89,8 @@ class InputsPanel(QWidget):
         self.table = QTableWidget(0, 3)
         self.table.setHorizontalHeaderLabels(["Input", "Type and shape", "Set"])
         self.table.verticalHeader().hide()
+        self.table.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 10)  # compact rows
+        self.table.horizontalHeader().hide()  # height is short on a laptop; the tooltips say what a column is
         self.table.setEditTriggers(QTableWidget.NoEditTriggers)
         self.table.setSelectionMode(QTableWidget.NoSelection)
         header = self.table.horizontalHeader()
@@ -71,15 +98,13 @@ class InputsPanel(QWidget):
         header.setSectionResizeMode(1, QHeaderView.Stretch)
         header.setSectionResizeMode(2, QHeaderView.Interactive)
         header.resizeSection(2, 90)
-        self.table.setMinimumHeight(0)
         self.table.setToolTip("Set: sizes like 1,3,320,320 for an input with dynamic dims (as --input NAME:D0,D1,...),"
                               " or =VALUE to pin an input to a constant (as --input NAME=VALUE)")
-        self.status = ElidedLabel("")
+        self.status = ElidedLabel("")  # placed by the recipe panel, beside the data's name
         self.editors: dict[str, QLineEdit] = {}
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.table)
-        lay.addWidget(self.status)
 
     def set_signature(self, signature, items: list[str] | None = None) -> None:
         """Show a model's inputs with the settings saved for it; saved settings the model no
@@ -98,7 +123,7 @@ class InputsPanel(QWidget):
             texts, dropped = {}, f"saved input settings dropped ({exc})"
         self.table.setRowCount(len(signature.inputs))
         for row, spec in enumerate(signature.inputs):
-            for col, text in enumerate((spec.name, shape_text(spec))):
+            for col, text in enumerate((spec.name, short_text(spec))):
                 item = QTableWidgetItem(text)
                 item.setToolTip(spec.describe())
                 self.table.setItem(row, col, item)
@@ -110,8 +135,10 @@ class InputsPanel(QWidget):
             editor.editingFinished.connect(self._edited)
             self.table.setCellWidget(row, 2, editor)
             self.editors[spec.name] = editor
-        rows = min(len(signature.inputs), 4)
-        self.table.setFixedHeight(self.table.horizontalHeader().height() + rows * self.table.rowHeight(0) + 4)
+        # one row at least (a laptop's height is short), up to four when there is room
+        row = self.table.rowHeight(0) if signature.inputs else 24
+        self.table.setMinimumHeight(row + 2)
+        self.table.setMaximumHeight(min(len(signature.inputs), 4) * row + 2)
         self._update_status(dropped)
 
     @staticmethod
@@ -158,7 +185,7 @@ class InputsPanel(QWidget):
         need = sizing_needed(sig)
         count = f"{len(sig.inputs)} input{'s' * (len(sig.inputs) != 1)}"
         if need:
-            text = f"{count}; asked before a run: {', '.join(s.name for s in need)}"
+            text = f"{count} · unset: {unset_text(need)} (asked at Run)"
         else:
             text = f"{count}, all sized"
         self.status.setText(f"{text} · {note}" if note else text)

@@ -176,13 +176,16 @@ class RecipePanel(QWidget):
         lay.addLayout(moves)
         lay.addWidget(self.form_box, 2)
         lay.addLayout(data)
-        lay.addWidget(self.data_label)
-        lay.addWidget(self.inputs)
+        shown = QHBoxLayout()
+        shown.addWidget(self.data_label, 1)
+        shown.addWidget(self.inputs.status, 2)
+        lay.addLayout(shown)
+        lay.addWidget(self.inputs, 4)  # grows first (up to four inputs) when there is room
         lay.addLayout(runs)
         lay.addWidget(self.error)
         self._filling = False
         session.recipe_changed.connect(self.refresh)
-        session.data_changed.connect(lambda: self.data_label.setText(session.data_spec))
+        session.data_changed.connect(self._data_changed)
 
     # -- the list ------------------------------------------------------------------------
     @property
@@ -304,6 +307,17 @@ class RecipePanel(QWidget):
                 return
             key = path
         self.session.set_data_spec(key)
+
+    def _data_changed(self) -> None:
+        """The combo follows the data in use (the window may switch digits to random for a model
+        digits cannot feed); a file or a folder is named in the label under it."""
+        spec = self.session.data_spec
+        self.data_label.setText(spec)
+        if spec in ("digits", "random"):
+            key = spec
+        else:
+            key = "npz" if spec.endswith(".npz") else "folder"
+        self.data_box.setCurrentIndex(self.data_box.findData(key))
 
     def set_running(self, running: bool) -> None:
         self.run_button.setEnabled(not running)

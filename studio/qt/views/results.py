@@ -49,8 +49,7 @@ class ResultsTable(QWidget):
         split = QSplitter(Qt.Vertical)
         split.addWidget(self.view)
         split.addWidget(self.confusion)
-        split.setStretchFactor(0, 1)
-        split.setStretchFactor(1, 2)
+        split.setSizes([300, 700])  # proportions: a few rows of numbers, the matrix big enough to read
         lay = QVBoxLayout(self)
         lay.addWidget(self.filter)
         lay.addWidget(split, 1)
