@@ -748,7 +748,10 @@ class MainWindow(QMainWindow):
         v = self.session.current
         if v is None:
             return None
-        model = v.model
+        model = self.sized_model(v, self.export_selected, self.recipe_panel.error)  # its check needs every size
+        if model is None:
+            return None
+        v = Variant(v.run_id, v.index, model, v.graph, v.layout, v.stats)
         data = self.data_cache.get(_data_key(self.session.data_spec, model.input_shape, model.signature))
         self.export_dialog = ExportDialog(self, v, data, self.folder("export"))
         self.export_dialog.open()

@@ -187,3 +187,26 @@ def test_the_confusion_matrix_of_a_labelled_run(demo, qtbot):
     assert view.plot.getAxis("left").labelText == "true class"
     assert view.plot.getAxis("bottom").labelText == "predicted class"
     assert view.tip_at(3, 3).startswith(f"true 3, predicted 3: {view.matrix[3, 3]} samples")
+
+
+def test_exporting_the_original_asks_its_sizes_then_verifies(window, qtbot, bert_file, tmp_path):
+    """Export checks the written file by running it: an unsized dim is asked first, like Run."""
+    import onnxruntime as ort
+
+    w = window
+    open_file(w, qtbot, bert_file)
+    assert w.export_selected() is None
+    qtbot.waitUntil(lambda: w.size_dialog is not None and w.size_dialog.isVisible(), timeout=5000)
+    w.size_dialog.dims["seq"].setValue(10)
+    w.size_dialog.buttons.button(QDialogButtonBox.Ok).click()
+    qtbot.waitUntil(lambda: w.export_dialog is not None and w.export_dialog.isVisible(), timeout=5000)
+    dialog = w.export_dialog
+    dialog.format.setCurrentIndex(dialog.format.findData("onnx"))
+    target = tmp_path / "bert-out.onnx"
+    dialog.path.setText(str(target))
+    dialog.export_button.click()
+    qtbot.waitUntil(lambda: dialog.result is not None or "failed" in dialog.status.text(), timeout=60_000)
+    assert dialog.result is not None and dialog.result.verified, dialog.status.text()
+    sess = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["input_ids", "attention_mask"]
+    dialog.close()
