@@ -8,7 +8,7 @@ prefilled with a suggestion the user sees and can change."""
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
     QDialog, QDialogButtonBox, QFormLayout, QHeaderView, QLabel, QLineEdit, QSpinBox, QTableWidget,
     QTableWidgetItem, QVBoxLayout, QWidget,
