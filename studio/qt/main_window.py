@@ -410,7 +410,7 @@ class MainWindow(QMainWindow):
             self.session.set_data_spec("random")
             self.auto_random = True
             self.log_panel.append("the built-in digits do not fit this model's inputs: evaluating on random inputs "
-                                  "(quality is agreement with the original); choose a .npz in Data for your own")
+                                  "(quality is measured against the original's outputs); choose a .npz in Data for your own")
         elif self.auto_random and self.session.data_spec == "random" and not digits_cannot:
             self.session.set_data_spec("digits")  # back to what the user had, for a model digits can feed
             self.auto_random = False

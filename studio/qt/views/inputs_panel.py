@@ -231,8 +231,8 @@ class SizeDialog(QDialog):
             name = key if isinstance(key, str) else f"dim {key[1]}"
             where = ", ".join(f"{n} {shape_text(self.signature.input(n)).split(' ', 1)[1]}" for n in users[key])
             label.setText(f"{name}  ({where})")
-        intro = QLabel("These inputs have sizes the file leaves open. The studio does not guess them: "
-                       "check the suggestions (the size your application feeds) and go on.")
+        intro = QLabel("The file leaves these sizes (or values) open and the studio does not guess them: "
+                       "give what your application feeds (the numbers shown are only suggestions).")
         intro.setWordWrap(True)
         self.error = QLabel()
         self.error.setStyleSheet("color: #b00020")
@@ -247,6 +247,7 @@ class SizeDialog(QDialog):
         lay.addLayout(form)
         lay.addWidget(self.error)
         lay.addWidget(buttons)
+        self.setMinimumWidth(460)
 
     def items(self) -> list[str]:
         """The answers as --input items, whole shapes (the batch axis given as 1: it stays free)."""

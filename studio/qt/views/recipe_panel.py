@@ -19,7 +19,7 @@ from ..compact import ElidedLabel, compact_combo
 from .inputs_panel import InputsPanel
 from .job_controls import job_controls
 
-DATA_CHOICES = [("digits", "Built-in digits (labelled)"), ("random", "Random inputs (agreement)"),
+DATA_CHOICES = [("digits", "Built-in digits (labelled)"), ("random", "Random inputs (vs the original)"),
                 ("npz", "A .npz file…"), ("folder", "An image folder…")]
 
 
