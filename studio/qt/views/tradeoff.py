@@ -4,6 +4,8 @@ Items are created once and updated with setData (pyqtgraph's fast path)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Signal
@@ -51,9 +53,15 @@ def pareto_front(points):
 
 
 class PercentAxis(pg.AxisItem):
-    """Quality ticks as percentages (0.978 -> 97.8%), with as many decimals as the spacing needs."""
+    """Quality ticks as percentages (0.978 -> 97.8%), with as many decimals as the spacing needs;
+    plain numbers when the quality is a cosine similarity (0.9993 is not "99.93%" of anything)."""
+
+    percent = True
 
     def tickStrings(self, values, scale, spacing):
+        if not self.percent:
+            decimals = max(0, min(6, -math.floor(math.log10(spacing)) if spacing > 0 else 2))
+            return [f"{v:.{decimals}f}" for v in values]
         step = spacing * 100
         decimals = 0 if step >= 1 else 1 if step >= 0.1 else 2
         return [f"{v * 100:.{decimals}f}%" for v in values]
@@ -114,6 +122,8 @@ class TradeoffChart(QWidget):
         kinds = sorted({s.measurement.quality_label for r in self.session.runs for s in r.stages
                         if s.measurement is not None and s.measurement.quality is not None})
         self.plot.setLabel("left", f"{' / '.join(kinds) or 'quality'} (held-out)")
+        self.plot.getAxis("left").percent = kinds != ["cosine"]
+        self.plot.getAxis("left").picture = None  # redraw the ticks in the new form
         colours = {run.id: RUN_COLOURS[i % len(RUN_COLOURS)] for i, run in enumerate(self.session.runs)}
         spots = [{"pos": (x, q), "data": (rid, idx, tip), "brush": pg.mkBrush(colours[rid]),
                   "symbol": "s" if idx == 0 else "o"} for x, q, rid, idx, tip in self.points]
