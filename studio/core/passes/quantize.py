@@ -107,6 +107,7 @@ class Setting:
     reduce_range: bool = False  # 7-bit weights: no u8s8 overflow on x86 without VNNI
     float_sensitive: bool = False  # FLOAT_SENSITIVE ops and attention MatMuls stay float
     float_groups: tuple[str, ...] = ()  # speed: "depthwise", "hardswish" blocks stay float
+    float_nodes: tuple[str, ...] = ()  # the nodes around the tensors INT8 resolves worst
 
     def describe(self) -> str:
         parts = [f"{self.activations} activations", "per-channel" if self.per_channel else "per-tensor",
@@ -116,6 +117,8 @@ class Setting:
         if self.float_sensitive:
             parts.append("sensitive ops in float")
         parts += [f"{g} in float" for g in self.float_groups]
+        if self.float_nodes:
+            parts.append(f"{len(self.float_nodes)} nodes at the worst tensors in float")
         return ", ".join(parts)
 
 
@@ -151,25 +154,39 @@ def _graph_facts(proto) -> _Graph:
     return _Graph(set(QDQRegistry) | set(QLinearOpsRegistry), attention, bool(ops & FLOAT_SENSITIVE or attention), groups)
 
 
-def _remedies(s: Setting, facts: _Graph, pool: int) -> list[tuple[str, Setting]]:
-    """The known remedies from setting `s`, cheapest first (onnxruntime docs, "Quantization
-    debugging"; the issue's measurements: MobileNetV3 92 % top-1 agreement with uint8
-    activations, 98.5 % with int8). Each returns the changed setting, or None where it does not
-    apply. SmoothQuant is not among them: onnxruntime needs neural-compressor 2.x for it, which
-    pulls opencv, pandas and pycocotools and downgrades numpy (3.x dropped the ONNX part)."""
-    other = "int8" if s.activations == "uint8" else "uint8"
-    more = min(pool, s.samples * 4)
-    steps = [
-        (f"{other} activations", replace(s, activations=other)),
-        ("7-bit weights (reduce_range)", replace(s, reduce_range=True) if s.activations == "uint8" and not s.reduce_range else None),
-        ("LayerNorm/Softmax/GELU, element-wise and attention MatMuls in float",
-         replace(s, float_sensitive=True) if facts.sensitive and not s.float_sensitive else None),
-        ("per-tensor weights" if s.per_channel else "per-channel weights", replace(s, per_channel=not s.per_channel)),
-        ("percentile calibration", replace(s, method="percentile") if s.method != "percentile" else None),
-        ("entropy calibration", replace(s, method="entropy") if s.method != "entropy" else None),
-        (f"{more} calibration samples", replace(s, samples=more) if more > s.samples else None),
-    ]
-    return [(label, setting) for label, setting in steps if setting is not None]
+def _remedies(facts: _Graph, pool: int) -> list:
+    """The known remedies, cheapest first (onnxruntime docs, "Quantization debugging"; the
+    issue's measurements: MobileNetV3 92 % top-1 agreement with uint8 activations, 98.5 % with
+    int8). Each takes the best setting so far (remedies add up) and gives (label, changed
+    setting), or None where it does not apply. The last one, the worst tensors kept float
+    (onnxruntime's qdq_loss_debug), is run by _Trial: it needs the best model itself.
+    SmoothQuant is not among them: onnxruntime needs neural-compressor 2.x for it, which pulls
+    opencv, pandas and pycocotools and downgrades numpy (3.x dropped the ONNX part)."""
+
+    def activations(s: Setting):
+        other = "int8" if s.activations == "uint8" else "uint8"
+        return f"{other} activations", replace(s, activations=other)
+
+    def reduce_range(s: Setting):  # u8 x s8 products overflow int16 on x86 without VNNI
+        if s.activations == "uint8" and not s.reduce_range:
+            return "7-bit weights (reduce_range)", replace(s, reduce_range=True)
+
+    def sensitive(s: Setting):
+        if facts.sensitive and not s.float_sensitive:
+            return "LayerNorm/Softmax/GELU, element-wise and attention MatMuls in float", replace(s, float_sensitive=True)
+
+    def granularity(s: Setting):
+        return ("per-tensor weights" if s.per_channel else "per-channel weights"), replace(s, per_channel=not s.per_channel)
+
+    def calibration(method: str):
+        return lambda s: (f"{method} calibration", replace(s, method=method)) if s.method != method else None
+
+    def samples(s: Setting):
+        more = min(pool, s.samples * 4)
+        if more > s.samples:
+            return f"{more} calibration samples", replace(s, samples=more)
+
+    return [activations, reduce_range, sensitive, granularity, calibration("percentile"), calibration("entropy"), samples]
 
 
 @register
@@ -210,7 +227,7 @@ class StaticInt8(Pass):
             facts = _graph_facts(pre_proto)
             user_excluded = excluded_nodes(pre_proto, cfg)
             reference = run_session_all(session(proto), x_val, cancel=context.cancel_event)
-            trial = _Trial(proto, tmp / "int8.onnx", pre, facts, user_excluded, x_pool, x_val, reference, pinned, context)
+            trial = _Trial(proto, tmp / "int8.onnx", pre, pre_proto.graph, facts, user_excluded, x_pool, x_val, reference, pinned, context)
 
             first = Setting(activation_type(cfg.activations), cfg.per_channel, cfg.method,
                             min(cfg.calibration_samples, len(x_pool)))
@@ -219,9 +236,13 @@ class StaticInt8(Pass):
             best = tries[0]
             budget = cfg.max_tries - 1
             if cfg.remedies and not trial.meets(best, cfg):
-                for label, setting in _remedies(best["setting"], facts, len(x_pool)):
+                for remedy in [*_remedies(facts, len(x_pool)), None]:  # None: the worst tensors in float
                     if budget <= 0 or trial.meets(best, cfg):
                         break
+                    step = remedy(best["setting"]) if remedy else trial.worst_tensors(best)
+                    if step is None:
+                        continue
+                    label, setting = step
                     context.check_cancelled()
                     yield 0.2 + 0.6 * len(tries) / cfg.max_tries, f"{trial.shortfall(best, cfg)}; trying {label}"
                     tries.append(trial.run(setting, label))
@@ -266,8 +287,8 @@ class _Trial:
     """Runs quantize_static with one Setting and scores the result against the float stage on
     the validation samples (top-1 agreement for class scores, else the worst output's cosine)."""
 
-    def __init__(self, proto, out, pre, facts, user_excluded, x_pool, x_val, reference, pinned, context):
-        self.proto, self.out, self.pre, self.facts, self.user_excluded = proto, out, pre, facts, user_excluded
+    def __init__(self, proto, out, pre, pre_graph, facts, user_excluded, x_pool, x_val, reference, pinned, context):
+        self.proto, self.out, self.pre, self.pre_graph, self.facts, self.user_excluded = proto, out, pre, pre_graph, facts, user_excluded
         self.x_pool, self.x_val, self.reference, self.pinned, self.context = x_pool, x_val, reference, pinned, context
         self.classifier = is_class_scores(reference[0])
         self.measure_name = "top-1 agreement" if self.classifier else "cosine similarity"
@@ -276,9 +297,7 @@ class _Trial:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         start = time.perf_counter()
-        x = self.x_pool[: s.samples]
-        if self.pinned and len(x) % self.pinned:
-            x = x[np.resize(np.arange(len(x)), max(self.pinned, len(x) // self.pinned * self.pinned))]
+        x = self._whole_batches(self.x_pool[: s.samples])
         exclude = list(self.user_excluded)
         op_types = None
         if s.float_sensitive:
@@ -286,6 +305,7 @@ class _Trial:
             exclude += self.facts.attention
         for group in s.float_groups:
             exclude += self.facts.groups.get(group, [])
+        exclude += s.float_nodes
         quantize_static(
             str(self.pre), str(self.out), calibration_reader(self.proto, x, self.pinned or 32, self.context),
             quant_format=QuantFormat.QDQ, per_channel=s.per_channel, reduce_range=s.reduce_range,
@@ -305,6 +325,42 @@ class _Trial:
         return {"try": 0, "change": change, "setting": s, "proto": proto, "config": s.describe(),
                 "measure": self.measure_name, "score": score, "snr_db": first.get("snr_db"),
                 "seconds": round(time.perf_counter() - start, 3)}
+
+    def _whole_batches(self, x):
+        """x, cut (or repeated) to whole batches for a model whose batch size the file fixes."""
+        if self.pinned and len(x) % self.pinned:
+            x = x[np.resize(np.arange(len(x)), max(self.pinned, len(x) // self.pinned * self.pinned))]
+        return x
+
+    def worst_tensors(self, t: dict):
+        """The last remedy: the nodes that make or read the activations INT8 resolves worst in
+        model `t` (lowest signal-to-quantization-noise ratio across their Q/DQ pair, measured by
+        onnxruntime's qdq_loss_debug on validation samples) are kept float: the worst tenth of
+        the quantized tensors, at least one. None when nothing new would stay float."""
+        import onnx
+        from onnxruntime.quantization.qdq_loss_debug import (
+            collect_activations, compute_signal_to_quantization_noice_ratio, create_activation_matching,
+            modify_model_output_intermediate_tensors)
+
+        qdq, augmented = self.out.with_name("debug-qdq.onnx"), self.out.with_name("debug-augmented.onnx")
+        onnx.save_model(t["proto"], str(qdq))
+        modify_model_output_intermediate_tensors(str(qdq), str(augmented))
+        x = self._whole_batches(self.x_val[:64])
+        activations = collect_activations(str(augmented), calibration_reader(self.proto, x, self.pinned or 32, self.context))
+        sqnr = {name: compute_signal_to_quantization_noice_ratio(m["pre_qdq"], m["post_qdq"])
+                for name, m in create_activation_matching(activations).items()}
+        errors = {name: e for name, e in sqnr.items() if np.isfinite(e)}
+        if not errors:
+            return None
+        worst = set(sorted(errors, key=errors.get)[: max(1, len(errors) // 10)])
+        s = t["setting"]
+        nodes = [n.name for n in self.pre_graph.node if n.name and n.name not in s.float_nodes
+                 and worst & {*n.input, *n.output}]
+        if not nodes:
+            return None
+        lowest = min(errors[w] for w in worst)
+        return (f"{len(nodes)} nodes at the {len(worst)} worst INT8 tensors in float (SQNR from {lowest:.1f} dB, "
+                "qdq_loss_debug)"), replace(s, float_nodes=(*s.float_nodes, *nodes))
 
     def meets(self, t: dict, cfg: StaticConfig) -> bool:
         if self.classifier:
