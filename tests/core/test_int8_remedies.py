@@ -16,7 +16,7 @@ from studio.core.passes.registry import create
 from studio.core.recipe import Recipe, RecipeStep
 from studio.core.training import drain
 from tests.core.int8_models import mobile_model, vit_model
-from tests.core.test_pass_common import run, same_state, state
+from tests.core.test_pass_common import assert_cancel_leaves_input, run, same_state, state
 
 
 def validation_split(data, seed, n):
@@ -147,10 +147,25 @@ def test_keep_slow_float_times_depthwise_and_hardswish_blocks():
         assert kept["latency_ms"] < 0.97 * result.tries[0]["latency_ms"]
 
 
-def test_stage_record_lists_the_tries(demo_cnn, digits_data):
-    recipe = Recipe([RecipeStep("quantize.int8_static", {"calibration_samples": 16, "max_drop": 0.0, "max_tries": 2})])
-    done = drain(pipeline.run(demo_cnn, recipe, digits_data, latency_batches=()))
-    record = done.as_dict()["stages"][1]
-    assert [t["try"] for t in record["tries"]] == list(range(1, len(record["tries"]) + 1))
-    assert record["tries"][0]["change"] == "as configured"
-    json.dumps(record)
+def test_stage_record_and_report_list_the_tries():
+    from studio.core.report import render
+
+    model = vit_model(seed=0)
+    recipe = Recipe([RecipeStep("quantize.int8_static", {"calibration_samples": 8, "validation_samples": 128,
+                                                          "max_drop": 0.0, "max_tries": 2})])
+    done = drain(pipeline.run(model, recipe, random_inputs(model.input_shape, 400), latency_batches=()))
+    record = json.loads(json.dumps(done.as_dict()))["stages"][1]
+    assert [t["try"] for t in record["tries"]] == [1, 2]
+    assert [t["change"] for t in record["tries"]] == ["as configured", "int8 activations"]
+    assert record["tries"][0]["setting"]["activations"] != record["tries"][1]["setting"]["activations"]
+    page = render([done], "vit-block")
+    assert "variants tried" in page and "int8 activations" in page
+    assert f"{record['tries'][0]['score']:.2%}" in page
+
+
+def test_cancel_during_remedies_leaves_the_input():
+    model = vit_model(seed=0)
+    context = Context(data=random_inputs(model.input_shape, 400))
+    # yields: export, pre-processing, first calibration, first remedy; the cancel lands in a remedy
+    assert_cancel_leaves_input(create("quantize.int8_static", calibration_samples=8, validation_samples=128,
+                                      max_drop=0.0), model, context, after_yields=4)
