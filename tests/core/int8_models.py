@@ -47,29 +47,23 @@ class VitBlockNet(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
         self.head = nn.Linear(dim, 10)
 
-    def forward(self, x):  # x: [batch, 16 tokens, 12 features]
-        x = self.embed(x) + self.pos
-        b, t, d = x.shape
-        q, k, v = self.qkv(self.norm1(x)).reshape(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        attn = torch.softmax(q @ k.transpose(-2, -1) * (d // self.heads) ** -0.5, dim=-1)
-        x = x + self.proj((attn @ v).transpose(1, 2).reshape(b, t, d))
-        x = x + self.mlp(self.norm2(x))
-        return self.head(self.norm3(x).mean(1))
-
-
-class VitFeatures(VitBlockNet):
-    """The same block giving its token features (not class scores): fidelity, not agreement."""
-
-    def forward(self, x):
-        return super().forward(x) if False else self._features(x)
-
-    def _features(self, x):
+    def features(self, x):  # x: [batch, 16 tokens, 12 features]
         x = self.embed(x) + self.pos
         b, t, d = x.shape
         q, k, v = self.qkv(self.norm1(x)).reshape(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         attn = torch.softmax(q @ k.transpose(-2, -1) * (d // self.heads) ** -0.5, dim=-1)
         x = x + self.proj((attn @ v).transpose(1, 2).reshape(b, t, d))
         return x + self.mlp(self.norm2(x))
+
+    def forward(self, x):
+        return self.head(self.norm3(self.features(x)).mean(1))
+
+
+class VitFeatures(VitBlockNet):
+    """The same block giving its token features (not class scores): fidelity, not agreement."""
+
+    def forward(self, x):
+        return self.features(x)
 
 
 def _randomize_norms(module: nn.Module, seed: int) -> None:

@@ -227,7 +227,8 @@ class StaticInt8(Pass):
             facts = _graph_facts(pre_proto)
             user_excluded = excluded_nodes(pre_proto, cfg)
             reference = run_session_all(session(proto), x_val, cancel=context.cancel_event)
-            trial = _Trial(proto, tmp / "int8.onnx", pre, pre_proto.graph, facts, user_excluded, x_pool, x_val, reference, pinned, context)
+            trial = _Trial(proto, tmp / "int8.onnx", pre, pre_proto.graph, facts, user_excluded, x_pool, x_val,
+                           reference, pinned, context)
 
             first = Setting(activation_type(cfg.activations), cfg.per_channel, cfg.method,
                             min(cfg.calibration_samples, len(x_pool)))
@@ -248,7 +249,10 @@ class StaticInt8(Pass):
                     tries.append(trial.run(setting, label))
                     budget -= 1
                     if tries[-1]["score"] > best["score"] + 1e-12:  # the next remedy builds on the best
+                        best.pop("proto")  # only the best model is kept in memory
                         best = tries[-1]
+                    else:
+                        tries[-1].pop("proto")
             if cfg.keep_slow_float and facts.groups:
                 yield 0.85, "timing depthwise / HardSwish blocks in INT8 against float"
                 best = yield from _keep_slow_float(trial, best, tries, cfg, model)
@@ -256,10 +260,10 @@ class StaticInt8(Pass):
             t["try"], t["kept"] = i, t is best
         warnings = []
         if not trial.meets(best, cfg):
-            warnings.append(
-                f"INT8 {trial.shortfall(best, cfg)} on the pass's validation split ({len(x_val)} samples) "
-                f"{'after ' + str(len(tries) - 1) + ' remedies; kept the best: ' + best['change'] if len(tries) > 1 else 'and remedies are off'}"
-                "; keep more layers float (ignore), or use quantize.fp16")
+            tried = (f"after {len(tries) - 1} remedies; kept the best: {best['change']}" if len(tries) > 1
+                     else "with remedies off" if not cfg.remedies else "and no remedy applies")
+            warnings.append(f"INT8 {trial.shortfall(best, cfg)} on the pass's validation split ({len(x_val)} samples) "
+                            f"{tried}; keep more layers float (ignore), or use quantize.fp16")
         result = best["proto"]
         new = model.with_obj(result, ONNX, format="onnx")
         layers = _quant_record(result, "int8")
@@ -270,8 +274,7 @@ class StaticInt8(Pass):
         if len(tries) > 1:
             summary += f", kept try {tries.index(best) + 1} of {len(tries)} (first: {trial.text(tries[0])})"
         yield 1.0, summary
-        return PassResult(new, layers, summary, warnings,
-                          tries=[_row(t) for t in tries])
+        return PassResult(new, layers, summary, warnings, tries=[_row(t) for t in tries])
 
 
 def _row(t: dict) -> dict:
@@ -288,7 +291,8 @@ class _Trial:
     the validation samples (top-1 agreement for class scores, else the worst output's cosine)."""
 
     def __init__(self, proto, out, pre, pre_graph, facts, user_excluded, x_pool, x_val, reference, pinned, context):
-        self.proto, self.out, self.pre, self.pre_graph, self.facts, self.user_excluded = proto, out, pre, pre_graph, facts, user_excluded
+        self.proto, self.out, self.pre, self.pre_graph = proto, out, pre, pre_graph
+        self.facts, self.user_excluded = facts, user_excluded
         self.x_pool, self.x_val, self.reference, self.pinned, self.context = x_pool, x_val, reference, pinned, context
         self.classifier = is_class_scores(reference[0])
         self.measure_name = "top-1 agreement" if self.classifier else "cosine similarity"
@@ -346,7 +350,8 @@ class _Trial:
         onnx.save_model(t["proto"], str(qdq))
         modify_model_output_intermediate_tensors(str(qdq), str(augmented))
         x = self._whole_batches(self.x_val[:64])
-        activations = collect_activations(str(augmented), calibration_reader(self.proto, x, self.pinned or 32, self.context))
+        reader = calibration_reader(self.proto, x, self.pinned or 32, self.context)
+        activations = collect_activations(str(augmented), reader)
         sqnr = {name: compute_signal_to_quantization_noice_ratio(m["pre_qdq"], m["post_qdq"])
                 for name, m in create_activation_matching(activations).items()}
         errors = {name: e for name, e in sqnr.items() if np.isfinite(e)}
