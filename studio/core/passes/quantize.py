@@ -20,6 +20,7 @@ from ..convert import fixed_batch, onnx_copy, run_session_all, session, to_onnx_
 from ..evaluate import Measurement, is_class_scores, measure_latency, quality_from_outputs
 from ..model import ONNX
 from . import targets as tg
+from ..errors import Cancelled
 from .base import Context, Pass, PassConfig, PassResult
 from .registry import register
 
@@ -246,13 +247,13 @@ class StaticInt8(Pass):
                     label, setting = step
                     context.check_cancelled()
                     yield 0.2 + 0.6 * len(tries) / cfg.max_tries, f"{trial.shortfall(best, cfg)}; trying {label}"
-                    tries.append(trial.run(setting, label))
+                    tries.append(trial.attempt(setting, label))
                     budget -= 1
-                    if tries[-1]["score"] > best["score"] + 1e-12:  # the next remedy builds on the best
+                    if tries[-1]["score"] is not None and tries[-1]["score"] > best["score"] + 1e-12:  # the next remedy builds on the best
                         best.pop("proto")  # only the best model is kept in memory
                         best = tries[-1]
                     else:
-                        tries[-1].pop("proto")
+                        tries[-1].pop("proto", None)
             if cfg.keep_slow_float and facts.groups:
                 yield 0.85, "timing depthwise / HardSwish blocks in INT8 against float"
                 best = yield from _keep_slow_float(trial, best, tries, cfg, model)
@@ -330,6 +331,19 @@ class _Trial:
                 "measure": self.measure_name, "score": score, "snr_db": first.get("snr_db"),
                 "seconds": round(time.perf_counter() - start, 3)}
 
+    def attempt(self, s: Setting, change: str) -> dict:
+        """run() for a remedy: a setting onnxruntime cannot quantize with is recorded as a failed
+        try (its error's first line) and the search goes on."""
+        start = time.perf_counter()
+        try:
+            return self.run(s, change)
+        except Cancelled:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a remedy that fails is reported, not fatal
+            error = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            return {"try": 0, "change": change, "setting": s, "config": s.describe(), "measure": self.measure_name,
+                    "score": None, "error": error, "seconds": round(time.perf_counter() - start, 3)}
+
     def _whole_batches(self, x):
         """x, cut (or repeated) to whole batches for a model whose batch size the file fixes."""
         if self.pinned and len(x) % self.pinned:
@@ -390,7 +404,13 @@ def _keep_slow_float(trial: _Trial, best: dict, tries: list, cfg: StaticConfig, 
     candidates = []
     for group in trial.facts.groups:
         trial.context.check_cancelled()
-        candidates.append(trial.run(replace(s, float_groups=(*s.float_groups, group)), f"{group} in float (speed)"))
+        c = trial.attempt(replace(s, float_groups=(*s.float_groups, group)), f"{group} in float (speed)")
+        if c["score"] is None:
+            tries.append(c)
+        else:
+            candidates.append(c)
+    if not candidates:
+        return best
     latency = yield from measure_latency([best["proto"]] + [c["proto"] for c in candidates], model.input_shape,
                                          batches=(1,), rounds=7, cancel=trial.context.check_cancelled,
                                          signature=model.signature)
