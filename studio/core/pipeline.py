@@ -47,6 +47,7 @@ class Stage:
     measurement: Measurement | None = None
     pass_warnings: list[str] = field(default_factory=list)  # the pass's own, without this run's speed ones
     seconds: float = 0.0  # time the pass took
+    tries: list[dict] = field(default_factory=list)  # variants the pass tried and what each measured
     _onnx: object = None
 
     def onnx(self):
@@ -64,6 +65,7 @@ class Stage:
             "size_bytes": m.get("size_bytes"), "zip_bytes": m.get("zip_bytes"),
             "latency_ms": m.get("latency_ms"), "measurement": m,
             "recipe": [{"id": s.id, **s.options} for s in self.steps], "layers": self.record,
+            "tries": self.tries,
         }
 
 
@@ -192,7 +194,7 @@ def run(
         ):
             stage = Stage(i, old.name, old.label, old.model, old.steps, old.record, old.summary,
                           list(old.pass_warnings), seconds=old.seconds, pass_warnings=list(old.pass_warnings),
-                          _onnx=old._onnx)  # a new stage: the earlier run's keeps its own numbers
+                          tries=old.tries, _onnx=old._onnx)  # a new stage: the earlier run's keeps its own numbers
             if measure_stages:
                 stage.measurement = yield from _mapped(
                     measure_steps(stage.model, data, reference, stage.onnx(), cancel_event),
@@ -222,7 +224,7 @@ def run(
         pass_warnings = list(dict.fromkeys(warnings + result.warnings))
         stage = Stage(
             i, p.id, f"{i} {p.id}", result.model, prefix, result.layers, result.summary,
-            list(pass_warnings), seconds=seconds, pass_warnings=pass_warnings,
+            list(pass_warnings), seconds=seconds, pass_warnings=pass_warnings, tries=result.tries,
         )
         if measure_stages:
             yield Progress(i, stages_total, 0.9, f"{p.id}: measuring: exporting to ONNX")
