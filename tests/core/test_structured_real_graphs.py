@@ -18,6 +18,7 @@ import torch_pruning as tp
 from torch import nn
 
 from studio.core.convert import run_session_all, session, to_onnx_proto
+from studio.core.errors import StudioError
 from studio.core.model import ONNX, TORCH, Model
 from studio.core.passes.base import Context
 from studio.core.passes.registry import create
@@ -219,3 +220,23 @@ def test_onnx_cnn_inputs(name, dynamo):
     assert [a.shape for a in got] == [a.shape for a in want]
     before = sum(p.numel() for p in module.parameters())
     assert sum(p.numel() for p in result.model.obj.parameters()) < 0.6 * before
+
+
+@pytest.mark.parametrize("name", ["vit", "bert"])
+def test_onnx_attention_refused_in_one_line(name):
+    """onnx2torch turns a transformer's projections into plain MatMuls: the refusal says so."""
+    module, example = ab.BUILDERS[name]()
+    args2 = tuple(torch.cat([a, a]) for a in example)
+    names = ["input_ids", "attention_mask"][: len(args2)] if name == "bert" else ["input"]
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args2, buffer, dynamo=False, opset_version=17, input_names=names,
+                          output_names=["out"], dynamic_axes={n: {0: "batch"} for n in [*names, "out"]})
+    proto = onnx.load_from_string(buffer.getvalue())
+    model = Model(proto, ONNX, name=name, signature=from_onnx(proto))
+    with pytest.raises(StudioError) as err:
+        run(create("prune.structured", ratio=0.5), model, Context())
+    message = str(err.value)
+    assert "MatMul" in message and "onnx2torch" in message and "prune the torch model" in message
+    assert "\n" not in message

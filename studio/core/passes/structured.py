@@ -386,6 +386,14 @@ class StructuredPrune(Pass):
         import torch
 
         cfg: StructuredConfig = self.config
+        matmuls = weight_matmuls(model.obj) if model.is_onnx else []
+        if matmuls and len(matmuls) > sum(n.op_type in ("Conv", "Gemm") for n in model.obj.graph.node):
+            # a transformer: nothing but its embedding and head could shrink, and Torch-Pruning's
+            # graph of the converted attention took minutes (a dynamo-exported ViT: > 10 min)
+            raise StudioError(f"prune.structured: most layers of this ONNX model are MatMul nodes with weights "
+                              f"({len(matmuls)}, e.g. {matmuls[0]}), attention/feed-forward projections that onnx2torch "
+                              "converts to plain matrix products Torch-Pruning cannot shrink; prune the torch model "
+                              "instead, or use prune.magnitude / lowrank.svd on the ONNX model")
         new = yield from self.torch_copy(model)
         module = new.obj
         module.eval()
