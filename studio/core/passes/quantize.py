@@ -20,7 +20,7 @@ from ..convert import fixed_batch, onnx_copy, run_session_all, session, to_onnx_
 from ..evaluate import Measurement, is_class_scores, measure_latency, quality_from_outputs
 from ..model import ONNX
 from . import targets as tg
-from ..errors import Cancelled
+from ..errors import Cancelled, StudioError
 from .base import Context, Pass, PassConfig, PassResult
 from .registry import register
 
@@ -534,10 +534,31 @@ class Fp16(Pass):
         result = convert_float_to_float16(
             proto, keep_io_types=cfg.keep_io_float32, node_block_list=blocked or None, disable_shape_infer=True
         )
+        yield 0.8, "checking that onnxruntime loads it"
+        _check_session_in_child(result, "float16")
         layers = {name: {"op": op, "dtype": "float16"} for name, op in onnx_layers(result) if name not in blocked}
         summary = f"{len(layers)} layers in float16"
         yield 1.0, summary
         return PassResult(model.with_obj(result, ONNX, format="onnx"), layers, summary)
+
+
+def _check_session_in_child(proto, what: str) -> None:
+    """onnxruntime segfaults building a session for some float16 graphs (a tiny BERT export did):
+    build one in a child process first, so the studio refuses the result instead of dying."""
+    import tempfile
+
+    from ..errors import LoadError
+    from ..io.probe import probe
+
+    with tempfile.TemporaryDirectory(prefix="studio-probe-") as folder:
+        path = Path(folder) / f"{what}.onnx"
+        path.write_bytes(proto.SerializeToString())
+        try:
+            probe("onnx_session", path, timeout=300, what="onnxruntime")
+        except LoadError as exc:
+            reason = str(exc).split(": ", 1)[-1]
+            raise StudioError(f"the {what} model is not usable: {reason}; keep this model in float32 or "
+                              "list the layers that break it in the pass's ignore") from None
 
 
 def _load(path):
