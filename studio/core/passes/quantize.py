@@ -552,7 +552,11 @@ def _check_session_in_child(proto, what: str) -> None:
 
     with tempfile.TemporaryDirectory(prefix="studio-probe-") as folder:
         path = Path(folder) / f"{what}.onnx"
-        path.write_bytes(proto.SerializeToString())
+        try:
+            path.write_bytes(proto.SerializeToString())
+        except OSError as exc:  # a full disk: one line, as every other write
+            raise StudioError(f"cannot write a temporary copy to check the {what} model: "
+                              f"{exc.strerror or exc}; nothing was changed") from None
         try:
             probe("onnx_session", path, timeout=300, what="onnxruntime")
         except LoadError as exc:
