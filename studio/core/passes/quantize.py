@@ -221,7 +221,10 @@ class StaticInt8(Pass):
             try:
                 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-                quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
+                # skip_symbolic_shape: when onnxruntime's symbolic shape inference is incomplete it
+                # saves "sym_shape_infer_temp.onnx" and a sidecar into the current folder (the
+                # user's), before it raises; onnx's own shape inference still runs
+                quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
             except Exception:  # noqa: BLE001 - pre-processing is an optimisation, not required
                 pre = src
             pre_proto = _load(pre)
