@@ -8,7 +8,7 @@ from __future__ import annotations
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
-    QLineEdit, QListWidget, QListWidgetItem, QPushButton, QSpinBox, QVBoxLayout, QWidget,
+    QLineEdit, QListWidget, QListWidgetItem, QPushButton, QScrollArea, QSpinBox, QVBoxLayout, QWidget,
 )
 
 from studio.core.errors import StudioError
@@ -148,7 +148,14 @@ class RecipePanel(QWidget):
         self.description.setWordWrap(True)
         fl = QVBoxLayout(self.form_box)
         fl.addWidget(self.description)
-        fl.addWidget(self.form)
+        # a pass with many options (INT8's remedies) scrolls inside the panel instead of making
+        # the window taller than a laptop screen
+        scroll = QScrollArea()
+        scroll.setWidget(self.form)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QScrollArea.NoFrame)
+        scroll.setMinimumHeight(120)
+        fl.addWidget(scroll, 1)
         fl.addWidget(self.apply_sel)
         self.data_box = compact_combo(QComboBox())
         for key, label in DATA_CHOICES:
