@@ -173,7 +173,7 @@ def npy_header_edit(name: str, blob: bytes, rng: random.Random) -> tuple[bytes, 
         "{'descr': '<f4', 'fortran_order': False, 'shape': (), }",
         "{'descr': '<c16', 'fortran_order': False, 'shape': (5,), }",
         "{'descr': '<M8[s]', 'fortran_order': False, 'shape': (10,), }",
-        "__import__('os').system('touch /tmp/pwned')",
+        "__import__('os').system('touch pwned')",
         "{'descr': '<f4', 'fortran_order': False, 'shape': (0, 1, 8, 8), }",
     ])
     new = replacement.ljust(hlen - 1) + "\n" if len(replacement) < hlen else replacement + "\n"

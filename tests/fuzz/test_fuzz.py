@@ -4,7 +4,7 @@ one-line StudioError: never another exception, a hang or a crash.
 
 The mutants run in child processes (tests/fuzz/run.py), a batch per format, so a crash or a hang
 kills a child, not this test run, and names the mutant to reproduce:
-    python -m tests.fuzz.run FORMAT --out /tmp/r.jsonl --seed SEED --only INDEX --keep
+    python -m tests.fuzz.run FORMAT --out r.jsonl --seed SEED --only INDEX --keep
 STUDIO_FUZZ_SEED and STUDIO_FUZZ_COUNT change the seed (default 0) and the mutants per format.
 """
 
@@ -80,7 +80,7 @@ def _in_flight(out: Path) -> str:
 
 
 def _repro(fmt: str, index: int) -> str:
-    return f"python -m tests.fuzz.run {fmt} --out /tmp/r.jsonl --seed {SEED} --only {index} --keep"
+    return f"python -m tests.fuzz.run {fmt} --out r.jsonl --seed {SEED} --only {index} --keep"
 
 
 @pytest.mark.slow
