@@ -15,6 +15,7 @@ import numpy as np
 
 from .errors import Cancelled, StudioError
 from .model import ONNX, TORCH, Model
+from .training import drain
 
 OPSET = 17
 INPUT_NAME = "input"
@@ -265,15 +266,6 @@ def run_session_all(sess, x, batch_size: int = 256, cancel: threading.Event | No
     """Every output of the model for inputs x, in batches (of the model's own size when its
     batch axis is fixed; the last one padded), as float32 arrays in the model's output order."""
     return drain(iter_session_all(sess, x, batch_size, cancel))
-
-
-def drain(steps):
-    """The return value of a generator that yields progress (the caller does not show it)."""
-    while True:
-        try:
-            next(steps)
-        except StopIteration as stop:
-            return stop.value
 
 
 def iter_session_all(sess, x, batch_size: int = 256, cancel: threading.Event | None = None):

@@ -18,11 +18,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .convert import (
-    drain, fixed_batch, guarded_run, input_dtype, iter_session_all, onnx_tensors, run_session_all, session, to_onnx_proto,
+    fixed_batch, guarded_run, input_dtype, iter_session_all, onnx_tensors, run_session_all, session, to_onnx_proto,
 )
 from .data import Data
 from .data_checks import check_labels_fit
 from .model import Model
+from .training import drain
 
 ZIP_LEVEL = 6  # moderate: level 9 takes minutes on big, mostly-zero files for ~1 % less
 

@@ -98,7 +98,7 @@ def test_errors_and_cancel(demo_cnn, digits_data):
 def test_int8_sensitivity_on_a_quantized_stage_says_what_to_do():
     """It failed with onnxruntime's 'two nodes with same node name' and no hint."""
     from studio.core import pipeline, sensitivity, zoo
-    from studio.core.convert import drain
+    from studio.core.training import drain
     from studio.core.data import digits
     from studio.core.errors import StudioError
     from studio.core.recipe import Recipe, RecipeStep
