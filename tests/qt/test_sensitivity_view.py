@@ -2,6 +2,7 @@
 
 import numpy as np
 from PySide6.QtCore import QPointF, Qt
+from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication
 
 from studio.core.recipe import Recipe
@@ -11,10 +12,22 @@ from tests.qt.test_window import weights_digest
 
 
 def cell_pos(view, row: int, col: int):
-    """Where the centre of a heatmap cell is on the plot's viewport (once the axes are laid out
-    for the new tick labels: a posted layout request)."""
-    QApplication.processEvents()
-    return view.plot.mapFromScene(view.image.mapToScene(QPointF(col + 0.5, row + 0.5)))
+    """Where the centre of a heatmap cell is on the plot's viewport, once the axes are laid out
+    for the new tick labels. That layout takes several posted requests, more of them on a busy
+    machine (a click at the first answer once missed the row): wait until the answer holds still."""
+    def where():
+        QApplication.processEvents()
+        return view.plot.mapFromScene(view.image.mapToScene(QPointF(col + 0.5, row + 0.5)))
+
+    last, steady = where(), 0
+    for _ in range(100):
+        QTest.qWait(20)
+        now = where()
+        steady = steady + 1 if now == last else 0
+        if steady >= 3:
+            break
+        last = now
+    return last
 
 
 def ticks(view, axis: str) -> list[str]:

@@ -47,7 +47,10 @@ class ModelServer:
                     self.send_error(404)
                     return
                 self.path = "/" + parts[2]  # netron's handler sees the page as if served at /
-                super().do_GET()
+                try:
+                    super().do_GET()
+                except (ConnectionResetError, BrokenPipeError):
+                    pass  # the page went away mid-answer (a tab closed, a test ended): nothing to do
 
             def log_message(self, format, *args):  # quiet; netron's own one breaks on send_error
                 pass
