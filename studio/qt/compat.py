@@ -1,10 +1,15 @@
-"""A guard against a PySide6 bug seen with PySide6 6.12.0 on CPython 3.11: every call of a
-method returning void (QPainter.setPen, QWidget.setEnabled, ...) drops one reference to None.
-On Python < 3.12 None is not immortal, so after some ten thousand calls the interpreter
-aborts with "Fatal Python error: none_dealloc" (a 3000-node graph repaint is enough).
+"""A guard against two PySide6 bugs seen with PySide6 6.12.0 on CPython 3.11:
+- every call of a method returning void (QPainter.setPen, QWidget.setEnabled, ...) drops one
+  reference to None;
+- every emit() of a signal declared in Python (ours and pyqtgraph's, whatever its argument
+  types) drops one reference to True, the value emit() returns.
+On Python < 3.12 None and True are not immortal, so after some ten thousand calls the
+interpreter aborts with "Fatal Python error: none_dealloc" / "bool_dealloc" (a 3000-node graph
+repaint is enough for None; a few hundred jobs for True, or the end of a test run).
+PySide6 6.11.3 has neither bug; 6.12.0 is what pip picks today.
 
-If (and only if) the bug is detected, None gets a very large reference count: what CPython
-3.12+ does for every immortal object. The real fix is a PySide6 without the bug or Python
+If (and only if) a bug is detected, its object gets a very large reference count: what CPython
+3.12+ does for every immortal object. The real fix is a PySide6 without the bugs or Python
 >= 3.12; this keeps the window alive until then."""
 
 from __future__ import annotations
@@ -25,12 +30,32 @@ def void_calls_leak_none() -> bool:
     return sys.getrefcount(None) < before - 32
 
 
+def emits_leak_true() -> bool:
+    from PySide6.QtCore import QObject, Signal
+
+    class Probe(QObject):
+        ping = Signal(int)
+
+    p = Probe()
+    before = sys.getrefcount(True)
+    for _ in range(64):
+        p.ping.emit(1)
+    return sys.getrefcount(True) < before - 32
+
+
+def _make_immortal(obj) -> None:
+    ctypes.c_ssize_t.from_address(id(obj)).value += 1 << 40
+
+
 def guard_none_refcount() -> bool:
-    """Returns True when the guard was needed (and applied)."""
+    """Returns True when a guard was needed (and applied)."""
     global _applied
     if _applied or sys.version_info >= (3, 12) or sys.implementation.name != "cpython":
         return _applied
     if void_calls_leak_none():
-        ctypes.c_ssize_t.from_address(id(None)).value += 1 << 40
+        _make_immortal(None)
+        _applied = True
+    if emits_leak_true():
+        _make_immortal(True)
         _applied = True
     return _applied
