@@ -27,6 +27,15 @@ class LayerStats:
     std: float
     hist_counts: np.ndarray
     hist_edges: np.ndarray
+    hist_zeros: int = 0  # exact zeros among the histogram's sample, all counted in the bin holding 0
+
+
+def zero_bin(edges) -> int | None:
+    """The histogram bin np.histogram counts 0.0 in (None when 0 is outside the range)."""
+    edges = np.asarray(edges)
+    if not len(edges) or not edges[0] <= 0.0 <= edges[-1]:
+        return None
+    return int(min(np.searchsorted(edges, 0.0, side="right") - 1, len(edges) - 2))
 
 
 def _stats(name, tensor, op, arr: np.ndarray, dtype: str, bins: int, max_samples: int) -> LayerStats:
@@ -47,6 +56,7 @@ def _stats(name, tensor, op, arr: np.ndarray, dtype: str, bins: int, max_samples
         name, tensor, op, tuple(arr.shape), dtype, int(flat.size), nonzeros, 1 - nonzeros / max(1, flat.size),
         lo, hi, float(flat.mean(dtype=np.float64)) if flat.size else 0.0,
         float(flat.std(dtype=np.float64)) if flat.size else 0.0, counts, edges,
+        int(sample.size - np.count_nonzero(sample)),
     )
 
 

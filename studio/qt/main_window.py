@@ -25,6 +25,7 @@ from .session import Session, Variant
 from .views.compare import CompareView, tensor_key
 from .views.distribution import DistributionView
 from .views.graph_view import GraphView
+from .views.histogram import HistogramOptions
 from .views.inputs_panel import SizeDialog, from_items, sizing_needed, to_items
 from .views.inspector import LayerInspector
 from .views.log_panel import LogPanel
@@ -133,8 +134,9 @@ class MainWindow(QMainWindow):
         self.graph_view = GraphView(s)
         self.chart = TradeoffChart(s)
         self.results = ResultsTable(s)
-        self.compare = CompareView(s)
-        self.inspector = LayerInspector(s)
+        self.histogram_options = HistogramOptions(self.settings, self)  # one pair of toggles for every histogram
+        self.compare = CompareView(s, self.histogram_options)
+        self.inspector = LayerInspector(s, self.histogram_options)
         self.inspector.setMinimumWidth(240)  # room for the histogram and heatmap axes, and for a laptop
         self.distribution = DistributionView(s)
         self.recipe_panel = RecipePanel(s)
