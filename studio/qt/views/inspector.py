@@ -78,6 +78,7 @@ class LayerInspector(QWidget):
         self.options.apply_axes(self.hist, [self.hist_curve])
         session.selection_changed.connect(self.refresh)
         session.stage_selected.connect(self.refresh)
+        session.stats_arrived.connect(self.refresh)
 
     def stats_for(self, variant, layer):
         return next((s for s in variant.stats if s.name == layer or s.tensor == layer), None)
@@ -92,12 +93,19 @@ class LayerInspector(QWidget):
             return
         s = self.stats_for(variant, layer)
         if s is None:
-            self.title.setText(f"<b>{layer}</b>: no weights in this layer.")
+            pending = getattr(variant, "stats_pending", False)
+            self.title.setText(f"<b>{layer}</b>: " + ("computing weight statistics…" if pending
+                                                       else "no weights in this layer."))
             self.hist_curve.setData([0, 1], [0])
             self.image.clear()
             self.shown, self.shown_stats = (variant.key, layer), None
             return
-        self.title.setText(layer_summary(s))
+        title = layer_summary(s)
+        graph = variant.graph
+        module = graph.node(s.name).module if graph is not None and s.name in graph else ""
+        if module and module != s.name:  # a dynamo export's `node_Conv_12` is `layer2.0.conv1`
+            title = f"<b>{module}</b> · " + title
+        self.title.setText(title)
         self.shown, self.shown_stats = (variant.key, layer), s
         self._draw_hist()
         # the matrix itself can be large (an embedding): fetch it on a worker
