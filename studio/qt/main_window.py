@@ -62,15 +62,26 @@ def settings() -> QSettings:
     return QSettings(path, QSettings.IniFormat) if path else QSettings("compression-studio", "studio")
 
 
-def prepare_variant(model, run_id=None, index=0) -> Variant:
-    """Graph, layout and statistics of a model: worker-thread work."""
+# Weight statistics of a large model take seconds (BERT-base: ~5 s, more than loading and the
+# graph together): over this many parameters the graph is drawn first and they follow.
+STATS_INLINE_PARAMS = 5_000_000
+
+
+def prepare_variant(model, run_id=None, index=0, stats: bool | None = None) -> Variant:
+    """Graph, layout and (small models, or stats=True) statistics of a model: worker-thread work.
+    Without statistics the variant is `stats_pending`: MainWindow.fill_stats computes them."""
     from studio.core.graph import build_graph
     from studio.core.stats import layer_stats
 
     from .layout import layout
 
     graph = build_graph(model)
-    return Variant(run_id, index, model, graph, layout(graph), layer_stats(model))
+    variant = Variant(run_id, index, model, graph, layout(graph))
+    if stats or (stats is None and graph.total_parameters <= STATS_INLINE_PARAMS):
+        variant.stats = layer_stats(model)
+    else:
+        variant.stats_pending = True
+    return variant
 
 
 def load_job(path: str, trust: bool):
@@ -355,6 +366,7 @@ class MainWindow(QMainWindow):
             return  # a job started while this was loading (Run waits for loads: should not happen)
         self.variants = {variant.key: variant}
         self.session.set_model(variant)
+        self.fill_stats(variant)
         if path:
             self._add_recent(path)
         m = variant.model
@@ -517,7 +529,7 @@ class MainWindow(QMainWindow):
             return
         if index == 0:  # stage 0 is the open model itself: reuse its graph and statistics
             o = self.session.original
-            self._show(Variant(run_id, 0, o.model, o.graph, o.layout, o.stats))
+            self._show(Variant(run_id, 0, o.model, o.graph, o.layout, o.stats, o.stats_pending))
             return
         cached = self.variants.get((run_id, index))
         if cached is not None:
@@ -530,9 +542,25 @@ class MainWindow(QMainWindow):
             if generation == self.session.generation:
                 self.variants[variant.key] = variant
                 self._show(variant)
+                self.fill_stats(variant)
 
         self.tasks.start("variant", prepare_variant, stage.model, run_id, index, on_return=done,
                          on_error=lambda e: self.log_panel.append(f"cannot show stage {index}: {e}"))
+
+    def fill_stats(self, variant: Variant) -> None:
+        """A large model's graph is on screen: its weight statistics follow from a worker."""
+        if not variant.stats_pending:
+            return
+        from studio.core.stats import layer_stats
+
+        generation = self.session.generation
+
+        def done(stats):
+            if generation == self.session.generation:
+                self.session.set_stats(variant, stats)
+
+        self.tasks.start(f"stats {variant.key}", layer_stats, variant.model, on_return=done,
+                         on_error=lambda e: self.log_panel.append(f"weight statistics failed: {e}"))
 
     def _show(self, variant: Variant) -> None:
         """Show a variant; the selected layers follow to their counterparts in it."""

@@ -76,6 +76,7 @@ class CompareView(QWidget):
         self.options.changed.connect(self.show_histograms)
         self.options.apply_axes(self.hist, [self.before_curve, self.after_curve])
         session.stage_selected.connect(self.refresh)
+        session.stats_arrived.connect(self.refresh)
         session.selection_changed.connect(self.show_histograms)
 
     def refresh(self) -> None:
