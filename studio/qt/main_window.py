@@ -168,6 +168,7 @@ class MainWindow(QMainWindow):
             self.restoreGeometry(geometry)
         if deferred:
             self._first_paint = _FirstPaint(self.stack, lambda: QTimer.singleShot(0, lambda: self._build(warm_up)))
+            QTimer.singleShot(3000, lambda: self._build(warm_up))  # a window never painted (minimized) builds too
         else:
             self._build(warm_up)
 
@@ -179,6 +180,8 @@ class MainWindow(QMainWindow):
             self._when_ready.append(call)
 
     def _build(self, warm_up: bool) -> None:
+        if hasattr(self, "session"):  # built already
+            return
         _load_views()
         self.session = Session(self)
         self.tasks = Tasks(self)

@@ -28,6 +28,10 @@ def test_deferred_window_paints_first_then_builds_its_views(settings_file, qtbot
     w.when_ready(lambda: calls.append("now"))  # once ready: at once
     assert calls == [True, "now"]
     w.shutdown()
+    hidden = MainWindow(deferred=True)  # never painted (started minimized): it builds all the same
+    qtbot.addWidget(hidden)
+    qtbot.waitUntil(lambda: hidden.ready, timeout=15_000)
+    hidden.shutdown()
 
 
 def test_large_model_graph_first_then_its_statistics(window, qtbot, monkeypatch):
