@@ -72,10 +72,12 @@ def main() -> int:
                        ("mobilenet_v2", "features.12"), ("vit_tiny", "blocks.11.mlp"),
                        ("bert_base", "blocks.7.attn")):
         path = export(name, folder)
+        generation = w.session.generation
         t = time.perf_counter()
         w.open_path(str(path))
-        wait(app, lambda: w.session.model is not None and w.session.current.graph is not None
-             and not w.tasks.running() and (view.items or view.groups))
+        # drawn: the new model's graph is on screen (a large model's statistics still come)
+        wait(app, lambda g=generation: w.session.generation != g and w.session.current.graph is not None
+             and not w.tasks.running("load") and (view.items or view.groups))
         opened = time.perf_counter() - t
         t = time.perf_counter()
         view.rebuild()  # the drawing alone, on the UI thread

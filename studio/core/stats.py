@@ -27,6 +27,15 @@ class LayerStats:
     std: float
     hist_counts: np.ndarray
     hist_edges: np.ndarray
+    hist_zeros: int = 0  # exact zeros among the histogram's sample, all counted in the bin holding 0
+
+
+def zero_bin(edges) -> int | None:
+    """The histogram bin np.histogram counts 0.0 in (None when 0 is outside the range)."""
+    edges = np.asarray(edges)
+    if not len(edges) or not edges[0] <= 0.0 <= edges[-1]:
+        return None
+    return int(min(np.searchsorted(edges, 0.0, side="right") - 1, len(edges) - 2))
 
 
 def _stats(name, tensor, op, arr: np.ndarray, dtype: str, bins: int, max_samples: int) -> LayerStats:
@@ -42,12 +51,29 @@ def _stats(name, tensor, op, arr: np.ndarray, dtype: str, bins: int, max_samples
     sample = sample.astype(np.float32, copy=False)
     lo, hi = (float(flat.min()), float(flat.max())) if flat.size else (0.0, 0.0)
     width = hi - lo if hi - lo > 1e-6 * max(1.0, abs(lo)) else max(1.0, abs(lo)) * 1e-3  # constant tensors
-    counts, edges = np.histogram(sample, bins=bins, range=(lo, lo + width))
+    # equal-width bins by index arithmetic and bincount: np.histogram took ~25 ms a tensor
+    scaled = (sample - np.float32(lo)) * np.float32(bins / width)
+    index = np.clip(scaled, 0, bins - 1).astype(np.intp)
+    edges = np.linspace(lo, lo + width, bins + 1)
+    zb = zero_bin(edges)
+    if zb is not None:  # exact zeros in the bin the edges say holds 0, whatever float32 rounding says
+        index[sample == 0] = zb
+    counts = np.bincount(index, minlength=bins)[:bins]
+    mean, std = _mean_std(flat)
     return LayerStats(
         name, tensor, op, tuple(arr.shape), dtype, int(flat.size), nonzeros, 1 - nonzeros / max(1, flat.size),
-        lo, hi, float(flat.mean(dtype=np.float64)) if flat.size else 0.0,
-        float(flat.std(dtype=np.float64)) if flat.size else 0.0, counts, edges,
+        lo, hi, mean, std, counts, edges, int(sample.size - np.count_nonzero(sample)),
     )
+
+
+def _mean_std(flat: np.ndarray) -> tuple[float, float]:
+    """Exact-enough mean and std in float64 accumulation, without the float64 copies np.std
+    makes (2 s of BERT-base's statistics): centred values, then a BLAS dot product."""
+    if not flat.size:
+        return 0.0, 0.0
+    mean = float(flat.mean(dtype=np.float64))
+    centred = flat.astype(np.float64, copy=False) - mean if flat.dtype != np.float32 else flat - np.float32(mean)
+    return mean, float(np.sqrt(max(0.0, float(np.dot(centred, centred)) / flat.size)))
 
 
 def _torch_weights(module):
@@ -86,7 +112,7 @@ def _onnx_weights(proto):
             elif tensor in inits and j >= 1 or (tensor in inits and node.op_type == "Gather" and j == 0):
                 arr = numpy_helper.to_array(inits[tensor])
                 if arr.ndim >= 2 and arr.dtype.kind == "f":
-                    yield node.name or node.output[0], tensor, node.op_type, arr.astype(np.float32), str(arr.dtype)
+                    yield node.name or node.output[0], tensor, node.op_type, arr.astype(np.float32, copy=False), str(arr.dtype)
 
 
 def _dequantize(q, node, inits) -> np.ndarray:

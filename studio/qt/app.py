@@ -19,25 +19,25 @@ def _webengine_env() -> None:
             os.environ["QTWEBENGINE_CHROMIUM_FLAGS"] = (flags + " --no-sandbox").strip()
 
 
-def create_app(argv=None):
+def create_app(argv=None, plots: bool = True):
+    """The QApplication; plots=False leaves pyqtgraph unimported (the window imports it with its
+    views, after its first paint)."""
     _webengine_env()
     from PySide6.QtCore import QCoreApplication, Qt
     from PySide6.QtGui import QIcon
     from PySide6.QtWidgets import QApplication
 
-    # QtWebEngine must be initialised before the QApplication exists, even if it is used later
+    # QtWebEngine (the Netron tab, imported on its first visit) needs shared OpenGL contexts set
+    # before the QApplication exists; importing it here cost ~0.1 s of every start
     QCoreApplication.setAttribute(Qt.AA_ShareOpenGLContexts)
-    try:
-        import PySide6.QtWebEngineWidgets  # noqa: F401
-    except ImportError:
-        pass
     app = QApplication.instance() or QApplication(list(argv or sys.argv[:1]))
     app.setApplicationName("Compression Studio")
     app.setOrganizationName("compression-studio")
     app.setDesktopFileName("studio")
     if ICON.is_file():
         app.setWindowIcon(QIcon(str(ICON)))
-    _plots_follow_palette(app)
+    if plots:
+        _plots_follow_palette(app)
     return app
 
 
@@ -53,15 +53,17 @@ def _plots_follow_palette(app) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Open the window; with a path, open that model. On a first start, open the demo."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    app = create_app([sys.argv[0]])
+    app = create_app([sys.argv[0]], plots=False)
     from .main_window import MainWindow
 
-    window = MainWindow(warm_up=True)
+    # painted first (title, welcome page), the views built right after: the window is on
+    # screen within a second, not after every plotting and model library has loaded
+    window = MainWindow(warm_up=True, deferred=True)
     window.show()
     if argv:
-        window.open_path(argv[0])
+        window.when_ready(lambda: window.open_path(argv[0]))
     elif not window.settings.value("started", False, type=bool):
-        window.open_demo("cnn")  # a first start shows something to work on, not an empty window
+        window.when_ready(lambda: window.open_demo("cnn"))  # a first start shows something to work on
     window.settings.setValue("started", True)
     window.quit_budget_s = 1.5
     code = app.exec()

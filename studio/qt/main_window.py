@@ -10,7 +10,7 @@ import threading
 import traceback
 from pathlib import Path
 
-from PySide6.QtCore import QSettings, Qt, QTimer
+from PySide6.QtCore import QEvent, QObject, QSettings, Qt, QTimer
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
     QApplication, QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox, QPushButton, QStackedWidget, QTabWidget,
@@ -18,21 +18,34 @@ from PySide6.QtWidgets import (
 )
 
 from studio.core.errors import Cancelled, LoadError, StudioError, TrustRequired
-from studio.core.recipe import Recipe
 
-from .compact import ElidedLabel, compact_all_combos
-from .session import Session, Variant
-from .views.compare import CompareView, tensor_key
-from .views.distribution import DistributionView
-from .views.graph_view import GraphView
-from .views.inputs_panel import SizeDialog, from_items, sizing_needed, to_items
-from .views.inspector import LayerInspector
-from .views.log_panel import LogPanel
-from .views.recipe_panel import RecipePanel
-from .views.results import ResultsTable
-from .views.sensitivity import SensitivityView
-from .views.tradeoff import TradeoffChart
-from .workers import Tasks
+
+def _load_views() -> None:
+    """The views and what they import (pyqtgraph, superqt, pydantic: over a second on 2 cores)
+    load on first use, not with this module: `studio` paints its window before they are ready
+    (MainWindow(deferred=True))."""
+    global Recipe, ElidedLabel, compact_all_combos, Session, Variant, CompareView, tensor_key, DistributionView
+    global GraphView, HistogramOptions, SizeDialog, from_items, sizing_needed, to_items, LayerInspector, LogPanel
+    global RecipePanel, ResultsTable, SensitivityView, TradeoffChart, Tasks
+    from studio.core.recipe import Recipe
+
+    from .app import _plots_follow_palette
+    from .compact import ElidedLabel, compact_all_combos
+    from .session import Session, Variant
+    from .views.compare import CompareView, tensor_key
+    from .views.distribution import DistributionView
+    from .views.graph_view import GraphView
+    from .views.histogram import HistogramOptions
+    from .views.inputs_panel import SizeDialog, from_items, sizing_needed, to_items
+    from .views.inspector import LayerInspector
+    from .views.log_panel import LogPanel
+    from .views.recipe_panel import RecipePanel
+    from .views.results import ResultsTable
+    from .views.sensitivity import SensitivityView
+    from .views.tradeoff import TradeoffChart
+    from .workers import Tasks
+
+    _plots_follow_palette(QApplication.instance())  # pyqtgraph follows the light or dark palette
 
 MAX_RECENT = 10
 DEMO_MODELS = ("cnn", "mlp", "resnet")
@@ -61,15 +74,27 @@ def settings() -> QSettings:
     return QSettings(path, QSettings.IniFormat) if path else QSettings("compression-studio", "studio")
 
 
-def prepare_variant(model, run_id=None, index=0) -> Variant:
-    """Graph, layout and statistics of a model: worker-thread work."""
+# Weight statistics of a large model take seconds (BERT-base: ~5 s, more than loading and the
+# graph together): over this many parameters the graph is drawn first and they follow.
+STATS_INLINE_PARAMS = 5_000_000
+
+
+def prepare_variant(model, run_id=None, index=0, stats: bool | None = None) -> Variant:
+    """Graph, layout and (small models, or stats=True) statistics of a model: worker-thread work.
+    Without statistics the variant is `stats_pending`: MainWindow.fill_stats computes them."""
     from studio.core.graph import build_graph
     from studio.core.stats import layer_stats
 
     from .layout import layout
+    from .session import Variant
 
     graph = build_graph(model)
-    return Variant(run_id, index, model, graph, layout(graph), layer_stats(model))
+    variant = Variant(run_id, index, model, graph, layout(graph))
+    if stats or (stats is None and graph.total_parameters <= STATS_INLINE_PARAMS):
+        variant.stats = layer_stats(model)
+    else:
+        variant.stats_pending = True
+    return variant
 
 
 def load_job(path: str, trust: bool):
@@ -108,12 +133,56 @@ def warm_up_job():
     return True
 
 
+class _FirstPaint(QObject):
+    """Calls `then` once, at the first paint of `widget`."""
+
+    def __init__(self, widget: QWidget, then):
+        super().__init__(widget)
+        self.then = then
+        widget.installEventFilter(self)
+
+    def eventFilter(self, obj, event) -> bool:
+        if event.type() == QEvent.Paint and self.then is not None:
+            then, self.then = self.then, None
+            obj.removeEventFilter(self)
+            then()
+        return False
+
+
 class MainWindow(QMainWindow):
-    def __init__(self, parent=None, warm_up: bool = False):
+    def __init__(self, parent=None, warm_up: bool = False, deferred: bool = False):
+        """deferred: show the window with its welcome page first and build the views right after
+        its first paint (`studio` at start-up); call when_ready() for what needs them."""
         super().__init__(parent)
         self.setWindowTitle("Compression Studio")
         self.setAcceptDrops(True)
         self.settings = settings()
+        self.ready = False
+        self._when_ready: list = []
+        self.stack = QStackedWidget()
+        self.stack.addWidget(self._welcome())
+        self.setCentralWidget(self.stack)
+        self._fit_to_screen(1400, 900)
+        geometry = self.settings.value("geometry")
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        if deferred:
+            self._first_paint = _FirstPaint(self.stack, lambda: QTimer.singleShot(0, lambda: self._build(warm_up)))
+            QTimer.singleShot(3000, lambda: self._build(warm_up))  # a window never painted (minimized) builds too
+        else:
+            self._build(warm_up)
+
+    def when_ready(self, call) -> None:
+        """Run call() once the views exist (at once when they do)."""
+        if self.ready:
+            call()
+        else:
+            self._when_ready.append(call)
+
+    def _build(self, warm_up: bool) -> None:
+        if hasattr(self, "session"):  # built already
+            return
+        _load_views()
         self.session = Session(self)
         self.tasks = Tasks(self)
         self.variants: dict[tuple, Variant] = {}  # prepared variants (graph, layout, stats) by (run, stage)
@@ -133,8 +202,9 @@ class MainWindow(QMainWindow):
         self.graph_view = GraphView(s)
         self.chart = TradeoffChart(s)
         self.results = ResultsTable(s)
-        self.compare = CompareView(s)
-        self.inspector = LayerInspector(s)
+        self.histogram_options = HistogramOptions(self.settings, self)  # one pair of toggles for every histogram
+        self.compare = CompareView(s, self.histogram_options)
+        self.inspector = LayerInspector(s, self.histogram_options)
         self.inspector.setMinimumWidth(240)  # room for the histogram and heatmap axes, and for a laptop
         self.distribution = DistributionView(s)
         self.recipe_panel = RecipePanel(s)
@@ -159,10 +229,7 @@ class MainWindow(QMainWindow):
         QVBoxLayout(self.netron_page)
         self.tabs.addTab(self.netron_page, "Netron")
         self.tabs.currentChanged.connect(self._tab_changed)
-        self.stack = QStackedWidget()
-        self.stack.addWidget(self._welcome())
         self.stack.addWidget(self.tabs)
-        self.setCentralWidget(self.stack)
 
         self.docks = {}
         for key, title, widget, area in (
@@ -187,10 +254,6 @@ class MainWindow(QMainWindow):
         self.statusBar().addPermanentWidget(self.working)
         s.model_changed.connect(self._model_changed)
         self.tasks.busy_changed.connect(self.working.setVisible)
-        self._fit_to_screen(1400, 900)
-        geometry = self.settings.value("geometry")
-        if geometry is not None:
-            self.restoreGeometry(geometry)
         state = self.settings.value("state")
         if state is not None:
             self.restoreState(state)
@@ -203,6 +266,10 @@ class MainWindow(QMainWindow):
             s.set_data_spec(str(data))
         if warm_up:
             self.tasks.start("warm-up", warm_up_job, on_error=lambda e: None)
+        self.ready = True
+        for call in self._when_ready:
+            call()
+        self._when_ready.clear()
 
     def _fit_to_screen(self, width: int, height: int) -> None:
         """The first size: what we'd like, but never more than the screen offers (a 1280x800 laptop)."""
@@ -224,10 +291,10 @@ class MainWindow(QMainWindow):
         lay.addWidget(title)
         self.demo_button = QPushButton("Open demo model (a small CNN trained on digits)")
         self.demo_button.setMinimumHeight(48)
-        self.demo_button.clicked.connect(lambda: self.open_demo("cnn"))
+        self.demo_button.clicked.connect(lambda: self.when_ready(lambda: self.open_demo("cnn")))
         open_button = QPushButton("Open a model file…")
         open_button.setMinimumHeight(36)
-        open_button.clicked.connect(self.open_dialog)
+        open_button.clicked.connect(lambda: self.when_ready(self.open_dialog))
         for b in (self.demo_button, open_button):
             lay.addWidget(b, 0, Qt.AlignCenter)
         lay.addStretch(2)
@@ -353,6 +420,7 @@ class MainWindow(QMainWindow):
             return  # a job started while this was loading (Run waits for loads: should not happen)
         self.variants = {variant.key: variant}
         self.session.set_model(variant)
+        self.fill_stats(variant)
         if path:
             self._add_recent(path)
         m = variant.model
@@ -500,9 +568,9 @@ class MainWindow(QMainWindow):
             return
         event.acceptProposedAction()
         if files[0].endswith((".yaml", ".yml")):
-            self.load_recipe(files[0])
+            self.when_ready(lambda: self.load_recipe(files[0]))
         else:
-            self.open_path(files[0])
+            self.when_ready(lambda: self.open_path(files[0]))
 
     # -- variants ------------------------------------------------------------------------
     def show_original(self) -> None:
@@ -515,7 +583,7 @@ class MainWindow(QMainWindow):
             return
         if index == 0:  # stage 0 is the open model itself: reuse its graph and statistics
             o = self.session.original
-            self._show(Variant(run_id, 0, o.model, o.graph, o.layout, o.stats))
+            self._show(Variant(run_id, 0, o.model, o.graph, o.layout, o.stats, o.stats_pending))
             return
         cached = self.variants.get((run_id, index))
         if cached is not None:
@@ -528,9 +596,25 @@ class MainWindow(QMainWindow):
             if generation == self.session.generation:
                 self.variants[variant.key] = variant
                 self._show(variant)
+                self.fill_stats(variant)
 
         self.tasks.start("variant", prepare_variant, stage.model, run_id, index, on_return=done,
                          on_error=lambda e: self.log_panel.append(f"cannot show stage {index}: {e}"))
+
+    def fill_stats(self, variant: Variant) -> None:
+        """A large model's graph is on screen: its weight statistics follow from a worker."""
+        if not variant.stats_pending:
+            return
+        from studio.core.stats import layer_stats
+
+        generation = self.session.generation
+
+        def done(stats):
+            if generation == self.session.generation:
+                self.session.set_stats(variant, stats)
+
+        self.tasks.start(f"stats {variant.key}", layer_stats, variant.model, on_return=done,
+                         on_error=lambda e: self.log_panel.append(f"weight statistics failed: {e}"))
 
     def _show(self, variant: Variant) -> None:
         """Show a variant; the selected layers follow to their counterparts in it."""
@@ -790,6 +874,8 @@ class MainWindow(QMainWindow):
     def shutdown(self, timeout: float = 60.0) -> bool:
         """Cancel every worker and wait up to `timeout` s for them; stop the Netron server.
         Returns whether every worker finished."""
+        if not self.ready:  # closed before its views were built: no worker was started
+            return True
         if self.cancel_event is not None:
             self.cancel_event.set()
         if self.netron is not None:
@@ -808,7 +894,8 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event) -> None:
         self.settings.setValue("geometry", self.saveGeometry())
-        self.settings.setValue("state", self.saveState())
+        if self.ready:  # the docks' places: not before the docks exist
+            self.settings.setValue("state", self.saveState())
         self.settings.sync()
         self.hide()  # at once: the user asked to quit, the window must not look hung
         QApplication.processEvents()

@@ -20,6 +20,7 @@ class Variant:
     graph: object = None  # studio.core.graph.Graph, filled by a worker
     layout: dict = field(default_factory=dict)
     stats: list = field(default_factory=list)  # list[LayerStats]
+    stats_pending: bool = False  # a large model's statistics are still being computed on a worker
 
     @property
     def key(self) -> tuple:
@@ -34,6 +35,7 @@ class Session(QObject):
     recipe_changed = Signal()
     data_changed = Signal()
     sensitivity_changed = Signal()  # a per-layer sensitivity analysis finished (or was cleared)
+    stats_arrived = Signal()  # a shown variant's weight statistics arrived after its graph
     log = Signal(str)
 
     def __init__(self, parent=None):
@@ -83,6 +85,16 @@ class Session(QObject):
     def show_variant(self, variant: Variant) -> None:
         self.current = variant
         self.stage_selected.emit()
+
+    def set_stats(self, variant: Variant, stats: list) -> None:
+        """A variant's statistics, computed after its graph was drawn (large models)."""
+        shown = False
+        for v in (variant, self.original, self.current):  # stage 0 of a run shows the original's model
+            if v is not None and v.model is variant.model:
+                v.stats, v.stats_pending = stats, False
+                shown = shown or v is not variant or v is self.original or v is self.current
+        if shown:
+            self.stats_arrived.emit()
 
     def previous_stages(self):
         """The last run's stages, so an edited recipe reuses the unchanged prefix."""

@@ -19,6 +19,7 @@ class Node:
     dtype: str = "float32"
     sparsity: float = 0.0
     macs: int = 0
+    module: str = ""  # the torch module it came from, when the exporter recorded it (dynamo ONNX metadata)
 
 
 @dataclass

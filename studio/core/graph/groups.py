@@ -33,8 +33,13 @@ def onnx_path(name: str) -> Path:
     return tuple(p for p in path if p)
 
 
-def module_of(name: str) -> str:
-    """The dotted module a node belongs to: `layer1.0.conv1` for both spellings above."""
+def module_of(name: str | Node) -> str:
+    """The dotted module a node belongs to: `layer1.0.conv1` for both spellings above, or the
+    module the exporter recorded in the node's metadata (dynamo ONNX: `node_Conv_12`)."""
+    if isinstance(name, Node):
+        if name.module:
+            return name.module
+        name = name.name
     if "/" in name:
         return ".".join(onnx_path(name))
     return name
@@ -67,7 +72,8 @@ class Grouping:
         slashed = any("/" in n.name for n in self.graph.nodes)
         raw: dict[str, Path] = {}
         for n in self.graph.nodes:
-            p = _raw_path(n.name, slashed)
+            # a module the exporter recorded includes the layer itself, like a slashed ONNX name
+            p = tuple(x for x in n.module.split(".") if x) if n.module else _raw_path(n.name, slashed)
             if not p and not slashed and n.op[:1].islower() and n.inputs:
                 # torch.fx names functions `add_3`, without a module: the residual add of a block
                 # belongs with the block its first input comes from
@@ -179,7 +185,7 @@ def _count(n: int) -> str:
 
 def search_text(node: Node, tensors: list[str] = ()) -> str:
     """What Find looks through for a node: its name, op, module and weight names."""
-    return " ".join([node.name, node.op, module_of(node.name), *node.param_names, *tensors]).lower()
+    return " ".join([node.name, node.op, module_of(node), *node.param_names, *tensors]).lower()
 
 
 def weight_module(query: str) -> str | None:

@@ -237,7 +237,8 @@ class StaticInt8(Pass):
             first = Setting(activation_type(cfg.activations), cfg.per_channel, cfg.method,
                             min(cfg.calibration_samples, len(x_pool)))
             yield 0.2, f"calibrating on {first.samples} samples ({cfg.method})"
-            tries = [trial.run(first, "as configured")]
+            span = 0.6 / cfg.max_tries  # each try's share of the bar: the remedies may follow
+            tries = [(yield from _reporting(lambda report: trial.run(first, "as configured", report), 0.2, span))]
             best = tries[0]
             budget = cfg.max_tries - 1
             if cfg.remedies and not trial.meets(best, cfg):
@@ -249,8 +250,10 @@ class StaticInt8(Pass):
                         continue
                     label, setting = step
                     context.check_cancelled()
-                    yield 0.2 + 0.6 * len(tries) / cfg.max_tries, f"{trial.shortfall(best, cfg)}; trying {label}"
-                    tries.append(trial.attempt(setting, label))
+                    at = 0.2 + 0.6 * len(tries) / cfg.max_tries
+                    yield at, f"{trial.shortfall(best, cfg)}; trying {label}"
+                    tries.append((yield from _reporting(
+                        lambda report, s=setting, lb=label: trial.attempt(s, lb, report), at, span)))
                     budget -= 1
                     if tries[-1]["score"] is not None and tries[-1]["score"] > best["score"] + 1e-12:  # the next remedy builds on the best
                         best.pop("proto")  # only the best model is kept in memory
@@ -301,7 +304,8 @@ class _Trial:
         self.classifier = is_class_scores(reference[0])
         self.measure_name = "top-1 agreement" if self.classifier else "cosine similarity"
 
-    def run(self, s: Setting, change: str) -> dict:
+    def run(self, s: Setting, change: str, report=None) -> dict:
+        """report(done, total): called by the calibration reader after each batch (see _reporting)."""
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         start = time.perf_counter()
@@ -315,7 +319,7 @@ class _Trial:
             exclude += self.facts.groups.get(group, [])
         exclude += s.float_nodes
         quantize_static(
-            str(self.pre), str(self.out), calibration_reader(self.proto, x, self.pinned or 32, self.context),
+            str(self.pre), str(self.out), calibration_reader(self.proto, x, self.pinned or 32, self.context, report),
             quant_format=QuantFormat.QDQ, per_channel=s.per_channel, reduce_range=s.reduce_range,
             activation_type=QuantType.QUInt8 if s.activations == "uint8" else QuantType.QInt8,
             weight_type=QuantType.QInt8, op_types_to_quantize=op_types, nodes_to_exclude=list(dict.fromkeys(exclude)),
@@ -324,6 +328,8 @@ class _Trial:
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )
         proto = _load(self.out)
+        if report is not None:
+            report(None, len(self.x_val))  # calibrated: now the comparison with the float stage
         outs = run_session_all(session(proto), self.x_val, cancel=self.context.cancel_event)
         m = Measurement()
         quality_from_outputs(m, outs, None, self.reference)
@@ -334,12 +340,12 @@ class _Trial:
                 "measure": self.measure_name, "score": score, "snr_db": first.get("snr_db"),
                 "seconds": round(time.perf_counter() - start, 3)}
 
-    def attempt(self, s: Setting, change: str) -> dict:
+    def attempt(self, s: Setting, change: str, report=None) -> dict:
         """run() for a remedy: a setting onnxruntime cannot quantize with is recorded as a failed
         try (its error's first line) and the search goes on."""
         start = time.perf_counter()
         try:
-            return self.run(s, change)
+            return self.run(s, change, report)
         except Cancelled:
             raise
         except Exception as exc:  # noqa: BLE001 - a remedy that fails is reported, not fatal
@@ -428,15 +434,78 @@ def _keep_slow_float(trial: _Trial, best: dict, tries: list, cfg: StaticConfig, 
     return fastest
 
 
-def calibration_reader(proto, x, step: int, context: Context):
+def _reporting(call, start: float, span: float):
+    """Run call(report) (one quantize_static try) on a helper thread and yield progress while it
+    runs: onnxruntime calibrates in one blocking call, which showed the same percentage for
+    minutes. The calibration reader reports each batch it hands out; the fraction moves from
+    `start` over `span`, the message says the batch and the time left at the rate measured so
+    far. Returns call's result; its exception is raised here. A cancel stops it at its next batch."""
+    import queue
+    import threading
+
+    events: queue.Queue = queue.Queue()
+    outcome: dict = {}
+    abandoned = threading.Event()  # the generator was closed: stop the try at its next batch
+
+    def report(done, total):
+        if abandoned.is_set():
+            raise Cancelled()
+        events.put((done, total))
+
+    def target():
+        try:
+            outcome["value"] = call(report)
+        except BaseException as exc:  # noqa: BLE001 - handed to the generator, raised there
+            outcome["error"] = exc
+        finally:
+            events.put(None)
+
+    worker = threading.Thread(target=target, name="studio-calibration", daemon=True)
+    began = time.monotonic()
+    worker.start()
+    try:
+        while True:
+            try:
+                event = events.get(timeout=0.5)
+            except queue.Empty:
+                continue  # onnxruntime is inside one batch; its cancel check comes at the next
+            if event is None:
+                break
+            done, total = event
+            if done is None:  # calibrated
+                yield start + 0.95 * span, f"comparing with the float stage on {total} samples"
+                continue
+            if done >= total:
+                yield start + 0.9 * span, f"calibrated on {total} batches; quantizing"
+                continue
+            elapsed = time.monotonic() - began
+            eta = f" · {_left(elapsed / done * (total - done))}" if done else ""
+            yield start + 0.9 * span * done / total, f"calibrating: batch {done + 1}/{total}{eta}"
+    finally:
+        abandoned.set()
+        worker.join(timeout=60)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def _left(seconds: float) -> str:
+    if seconds < 1:
+        return "under 1 s left"
+    return f"about {seconds:.0f} s left" if seconds < 90 else f"about {seconds / 60:.0f} min left"
+
+
+def calibration_reader(proto, x, step: int, context: Context, report=None):
     """onnxruntime's CalibrationDataReader over samples x: batches for every graph input, each in
     the dtype the graph declares (token ids stay int64, constants are fed as pinned); it checks
-    for a cancel between batches (onnxruntime calls us)."""
+    for a cancel between batches (onnxruntime calls us), and calls report(batches handed out,
+    batches in all) after each."""
     from onnxruntime.quantization import CalibrationDataReader
 
     from ..signature import feeds, from_onnx
 
     metas = [_InputMeta(s.name, s.dtype) for s in from_onnx(proto).inputs]
+    total = -(-len(x) // step)  # batches
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -444,6 +513,8 @@ def calibration_reader(proto, x, step: int, context: Context):
 
         def get_next(self):
             context.check_cancelled()
+            if report is not None:  # onnxruntime asks for a batch once it has run the one before
+                report(min(self.start, len(x)) // step if self.start < len(x) else total, total)
             if self.start >= len(x):
                 return None
             feed = feeds(metas, x, self.start, self.start + step)

@@ -6,10 +6,19 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QHeaderView, QLabel, QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QHeaderView,
+    QLabel,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .histogram import HistogramOptions, HistogramToggles
 
 HEADERS = ["Layer", "Op before → after", "Shape before → after", "Params before", "Params after",
            "Nonzeros before", "Nonzeros after", "Sparsity after", "Dtype before → after"]
@@ -34,9 +43,10 @@ def match_layers(before: list, after: list) -> list[tuple]:
 
 
 class CompareView(QWidget):
-    def __init__(self, session, parent=None):
+    def __init__(self, session, options: HistogramOptions | None = None, parent=None):
         super().__init__(parent)
         self.session = session
+        self.options = options or HistogramOptions(parent=self)
         self.title = QLabel("Select a variant on the chart or in the results table.")
         self.table = QTableWidget(0, len(HEADERS))
         self.table.setHorizontalHeaderLabels(HEADERS)
@@ -50,14 +60,23 @@ class CompareView(QWidget):
                                            brush=(60, 110, 220, 110), pen="#3c6edc", name="original")
         self.after_curve = self.hist.plot([0, 1], [0], stepMode="center", fillLevel=0,
                                           brush=(220, 60, 60, 110), pen="#dc3c3c", name="selected")
+        hist_box = QWidget()
+        hist_lay = QVBoxLayout(hist_box)
+        hist_lay.setContentsMargins(0, 0, 0, 0)
+        self.toggles = HistogramToggles(self.options)
+        hist_lay.addWidget(self.toggles)
+        hist_lay.addWidget(self.hist, 1)
         split = QSplitter(Qt.Vertical)
         split.addWidget(self.table)
-        split.addWidget(self.hist)
+        split.addWidget(hist_box)
         lay = QVBoxLayout(self)
         lay.addWidget(self.title)
         lay.addWidget(split)
         self.rows = []
+        self.options.changed.connect(self.show_histograms)
+        self.options.apply_axes(self.hist, [self.before_curve, self.after_curve])
         session.stage_selected.connect(self.refresh)
+        session.stats_arrived.connect(self.refresh)
         session.selection_changed.connect(self.show_histograms)
 
     def refresh(self) -> None:
@@ -116,4 +135,6 @@ class CompareView(QWidget):
             if s is None:
                 curve.setData([0, 1], [0])
             else:
-                curve.setData(np.asarray(s.hist_edges), np.asarray(s.hist_counts))
+                curve.setData(*self.options.data(s))
+        self.hist.getPlotItem().enableAutoRange()
+        self.options.apply_axes(self.hist, [self.before_curve, self.after_curve])

@@ -24,6 +24,7 @@ class DistributionView(QWidget):
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.layout_)
         session.stage_selected.connect(self.refresh)
+        session.stats_arrived.connect(self.refresh)
 
     def refresh(self) -> None:
         v = self.session.current

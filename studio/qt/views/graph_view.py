@@ -87,7 +87,7 @@ class NodeItem(QGraphicsItem):
         painter.setPen(QColor("#111111"))
         # the module (`layer3.4.conv2` of `/layer3/layer3.4/conv2/Conv`: the op is on the next
         # line), cut at the left: the end of a path is what tells boxes apart
-        name = module_of(self.node.name) or self.node.name
+        name = module_of(self.node) or self.node.name
         name = painter.fontMetrics().elidedText(name, Qt.ElideLeft, int(NODE_W - 12))
         painter.drawText(self._rect.adjusted(6, 2, -6, -NODE_H / 2), Qt.AlignLeft | Qt.AlignVCenter, name)
         detail = self.node.op
@@ -672,7 +672,7 @@ class GraphView(QWidget):
         names = list(dict.fromkeys(n.name for n in self._graph.nodes
                                    if text in search_text(n, tensors.get(n.name, ()))))
         if not names and (module := weight_module(text)):
-            names = [n.name for n in self._graph.nodes if module_of(n.name).lower() == module]
+            names = [n.name for n in self._graph.nodes if module_of(n).lower() == module]
         return names
 
     def find_next(self) -> None:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtWidgets import QLabel, QSplitter, QVBoxLayout, QWidget
 from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QLabel, QSplitter, QVBoxLayout, QWidget
+
+from .histogram import HistogramOptions, HistogramToggles
 
 MAX_SIDE = 1024  # larger matrices are strided down for display (the numbers above are exact)
 
@@ -39,9 +41,10 @@ def layer_summary(s) -> str:
 
 
 class LayerInspector(QWidget):
-    def __init__(self, session, parent=None):
+    def __init__(self, session, options: HistogramOptions | None = None, parent=None):
         super().__init__(parent)
         self.session = session
+        self.options = options or HistogramOptions(parent=self)
         self.title = QLabel("Select a layer in the graph.")
         self.title.setWordWrap(True)
         self.title.setTextInteractionFlags(Qt.TextSelectableByMouse)
@@ -57,15 +60,25 @@ class LayerInspector(QWidget):
         self.image.setLookupTable(zero_white_lut())
         self.image.setLevels((0.0, 1.0))
         self.heat.addItem(self.image)
+        hist_box = QWidget()
+        hist_lay = QVBoxLayout(hist_box)
+        hist_lay.setContentsMargins(0, 0, 0, 0)
+        self.toggles = HistogramToggles(self.options)
+        hist_lay.addWidget(self.toggles)
+        hist_lay.addWidget(self.hist, 1)
         split = QSplitter(Qt.Vertical)
-        split.addWidget(self.hist)
+        split.addWidget(hist_box)
         split.addWidget(self.heat)
         lay = QVBoxLayout(self)
         lay.addWidget(self.title)
         lay.addWidget(split, 1)
         self.shown: tuple | None = None  # (variant key, layer) on screen
+        self.shown_stats = None  # the LayerStats whose histogram is drawn
+        self.options.changed.connect(self._draw_hist)
+        self.options.apply_axes(self.hist, [self.hist_curve])
         session.selection_changed.connect(self.refresh)
         session.stage_selected.connect(self.refresh)
+        session.stats_arrived.connect(self.refresh)
 
     def stats_for(self, variant, layer):
         return next((s for s in variant.stats if s.name == layer or s.tensor == layer), None)
@@ -76,18 +89,25 @@ class LayerInspector(QWidget):
             self.title.setText("Select a layer in the graph.")
             self.hist_curve.setData([0, 1], [0])
             self.image.clear()
-            self.shown = None
+            self.shown = self.shown_stats = None
             return
         s = self.stats_for(variant, layer)
         if s is None:
-            self.title.setText(f"<b>{layer}</b>: no weights in this layer.")
+            pending = getattr(variant, "stats_pending", False)
+            self.title.setText(f"<b>{layer}</b>: " + ("computing weight statistics…" if pending
+                                                       else "no weights in this layer."))
             self.hist_curve.setData([0, 1], [0])
             self.image.clear()
-            self.shown = (variant.key, layer)
+            self.shown, self.shown_stats = (variant.key, layer), None
             return
-        self.title.setText(layer_summary(s))
-        self.hist_curve.setData(s.hist_edges, s.hist_counts)
-        self.shown = (variant.key, layer)
+        title = layer_summary(s)
+        graph = variant.graph
+        module = graph.node(s.name).module if graph is not None and s.name in graph else ""
+        if module and module != s.name:  # a dynamo export's `node_Conv_12` is `layer2.0.conv1`
+            title = f"<b>{module}</b> · " + title
+        self.title.setText(title)
+        self.shown, self.shown_stats = (variant.key, layer), s
+        self._draw_hist()
         # the matrix itself can be large (an embedding): fetch it on a worker
         window = self.window()
         if hasattr(window, "tasks"):
@@ -100,6 +120,14 @@ class LayerInspector(QWidget):
             window.tasks.start("heatmap", job, variant.model, s.name,
                                on_return=lambda img: self._show_heat(key, img),
                                on_error=lambda e: self.image.clear())
+
+    def _draw_hist(self) -> None:
+        if self.shown_stats is None:
+            self.hist_curve.setData([0, 1], [0])
+        else:
+            self.hist_curve.setData(*self.options.data(self.shown_stats))
+        self.hist.getPlotItem().enableAutoRange()
+        self.options.apply_axes(self.hist, [self.hist_curve])  # after the data: a log axis over raw counts overflows
 
     def _show_heat(self, key, img) -> None:
         if key != self.shown:
