@@ -32,8 +32,8 @@ def test_expected_table_covers_the_corpus_and_names_reasons():
 
 @pytest.mark.slow
 def test_corpus_table_matches(capsys):
-    actual = table.run_table()
     expected = table.load_expected()
+    actual = table.run_table(skip=table.known_hangs(expected))
     diffs = table.differences(expected, actual)
     with capsys.disabled():
         print("\n" + table.count_text(table.with_xfails(expected, actual)))
