@@ -198,3 +198,13 @@ class Pass:
                                        seed=context.seed, after_step=after_step):
             context.check_cancelled()
             yield start + (1 - start) * fraction, f"fine-tune {message}"
+
+
+def one_float_input(pass_id: str, model: Model) -> list[str]:
+    """The problem of a model with several (or integer) inputs for a pass that traces or trains
+    it with one float tensor; empty when it has that one input."""
+    if not model.io.multi:
+        return []
+    return [f"{pass_id} takes models with one float input for now; this model takes "
+            f"{', '.join(model.io.names)}: use the weight passes (prune.magnitude, prune.nm, lowrank.svd, "
+            "cluster.kmeans, quantize.*), which need no tracing or training"]

@@ -73,6 +73,11 @@ class Distill(Pass):
     frameworks = ("torch", "onnx")
     needs_data = True
 
+    def check(self, model):
+        from .base import one_float_input
+
+        return super().check(model) or one_float_input(self.id, model)
+
     def apply(self, model, context: Context):
         import torch
         import torch.nn.functional as F
