@@ -46,7 +46,7 @@ def main(names: list[str]) -> int:
     from studio.qt.main_window import MainWindow
 
     w = MainWindow()
-    w.resize(1440, 900)
+    w.resize(1280, 800)  # a laptop screen: what most users have
     w.show()
     w.latency_batches = (1, 32)
     w.open_demo("cnn")

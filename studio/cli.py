@@ -18,6 +18,8 @@ import threading
 import time
 from pathlib import Path
 
+from studio.core.units import fmt_bytes
+
 EXIT_ERROR = 2
 EXIT_CANCELLED = 130
 
@@ -146,15 +148,6 @@ def cmd_inspect(args) -> int:
     shown = sum(1 for n in info["nodes"] if n.get("parameters") or args.all)
     print(f"({len(info['nodes'])} nodes; {shown} shown{'' if args.all else ': layers with weights, --all for every node'})")
     return 0
-
-
-def fmt_bytes(n) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):  # binary units, named as such
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
 
 
 def stage_table(run) -> str:
@@ -342,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("gui", help="open the studio window (the default)")
     p.add_argument("model", nargs="?", help="a model file to open")
     p.set_defaults(func=cmd_gui)
+    parser.commands = set(sub.choices)  # `studio FILE` means `studio gui FILE` (see main)
     return parser
 
 
@@ -351,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return child_main(argv[1:])
     parser = build_parser()
+    if argv and argv[0] not in parser.commands and not argv[0].startswith("-") and Path(argv[0]).exists():
+        argv = ["gui", *argv]  # `studio model.onnx` opens the window on it, as a file manager would
     args = parser.parse_args(argv)
     if args.command is None:
         args = parser.parse_args(["gui", *(argv or [])])

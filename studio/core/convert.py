@@ -15,6 +15,7 @@ import numpy as np
 
 from .errors import Cancelled, StudioError
 from .model import ONNX, TORCH, Model
+from .training import drain
 
 OPSET = 17
 INPUT_NAME = "input"
@@ -264,6 +265,12 @@ def run_session(sess, x, batch_size: int = 256, cancel: threading.Event | None =
 def run_session_all(sess, x, batch_size: int = 256, cancel: threading.Event | None = None) -> list[np.ndarray]:
     """Every output of the model for inputs x, in batches (of the model's own size when its
     batch axis is fixed; the last one padded), as float32 arrays in the model's output order."""
+    return drain(iter_session_all(sess, x, batch_size, cancel))
+
+
+def iter_session_all(sess, x, batch_size: int = 256, cancel: threading.Event | None = None):
+    """run_session_all as a generator: yields the fraction of samples done after each batch
+    (a big model's evaluation shows progress instead of sitting at 0 %), returns the outputs."""
     from .signature import feeds
 
     metas = sess.get_inputs()
@@ -272,6 +279,8 @@ def run_session_all(sess, x, batch_size: int = 256, cancel: threading.Event | No
     parts: list[list[np.ndarray]] = []
     for i in range(0, len(x), step):
         n = min(step, len(x) - i)
+        if i:
+            yield i / len(x)
         outs = guarded_run(sess, feeds(metas, x, i, i + step, pad_to=fixed), cancel)
         if not parts:
             parts = [[] for _ in outs]

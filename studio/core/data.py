@@ -189,7 +189,7 @@ def from_npz_inputs(path: Path, arrays: dict, signature) -> Data:
             raise StudioError(f"{path.name}: has no array '{spec.name}' (the model's inputs: "
                               f"{', '.join(signature.names)}); add it or pin it with --input {spec.name}=VALUE")
     inputs = Inputs(x, signature.constants())
-    y = _labels(arrays["y"], path) if "y" in arrays else None
+    y = _labels(arrays, "y", path)
     if y is not None and len(y) != len(inputs):
         raise StudioError(f"{path.name}: the inputs have {len(inputs)} samples but 'y' has {len(y)}")
     return Data(path.stem, *_reorder(stratified_split(inputs, y)))

@@ -18,3 +18,10 @@ class Cancelled(StudioError):
 
     def __init__(self, message: str = "cancelled by the user"):
         super().__init__(message)
+
+
+def one_line(text: object, limit: int = 400) -> str:
+    """`text` as the one line a user is shown: line breaks (from a file's own names or a library's
+    message) and runs of spaces become one space, and a very long text is cut."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"

@@ -17,10 +17,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .convert import fixed_batch, guarded_run, input_dtype, onnx_tensors, run_session_all, session, to_onnx_proto
+from .convert import (
+    fixed_batch, guarded_run, input_dtype, iter_session_all, onnx_tensors, run_session_all, session, to_onnx_proto,
+)
 from .data import Data
 from .data_checks import check_labels_fit
 from .model import Model
+from .training import drain
 
 ZIP_LEVEL = 6  # moderate: level 9 takes minutes on big, mostly-zero files for ~1 % less
 
@@ -170,24 +173,57 @@ def count_macs(model: Model) -> int:
 
 def reference_outputs(model: Model, data: Data, cancel=None) -> list[np.ndarray]:
     """Every output of the original model on the held-out inputs (what fidelity compares to)."""
-    proto = to_onnx_proto(model)
-    return run_session_all(session(proto), data.shaped(data.x_test, model.input_shape), cancel=cancel)
+    return drain(reference_steps(model, data, cancel))
+
+
+def reference_steps(model: Model, data: Data, cancel=None, proto=None):
+    """reference_outputs as a generator of (fraction, message)."""
+    if proto is None:
+        yield 0.0, "exporting to ONNX"
+        proto = to_onnx_proto(model)
+    x = data.shaped(data.x_test, model.input_shape)
+    yield 0.1, f"running {len(x):,} held-out samples"
+    steps = iter_session_all(session(proto), x, cancel=cancel)
+    while True:
+        try:
+            done = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        yield 0.1 + 0.9 * done, f"running {len(x):,} held-out samples"  # the bar shows how far
 
 
 def measure(model: Model, data: Data, reference=None, proto=None, cancel=None) -> Measurement:
     """Quality and footprint (not latency: see measure_latency, which interleaves variants).
     A set `cancel` event stops it within its current onnxruntime call."""
-    proto = proto if proto is not None else to_onnx_proto(model)
+    return drain(measure_steps(model, data, reference, proto, cancel))
+
+
+def measure_steps(model: Model, data: Data, reference=None, proto=None, cancel=None):
+    """measure() as a generator of (fraction, message) for each phase and batch; returns the
+    Measurement."""
+    if proto is None:
+        yield 0.0, "exporting to ONNX"
+        proto = to_onnx_proto(model)
+    yield 0.05, "file size and zipped size"
     blob = onnx_bytes(proto)
     params, nonzeros = count_parameters(proto)
     m = Measurement(parameters=params, nonzeros=nonzeros, size_bytes=len(blob), zip_bytes=zipped_size(blob))
+    yield 0.2, "counting MACs"
     try:
         m.macs = count_macs(model)
     except Exception:  # noqa: BLE001 - MACs of exotic graphs may be unknown; 0 means unknown
         m.macs = 0
     x = data.shaped(data.x_test, model.input_shape)
+    yield 0.3, f"quality on {len(x):,} held-out samples"
     sess = session(proto)
-    outs = run_session_all(sess, x, cancel=cancel)
+    steps = iter_session_all(sess, x, cancel=cancel)
+    while True:
+        try:
+            done = next(steps)
+        except StopIteration as stop:
+            outs = stop.value
+            break
+        yield 0.3 + 0.7 * done, f"quality on {len(x):,} held-out samples"  # the bar shows how far
     for labels in (data.y_train, data.y_test):  # only here is the number of classes known
         check_labels_fit(labels, int(np.prod(outs[0].shape[1:])))
     m.samples = len(x)
@@ -264,60 +300,29 @@ def measure_latency(
     """Median latency (ms) of each model at each batch size, in interleaved rounds (A B C A B C
     ...), so a drift of the machine touches every variant alike. Each round times enough runs to
     last `min_round_s`; the median over rounds is reported. A model whose batch axis is fixed (to
-    b) takes `batch` inputs in ceil(batch / b) calls: its time is that of all the calls."""
-    if signature is not None and signature.multi:
-        return (yield from _latency_inputs(protos, signature, batches, threads, rounds, min_round_s, cancel))
-    results = [dict() for _ in protos]
-    sessions = [session(p, threads) for p in protos]
-    names = [s.get_inputs()[0].name for s in sessions]
-    dtypes = [input_dtype(s) for s in sessions]
-    steps = len(batches) * rounds
-    for bi, batch in enumerate(batches):
-        rng = np.random.default_rng(0)
-        x = rng.standard_normal((batch, *input_shape[1:])).astype(np.float32)
-        ids = rng.integers(0, 100, size=(batch, *input_shape[1:]))  # token ids for integer inputs
-        pinned = [fixed_batch(s) for s in sessions]
-        feeds = [{n: np.resize(ids if np.dtype(d).kind in "iu" else x, (b or batch, *x.shape[1:])).astype(d)}
-                 for n, d, b in zip(names, dtypes, pinned)]
-        calls = [-(-batch // b) if b else 1 for b in pinned]  # ceil: the calls `batch` inputs take
-        reps = []
-        for s, feed, c in zip(sessions, feeds, calls):  # warm-up, and how many runs fill a round
-            guarded_run(s, feed)  # the warm-up: a run that never ends stops here, in one line
-            start = time.perf_counter()
-            for _ in range(c):
-                s.run(None, feed)
-            one = max(time.perf_counter() - start, 1e-6)
-            reps.append(max(1, min(1000, int(min_round_s / one))))
-        samples = [[] for _ in protos]
-        for r in range(rounds):
-            if cancel is not None:
-                cancel()
-            for i, (s, feed) in enumerate(zip(sessions, feeds)):
-                start = time.perf_counter()
-                for _ in range(reps[i] * calls[i]):
-                    s.run(None, feed)
-                samples[i].append((time.perf_counter() - start) / reps[i] * 1000.0)
-            yield (bi * rounds + r + 1) / steps, f"latency batch {batch}: round {r + 1}/{rounds}"
-        for i in range(len(protos)):
-            results[i][batch] = float(statistics.median(samples[i]))
-    return results
-
-
-def _latency_inputs(protos, signature, batches, threads, rounds, min_round_s, cancel):
-    """measure_latency for a model with several (or integer, or constant) inputs: each batch is
-    drawn from the signature, every input with its own dtype and shape."""
+    b) takes `batch` inputs in ceil(batch / b) calls: its time is that of all the calls. Inputs:
+    from the signature (every input with its own dtype and shape), else one input of
+    `input_shape` (float, or token ids in [0, 100) for an integer input)."""
     from .signature import feeds as feed_of
 
     results = [dict() for _ in protos]
     sessions = [session(p, threads) for p in protos]
+    pinned = [fixed_batch(s) for s in sessions]
     steps = len(batches) * rounds
     for bi, batch in enumerate(batches):
-        x = signature.random(batch, seed=0)
-        pinned = [fixed_batch(s) for s in sessions]
-        feeds = [feed_of(s.get_inputs(), x, 0, b or batch, pad_to=b) for s, b in zip(sessions, pinned)]
-        calls = [-(-batch // b) if b else 1 for b in pinned]
+        if signature is not None and signature.multi:
+            x = signature.random(batch, seed=0)
+            feeds = [feed_of(s.get_inputs(), x, 0, b or batch, pad_to=b) for s, b in zip(sessions, pinned)]
+        else:
+            rng = np.random.default_rng(0)
+            x = rng.standard_normal((batch, *input_shape[1:])).astype(np.float32)
+            ids = rng.integers(0, 100, size=(batch, *input_shape[1:]))
+            feeds = [{s.get_inputs()[0].name: np.resize(ids if np.dtype(input_dtype(s)).kind in "iu" else x,
+                                                         (b or batch, *x.shape[1:])).astype(input_dtype(s))}
+                     for s, b in zip(sessions, pinned)]
+        calls = [-(-batch // b) if b else 1 for b in pinned]  # ceil: the calls `batch` inputs take
         reps = []
-        for s, feed, c in zip(sessions, feeds, calls):
+        for s, feed, c in zip(sessions, feeds, calls):  # warm-up, and how many runs fill a round
             guarded_run(s, feed)  # the warm-up: a run that never ends stops here, in one line
             start = time.perf_counter()
             for _ in range(c):

@@ -118,6 +118,13 @@ def _decompress(raw: bytes, name: str) -> bytes:
     return payload
 
 
+def _slot(tensor) -> str:
+    """The packed key a tensor's doc_string names, or "" (a doc_string that is not valid UTF-8
+    comes back from protobuf as bytes: not a slot)."""
+    doc = tensor.doc_string
+    return doc[len("studio-packed:") :] if isinstance(doc, str) and doc.startswith("studio-packed:") else ""
+
+
 def unpack(path: str | Path):
     """The ONNX ModelProto the packed file holds, weights restored exactly. Every claim of the
     header is checked against the bytes that back it; raises LoadError with a one-line reason."""
@@ -139,15 +146,15 @@ def unpack(path: str | Path):
         offsets = np.cumsum([4 + head_len, *sizes]).tolist()
         chunks = [payload[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
         proto = onnx.load_from_string(chunks[0])
-    except (ValueError, KeyError, TypeError, struct.error, DecodeError) as exc:
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError, struct.error, DecodeError) as exc:
         raise LoadError(f"{path.name}: damaged packed file ({str(exc)[:100]})") from None
-    slots = {t.doc_string[len("studio-packed:") :]: t for t in _tensors(proto) if t.doc_string.startswith("studio-packed:")}
+    slots = {_slot(t): t for t in _tensors(proto) if _slot(t)}
     for i, entry in enumerate(entries):
         try:
             dtype, bits, tensor = np.dtype(entry["dtype"]), int(entry["bits"]), slots[entry["key"]]
             if dtype not in [np.dtype(t) for t in PACKABLE.values()] or not 1 <= bits <= 8:
                 raise ValueError(f"dtype {dtype}, {bits} bits")
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise LoadError(f"{path.name}: damaged packed file (tensor {i}: {exc})") from None
         count = int(np.prod(tensor.dims, dtype=np.int64)) if len(tensor.dims) else 1
         codebook = np.frombuffer(chunks[1 + 2 * i], dtype) if len(chunks[1 + 2 * i]) % dtype.itemsize == 0 else None
@@ -159,6 +166,6 @@ def unpack(path: str | Path):
             raise LoadError(f"{path.name}: tensor '{tensor.name}' indexes past its codebook; refused")
         tensor.raw_data = codebook[idx].astype(dtype).tobytes()
         tensor.doc_string = ""
-    if any(t.doc_string.startswith("studio-packed:") for t in _tensors(proto)):
+    if any(_slot(t) for t in _tensors(proto)):
         raise LoadError(f"{path.name}: damaged packed file (a tensor has no data)")
     return proto

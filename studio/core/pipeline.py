@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from .convert import to_onnx_proto
 from .data import Data
 from .errors import Cancelled, StudioError
-from .evaluate import Measurement, measure, measure_latency, reference_outputs
+from .evaluate import Measurement, measure_latency, measure_steps, reference_steps
 from .model import Model
 from .passes.base import Context
 from .recipe import Recipe, RecipeStep
@@ -47,6 +47,7 @@ class Stage:
     measurement: Measurement | None = None
     pass_warnings: list[str] = field(default_factory=list)  # the pass's own, without this run's speed ones
     seconds: float = 0.0  # time the pass took
+    tries: list[dict] = field(default_factory=list)  # variants the pass tried and what each measured
     _onnx: object = None
 
     def onnx(self):
@@ -64,6 +65,7 @@ class Stage:
             "size_bytes": m.get("size_bytes"), "zip_bytes": m.get("zip_bytes"),
             "latency_ms": m.get("latency_ms"), "measurement": m,
             "recipe": [{"id": s.id, **s.options} for s in self.steps], "layers": self.record,
+            "tries": self.tries,
         }
 
 
@@ -77,6 +79,33 @@ class Run:
     def as_dict(self) -> dict:
         return {"id": self.id, "recipe": self.recipe.to_dict(), "data": self.data_name,
                 "stages": [s.as_dict() for s in self.stages]}
+
+
+def _mapped(steps, stage: int, stages: int, start: float, end: float, prefix: str):
+    """Progress of a sub-step that yields (fraction, message), mapped into [start, end] of this
+    step; returns the sub-step's value."""
+    while True:
+        try:
+            fraction, message = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        yield Progress(stage, stages, start + (end - start) * fraction, prefix + message)
+
+
+def run_titles(runs: list[Run]) -> dict[str, str]:
+    """run id -> '#2 prune 90% + INT8': numbered in order, named after the recipe (or its passes
+    when it has no name of its own); a run of the same recipe on the same data is marked a re-run."""
+    titles: dict[str, str] = {}
+    seen: dict[tuple, int] = {}
+    for k, run in enumerate(runs, 1):
+        recipe = run.recipe
+        name = recipe.name if recipe.name and recipe.name != "recipe" else \
+            " → ".join(s.id for s in recipe.enabled_steps()) or "no passes"
+        key = (repr(recipe.to_dict()["passes"]), run.data_name)
+        again = f" (re-run of #{seen[key]})" if key in seen else ""
+        seen.setdefault(key, k)
+        titles[run.id] = f"#{k} {name}{again}"
+    return titles
 
 
 SLOWER = 1.10  # a stage this much slower than the one before it gets a warning
@@ -148,8 +177,12 @@ def run(
         # earlier run must not change when this run measures latency (MEASURING.md)
         if previous and previous[0].model is model:
             original._onnx = previous[0]._onnx
-        reference = reference_outputs(model, data, cancel_event)
-        original.measurement = measure(model, data, reference, original.onnx(), cancel_event)
+        what = "measuring the original model: "
+        yield Progress(0, stages_total, 0.0, what + "exporting to ONNX")
+        reference = yield from _mapped(reference_steps(model, data, cancel_event, original.onnx()),
+                                       0, stages_total, 0.05, 0.5, what)
+        original.measurement = yield from _mapped(
+            measure_steps(model, data, reference, original.onnx(), cancel_event), 0, stages_total, 0.5, 1.0, what)
     check()
 
     current = model
@@ -161,10 +194,11 @@ def run(
         ):
             stage = Stage(i, old.name, old.label, old.model, old.steps, old.record, old.summary,
                           list(old.pass_warnings), seconds=old.seconds, pass_warnings=list(old.pass_warnings),
-                          _onnx=old._onnx)  # a new stage: the earlier run's keeps its own numbers
+                          tries=old.tries, _onnx=old._onnx)  # a new stage: the earlier run's keeps its own numbers
             if measure_stages:
-                yield Progress(i, stages_total, 0.9, f"{p.id}: unchanged, reused; measuring")
-                stage.measurement = measure(stage.model, data, reference, stage.onnx(), cancel_event)
+                stage.measurement = yield from _mapped(
+                    measure_steps(stage.model, data, reference, stage.onnx(), cancel_event),
+                    i, stages_total, 0.9, 1.0, f"{p.id}: unchanged, reused; measuring: ")
             stages.append(stage)
             current = old.model
             yield Progress(i, stages_total, 1.0, f"{p.id}: unchanged, reused")
@@ -190,11 +224,13 @@ def run(
         pass_warnings = list(dict.fromkeys(warnings + result.warnings))
         stage = Stage(
             i, p.id, f"{i} {p.id}", result.model, prefix, result.layers, result.summary,
-            list(pass_warnings), seconds=seconds, pass_warnings=pass_warnings,
+            list(pass_warnings), seconds=seconds, pass_warnings=pass_warnings, tries=result.tries,
         )
         if measure_stages:
-            yield Progress(i, stages_total, 0.9, f"{p.id}: measuring")
-            stage.measurement = measure(stage.model, data, reference, stage.onnx(), cancel_event)
+            yield Progress(i, stages_total, 0.9, f"{p.id}: measuring: exporting to ONNX")
+            stage.measurement = yield from _mapped(
+                measure_steps(stage.model, data, reference, stage.onnx(), cancel_event),
+                i, stages_total, 0.9, 1.0, f"{p.id}: measuring: ")
         stages.append(stage)
         current = result.model
         check()

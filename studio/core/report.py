@@ -9,6 +9,7 @@ import html
 from pathlib import Path
 
 from .fileio import atomic_write_text
+from .units import fmt_bytes
 
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -27,7 +28,7 @@ def _fmt(value, kind: str) -> str:
     if kind == "pct":
         return f"{value:.2%}"
     if kind == "bytes":
-        return f"{value / 1024:,.1f} KiB"
+        return fmt_bytes(value)
     if kind == "ms":
         return f"{value:.3f}"
     return f"{value:,}"
@@ -85,6 +86,25 @@ def detail_rows(run) -> str:
                 rows.append(f"<tr><td>{html.escape(s.label)}</td><td>{html.escape(name)}</td>"
                             + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
         parts.append("<p>Output fidelity against the original model, per output:</p><table>" + "".join(rows) + "</table>")
+    return "".join(parts) + tries_rows(run)
+
+
+def tries_rows(run) -> str:
+    """Per stage whose pass tried variants (INT8 remedies): each try, what it changed and what
+    it measured against the stage before, on the pass's own split; the kept one marked."""
+    parts = []
+    for s in run.stages:
+        if len(s.tries) < 2:
+            continue
+        rows = ["<tr><th>try</th><th>change</th><th>setting</th><th>measured</th><th>ms, batch 1</th><th>kept</th></tr>"]
+        for t in s.tries:
+            score = (f"failed: {t.get('error', '')}" if t["score"] is None else f"{t['score']:.2%}"
+                     if t["measure"] == "top-1 agreement" else f"{t['score']:.4f}")
+            latency = _fmt(t.get("latency_ms"), "ms")
+            rows.append(f"<tr><td>{t['try']}</td><td>{html.escape(t['change'])}</td><td>{html.escape(t['config'])}</td>"
+                        f"<td>{html.escape(t['measure'])} {score}</td><td>{latency}</td><td>{'yes' if t['kept'] else ''}</td></tr>")
+        parts.append(f"<p>{html.escape(s.label)}: variants tried, each against the stage before on the pass's own "
+                     "split of the training data:</p><table>" + "".join(rows) + "</table>")
     return "".join(parts)
 
 

@@ -174,6 +174,11 @@ def quant_sensitivity(model: Model, data: Data, layers: Sequence[str] | None = N
 
     score, metric, _ = _scorer(model, data)
     proto = to_onnx_proto(model)
+    quantized = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
+                 "MatMulInteger", "MatMulNBits"}
+    if any(node.op_type in quantized for node in proto.graph.node):
+        raise StudioError("this stage is already quantized: run the INT8 sensitivity on a float stage "
+                          "(the original, or the stage before the quantize pass)")
     chosen = list(layers) if layers else [name for name, _ in onnx_layers(proto)]
     context = Context(data=data)
     if cancel is not None:

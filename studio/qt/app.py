@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
-ICON = Path(__file__).resolve().parents[2] / "resources" / "icons" / "studio.svg"
+from .. import resource_dir
+
+ICON = resource_dir() / "icons" / "studio.svg"
 
 
 def _webengine_env() -> None:

@@ -1,19 +1,30 @@
 """Layered top-to-bottom layout of a layer graph (no Qt here: it runs on a worker thread).
 
 Small and medium graphs use grandalf's Sugiyama layout (crossing reduction, made for this).
-Sugiyama is super-linear, so past LARGE nodes (a ResNet-50 or BERT export has thousands) we
-fall back to a cheap layered layout by topological depth: it opens in well under a second.
+Sugiyama is super-linear (400 nodes take ~1.5 s, 1000 several), so past LARGE boxes we fall
+back to a cheap layered layout by topological depth: well under a second for thousands.
+Large graphs are laid out as the view first shows them: closed module groups are one box each
+(studio.core.graph.groups), so a ResNet-50 or BERT export lays out a dozen boxes, not thousands.
 """
 
 from __future__ import annotations
 
 NODE_W, NODE_H = 150.0, 36.0
 GAP_X, GAP_Y = 30.0, 40.0
-LARGE = 1500
+LARGE = 400  # re-layouts follow a click on a group: seconds would be too long
 
 
-def layout(graph) -> dict[str, tuple[float, float]]:
-    """Node name -> centre (x, y), y grows downwards."""
+def layout(graph, expanded=None) -> dict[str, tuple[float, float]]:
+    """Box key (node name, or a closed group's key) -> centre (x, y), y grows downwards, for the
+    view with the groups in `expanded` open (None: the view a graph opens with)."""
+    from studio.core.graph.groups import Grouping
+
+    grouping = Grouping.of(graph)
+    return layout_flat(grouping.visible(grouping.default_expanded() if expanded is None else expanded))
+
+
+def layout_flat(graph) -> dict[str, tuple[float, float]]:
+    """Node name -> centre (x, y) of every node of `graph`."""
     if not graph.nodes:
         return {}
     if len(graph.nodes) <= LARGE:

@@ -4,6 +4,7 @@ into the session."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import traceback
@@ -24,6 +25,7 @@ from .session import Session, Variant
 from .views.compare import CompareView, tensor_key
 from .views.distribution import DistributionView
 from .views.graph_view import GraphView
+from .views.inputs_panel import SizeDialog, from_items, sizing_needed, to_items
 from .views.inspector import LayerInspector
 from .views.log_panel import LogPanel
 from .views.recipe_panel import RecipePanel
@@ -121,6 +123,10 @@ class MainWindow(QMainWindow):
         self.error_box: QMessageBox | None = None
         self.trust_box: QMessageBox | None = None
         self.export_dialog = None
+        self.size_dialog: SizeDialog | None = None
+        self.inputs_key: str | None = None  # where the open model's input settings are kept
+        self._sized = None  # (model, --input items, the model sized with them)
+        self.auto_random = False  # the data went to random because the last model could not take digits
         self.netron = None
 
         s = self.session
@@ -138,6 +144,7 @@ class MainWindow(QMainWindow):
         self.results.variant_clicked.connect(self.show_stage)
         self.recipe_panel.run_requested.connect(self.run_recipe)
         self.recipe_panel.cancel_requested.connect(self.cancel)
+        self.recipe_panel.inputs.changed.connect(self._inputs_changed)
         self.sensitivity_view.run_requested.connect(self.run_sensitivity)
         self.sensitivity_view.cancel_requested.connect(self.cancel)
         self.sensitivity_view.exclude_requested.connect(self.exclude_layers)
@@ -270,6 +277,8 @@ class MainWindow(QMainWindow):
         for dock in self.docks.values():
             v.addAction(dock.toggleViewAction())
         v.addSeparator()
+        self._action(v, "Zoom &in", self.graph_view.zoom_in, "Ctrl+=", "zoom_in")
+        self._action(v, "Zoom &out", self.graph_view.zoom_out, "Ctrl+-", "zoom_out")
         self._action(v, "&Fit graph", self.graph_view.fit, "Ctrl+0", "fit")
         self._action(v, "Find layer", lambda: self.graph_view.search.setFocus(), QKeySequence.Find, "find")
         # not "Ctrl+O, O": Ctrl+O opens a file at once, so that chord could never be typed
@@ -347,6 +356,7 @@ class MainWindow(QMainWindow):
         if path:
             self._add_recent(path)
         m = variant.model
+        self._show_inputs(m, path)
         self.log_panel.end(f"opened {m.name} ({m.framework}, {m.format}): {len(variant.graph.nodes)} nodes, "
                            f"{variant.graph.total_parameters:,} parameters")
 
@@ -383,9 +393,77 @@ class MainWindow(QMainWindow):
         m = self.session.model
         if m is not None:
             self.setWindowTitle(f"{m.name} — Compression Studio")
-            self.status.setText(f"{m.name} · {m.framework} · input {m.input_shape}")
+            inputs = "; ".join(spec.describe() for spec in m.io.inputs)  # dynamic dims by name, not None
+            self.status.setText(f"{m.name} · {m.framework} · {inputs}")
             if self.netron is not None:
                 self.netron.show_variant(self.session.current)
+
+    # -- the model's inputs ----------------------------------------------------------------
+    def _show_inputs(self, model, path: str | None) -> None:
+        """The Data panel lists the model's inputs with the settings saved for this file. Digits
+        cannot feed a model with several, integer or unsized inputs: random inputs then."""
+        where = str(Path(path).resolve()) if path else f"demo:{model.name}"
+        self.inputs_key = "model_inputs/" + hashlib.sha1(where.encode()).hexdigest()[:16]
+        saved = self.settings.value(self.inputs_key, [])
+        sig = model.io
+        self.recipe_panel.inputs.set_signature(sig, [saved] if isinstance(saved, str) else list(saved or []))
+        digits_cannot = sig.multi or bool(sig.problems())
+        if self.session.data_spec == "digits" and digits_cannot:
+            self.session.set_data_spec("random")
+            self.auto_random = True
+            self.log_panel.append("the built-in digits do not fit this model's inputs: evaluating on random inputs "
+                                  "(quality is measured against the original's outputs); choose a .npz in Data for your own")
+        elif self.auto_random and self.session.data_spec == "random" and not digits_cannot:
+            self.session.set_data_spec("digits")  # back to what the user had, for a model digits can feed
+            self.auto_random = False
+
+    def _inputs_changed(self) -> None:
+        if self.inputs_key:
+            self.settings.setValue(self.inputs_key, self.recipe_panel.inputs.items())
+
+    def sized_model(self, variant, retry, error_label: QLabel):
+        """The variant's model with the Data panel's input settings applied (as --input), or None
+        when it cannot run yet: a wrong setting is shown in `error_label`; sizes still missing
+        open the dialog that asks for them, and `retry` runs once it is answered (cancel: nothing).
+        A run's stage is already sized by its run."""
+        model = variant.model
+        if variant.run_id is not None:
+            return model
+        panel = self.recipe_panel.inputs
+        try:
+            sig = panel.sized()
+        except StudioError as exc:
+            error_label.setText(str(exc))
+            return None
+        if sizing_needed(sig):
+            self.ask_sizes(sig, retry)
+            return None
+        items = panel.items()
+        if not items:
+            return model
+        # the same object for the same settings: the next run reuses this run's unchanged stages
+        if self._sized is None or self._sized[0] is not model or self._sized[1] != items:
+            self._sized = (model, items, model.with_signature(sig))
+        return self._sized[2]
+
+    def ask_sizes(self, signature, then) -> None:
+        """The window-modal dialog for dynamic dims (and scalar values) nobody gave: its answers go
+        into the Data panel (and the settings), then `then()` runs. Cancel changes nothing."""
+        dialog = SizeDialog(signature, self)
+        generation = self.session.generation
+
+        def answered():
+            if generation != self.session.generation:
+                return
+            texts = from_items(self.recipe_panel.inputs.items())
+            texts.update(from_items(dialog.items()))
+            self.recipe_panel.inputs.set_items(to_items(texts))
+            self.log_panel.append("input sizes set: " + " ".join(f"--input {i}" for i in dialog.items()))
+            then()
+
+        dialog.accepted.connect(answered)
+        self.size_dialog = dialog
+        dialog.open()  # not exec(): no nested event loop, tests can answer it
 
     # -- recent files and folders --------------------------------------------------------
     def recent(self) -> list[str]:
@@ -494,7 +572,10 @@ class MainWindow(QMainWindow):
         except StudioError as exc:
             self.recipe_panel.error.setText(str(exc))
             return
-        model, spec, previous = s.model, s.data_spec, s.previous_stages()
+        model = self.sized_model(s.original, self.run_recipe, self.recipe_panel.error)
+        if model is None:
+            return
+        spec, previous = s.data_spec, s.previous_stages()
         latency = getattr(self, "latency_batches", (1, 32))
 
         def job(cancel_event):
@@ -535,7 +616,10 @@ class MainWindow(QMainWindow):
         except StudioError as exc:
             view.error.setText(str(exc))
             return
-        model, spec, key = variant.model, s.data_spec, variant.key
+        model = self.sized_model(variant, self.run_sensitivity, view.error)
+        if model is None:
+            return
+        spec, key = s.data_spec, variant.key
         shown = "the original" if variant.run_id is None else f"run {variant.run_id}, stage {variant.index}"
 
         def job(cancel_event):
@@ -666,7 +750,10 @@ class MainWindow(QMainWindow):
         v = self.session.current
         if v is None:
             return None
-        model = v.model
+        model = self.sized_model(v, self.export_selected, self.recipe_panel.error)  # its check needs every size
+        if model is None:
+            return None
+        v = Variant(v.run_id, v.index, model, v.graph, v.layout, v.stats)
         data = self.data_cache.get(_data_key(self.session.data_spec, model.input_shape, model.signature))
         self.export_dialog = ExportDialog(self, v, data, self.folder("export"))
         self.export_dialog.open()

@@ -120,3 +120,15 @@ def test_hostile_recipes_exit_2_with_one_line(tmp_path, name):
     assert result.stderr.startswith(f"studio: error: {name}: {expected}")
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert result.stdout == "" and not (tmp_path / "out").exists()
+
+
+def test_a_model_path_alone_means_the_window(monkeypatch, tmp_path):
+    """`studio model.onnx` opens the window on it (as a file manager's 'open with' does)."""
+    from studio import cli
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"\x08\x07")
+    opened = []
+    monkeypatch.setattr(cli, "cmd_gui", lambda args: opened.append(args.model) or 0)
+    assert cli.main([str(model)]) == 0 and opened == [str(model)]
+    assert cli.main(["gui", str(model)]) == 0 and opened == [str(model)] * 2

@@ -125,3 +125,23 @@ def test_dynamic_int8_on_a_conv_net_is_flagged(demo_cnn, digits_data):
     warnings = " ".join(run.stages[1].warnings)
     assert "ConvInteger" in warnings  # said before it ran
     assert "slower than the stage before" in warnings  # and measured: ConvInteger is slow on CPU
+
+
+def test_measuring_reports_each_phase_and_batch(demo_cnn):
+    """'measuring the original model' sat at 0 % for 30 s on ResNet-18: it now moves per phase and
+    per batch of held-out samples."""
+    from studio.core.data import random_inputs
+
+    data = random_inputs(demo_cnn.input_shape, count=4000)  # 800 held out: 4 batches of 256
+    progress = []
+    gen = pipeline.run(demo_cnn, Recipe([]), data, latency_batches=())
+    while True:
+        try:
+            progress.append(next(gen))
+        except StopIteration:
+            break
+    original = [p for p in progress if p.stage == 0]
+    fractions = [p.fraction for p in original]
+    assert fractions == sorted(fractions) and len(set(fractions)) >= 6
+    messages = {p.message for p in original}
+    assert any("exporting to ONNX" in m for m in messages) and any("held-out samples" in m for m in messages)

@@ -93,3 +93,18 @@ def test_errors_and_cancel(demo_cnn, digits_data):
     with pytest.raises(Cancelled):
         drain(prune_sensitivity(demo_cnn, digits_data, cancel=cancel))
     assert same_state(before, state(demo_cnn))
+
+
+def test_int8_sensitivity_on_a_quantized_stage_says_what_to_do():
+    """It failed with onnxruntime's 'two nodes with same node name' and no hint."""
+    from studio.core import pipeline, sensitivity, zoo
+    from studio.core.training import drain
+    from studio.core.data import digits
+    from studio.core.errors import StudioError
+    from studio.core.recipe import Recipe, RecipeStep
+
+    data = digits()
+    run = drain(pipeline.run(zoo.load("mlp"), Recipe([RecipeStep("quantize.int8_static", {})]), data,
+                             measure_stages=False))
+    with pytest.raises(StudioError, match="already quantized.*float stage"):
+        drain(sensitivity.quant_sensitivity(run.stages[1].model, data))

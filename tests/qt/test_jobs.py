@@ -144,6 +144,7 @@ def test_menus_list_every_command_with_its_shortcut(window):
         "load_recipe": QKeySequence("Ctrl+L"), "save_recipe": QKeySequence(QKeySequence.Save),
         "run": QKeySequence("Ctrl+R"), "cancel": QKeySequence("Esc"),
         "sensitivity": QKeySequence("Ctrl+Shift+R"), "fit": QKeySequence("Ctrl+0"),
+        "zoom_in": QKeySequence("Ctrl+="), "zoom_out": QKeySequence("Ctrl+-"),
         "find": QKeySequence(QKeySequence.Find), "original": QKeySequence("Ctrl+Home"),
         "tab_graph": QKeySequence("Ctrl+1"), "tab_trade-off": QKeySequence("Ctrl+2"),
         "tab_results": QKeySequence("Ctrl+3"), "tab_compare": QKeySequence("Ctrl+4"),

@@ -85,11 +85,12 @@ def test_resnet18_onnx_int8_whole_job(window, qtbot, tmp_path, resnet18_onnx):
     graph = w.session.current.graph
     convs = [n for n in graph.nodes if n.op == "Conv"]
     assert len(convs) == 20  # 17 3x3/7x7 convolutions + 3 downsample 1x1 (BatchNorm folded in)
-    assert set(w.graph_view.items) >= {n.name for n in convs}
+    assert set(w.graph_view.groups) >= {"group:layer1", "group:layer4"}  # opens with its blocks closed
     assert graph.total_parameters == pytest.approx(11.69e6, rel=0.01)
 
-    # select a layer (a click on its box in the graph): the inspector shows it
+    # select a layer (a click on its box in the graph, its group opened): the inspector shows it
     layer = next(n.name for n in convs if "layer2" in n.name)
+    assert w.graph_view.reveal(layer) and layer in w.graph_view.items
     item = w.graph_view.items[layer]
     w.graph_view.canvas.centerOn(item)
 

@@ -57,7 +57,9 @@ def graph_from_torch(module, input_shape=None, input_dtype: str = "float32", exa
         from .from_script import graph_from_script
 
         try:
-            return graph_from_script(module, example if not isinstance(example, tuple) else None)
+            if isinstance(example, tuple):  # the walk feeds one input: a one-input tuple is that input
+                example = example[0] if len(example) == 1 else None
+            return graph_from_script(module, example)
         except Exception as exc:  # noqa: BLE001 - an unusual TorchScript graph: fall back to the layer list
             return _from_leaves(module, example, f"could not read this TorchScript graph ({type(exc).__name__}); "
                                 "layers are shown in definition order and edges are approximate")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import LoadError, StudioError, TrustRequired
+from ..errors import LoadError, StudioError, TrustRequired, one_line
 from ..model import Model
 from .detect import FORMATS, detect_format
 
@@ -26,7 +26,14 @@ __all__ = ["load", "detect_format", "FORMATS", "LoadError", "TrustRequired"]
 
 def load(path, *, arch: str | None = None, trust: bool = False, input_shape: tuple | None = None) -> Model:
     """Load a model file; raises LoadError with a one-line reason."""
-    path = Path(path)
+    try:
+        return _load(Path(path), arch, trust, input_shape)
+    except LoadError as exc:  # one line always, even when a file's own names hold line breaks
+        exc.args = (one_line(exc),)
+        raise
+
+
+def _load(path: Path, arch: str | None, trust: bool, input_shape: tuple | None) -> Model:
     if not path.exists():
         raise LoadError(f"{path}: no such file")
     if path.is_dir():

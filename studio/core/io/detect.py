@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 from ..errors import LoadError
@@ -65,12 +66,16 @@ def _zip_format(path: Path, size: int) -> str:
     try:
         with zipfile.ZipFile(path) as z:
             infos = z.infolist()
-    except zipfile.BadZipFile:
+    except (zipfile.BadZipFile, ValueError, EOFError, OSError, OverflowError, NotImplementedError, struct.error):
+        # a damaged directory fails in many ways: bad offsets, undecodable names, odd methods
         raise LoadError(f"{path.name}: a damaged zip archive (truncated?)") from None
     total = sum(i.file_size for i in infos)
     if total > MAX_ZIP_RATIO * size + 1_000_000:
         raise LoadError(f"{path.name}: its members claim {total:,} bytes from a {size:,}-byte file; refused")
     names = [i.filename for i in infos]
+    if len(set(names)) != len(names):  # which copy a reader takes differs between readers
+        raise LoadError(f"{path.name}: a zip archive with two members of the same name; refused")
+    _check_crcs(path)
     if any(n.endswith("archive_format") or "/models/" in n or n.startswith("models/") for n in names) and any(
         "serialized_exported_program" in n or n.endswith(".json") for n in names
     ):
@@ -80,6 +85,19 @@ def _zip_format(path: Path, size: int) -> str:
     if any(n.endswith("data.pkl") for n in names):
         return "state_dict"  # torch.save zip: a state_dict, or a pickled module (checked on load)
     raise LoadError(f"{path.name}: a zip archive, but not a PyTorch file")
+
+
+def _check_crcs(path: Path) -> None:
+    """torch's zip reader does not check the members' checksums: a damaged file would load with
+    silently wrong weights (or fail deep inside torch). Checked here, bounded by the ratio above."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, ValueError, EOFError, OSError, OverflowError, NotImplementedError, struct.error,
+            zlib.error):
+        raise LoadError(f"{path.name}: a damaged zip archive (a member cannot be read)") from None
+    if bad is not None:
+        raise LoadError(f"{path.name}: a damaged zip archive (member {bad!r} fails its checksum); refused")
 
 
 def read_safetensors_header(path: Path) -> dict:
@@ -92,8 +110,10 @@ def read_safetensors_header(path: Path) -> dict:
             raise LoadError(f"{path.name}: safetensors header length {n:,} exceeds the file")
         try:
             header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # (deep nesting: RecursionError)
             raise LoadError(f"{path.name}: the safetensors header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise LoadError(f"{path.name}: the safetensors header is not a table of tensors")
     itemsize = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
                 "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
     data_size = size - 8 - n
@@ -102,9 +122,11 @@ def read_safetensors_header(path: Path) -> dict:
             continue
         try:
             dtype, shape, (start, end) = info["dtype"], info["shape"], info["data_offsets"]
+            if not all(type(v) is int for v in (start, end)) or not isinstance(shape, list) or not isinstance(dtype, str):
+                raise ValueError
             count = 1
             for d in shape:
-                if not isinstance(d, int) or d < 0:
+                if type(d) is not int or d < 0:  # (bool is an int subclass: not a dimension)
                     raise ValueError
                 count *= d
         except (KeyError, TypeError, ValueError):

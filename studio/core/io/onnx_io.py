@@ -26,12 +26,15 @@ def _external_info(tensor) -> dict:
 
 
 def _inside(folder: Path, location: str) -> Path | None:
-    if not location or os.path.isabs(location) or location.startswith(("/", "\\")):
+    # (a location that is not valid UTF-8 comes back as bytes; NUL, symlink loops: not a path)
+    if not isinstance(location, str) or not location or "\x00" in location:
         return None
-    target = (folder / location).resolve()
+    if os.path.isabs(location) or location.startswith(("/", "\\")):
+        return None
     try:
+        target = (folder / location).resolve()
         target.relative_to(folder.resolve())
-    except ValueError:
+    except (ValueError, OSError, RuntimeError):
         return None
     return target
 
@@ -50,12 +53,19 @@ def _all_tensors(graph):
                 yield from _all_tensors(g)
 
 
+def _known_types() -> set[int]:
+    from onnx import TensorProto
+
+    return set(TensorProto.DataType.values()) - {TensorProto.UNDEFINED}
+
+
 def check_tensors(proto, folder: Path, name: str, file_size: int = 0) -> bool:
     """Refuse tensors whose dims claim more than their bytes hold; returns whether external data
     is used. Nothing is allocated from the claims."""
     from onnx import TensorProto
 
     external = False
+    known = _known_types()
     for t in _all_tensors(proto.graph):
         count = 1
         for d in t.dims:
@@ -63,6 +73,8 @@ def check_tensors(proto, folder: Path, name: str, file_size: int = 0) -> bool:
                 raise LoadError(f"{name}: tensor '{t.name}' has a negative dimension")
             count *= d
         size = _itemsize(t.data_type)
+        if t.data_type not in known:  # nothing can read it (numpy_helper: KeyError)
+            raise LoadError(f"{name}: tensor '{t.name}' has an unknown data type {t.data_type}; refused")
         if t.data_location == TensorProto.EXTERNAL:
             external = True
             info = _external_info(t)
@@ -70,15 +82,35 @@ def check_tensors(proto, folder: Path, name: str, file_size: int = 0) -> bool:
             if target is None:
                 raise LoadError(f"{name}: tensor '{t.name}' points outside the model's folder "
                                 f"({info.get('location')!r}); refused")
-            if not target.is_file():
+            try:
+                present = target.is_file()
+            except OSError:  # a name too long for the file system
+                present = False
+            if not present:
                 raise LoadError(f"{name}: external data file {info.get('location')!r} is missing")
-            offset, length = int(info.get("offset", 0)), info.get("length")
+            try:
+                offset, length = int(info.get("offset", 0)), info.get("length")
+                length = None if length is None else int(length)
+            except ValueError:
+                raise LoadError(f"{name}: tensor '{t.name}' has a malformed external data entry") from None
+            if offset < 0 or (length or 0) < 0:
+                raise LoadError(f"{name}: tensor '{t.name}' has a negative external data offset or length")
             available = target.stat().st_size - offset
             need = count * size if size else None
-            if length is not None and int(length) > available or need is not None and need > available:
+            if length is not None and length > available or need is not None and need > available:
                 raise LoadError(f"{name}: tensor '{t.name}' claims more bytes than {info['location']!r} holds; refused")
+            # what onnx reads (`length` bytes, or up to the end of the file) must be the tensor
+            read = available if length is None else length
+            if need is not None and read != need and not (size == 1 and read == (count + 1) // 2):
+                raise LoadError(f"{name}: tensor '{t.name}' claims dims {list(t.dims)} but its external data "
+                                f"holds {read:,} bytes; refused")
             continue
-        if size is None or t.data_type in (TensorProto.STRING,):
+        if t.data_type == TensorProto.STRING and not t.HasField("raw_data"):
+            if len(t.string_data) != count:
+                raise LoadError(f"{name}: tensor '{t.name}' claims dims {list(t.dims)} but holds "
+                                f"{len(t.string_data):,} strings; refused")
+            continue
+        if size is None:
             continue
         if t.HasField("raw_data"):
             have = len(t.raw_data)
@@ -93,8 +125,9 @@ def check_tensors(proto, folder: Path, name: str, file_size: int = 0) -> bool:
                 have = 0
         # sub-byte types (int4) pack two values a byte: allow either count. A tensor that claims
         # elements but holds no bytes at all is refused too: numpy/onnxruntime would fail (or
-        # allocate the claimed size) the moment anyone reads it.
-        if have != count * size and not (size == 1 and have in ((count + 1) // 2,)) and not (count == 0):
+        # allocate the claimed size) the moment anyone reads it; so is one that claims no elements
+        # but holds bytes (numpy cannot reshape them).
+        if have != count * size and not (size == 1 and have in ((count + 1) // 2,)):
             raise LoadError(f"{name}: tensor '{t.name}' claims dims {list(t.dims)} but holds {have:,} bytes; refused")
     _check_sparse(proto.graph, name, file_size)
     return external

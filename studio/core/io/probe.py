@@ -27,7 +27,7 @@ def _command(fmt: str, path: Path) -> list[str]:
     return [sys.executable, "-m", "studio", "_probe", fmt, str(path)]
 
 
-def probe(fmt: str, path: Path, timeout: float = TIMEOUT_S) -> None:
+def probe(fmt: str, path: Path, timeout: float = TIMEOUT_S, what: str = "torch") -> None:
     """Raise LoadError if parsing `path` as `fmt` crashes or hangs a child process. A parse that
     merely fails is left to the caller, which reports it from its own in-process attempt."""
     try:
@@ -40,7 +40,7 @@ def probe(fmt: str, path: Path, timeout: float = TIMEOUT_S) -> None:
             name = signal.Signals(-result.returncode).name
         except ValueError:
             name = f"signal {-result.returncode}"
-        raise LoadError(f"{path.name}: parsing it crashed torch ({name}); refused")
+        raise LoadError(f"{path.name}: parsing it crashed {what} ({name}); refused")
     if result.returncode not in (0, EXIT_PARSE_ERROR):
         raise LoadError(f"{path.name}: parsing it failed in a child process (exit {result.returncode}); refused")
 
@@ -53,6 +53,10 @@ def child_main(argv: list[str]) -> int:
             import torch
 
             torch.jit.load(path, map_location="cpu")
+        elif fmt == "onnx_session":  # a model the studio made: can onnxruntime build a session for it?
+            import onnxruntime as ort
+
+            ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         else:
             print(f"unknown probe format {fmt}", file=sys.stderr)
             return 2

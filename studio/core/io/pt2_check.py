@@ -253,10 +253,32 @@ def load_program(path: Path):
     import torch
 
     check_archive(path)
-    previous = logging.root.manager.disable
-    logging.disable(logging.ERROR)  # torch logs multi-line tracebacks on a failed load: the user gets one line
-    try:
-        with force_weights_only():
+    with force_weights_only(), _torch_export_log() as logged:
+        try:
             return torch.export.load(str(path))
+        except Exception:
+            if logged:  # torch logged the real reason (a traceback on stderr) and raised a vague one
+                raise logged[0] from None
+            raise
+
+
+@contextlib.contextmanager
+def _torch_export_log():
+    """torch.export.load logs a failed read with its traceback on stderr, then raises "check the
+    warnings above": keep the logged error (the caller reports it in one line) off the terminal."""
+
+    logged = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            if record.exc_info and record.exc_info[1] is not None:
+                logged.append(record.exc_info[1])
+
+    log = logging.getLogger("torch.export")
+    handlers, log.handlers = log.handlers, [Keep()]
+    propagate, log.propagate = log.propagate, False  # nor through torch's own handlers above it
+    try:
+        yield logged
     finally:
-        logging.disable(previous)
+        log.handlers = handlers
+        log.propagate = propagate

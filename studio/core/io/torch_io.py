@@ -125,6 +125,9 @@ def load_torch(path: Path, fmt: str, *, arch: str | None, trust: bool) -> Model:
             from .probe import probe
 
             check_torchscript_code(path)
+            from .storages import check_storages
+
+            check_storages(path)  # a tensor record shorter than its claim: torch reads past it
             probe("torchscript", path)  # a crash or hang in torch's C++ parser stays in a child
             try:
                 module = torch.jit.load(str(path), map_location="cpu")

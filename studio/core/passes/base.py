@@ -66,6 +66,7 @@ class PassResult:
     layers: dict[str, dict[str, Any]] = field(default_factory=dict)
     summary: str = ""
     warnings: list[str] = field(default_factory=list)
+    tries: list[dict[str, Any]] = field(default_factory=list)  # a pass that tried variants: each, with its numbers
 
 
 def is_torchscript(model: Model) -> bool:

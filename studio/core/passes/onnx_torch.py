@@ -41,7 +41,7 @@ def _import_onnx2torch():
     except ImportError as exc:
         raise StudioError(
             f"this pass needs a torch model and converting ONNX to torch needs onnx2torch ({exc}); "
-            "install it with `pip install --no-deps onnx2torch`"
+            "install it with `pip install --no-deps \"onnx2torch>=1.5,<2\"`"
         ) from None
     _register_newer_opsets()
     return onnx2torch
@@ -92,7 +92,7 @@ def _register_newer_opsets() -> None:
             for name, value in node.attributes.items():  # a new attribute the old converter would ignore
                 default = new_schema.attributes[name].default_value if name in new_schema.attributes else None
                 if name not in known and (default is None or not default.name or
-                                          _attr_value(default) != value):
+                                          _plain(_attr_value(default)) != _plain(value)):
                     raise NotImplementedError(f"attribute {name}={value!r} of {op}-{version} is not supported")
             return previous(node, graph)
 
@@ -208,6 +208,11 @@ def _register_newer_opsets() -> None:
     add("Gelu", 20, gelu)
 
 
+def _plain(value):
+    """onnx gives a string default as bytes, onnx2torch the node's value as str."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _attr_value(attribute):
     from onnx import helper
 
@@ -237,13 +242,38 @@ ONNX_NATIVE = ("prune.magnitude, prune.nm, lowrank.svd, cluster.kmeans, fold.bat
                "work on the ONNX model without converting it")
 
 
+def weights_without_identity(proto):
+    """`proto`, or a copy in which nodes read initializers directly where the graph passed them
+    through an Identity: torch's exporter writes one initializer and Identity copies when several
+    layers hold equal tensors (e.g. the zero biases of freshly folded batch norms), and onnx2torch
+    only finds a Conv's weight or bias among the initializers."""
+    import onnx
+
+    inits = {i.name for i in proto.graph.initializer}
+    outputs = {o.name for o in proto.graph.output}
+    alias = {n.output[0]: n.input[0] for n in proto.graph.node
+             if n.op_type == "Identity" and n.input and n.input[0] in inits and n.output[0] not in outputs}
+    if not alias:
+        return proto
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    keep = [n for n in copy.graph.node if not (n.op_type == "Identity" and n.output and n.output[0] in alias)]
+    for n in keep:
+        for k, name in enumerate(n.input):
+            if name in alias:
+                n.input[k] = alias[name]
+    del copy.graph.node[:]
+    copy.graph.node.extend(keep)
+    return copy
+
+
 def onnx_to_torch(model: Model) -> Model:
     """A torch Model computing what the ONNX model computes (a new object: the input is untouched)."""
     import numpy as np
 
     onnx2torch = _import_onnx2torch()
     try:
-        module = onnx2torch.convert(model.obj)
+        module = onnx2torch.convert(weights_without_identity(model.obj))
     except Exception as exc:  # noqa: BLE001 - unsupported op, opset, dynamic shapes, ...
         try:
             where = unconvertible(model.obj)

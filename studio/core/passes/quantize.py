@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import platform
 import tempfile
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from pydantic import Field
 
-from ..convert import fixed_batch, onnx_copy, to_onnx_proto
+from ..convert import fixed_batch, onnx_copy, run_session_all, session, to_onnx_proto
+from ..evaluate import Measurement, is_class_scores, measure_latency, quality_from_outputs
 from ..model import ONNX
 from . import targets as tg
+from ..errors import Cancelled, StudioError
 from .base import Context, Pass, PassConfig, PassResult
 from .registry import register
 
@@ -62,6 +66,18 @@ class StaticConfig(PassConfig):
     per_channel: bool = Field(True, description="One scale per output channel for weights")
     activations: Literal["auto", "uint8", "int8"] = Field(
         "auto", description="Activation type: auto = uint8 on x86 (fast u8s8 kernels), int8 elsewhere")
+    max_drop: float = Field(1.0, ge=0.0, le=100.0, description=(
+        "Classifiers: the largest drop (points) in top-1 agreement with the float stage, measured on the pass's "
+        "own validation split, before remedies are tried"))
+    min_cosine: float = Field(0.99, ge=0.0, le=1.0, description=(
+        "Other models: the lowest cosine similarity to the float stage's outputs before remedies are tried"))
+    remedies: bool = Field(True, description=(
+        "When INT8 loses more than allowed, try known remedies in order of cost and keep the best"))
+    max_tries: int = Field(8, ge=1, le=20, description="Quantizations tried at most (the first included)")
+    validation_samples: int = Field(256, ge=1, le=100_000, description=(
+        "Training-split samples, apart from the calibration ones, that each try is compared on"))
+    keep_slow_float: bool = Field(False, description=(
+        "Time depthwise convs and HardSwish blocks in INT8 against float and keep them float where INT8 is slower"))
 
 
 def activation_type(choice: str) -> str:
@@ -73,59 +89,343 @@ def activation_type(choice: str) -> str:
     return "uint8" if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686") else "int8"
 
 
+# Ops the remedy "sensitive ops in float" leaves out of INT8: normalisations, softmax, and the
+# element-wise ops GELU (Erf form), SE gates and residuals are made of. Their outputs span wide,
+# outlier-heavy ranges one 8-bit scale resolves badly (ViT-style models lose most here).
+FLOAT_SENSITIVE = {"LayerNormalization", "InstanceNormalization", "EmbedLayerNormalization", "Softmax", "Add", "Mul",
+                   "Sigmoid", "Where", "CumSum", "TopK", "ArgMax"}
+HARD_ACTIVATIONS = {"HardSwish", "HardSigmoid"}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One way to run quantize_static: what each try changes."""
+
+    activations: str  # "uint8" or "int8"
+    per_channel: bool
+    method: str
+    samples: int
+    reduce_range: bool = False  # 7-bit weights: no u8s8 overflow on x86 without VNNI
+    float_sensitive: bool = False  # FLOAT_SENSITIVE ops and attention MatMuls stay float
+    float_groups: tuple[str, ...] = ()  # speed: "depthwise", "hardswish" blocks stay float
+    float_nodes: tuple[str, ...] = ()  # the nodes around the tensors INT8 resolves worst
+
+    def describe(self) -> str:
+        parts = [f"{self.activations} activations", "per-channel" if self.per_channel else "per-tensor",
+                 self.method, f"{self.samples} samples"]
+        if self.reduce_range:
+            parts.append("7-bit weights")
+        if self.float_sensitive:
+            parts.append("sensitive ops in float")
+        parts += [f"{g} in float" for g in self.float_groups]
+        if self.float_nodes:
+            parts.append(f"{len(self.float_nodes)} nodes at the worst tensors in float")
+        return ", ".join(parts)
+
+
+@dataclass
+class _Graph:
+    """What the remedies need to know of the pre-processed float graph."""
+
+    quantizable: set[str]  # the op types quantize_static takes by default
+    attention: list[str]  # MatMul nodes of two activations (Q x K^T, attention x V)
+    sensitive: bool  # any FLOAT_SENSITIVE op or attention MatMul
+    groups: dict[str, list[str]]  # speed group -> its nodes
+
+
+def _graph_facts(proto) -> _Graph:
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    consts = {i.name for i in proto.graph.initializer}
+    consts |= {o for n in proto.graph.node if n.op_type == "Constant" for o in n.output}
+    attention = [n.name for n in proto.graph.node
+                 if n.op_type == "MatMul" and not any(i in consts for i in n.input)]
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    depthwise = [n.name for n in proto.graph.node if n.op_type == "Conv"
+                 and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    hard_outputs = {n.output[0] for n in proto.graph.node if n.op_type in HARD_ACTIVATIONS}
+    hardswish = []
+    for n in proto.graph.node:  # the conv feeding a hard activation, and the gate Mul using one
+        if n.op_type in HARD_ACTIVATIONS and n.input and n.input[0] in producer:
+            hardswish.append(producer[n.input[0]].name)
+        elif n.op_type == "Mul" and any(i in hard_outputs for i in n.input):
+            hardswish.append(n.name)
+    ops = {n.op_type for n in proto.graph.node}
+    groups = {k: list(dict.fromkeys(v)) for k, v in (("depthwise", depthwise), ("hardswish", hardswish)) if v}
+    return _Graph(set(QDQRegistry) | set(QLinearOpsRegistry), attention, bool(ops & FLOAT_SENSITIVE or attention), groups)
+
+
+def _remedies(facts: _Graph, pool: int) -> list:
+    """The known remedies, cheapest first (onnxruntime docs, "Quantization debugging"; the
+    issue's measurements: MobileNetV3 92 % top-1 agreement with uint8 activations, 98.5 % with
+    int8). Each takes the best setting so far (remedies add up) and gives (label, changed
+    setting), or None where it does not apply. The last one, the worst tensors kept float
+    (onnxruntime's qdq_loss_debug), is run by _Trial: it needs the best model itself.
+    SmoothQuant is not among them: onnxruntime needs neural-compressor 2.x for it, which pulls
+    opencv, pandas and pycocotools and downgrades numpy (3.x dropped the ONNX part)."""
+
+    def activations(s: Setting):
+        other = "int8" if s.activations == "uint8" else "uint8"
+        return f"{other} activations", replace(s, activations=other)
+
+    def reduce_range(s: Setting):  # u8 x s8 products overflow int16 on x86 without VNNI
+        if s.activations == "uint8" and not s.reduce_range:
+            return "7-bit weights (reduce_range)", replace(s, reduce_range=True)
+
+    def sensitive(s: Setting):
+        if facts.sensitive and not s.float_sensitive:
+            return "LayerNorm/Softmax/GELU, element-wise and attention MatMuls in float", replace(s, float_sensitive=True)
+
+    def granularity(s: Setting):
+        return ("per-tensor weights" if s.per_channel else "per-channel weights"), replace(s, per_channel=not s.per_channel)
+
+    def calibration(method: str):
+        return lambda s: (f"{method} calibration", replace(s, method=method)) if s.method != method else None
+
+    def samples(s: Setting):
+        more = min(pool, s.samples * 4)
+        if more > s.samples:
+            return f"{more} calibration samples", replace(s, samples=more)
+
+    return [activations, reduce_range, sensitive, granularity, calibration("percentile"), calibration("entropy"), samples]
+
+
 @register
 class StaticInt8(Pass):
     id = "quantize.int8_static"
     title = "INT8 static (onnxruntime QDQ)"
-    description = "Weights and activations in INT8 with calibrated ranges: smaller and faster on CPU."
+    description = ("Weights and activations in INT8 with calibrated ranges: smaller and faster on CPU. Compared with "
+                   "the float stage on the pass's own split; known remedies are tried when it loses more than allowed.")
     Config = StaticConfig
     frameworks = ("torch", "onnx")
     needs_data = True
 
     def apply(self, model, context: Context):
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-
         cfg: StaticConfig = self.config
         data = context.require_data(self.id)
         yield 0.05, "exporting to ONNX" if model.is_torch else "preparing"
         proto = to_onnx_proto(model)
         x = data.shaped(data.x_train, model.input_shape)
-        x = x[np.random.default_rng(context.seed).permutation(len(x))[: cfg.calibration_samples]]
+        order = np.random.default_rng(context.seed).permutation(len(x))
+        # calibration from the front, validation from the back: apart while the split allows;
+        # the held-out split stays for the final measurement only
+        n_val = min(cfg.validation_samples, len(x) // 2)
+        pool, val = (order[: len(x) - n_val], order[len(x) - n_val:]) if n_val else (order, order)
+        x_pool, x_val = x[pool], x[val]
         pinned = fixed_batch(proto)  # a model exported with a fixed batch size takes only that size
-        if pinned and len(x) % pinned:
-            whole = max(pinned, len(x) // pinned * pinned)
-            x = x[np.resize(np.arange(len(x)), whole)]
-        reader = calibration_reader(proto, x, pinned or 32, context)
-
-        activations = QuantType.QUInt8 if activation_type(cfg.activations) == "uint8" else QuantType.QInt8
-        method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                  "percentile": CalibrationMethod.Percentile}[cfg.method]
         with tempfile.TemporaryDirectory(prefix="studio-q-") as tmp:
             tmp = Path(tmp)
             src = _save(proto, tmp, "fp32.onnx")
             pre = tmp / "pre.onnx"
-            yield 0.15, "pre-processing (shape inference, fusions)"
+            yield 0.1, "pre-processing (shape inference, fusions)"
             try:
-                quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
+                from onnxruntime.quantization.shape_inference import quant_pre_process
+
+                # skip_symbolic_shape: when onnxruntime's symbolic shape inference is incomplete it
+                # saves "sym_shape_infer_temp.onnx" and a sidecar into the current folder (the
+                # user's), before it raises; onnx's own shape inference still runs
+                quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
             except Exception:  # noqa: BLE001 - pre-processing is an optimisation, not required
                 pre = src
-            context.check_cancelled()
-            yield 0.3, f"calibrating on {len(x)} samples ({cfg.method})"
-            out = tmp / "int8.onnx"
-            quantize_static(
-                str(pre), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
-                activation_type=activations, weight_type=QuantType.QInt8, calibrate_method=method,
-                nodes_to_exclude=excluded_nodes(_load(pre), cfg),
-                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-            )
-            result = _load(out)
+            pre_proto = _load(pre)
+            facts = _graph_facts(pre_proto)
+            user_excluded = excluded_nodes(pre_proto, cfg)
+            reference = run_session_all(session(proto), x_val, cancel=context.cancel_event)
+            trial = _Trial(proto, tmp / "int8.onnx", pre, pre_proto.graph, facts, user_excluded, x_pool, x_val,
+                           reference, pinned, context)
+
+            first = Setting(activation_type(cfg.activations), cfg.per_channel, cfg.method,
+                            min(cfg.calibration_samples, len(x_pool)))
+            yield 0.2, f"calibrating on {first.samples} samples ({cfg.method})"
+            tries = [trial.run(first, "as configured")]
+            best = tries[0]
+            budget = cfg.max_tries - 1
+            if cfg.remedies and not trial.meets(best, cfg):
+                for remedy in [*_remedies(facts, len(x_pool)), None]:  # None: the worst tensors in float
+                    if budget <= 0 or trial.meets(best, cfg):
+                        break
+                    step = remedy(best["setting"]) if remedy else trial.worst_tensors(best)
+                    if step is None:
+                        continue
+                    label, setting = step
+                    context.check_cancelled()
+                    yield 0.2 + 0.6 * len(tries) / cfg.max_tries, f"{trial.shortfall(best, cfg)}; trying {label}"
+                    tries.append(trial.attempt(setting, label))
+                    budget -= 1
+                    if tries[-1]["score"] is not None and tries[-1]["score"] > best["score"] + 1e-12:  # the next remedy builds on the best
+                        best.pop("proto")  # only the best model is kept in memory
+                        best = tries[-1]
+                    else:
+                        tries[-1].pop("proto", None)
+            if cfg.keep_slow_float and facts.groups:
+                yield 0.85, "timing depthwise / HardSwish blocks in INT8 against float"
+                best = yield from _keep_slow_float(trial, best, tries, cfg, model)
+        for i, t in enumerate(tries, 1):
+            t["try"], t["kept"] = i, t is best
+        warnings = []
+        if not trial.meets(best, cfg):
+            tried = (f"after {len(tries) - 1} remedies; kept the best: {best['change']}" if len(tries) > 1
+                     else "with remedies off" if not cfg.remedies else "and no remedy applies")
+            warnings.append(f"INT8 {trial.shortfall(best, cfg)} on the pass's validation split ({len(x_val)} samples) "
+                            f"{tried}; keep more layers float (ignore), or use quantize.fp16")
+        result = best["proto"]
         new = model.with_obj(result, ONNX, format="onnx")
         layers = _quant_record(result, "int8")
-        summary = (f"{len(layers)} layers in INT8 (QDQ, {activation_type(cfg.activations)} activations, "
-                   f"{'per-channel' if cfg.per_channel else 'per-tensor'}, {cfg.method})")
+        s = best["setting"]
+        measure = trial.measure_name
+        summary = (f"{len(layers)} layers in INT8 (QDQ, {s.describe()}); {measure} with the float stage "
+                   f"{trial.text(best)} on {len(x_val)} validation samples")
+        if len(tries) > 1:
+            summary += f", kept try {tries.index(best) + 1} of {len(tries)} (first: {trial.text(tries[0])})"
         yield 1.0, summary
-        return PassResult(new, layers, summary)
+        return PassResult(new, layers, summary, warnings, tries=[_row(t) for t in tries])
+
+
+def _row(t: dict) -> dict:
+    """A try as plain data for the stage record: its number, what changed, the full setting
+    and what it measured."""
+    from dataclasses import asdict
+
+    setting = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(t["setting"]).items()}
+    return {**{k: v for k, v in t.items() if k not in ("proto", "setting")}, "setting": setting}
+
+
+class _Trial:
+    """Runs quantize_static with one Setting and scores the result against the float stage on
+    the validation samples (top-1 agreement for class scores, else the worst output's cosine)."""
+
+    def __init__(self, proto, out, pre, pre_graph, facts, user_excluded, x_pool, x_val, reference, pinned, context):
+        self.proto, self.out, self.pre, self.pre_graph = proto, out, pre, pre_graph
+        self.facts, self.user_excluded = facts, user_excluded
+        self.x_pool, self.x_val, self.reference, self.pinned, self.context = x_pool, x_val, reference, pinned, context
+        self.classifier = is_class_scores(reference[0])
+        self.measure_name = "top-1 agreement" if self.classifier else "cosine similarity"
+
+    def run(self, s: Setting, change: str) -> dict:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        start = time.perf_counter()
+        x = self._whole_batches(self.x_pool[: s.samples])
+        exclude = list(self.user_excluded)
+        op_types = None
+        if s.float_sensitive:
+            op_types = sorted(self.facts.quantizable - FLOAT_SENSITIVE)
+            exclude += self.facts.attention
+        for group in s.float_groups:
+            exclude += self.facts.groups.get(group, [])
+        exclude += s.float_nodes
+        quantize_static(
+            str(self.pre), str(self.out), calibration_reader(self.proto, x, self.pinned or 32, self.context),
+            quant_format=QuantFormat.QDQ, per_channel=s.per_channel, reduce_range=s.reduce_range,
+            activation_type=QuantType.QUInt8 if s.activations == "uint8" else QuantType.QInt8,
+            weight_type=QuantType.QInt8, op_types_to_quantize=op_types, nodes_to_exclude=list(dict.fromkeys(exclude)),
+            calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                              "percentile": CalibrationMethod.Percentile}[s.method],
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        )
+        proto = _load(self.out)
+        outs = run_session_all(session(proto), self.x_val, cancel=self.context.cancel_event)
+        m = Measurement()
+        quality_from_outputs(m, outs, None, self.reference)
+        score = m.agreement if self.classifier else m.cosine
+        score = -1.0 if score is None or not np.isfinite(score) else float(score)
+        first = next(iter(m.fidelity.values()), {})
+        return {"try": 0, "change": change, "setting": s, "proto": proto, "config": s.describe(),
+                "measure": self.measure_name, "score": score, "snr_db": first.get("snr_db"),
+                "seconds": round(time.perf_counter() - start, 3)}
+
+    def attempt(self, s: Setting, change: str) -> dict:
+        """run() for a remedy: a setting onnxruntime cannot quantize with is recorded as a failed
+        try (its error's first line) and the search goes on."""
+        start = time.perf_counter()
+        try:
+            return self.run(s, change)
+        except Cancelled:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a remedy that fails is reported, not fatal
+            error = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            return {"try": 0, "change": change, "setting": s, "config": s.describe(), "measure": self.measure_name,
+                    "score": None, "error": error, "seconds": round(time.perf_counter() - start, 3)}
+
+    def _whole_batches(self, x):
+        """x, cut (or repeated) to whole batches for a model whose batch size the file fixes."""
+        if self.pinned and len(x) % self.pinned:
+            x = x[np.resize(np.arange(len(x)), max(self.pinned, len(x) // self.pinned * self.pinned))]
+        return x
+
+    def worst_tensors(self, t: dict):
+        """The last remedy: the nodes that make or read the activations INT8 resolves worst in
+        model `t` (lowest signal-to-quantization-noise ratio across their Q/DQ pair, measured by
+        onnxruntime's qdq_loss_debug on validation samples) are kept float: the worst tenth of
+        the quantized tensors, at least one. None when nothing new would stay float."""
+        import onnx
+        from onnxruntime.quantization.qdq_loss_debug import (
+            collect_activations, compute_signal_to_quantization_noice_ratio, create_activation_matching,
+            modify_model_output_intermediate_tensors)
+
+        qdq, augmented = self.out.with_name("debug-qdq.onnx"), self.out.with_name("debug-augmented.onnx")
+        onnx.save_model(t["proto"], str(qdq))
+        modify_model_output_intermediate_tensors(str(qdq), str(augmented))
+        x = self._whole_batches(self.x_val[:64])
+        reader = calibration_reader(self.proto, x, self.pinned or 32, self.context)
+        activations = collect_activations(str(augmented), reader)
+        sqnr = {name: compute_signal_to_quantization_noice_ratio(m["pre_qdq"], m["post_qdq"])
+                for name, m in create_activation_matching(activations).items()}
+        errors = {name: e for name, e in sqnr.items() if np.isfinite(e)}
+        if not errors:
+            return None
+        worst = set(sorted(errors, key=errors.get)[: max(1, len(errors) // 10)])
+        s = t["setting"]
+        nodes = [n.name for n in self.pre_graph.node if n.name and n.name not in s.float_nodes
+                 and worst & {*n.input, *n.output}]
+        if not nodes:
+            return None
+        lowest = min(errors[w] for w in worst)
+        return (f"{len(nodes)} nodes at the {len(worst)} worst INT8 tensors in float (SQNR from {lowest:.1f} dB, "
+                "qdq_loss_debug)"), replace(s, float_nodes=(*s.float_nodes, *nodes))
+
+    def meets(self, t: dict, cfg: StaticConfig) -> bool:
+        if self.classifier:
+            return (1.0 - t["score"]) * 100.0 <= cfg.max_drop + 1e-9
+        return t["score"] >= cfg.min_cosine
+
+    def text(self, t: dict) -> str:
+        return f"{t['score']:.2%}" if self.classifier else f"{t['score']:.4f}"
+
+    def shortfall(self, t: dict, cfg: StaticConfig) -> str:
+        if self.classifier:
+            return f"loses {(1.0 - t['score']) * 100:.1f} points of top-1 agreement (allowed {cfg.max_drop:g})"
+        return f"reaches cosine {t['score']:.4f} (needed {cfg.min_cosine:g})"
+
+
+def _keep_slow_float(trial: _Trial, best: dict, tries: list, cfg: StaticConfig, model):
+    """Depthwise convs and HardSwish blocks can run slower in INT8 than in float (the Q/DQ
+    around them costs more than the 8-bit arithmetic saves): each group present is tried in
+    float and timed with the kept model in the same interleaved rounds; the fastest is kept
+    when it is over 3 % faster and within the tolerance (or no worse than the kept model)."""
+    s = best["setting"]
+    candidates = []
+    for group in trial.facts.groups:
+        trial.context.check_cancelled()
+        c = trial.attempt(replace(s, float_groups=(*s.float_groups, group)), f"{group} in float (speed)")
+        if c["score"] is None:
+            tries.append(c)
+        else:
+            candidates.append(c)
+    if not candidates:
+        return best
+    latency = yield from measure_latency([best["proto"]] + [c["proto"] for c in candidates], model.input_shape,
+                                         batches=(1,), rounds=7, cancel=trial.context.check_cancelled,
+                                         signature=model.signature)
+    best["latency_ms"] = latency[0][1]
+    fastest = best
+    for c, lat in zip(candidates, latency[1:]):
+        c["latency_ms"] = lat[1]
+        tries.append(c)
+        ok = trial.meets(c, cfg) or c["score"] >= best["score"]
+        if ok and c["latency_ms"] < 0.97 * best["latency_ms"] and c["latency_ms"] < fastest["latency_ms"]:
+            fastest = c
+    return fastest
 
 
 def calibration_reader(proto, x, step: int, context: Context):
@@ -237,10 +537,35 @@ class Fp16(Pass):
         result = convert_float_to_float16(
             proto, keep_io_types=cfg.keep_io_float32, node_block_list=blocked or None, disable_shape_infer=True
         )
+        yield 0.8, "checking that onnxruntime loads it"
+        _check_session_in_child(result, "float16")
         layers = {name: {"op": op, "dtype": "float16"} for name, op in onnx_layers(result) if name not in blocked}
         summary = f"{len(layers)} layers in float16"
         yield 1.0, summary
         return PassResult(model.with_obj(result, ONNX, format="onnx"), layers, summary)
+
+
+def _check_session_in_child(proto, what: str) -> None:
+    """onnxruntime segfaults building a session for some float16 graphs (a tiny BERT export did):
+    build one in a child process first, so the studio refuses the result instead of dying."""
+    import tempfile
+
+    from ..errors import LoadError
+    from ..io.probe import probe
+
+    with tempfile.TemporaryDirectory(prefix="studio-probe-") as folder:
+        path = Path(folder) / f"{what}.onnx"
+        try:
+            path.write_bytes(proto.SerializeToString())
+        except OSError as exc:  # a full disk: one line, as every other write
+            raise StudioError(f"cannot write a temporary copy to check the {what} model: "
+                              f"{exc.strerror or exc}; nothing was changed") from None
+        try:
+            probe("onnx_session", path, timeout=300, what="onnxruntime")
+        except LoadError as exc:
+            reason = str(exc).split(": ", 1)[-1]
+            raise StudioError(f"the {what} model is not usable: {reason}; keep this model in float32 or "
+                              "list the layers that break it in the pass's ignore") from None
 
 
 def _load(path):

@@ -8,6 +8,7 @@ those couplings wrong. The final classifier's outputs are never pruned (they are
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
@@ -35,23 +36,46 @@ def _weight_layers(module):
     return [(n, m) for n, m in module.named_modules() if type(m).__name__ in KINDS]
 
 
+def as_args(example) -> tuple:
+    """forward's positional inputs: one tensor, or a tuple of them (token ids + mask, ...)."""
+    return tuple(example) if isinstance(example, (tuple, list)) else (example,)
+
+
 def final_layers(module, example) -> set[str]:
-    """Names of the Linear/Conv layers whose outputs are model outputs (the classifier): found
-    by hooking every layer and seeing whose output tensor is the model's output."""
+    """Names of the Linear/Conv layers whose outputs reach a model output through no other
+    weight layer (the classifier, every box/score conv of a detection head, a decoder's fixed
+    conv): their output channels are the outputs, so they are never pruned. Found by walking the
+    autograd graph back from every output and stopping at the first weight layer on each path;
+    a concat, split, reshape or activation on the way does not stop it."""
     import torch
 
-    produced = {}
-    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: produced.__setitem__(id(o), n))
-             for n, m in _weight_layers(module)]
+    from ..signature import flatten_outputs
+
+    produced = {}  # autograd node (or tensor id) of a layer's output -> layer name
+
+    def hook(mod, i, o, n):
+        if isinstance(o, torch.Tensor):
+            produced[o.grad_fn if o.grad_fn is not None else id(o)] = n
+
+    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: hook(mod, i, o, n)) for n, m in _weight_layers(module)]
     try:
-        with torch.no_grad():
-            out = module(example)
+        with torch.enable_grad():
+            outs = [o for o in flatten_outputs(module(*as_args(example))) if isinstance(o, torch.Tensor)]
     finally:
         for h in hooks:
             h.remove()
-    outs = out if isinstance(out, (tuple, list)) else [out]
     names = {produced[id(o)] for o in outs if id(o) in produced}
-    if not names:  # output went through a reshape/activation: fall back to the last layer
+    stack, seen = [o.grad_fn for o in outs if o.grad_fn is not None], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if node in produced:
+            names.add(produced[node])
+            continue
+        stack.extend(nxt for nxt, _ in node.next_functions)
+    if not names:  # no gradient path (constant weights only): fall back to the last layer
         layers = _weight_layers(module)
         names = {layers[-1][0]} if layers else set()
     return names
@@ -83,39 +107,226 @@ def importance_of(kind: str):
     return tp.importance.GroupTaylorImportance()
 
 
-def prune_module(module, example, ratio, importance="l2", scope="per_layer", round_to=1,
-                 ignored_names=(), prune_heads=False, grads=None, cancel=None):
-    """Prune `module` in place with Torch-Pruning's MetaPruner. `grads(module)` fills .grad for
-    Taylor importance; `cancel()` is polled between groups. Returns the number of groups pruned."""
+# Attention written by hand (timm, Hugging Face, user code) keeps its head count and head size in
+# attributes its forward reshapes with; these are the names such modules use. Their q/k/v (or
+# fused qkv) Linear children are found by name and given to Torch-Pruning as `num_heads`, so a
+# head's dims are removed alike in q, k, v and the output projection.
+HEAD_COUNT = ("num_heads", "num_attention_heads", "n_heads", "n_head", "nhead", "heads")
+HEAD_SIZE = ("head_dim", "attention_head_size", "head_size", "d_head", "dim_head", "d_k")
+ALL_HEADS = ("all_head_size", "inner_dim")
+QKV_NAMES = {"q", "k", "v", "query", "key", "value", "q_proj", "k_proj", "v_proj", "to_q", "to_k", "to_v",
+             "wq", "wk", "wv", "qkv", "to_qkv", "qkv_proj", "c_attn", "query_key_value", "in_proj"}
+FUSED = {"qkv", "to_qkv", "qkv_proj", "c_attn", "query_key_value", "in_proj"}
+
+
+def attention_modules(module) -> list[tuple]:
+    """Hand-written attention modules: (module, head-count attribute, [(qkv Linear, parts)]),
+    parts = 3 for a fused qkv layer, else 1."""
     import torch
+
+    found = []
+    for m in module.modules():
+        if isinstance(m, torch.nn.MultiheadAttention):
+            continue
+        attr = next((a for a in HEAD_COUNT if isinstance(getattr(m, a, None), int) and getattr(m, a) > 1), None)
+        if attr is None:
+            continue
+        heads = getattr(m, attr)
+        qkv = [(c, 3 if n.lower() in FUSED else 1) for n, c in m.named_children()
+               if isinstance(c, torch.nn.Linear) and n.lower() in QKV_NAMES and c.out_features % (heads * (3 if n.lower() in FUSED else 1)) == 0]
+        if qkv:
+            found.append((m, attr, qkv))
+    return found
+
+
+def _update_attention(attention, num_heads) -> None:
+    """After pruning: the head count, head size and width attributes the forward reshapes with."""
+    for m, attr, qkv in attention:
+        layer, parts = qkv[0]
+        heads = num_heads.get(layer, getattr(m, attr))
+        width = layer.out_features // parts
+        old_size = next((getattr(m, a) for a in HEAD_SIZE if isinstance(getattr(m, a, None), int)), None)
+        setattr(m, attr, heads)
+        for a in HEAD_SIZE:
+            if isinstance(getattr(m, a, None), int):
+                setattr(m, a, width // heads)
+        for a in ALL_HEADS:
+            if isinstance(getattr(m, a, None), int):
+                setattr(m, a, width)
+        scale = getattr(m, "scale", None)  # timm keeps head_size ** -0.5
+        if isinstance(scale, float) and old_size and abs(scale - old_size ** -0.5) < 1e-6:
+            m.scale = (width // heads) ** -0.5
+
+
+class GroupFailed(Exception):
+    """Torch-Pruning could not prune the channel group rooted at `name` (the model is left half-pruned)."""
+
+    def __init__(self, name: str, reason: str):
+        super().__init__(f"{name}: {reason}")
+        self.name, self.reason = name, reason
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:120]}" if text else type(exc).__name__
+
+
+def _pruner_class():
     import torch_pruning as tp
 
+    class Pruner(tp.pruner.MetaPruner):
+        """MetaPruner that rounds kept channels to the NEAREST multiple of round_to (its own rounds
+        down: 65 % asked removed 69-75 % of narrow layers), counting grouped/attention channels per
+        group, and that skips (and names) a group whose importance it cannot compute instead of failing."""
+
+        skipped: list
+
+        def _is_atten_group(self, group):
+            self._current = group  # _round_to is called right after this, for the same group
+            return super()._is_atten_group(group)
+
+        def _round_to(self, n_pruned, current_channels, round_to):
+            ch_groups = max(1, self._get_channel_groups(self._current))
+            per_group = current_channels // ch_groups
+            step = round_to // math.gcd(round_to, ch_groups)  # kept total a multiple of round_to
+            if per_group < step:
+                return n_pruned if ch_groups > 1 else 0
+            kept = max(step, min(per_group, int(math.floor((per_group - n_pruned) / step + 0.5)) * step))
+            return per_group - kept
+
+        def estimate_importance(self, group):
+            try:
+                return super().estimate_importance(group)
+            except Exception as exc:  # noqa: BLE001 - a coupling Torch-Pruning mis-indexes (concat/split)
+                self.skipped.append((group[0].dep.target.module, _first_line(exc)))
+                return None
+
+    return Pruner
+
+
+def _snapshot(group, extra):
+    """What pruning `group` changes (each module's attributes, parameter and buffer slots), so a
+    group that breaks the model can be undone; None for groups with bare nn.Parameters (Torch-
+    Pruning also rewrites its graph for those)."""
+    from torch_pruning import ops
+
+    if any(dep.target.type == ops.OPTYPE.PARAMETER for dep, _ in group):
+        return None
+    mods = {id(m): m for m in [*(dep.target.module for dep, _ in group), *(dep.source.module for dep, _ in group), *extra]}
+    slots = ("_parameters", "_buffers")
+    return [(m, {k: dict(v) if k in slots else v for k, v in vars(m).items()}) for m in mods.values()
+            if hasattr(m, "__dict__")]
+
+
+def _restore(snapshot) -> None:
+    for m, saved in snapshot:
+        vars(m).clear()
+        vars(m).update({k: dict(v) if k in ("_parameters", "_buffers") else v for k, v in saved.items()})
+
+
+def prune_module(module, example, ratio, importance="l2", scope="per_layer", round_to=1,
+                 ignored_names=(), prune_heads=False, grads=None, cancel=None, check_each=False):
+    """Prune `module` in place with Torch-Pruning's MetaPruner; `example` is one input tensor or a
+    tuple of them. `grads(module)` fills .grad for Taylor importance; `cancel()` is polled between
+    groups. A group whose pruning fails (or, with `check_each`, after which the model no longer
+    runs) is undone and left out. Returns [(root layer name, reason)] of the groups left out.
+    Raises GroupFailed (module half-pruned) only when such a group cannot be undone."""
+    import torch
+
+    names = {m: n for n, m in module.named_modules()}
     named = dict(module.named_modules())
     ignored = [named[n] for n in ignored_names if n in named]
     num_heads = {m: m.num_heads for m in module.modules() if isinstance(m, torch.nn.MultiheadAttention)}
+    attention = [a for a in attention_modules(module) if not any(layer in ignored for layer, _ in a[2])]
+    for m, attr, qkv in attention:
+        num_heads.update({layer: getattr(m, attr) for layer, _ in qkv})
     if importance == "bn_scale" and not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules()):
         raise StudioError("prune.structured: importance 'bn_scale' needs batch-norm layers; this model has none")
-    pruner = tp.pruner.MetaPruner(
-        module, example, importance=importance_of(importance), pruning_ratio=ratio,
+    args = as_args(example)
+    pruner = _pruner_class()(
+        module, args, importance=importance_of(importance), pruning_ratio=ratio,
         global_pruning=scope == "global", ignored_layers=ignored, round_to=round_to if round_to > 1 else None,
         num_heads=num_heads, prune_num_heads=prune_heads, prune_head_dims=not prune_heads,
         head_pruning_ratio=ratio if prune_heads else 0.0,
     )
+    pruner.skipped = []
     if importance == "taylor":
         module.zero_grad()
         grads(module)
-    count = 0
+    left_out = []
+    heads_ok = dict(num_heads)  # head counts after the last group that pruned cleanly
     for group in pruner.step(interactive=True):
         if cancel is not None:
             cancel()
-        group.prune()
-        count += 1
+        root = names.get(group[0].dep.target.module, "?")
+        undo = _snapshot(group, [m for m, _, _ in attention])
+        try:
+            group.prune()
+            if check_each:
+                _sync_attention(module, attention, num_heads)
+                try:
+                    with torch.no_grad():
+                        module(*args)
+                except Exception as exc:  # noqa: BLE001 - e.g. a reshape to a fixed width in the forward
+                    raise GroupFailed(root, f"the model no longer ran after pruning it ({_first_line(exc)})") from None
+        except Exception as exc:  # noqa: BLE001 - an index Torch-Pruning mapped wrongly through this group
+            failed = exc if isinstance(exc, GroupFailed) else GroupFailed(root, _first_line(exc))
+            if undo is None:
+                raise failed from None
+            _restore(undo)
+            num_heads.update(heads_ok)  # the pruner counted this group's heads as removed
+            pruner.out_channel_groups.update({k: v for k, v in heads_ok.items() if k in pruner.out_channel_groups})
+            left_out.append((failed.name, failed.reason))
+            continue
+        heads_ok = dict(num_heads)
+    _sync_attention(module, attention, num_heads)
+    module.zero_grad(set_to_none=True)
+    return [(names.get(m, "?"), reason) for m, reason in pruner.skipped] + left_out
+
+
+def _sync_attention(module, attention, num_heads) -> None:
+    import torch
+
     # Torch-Pruning rewrites MHA's attributes; keep them consistent for the forward pass
     for m in module.modules():
         if isinstance(m, torch.nn.MultiheadAttention):
             m.head_dim = m.embed_dim // m.num_heads
-    module.zero_grad(set_to_none=True)
-    return count
+    _update_attention(attention, num_heads)
+
+
+def prune_leaving_out(module, example, ratio, importance="l2", scope="per_layer", round_to=1,
+                      ignored_names=(), prune_heads=False, grads=None, cancel=None, attempts=6):
+    """A pruned copy of `module` and the layers left out [(name, reason)]: a channel group that
+    breaks Torch-Pruning or the pruned model is undone and named, so one odd layer never stops
+    the rest from shrinking. The first try checks only the end result; if that does not run, a
+    second one from the original runs the model after every group to find the ones that break it."""
+    import copy
+
+    import torch
+
+    left: list[tuple[str, str]] = []
+    check_each = False
+    for _ in range(attempts):
+        trial = copy.deepcopy(module)
+        try:
+            skipped = prune_module(trial, example, ratio, importance, scope, round_to,
+                                   [*ignored_names, *(n for n, _ in left)], prune_heads, grads, cancel, check_each)
+        except GroupFailed as failed:  # could not be undone: start again without that layer
+            left.append((failed.name, failed.reason))
+            continue
+        try:
+            with torch.no_grad():
+                trial(*as_args(example))
+        except Exception as exc:  # noqa: BLE001
+            if check_each:
+                raise StudioError(f"prune.structured: the pruned model no longer runs ({_first_line(exc)}); "
+                                  "ignore the layers before that reshape, or use prune.magnitude / lowrank.svd") from None
+            check_each = True
+            continue
+        return trial, left + skipped
+    names = ", ".join(n for n, _ in left[:4])
+    raise StudioError(f"prune.structured: Torch-Pruning failed on too many layers of this model ({names}, ...); "
+                      "ignore them or use prune.magnitude / lowrank.svd")
 
 
 def taylor_grads(module, x, y, batches=4, batch_size=64):
@@ -133,6 +344,30 @@ def taylor_grads(module, x, y, batches=4, batch_size=64):
         else:
             target = out.detach().argmax(1)
         F.cross_entropy(out, target).backward()
+
+
+def weight_matmuls(proto) -> list[str]:
+    """Names of the MatMul nodes of an ONNX graph that multiply by a stored weight (the q/k/v,
+    output and feed-forward projections of an exported transformer): onnx2torch turns them into
+    plain matrix products, not Linear layers, so Torch-Pruning sees nothing to shrink there."""
+    from .onnx_torch import weights_without_identity
+
+    proto = weights_without_identity(proto)
+    consts = {i.name for i in proto.graph.initializer}
+    consts |= {o for n in proto.graph.node if n.op_type == "Constant" for o in n.output}
+    return [n.name or n.output[0] for n in proto.graph.node
+            if n.op_type == "MatMul" and any(i in consts for i in n.input)]
+
+
+def model_args(model) -> tuple:
+    """One batch-1 sample of every input of `model`, as forward's positional tensors."""
+    import torch
+
+    from ..signature import torch_args
+
+    if model.io.multi:
+        return torch_args(model.example_inputs(1), model.io)
+    return (torch.from_numpy(model.example_input(1)),)
 
 
 @register
@@ -156,10 +391,18 @@ class StructuredPrune(Pass):
         import torch
 
         cfg: StructuredConfig = self.config
+        matmuls = weight_matmuls(model.obj) if model.is_onnx else []
+        if matmuls and len(matmuls) > sum(n.op_type in ("Conv", "Gemm") for n in model.obj.graph.node):
+            # a transformer: nothing but its embedding and head could shrink, and Torch-Pruning's
+            # graph of the converted attention took minutes (a dynamo-exported ViT: > 10 min)
+            raise StudioError(f"prune.structured: most layers of this ONNX model are MatMul nodes with weights "
+                              f"({len(matmuls)}, e.g. {matmuls[0]}), attention/feed-forward projections that onnx2torch "
+                              "converts to plain matrix products Torch-Pruning cannot shrink; prune the torch model "
+                              "instead, or use prune.magnitude / lowrank.svd on the ONNX model")
         new = yield from self.torch_copy(model)
         module = new.obj
         module.eval()
-        example = torch.from_numpy(new.example_input(1))
+        example = model_args(new)
         chosen = set(tg.select(tg.torch_layers(module, KINDS), cfg.targets, cfg.ignore))
         finals = final_layers(module, example)
         ignored = {n for n, _ in _weight_layers(module) if n not in chosen} | finals
@@ -176,36 +419,53 @@ class StructuredPrune(Pass):
 
         params_before = sum(p.numel() for p in module.parameters())
         try:
-            prune_module(module, example, cfg.ratio, cfg.importance, cfg.scope, cfg.round_to,
-                         ignored, cfg.prune_heads, grads, context.check_cancelled)
+            module, left_out = prune_leaving_out(module, example, cfg.ratio, cfg.importance, cfg.scope, cfg.round_to,
+                                                 sorted(ignored), cfg.prune_heads, grads, context.check_cancelled)
         except StudioError:
             raise
         except Exception as exc:  # a model Torch-Pruning cannot trace
             if type(exc).__name__ == "Cancelled":
                 raise
-            raise StudioError(f"prune.structured: Torch-Pruning failed on this model: {exc}") from None
+            raise StudioError(f"prune.structured: Torch-Pruning could not trace this model ({_first_line(exc)}); "
+                              "use prune.magnitude or lowrank.svd") from None
+        new = new.with_obj(module)
         yield 0.3, "pruned"
         context.check_cancelled()
-        try:
-            with torch.no_grad():
-                module(example)  # fails here, not in a later stage, if the shapes no longer fit
-        except Exception as exc:  # noqa: BLE001 - e.g. a fixed-size reshape Torch-Pruning could not see
-            raise StudioError(f"prune.structured: the pruned model no longer runs ({str(exc).splitlines()[0]}); "
-                              "ignore the layers before that reshape, or use prune.magnitude / lowrank.svd") from None
         if cfg.fine_tune_epochs:
             yield from self.recovery_training(module, new.input_shape, context, 0.3)
         module.eval()
         after = shapes(module)
+        named = dict(module.named_modules())
+        reasons = dict(left_out)
         record = {}
         for name, (out_b, in_b) in before.items():
             out_a, in_a = after.get(name, (0, 0))
-            record[name] = {"op": type(dict(module.named_modules()).get(name)).__name__,
+            record[name] = {"op": type(named.get(name)).__name__,
                             "out_channels_before": out_b, "out_channels": out_a,
                             "removed_out": out_b - out_a, "in_channels_before": in_b, "in_channels": in_a}
+            if name in reasons:
+                record[name]["left_out"] = reasons[name]
+        # the share really removed, over the layers that were allowed to shrink (rounding and
+        # couplings make it differ from the ratio asked)
+        may_shrink = [r for n, r in record.items() if n in chosen - finals and r["op"] != "MultiheadAttention"]
+        total = sum(r["out_channels_before"] for r in may_shrink)
+        share = sum(r["removed_out"] for r in may_shrink) / max(1, total)
+        for r in may_shrink:
+            r["removed_share"] = r["removed_out"] / max(1, r["out_channels_before"])
         params_after = sum(p.numel() for p in module.parameters())
-        summary = (f"parameters {params_before:,} -> {params_after:,} "
-                   f"({1 - params_after / max(1, params_before):.1%} removed), ratio {cfg.ratio}, {cfg.importance}")
+        summary = (f"channels {share:.1%} removed (asked {cfg.ratio:.0%}), parameters {params_before:,} -> {params_after:,} "
+                   f"({1 - params_after / max(1, params_before):.1%} removed), {cfg.importance}")
         warnings = conversion_notes(model)
+        matmuls = weight_matmuls(model.obj) if model.is_onnx else []
+        if matmuls:
+            warnings.append(f"{len(matmuls)} MatMul layers of the ONNX graph kept their size ({', '.join(matmuls[:3])}"
+                            f"{' ...' if len(matmuls) > 3 else ''}): onnx2torch converts these attention/feed-forward "
+                            "projections to plain matrix products, which Torch-Pruning cannot shrink; prune the torch "
+                            "model instead, or use prune.magnitude / lowrank.svd on the ONNX model")
+        if left_out:
+            warnings.append(f"left out of pruning, kept whole ({len(left_out)} layer groups Torch-Pruning could not "
+                            "prune here): " + "; ".join(f"{n} ({r})" for n, r in left_out[:4])
+                            + (" ..." if len(left_out) > 4 else ""))
         unchanged_attention = [n for n, r in record.items() if r["op"] == "MultiheadAttention" and r["removed_out"] == 0
                                and r["in_channels"] == r["in_channels_before"]]
         if unchanged_attention:

@@ -1,6 +1,7 @@
 """The built-in demo zoo: small models trained on scikit-learn's bundled digits.
 
-Trained weights ship in resources/zoo/ (safetensors, written by `python -m studio.core.zoo`);
+Trained weights ship in resources/zoo/ (safetensors, written by `python -m studio.core.zoo`;
+installed as the package studio.resources, see studio.resource_dir);
 if they are missing the model is trained on first use (a few seconds) and cached.
 """
 
@@ -9,10 +10,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ... import resource_dir
 from ..model import TORCH, Model
 from .nets import DEMO_NETS, INPUT_SHAPES
 
-RESOURCES = Path(__file__).resolve().parents[3] / "resources" / "zoo"
+RESOURCES = resource_dir() / "zoo"
 EPOCHS = {"mlp": 40, "cnn": 25, "resnet": 25}
 
 

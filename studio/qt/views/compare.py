@@ -67,7 +67,7 @@ class CompareView(QWidget):
         if o is None or c is None:
             return
         name = "original" if c.run_id is None else f"run {c.run_id}, stage {c.index}"
-        self.title.setText(f"Original vs {name}")
+        self.title.setText(f"Original vs {name}{self._quality(c)}")
         self.rows = match_layers(o.stats, c.stats)
         self.table.setRowCount(len(self.rows))
         for r, (key, b, a) in enumerate(self.rows):
@@ -84,6 +84,17 @@ class CompareView(QWidget):
                     item.setForeground(Qt.darkRed)
                 self.table.setItem(r, col, item)
         self.show_histograms()
+
+    def _quality(self, variant) -> str:
+        """' · agreement 100.00% → 98.44%': the stage's quality against its run's original, named
+        by its measure (accuracy, agreement or cosine)."""
+        stage = self.session.stage(variant.run_id, variant.index)
+        base = self.session.stage(variant.run_id, 0)
+        m, b = (s.measurement if s else None for s in (stage, base))
+        if m is None or m.quality is None:
+            return ""
+        before = f"{b.quality_text} → " if b is not None and b.quality is not None and variant.index else ""
+        return f" · {m.quality_label} {before}{m.quality_text}"
 
     def _row_clicked(self, row: int, col: int) -> None:
         key, b, a = self.rows[row]

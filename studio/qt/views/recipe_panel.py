@@ -1,13 +1,14 @@
 """The recipe: passes from the registry, in order, each enabled or not, with its options as a
 form drawn from the pass's pydantic config schema. "Apply to selection" fills a pass's targets
-with the layers selected in the graph. Also where the evaluation data is chosen."""
+with the layers selected in the graph. Also where the evaluation data is chosen and the model's
+inputs are sized (inputs_panel.py)."""
 
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
-    QLineEdit, QListWidget, QListWidgetItem, QPushButton, QSpinBox, QVBoxLayout, QWidget,
+    QLineEdit, QListWidget, QListWidgetItem, QPushButton, QScrollArea, QSpinBox, QVBoxLayout, QWidget,
 )
 
 from studio.core.errors import StudioError
@@ -15,9 +16,10 @@ from studio.core.passes import all_passes
 from studio.core.recipe import RecipeStep
 
 from ..compact import ElidedLabel, compact_combo
+from .inputs_panel import InputsPanel
 from .job_controls import job_controls
 
-DATA_CHOICES = [("digits", "Built-in digits (labelled)"), ("random", "Random inputs (agreement)"),
+DATA_CHOICES = [("digits", "Built-in digits (labelled)"), ("random", "Random inputs (vs the original)"),
                 ("npz", "A .npz file…"), ("folder", "An image folder…")]
 
 
@@ -146,13 +148,21 @@ class RecipePanel(QWidget):
         self.description.setWordWrap(True)
         fl = QVBoxLayout(self.form_box)
         fl.addWidget(self.description)
-        fl.addWidget(self.form)
+        # a pass with many options (INT8's remedies) scrolls inside the panel instead of making
+        # the window taller than a laptop screen
+        scroll = QScrollArea()
+        scroll.setWidget(self.form)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QScrollArea.NoFrame)
+        scroll.setMinimumHeight(120)
+        fl.addWidget(scroll, 1)
         fl.addWidget(self.apply_sel)
         self.data_box = compact_combo(QComboBox())
         for key, label in DATA_CHOICES:
             self.data_box.addItem(label, key)
         self.data_box.activated.connect(self._data_chosen)
         self.data_label = ElidedLabel("digits")
+        self.inputs = InputsPanel()  # the model's inputs: sizes for dynamic dims, pinned constants
         job_controls(self, "Run  (Ctrl+R)")
 
         row = QHBoxLayout()
@@ -173,12 +183,16 @@ class RecipePanel(QWidget):
         lay.addLayout(moves)
         lay.addWidget(self.form_box, 2)
         lay.addLayout(data)
-        lay.addWidget(self.data_label)
+        shown = QHBoxLayout()
+        shown.addWidget(self.data_label, 1)
+        shown.addWidget(self.inputs.status, 2)
+        lay.addLayout(shown)
+        lay.addWidget(self.inputs, 4)  # grows first (up to four inputs) when there is room
         lay.addLayout(runs)
         lay.addWidget(self.error)
         self._filling = False
         session.recipe_changed.connect(self.refresh)
-        session.data_changed.connect(lambda: self.data_label.setText(session.data_spec))
+        session.data_changed.connect(self._data_changed)
 
     # -- the list ------------------------------------------------------------------------
     @property
@@ -300,6 +314,17 @@ class RecipePanel(QWidget):
                 return
             key = path
         self.session.set_data_spec(key)
+
+    def _data_changed(self) -> None:
+        """The combo follows the data in use (the window may switch digits to random for a model
+        digits cannot feed); a file or a folder is named in the label under it."""
+        spec = self.session.data_spec
+        self.data_label.setText(spec)
+        if spec in ("digits", "random"):
+            key = spec
+        else:
+            key = "npz" if spec.endswith(".npz") else "folder"
+        self.data_box.setCurrentIndex(self.data_box.findData(key))
 
     def set_running(self, running: bool) -> None:
         self.run_button.setEnabled(not running)

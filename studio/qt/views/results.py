@@ -1,12 +1,18 @@
-"""All variants in a sortable table (QSortFilterProxyModel), the same numbers as the chart."""
+"""All variants in a sortable table (QSortFilterProxyModel), the same numbers as the chart, and
+the confusion matrix of the selected stage (labelled data) under it."""
 
 from __future__ import annotations
 
 from PySide6.QtCore import QSortFilterProxyModel, Qt, Signal
 from PySide6.QtGui import QStandardItem, QStandardItemModel
-from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QLineEdit, QTableView, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QLineEdit, QSplitter, QTableView, QVBoxLayout, QWidget
 
-COLUMNS = ["Run", "Stage", "Quality", "File bytes", "Zip bytes", "Parameters", "Nonzeros", "MACs",
+from .confusion import ConfusionView
+
+from studio.core.pipeline import run_titles
+from studio.core.units import fmt_bytes
+
+COLUMNS = ["Run", "Stage", "Quality", "File size", "Zipped", "Parameters", "Nonzeros", "MACs",
            "Latency b1 (ms)", "Latency bN (ms)", "Pass seconds", "Recipe"]
 SORT = Qt.UserRole + 1
 
@@ -42,13 +48,20 @@ class ResultsTable(QWidget):
         self.view.clicked.connect(self._clicked)
         self.filter = QLineEdit(placeholderText="Filter")
         self.filter.textChanged.connect(self.proxy.setFilterFixedString)
+        self.confusion = ConfusionView()
+        split = QSplitter(Qt.Vertical)
+        split.addWidget(self.view)
+        split.addWidget(self.confusion)
+        split.setSizes([300, 700])  # proportions: a few rows of numbers, the matrix big enough to read
         lay = QVBoxLayout(self)
         lay.addWidget(self.filter)
-        lay.addWidget(self.view)
+        lay.addWidget(split, 1)
         session.runs_changed.connect(self.refresh)
+        session.stage_selected.connect(lambda: self._show_confusion(self._selected()))
 
     def refresh(self) -> None:
         self.model.removeRows(0, self.model.rowCount())
+        titles = run_titles(self.session.runs)
         for run in self.session.runs:
             for s in run.stages:
                 m = s.measurement
@@ -56,10 +69,10 @@ class ResultsTable(QWidget):
                 lat = m.latency_ms if m else {}
                 bn = [b for b in lat if b > 1]
                 row = [
-                    _item(run.id), _item(s.label, s.index),
+                    _item(titles[run.id]), _item(s.label, s.index),
                     _item(f"{m.quality_text} {m.quality_label}" if q is not None else "–", q if q is not None else -1.0),
-                    _item(f"{m.size_bytes:,}" if m else "–", m.size_bytes if m else 0),
-                    _item(f"{m.zip_bytes:,}" if m else "–", m.zip_bytes if m else 0),
+                    _item(fmt_bytes(m.size_bytes) if m else "–", m.size_bytes if m else 0),
+                    _item(fmt_bytes(m.zip_bytes) if m else "–", m.zip_bytes if m else 0),
                     _item(f"{m.parameters:,}" if m else "–", m.parameters if m else 0),
                     _item(f"{m.nonzeros:,}" if m else "–", m.nonzeros if m else 0),
                     _item(f"{m.macs:,}" if m else "–", m.macs if m else 0),
@@ -70,8 +83,30 @@ class ResultsTable(QWidget):
                 ]
                 row[0].setData((run.id, s.index), Qt.UserRole + 2)
                 self.model.appendRow(row)
+        self._show_confusion(self._selected())
+
+    def _selected(self) -> tuple | None:
+        """The stage shown in the window: a run's stage, or for the original the newest run's
+        stage 0; with nothing shown yet, the newest run's last stage."""
+        runs = self.session.runs
+        if not runs:
+            return None
+        v = self.session.current
+        if v is not None and v.run_id is not None and self.session.stage(v.run_id, v.index) is not None:
+            return v.run_id, v.index
+        if v is not None and v.run_id is None:
+            return runs[-1].id, 0
+        return runs[-1].id, len(runs[-1].stages) - 1
+
+    def _show_confusion(self, key: tuple | None) -> None:
+        stage = self.session.stage(*key) if key else None
+        if stage is None:
+            self.confusion.show_measurement(None, "")
+            return
+        self.confusion.show_measurement(stage.measurement, f"run {key[0]} · {stage.label}")
 
     def _clicked(self, index) -> None:
         src = self.proxy.mapToSource(index)
         rid, idx = self.model.item(src.row(), 0).data(Qt.UserRole + 2)
+        self._show_confusion((rid, idx))  # at once: the window prepares the stage's graph on a worker
         self.variant_clicked.emit(rid, idx)

@@ -164,6 +164,8 @@ class SensitivityView(QWidget):
         self.exclude_button.clicked.connect(self._exclude)
         self.preview = QLabel()
         self.preview.setWordWrap(True)
+        # room for two lines from the start: the heatmap must not jump when the preview fills in
+        self.preview.setMinimumHeight(2 * self.preview.fontMetrics().lineSpacing() + 4)
         for w in (self.max_drop, self.at_ratio):
             (w.valueChanged if w is self.max_drop else w.currentIndexChanged).connect(self._preview)
 

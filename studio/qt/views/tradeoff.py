@@ -4,19 +4,27 @@ Items are created once and updated with setData (pyqtgraph's fast path)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 from studio.core.evaluate import FOOTPRINTS
+from studio.core.pipeline import run_titles
+from studio.core.units import byte_unit, fmt_bytes
 
 RUN_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+
+
+MAX_STAGE_LABELS = 80  # past this many points the numbers would only hide them
 
 
 def stage_points(runs, key: str):
     """[(x, quality, run_id, index, tip)] for every measured stage with that footprint."""
     points = []
+    titles = run_titles(runs)
     for run in runs:
         for stage in run.stages:
             m = stage.measurement
@@ -26,8 +34,8 @@ def stage_points(runs, key: str):
             if x is None:
                 continue
             steps = " → ".join(s.label() for s in stage.steps) or "original"
-            tip = (f"run {run.id} · {stage.label}\n{steps}\n{m.quality_label} {m.quality_text}\n"
-                   f"size {m.size_bytes:,} B · zip {m.zip_bytes:,} B\nparameters {m.parameters:,} · "
+            tip = (f"{titles[run.id]} · stage {stage.label}\n{steps}\n{m.quality_label} {m.quality_text}\n"
+                   f"file {fmt_bytes(m.size_bytes)} · zipped {fmt_bytes(m.zip_bytes)}\nparameters {m.parameters:,} · "
                    f"nonzeros {m.nonzeros:,}\nMACs {m.macs:,}\n"
                    + " · ".join(f"batch {b}: {ms:.3f} ms" for b, ms in sorted(m.latency_ms.items())))
             points.append((float(x), float(m.quality), run.id, stage.index, tip))
@@ -45,9 +53,15 @@ def pareto_front(points):
 
 
 class PercentAxis(pg.AxisItem):
-    """Quality ticks as percentages (0.978 -> 97.8%), with as many decimals as the spacing needs."""
+    """Quality ticks as percentages (0.978 -> 97.8%), with as many decimals as the spacing needs;
+    plain numbers when the quality is a cosine similarity (0.9993 is not "99.93%" of anything)."""
+
+    percent = True
 
     def tickStrings(self, values, scale, spacing):
+        if not self.percent:
+            decimals = max(0, min(6, -math.floor(math.log10(spacing)) if spacing > 0 else 2))
+            return [f"{v:.{decimals}f}" for v in values]
         step = spacing * 100
         decimals = 0 if step >= 1 else 1 if step >= 0.1 else 2
         return [f"{v * 100:.{decimals}f}%" for v in values]
@@ -86,6 +100,7 @@ class TradeoffChart(QWidget):
         lay.addLayout(bar)
         lay.addWidget(self.plot)
         self.points = []
+        self.stage_labels: list[pg.TextItem] = []  # reused across refreshes, hidden when not needed
         session.runs_changed.connect(self.refresh)
         session.stage_selected.connect(self._mark_selected)
 
@@ -95,24 +110,46 @@ class TradeoffChart(QWidget):
     def refresh(self) -> None:
         key = self.axis.currentData()
         label = FOOTPRINTS[key]
-        if label.endswith(" (bytes)"):  # pyqtgraph scales the unit: kB, MB
-            self.plot.setLabel("bottom", label[: -len(" (bytes)")], units="B")
+        points = stage_points(self.session.runs, key)
+        if label.endswith(" (bytes)"):  # the unit of the largest point, binary as in the table and report
+            unit, scale = byte_unit(max((p[0] for p in points), default=0))
+            self.plot.setLabel("bottom", f"{label[: -len(' (bytes)')]} ({unit})", units=None)
+            points = [(x / scale, *rest) for x, *rest in points]
         else:
             self.plot.setLabel("bottom", label, units=None)
-        self.points = stage_points(self.session.runs, key)
+        self.points = points
         # say which measure the y-axis is: accuracy, agreement, or cosine (output fidelity)
         kinds = sorted({s.measurement.quality_label for r in self.session.runs for s in r.stages
                         if s.measurement is not None and s.measurement.quality is not None})
         self.plot.setLabel("left", f"{' / '.join(kinds) or 'quality'} (held-out)")
+        self.plot.getAxis("left").percent = kinds != ["cosine"]
+        self.plot.getAxis("left").picture = None  # redraw the ticks in the new form
         colours = {run.id: RUN_COLOURS[i % len(RUN_COLOURS)] for i, run in enumerate(self.session.runs)}
         spots = [{"pos": (x, q), "data": (rid, idx, tip), "brush": pg.mkBrush(colours[rid]),
                   "symbol": "s" if idx == 0 else "o"} for x, q, rid, idx, tip in self.points]
         self.scatter.setData(spots)
+        self._label_stages()
         front = pareto_front(self.points)
         self.front.setData([p[0] for p in front], [p[1] for p in front])
-        self.legend.setText("  ".join(f"<span style='color:{c}'>●</span> run {rid}" for rid, c in colours.items()))
+        titles = run_titles(self.session.runs)
+        self.legend.setText("  ".join(f"<span style='color:{c}'>●</span> {titles[rid]}" for rid, c in colours.items()))
+        self.legend.setToolTip("\n".join(titles.values()))
         self.plot.autoRange()
         self._mark_selected()
+
+    def _label_stages(self) -> None:
+        """Each point's stage number beside it (0 = the original), while they stay readable."""
+        shown = self.points if len(self.points) <= MAX_STAGE_LABELS else []
+        while len(self.stage_labels) < len(shown):
+            text = pg.TextItem(anchor=(-0.3, 0.5), color=self.palette().text().color())
+            self.plot.addItem(text)
+            self.stage_labels.append(text)
+        for text, (x, q, _, idx, _) in zip(self.stage_labels, shown):
+            text.setText(str(idx))
+            text.setPos(x, q)
+            text.show()
+        for text in self.stage_labels[len(shown):]:
+            text.hide()
 
     def _mark_selected(self) -> None:
         v = self.session.current

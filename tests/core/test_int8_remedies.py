@@ -1,0 +1,171 @@
+"""INT8 that never loses silently: quantize.int8_static compares each try with the float stage
+on its own split of the training data, tries the known remedies when it loses more than the
+tolerance, keeps the best, and records every try with what it measured."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from studio.core import pipeline
+from studio.core.convert import run_session_all, session, to_onnx_proto
+from studio.core.data import random_inputs
+from studio.core.passes.base import Context
+from studio.core.passes.registry import create
+from studio.core.recipe import Recipe, RecipeStep
+from studio.core.training import drain
+from tests.core.int8_models import mobile_model, vit_model
+from tests.core.test_pass_common import assert_cancel_leaves_input, run, same_state, state
+
+
+def validation_split(data, seed, n):
+    """The samples the pass scores on: the tail of its seeded shuffle of the training split."""
+    order = np.random.default_rng(seed).permutation(len(data.x_train))
+    return data.x_train[order[len(order) - n:]]
+
+
+def quantized(proto, op_types):
+    """Nodes of these op types that run on quantized values: every input comes through a
+    DequantizeLinear (a node kept float reads at least one plain float tensor)."""
+    dq = {n.output[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+    return [n.name for n in proto.graph.node if n.op_type in op_types and all(i in dq for i in n.input if i)]
+
+
+def weights_in_int8(proto):
+    """Conv/Gemm/MatMul nodes whose weight (an initializer) comes through a DequantizeLinear."""
+    inits = {i.name for i in proto.graph.initializer}
+    dq = {n.output[0] for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+    return {n.name for n in proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and n.input[1] in dq}
+
+
+def check_tries(result):
+    tries = result.tries
+    assert [t["try"] for t in tries] == list(range(1, len(tries) + 1))
+    assert tries[0]["change"] == "as configured"
+    assert all(0.0 <= t["score"] <= 1.0 and t["config"] and t["seconds"] > 0 for t in tries)
+    kept = [t for t in tries if t["kept"]]
+    assert len(kept) == 1
+    json.dumps(tries)  # plain data for the stage record
+    return kept[0]
+
+
+@pytest.mark.slow
+def test_vit_block_losing_more_than_allowed_tries_remedies_and_keeps_the_best():
+    model = vit_model(seed=0)
+    data = random_inputs(model.input_shape, 400)
+    before = state(model)
+    result = run(create("quantize.int8_static", calibration_samples=8, validation_samples=128, max_drop=0.0,
+                        max_tries=9), model, Context(data=data))
+    assert same_state(before, state(model))
+    kept = check_tries(result)
+    tries = result.tries
+    first = tries[0]
+    assert first["score"] < 1.0 and first["measure"] == "top-1 agreement"
+    assert tries[1]["change"] == "int8 activations" and len(tries) > 2
+    assert kept["score"] == max(t["score"] for t in tries) >= first["score"]
+    assert f"kept try {kept['try']} of {len(tries)}" in result.summary
+    if kept["score"] < 1.0:  # none within: every remedy ran, the last from qdq_loss_debug's SQNR
+        assert len(tries) == 9 and "qdq_loss_debug" in tries[-1]["change"]
+        assert "after 8 remedies" in result.warnings[0]
+    else:  # the first within the tolerance ended the search
+        assert kept is tries[-1] and not result.warnings
+
+    # the kept file is valid and runs; its recorded score is its agreement on the pass's split
+    proto = result.model.obj
+    onnx.checker.check_model(proto)
+    x_val = validation_split(data, 0, 128)
+    ours = run_session_all(session(proto), x_val)[0]
+    ref = run_session_all(session(to_onnx_proto(model)), x_val)[0]
+    assert (ours.argmax(1) == ref.argmax(1)).mean() == pytest.approx(kept["score"])
+    # and its graph is what the kept setting says: sensitive ops float or quantized
+    sensitive = quantized(proto, {"LayerNormalization", "Softmax", "Erf", "Add", "Mul"})
+    if kept["setting"]["float_sensitive"]:
+        assert sensitive == [] and "sensitive ops in float" in result.summary
+    else:
+        assert sensitive
+    # nodes kept float at the worst tensors are in the graph, and their weights stay float
+    assert set(kept["setting"]["float_nodes"]) <= {n.name for n in proto.graph.node}
+    assert not set(kept["setting"]["float_nodes"]) & weights_in_int8(proto)
+
+
+def test_within_tolerance_is_one_try(demo_cnn, digits_data):
+    before = state(demo_cnn)
+    result = run(create("quantize.int8_static", calibration_samples=64), demo_cnn, Context(data=digits_data))
+    assert same_state(before, state(demo_cnn))
+    kept = check_tries(result)
+    assert len(result.tries) == 1 and kept["score"] >= 0.99 and not result.warnings
+    assert "top-1 agreement with the float stage" in result.summary
+    # scored on the training split's tail, never on the held-out split
+    x_val = validation_split(digits_data, 0, 256)
+    ours = run_session_all(session(result.model.obj), x_val)[0]
+    ref = run_session_all(session(to_onnx_proto(demo_cnn)), x_val)[0]
+    assert (ours.argmax(1) == ref.argmax(1)).mean() == pytest.approx(kept["score"])
+
+
+def test_remedies_off_still_measures_and_warns():
+    model = vit_model(seed=0)
+    result = run(create("quantize.int8_static", calibration_samples=8, validation_samples=128, max_drop=0.0,
+                        remedies=False), model, Context(data=random_inputs(model.input_shape, 400)))
+    assert len(result.tries) == 1 and result.tries[0]["score"] < 1.0
+    assert "with remedies off" in result.warnings[0]
+
+
+def test_non_classifier_is_scored_by_cosine():
+    model = vit_model(seed=1, features=True)
+    result = run(create("quantize.int8_static", calibration_samples=8, validation_samples=64, min_cosine=1.0,
+                        max_tries=3), model, Context(data=random_inputs(model.input_shape, 200)))
+    kept = check_tries(result)
+    assert len(result.tries) == 3 and all(t["measure"] == "cosine similarity" for t in result.tries)
+    assert 0.9 < kept["score"] < 1.0 and kept["score"] == max(t["score"] for t in result.tries)
+    assert "cosine" in result.warnings[0] and "cosine similarity with the float stage" in result.summary
+
+
+def test_keep_slow_float_times_depthwise_and_hardswish_blocks():
+    model = mobile_model()
+    before = state(model)
+    result = run(create("quantize.int8_static", calibration_samples=16, validation_samples=64, keep_slow_float=True),
+                 model, Context(data=random_inputs(model.input_shape, 200)))
+    assert same_state(before, state(model))
+    kept = check_tries(result)
+    speed = {t["change"]: t for t in result.tries if "latency_ms" in t}
+    assert {"as configured", "depthwise in float (speed)", "hardswish in float (speed)"} <= set(speed)
+    assert all(t["latency_ms"] > 0 for t in speed.values())
+    # the kept graph matches its setting: a conv of a group kept float has float weights, the others INT8
+    proto = result.model.obj
+    onnx.checker.check_model(proto)
+    fp32 = to_onnx_proto(model)
+    feeds_hard = {n.input[0] for n in fp32.graph.node if n.op_type in ("HardSwish", "HardSigmoid")}
+    groups = {"depthwise": {n.name for n in fp32.graph.node if n.op_type == "Conv"
+                            and any(a.name == "group" and a.i > 1 for a in n.attribute)},
+              "hardswish": {n.name for n in fp32.graph.node if n.op_type == "Conv" and n.output[0] in feeds_hard}}
+    assert groups["depthwise"] and groups["hardswish"]
+    kept_float = set().union(*(groups[g] for g in kept["setting"]["float_groups"]))
+    convs = {n.name for n in fp32.graph.node if n.op_type == "Conv"}
+    assert weights_in_int8(proto) & convs == convs - kept_float
+    if kept is not result.tries[0]:
+        assert kept["latency_ms"] < 0.97 * result.tries[0]["latency_ms"]
+
+
+def test_stage_record_and_report_list_the_tries():
+    from studio.core.report import render
+
+    model = vit_model(seed=0)
+    recipe = Recipe([RecipeStep("quantize.int8_static", {"calibration_samples": 8, "validation_samples": 128,
+                                                          "max_drop": 0.0, "max_tries": 2})])
+    done = drain(pipeline.run(model, recipe, random_inputs(model.input_shape, 400), latency_batches=()))
+    record = json.loads(json.dumps(done.as_dict()))["stages"][1]
+    assert [t["try"] for t in record["tries"]] == [1, 2]
+    assert [t["change"] for t in record["tries"]] == ["as configured", "int8 activations"]
+    assert record["tries"][0]["setting"]["activations"] != record["tries"][1]["setting"]["activations"]
+    page = render([done], "vit-block")
+    assert "variants tried" in page and "int8 activations" in page
+    assert f"{record['tries'][0]['score']:.2%}" in page
+
+
+def test_cancel_during_remedies_leaves_the_input():
+    model = vit_model(seed=0)
+    context = Context(data=random_inputs(model.input_shape, 400))
+    # yields: export, pre-processing, first calibration, first remedy; the cancel lands in a remedy
+    assert_cancel_leaves_input(create("quantize.int8_static", calibration_samples=8, validation_samples=128,
+                                      max_drop=0.0), model, context, after_yields=4)
