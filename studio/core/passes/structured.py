@@ -382,11 +382,6 @@ class StructuredPrune(Pass):
     Config = StructuredConfig
     frameworks = ("torch", "onnx")
 
-    def check(self, model):
-        from .base import one_float_input
-
-        return super().check(model) or one_float_input(self.id, model)
-
     def apply(self, model, context: Context):
         import torch
 
