@@ -196,7 +196,7 @@ class Pass:
         data = context.require_data(self.id, labels=True)
         x = data.shaped(data.x_train, input_shape)
         for fraction, message in train(module, x, data.y_train, cfg.fine_tune_epochs, cfg.learning_rate,
-                                       seed=context.seed, after_step=after_step):
+                                       seed=context.seed, after_step=after_step, who=self.id):
             context.check_cancelled()
             yield start + (1 - start) * fraction, f"fine-tune {message}"
 
