@@ -3,6 +3,7 @@ pattern, weight-only INT4/INT8, batch-norm folding."""
 
 import numpy as np
 import pytest
+import torch
 from torch import nn
 
 from studio.core.convert import predict, run_session, session, to_onnx_model
@@ -161,3 +162,36 @@ def test_cancel_leaves_input(demo_cnn, digits_data):
         with pytest.raises(Cancelled):
             run(create(pass_id), m, context)
     assert same_state(before, state(model))
+
+
+class GridUp(nn.Module):
+    """An upsample (Resize with its scales in a Constant node) and a float arange grid (Range)
+    added to it, as detection heads do: float16 made both inputs float16, an invalid graph."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+
+    def forward(self, x):
+        h = self.up(self.conv(x))
+        return h + torch.arange(h.shape[-1], dtype=h.dtype)
+
+
+def test_fp16_keeps_resize_scales_and_range_float32(tmp_path):
+    import onnx
+
+    from studio.core import io
+
+    torch.manual_seed(0)
+    path = tmp_path / "grid.onnx"
+    torch.onnx.export(GridUp().eval(), (torch.randn(2, 3, 8, 8),), str(path), dynamo=False, input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}})
+    model = io.load(path)
+    assert {"Resize", "Range"} <= {n.op_type for n in model.obj.graph.node}
+    result = run(create("quantize.fp16"), model, Context())
+    out = result.model.obj
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in out.graph.initializer)  # the conv went float16
+    x = np.random.default_rng(0).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    ours, ref = run_session(session(out), x), run_session(session(model.obj), x)
+    assert ours.shape == (3, 4, 16, 16) and np.abs(ours - ref).max() < 0.02
