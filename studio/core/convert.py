@@ -66,14 +66,17 @@ def to_onnx_proto(model: Model):
     # dynamo exporter takes ~5 s, and the studio exports every stage to measure it. It is
     # deprecated but works in torch 2.13; if it fails (or goes away) we fall back to dynamo.
     try:
-        with warnings.catch_warnings(), torch.no_grad(), _quiet_output():
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(record=True) as caught, torch.no_grad(), _quiet_output():
+            warnings.simplefilter("always")
             torch.onnx.export(
                 module, args, buffer, dynamo=False, opset_version=OPSET,
                 input_names=in_names, output_names=out_names, dynamic_axes=dynamic,
                 do_constant_folding=True,
             )
         proto = onnx.load_from_string(buffer.getvalue())
+        traced_values = any(issubclass(w.category, torch.jit.TracerWarning) for w in caught)
+        if traced_values and dynamic and batch_baked(proto, model, set(dynamic)):
+            proto = _export_fixed_batch(module, model, signature, in_names, out_names)
     except Exception as legacy_error:  # noqa: BLE001 - try the other exporter before failing
         try:
             if isinstance(module, torch.jit.ScriptModule):
@@ -85,6 +88,36 @@ def to_onnx_proto(model: Model):
             raise StudioError(f"{model.name}: ONNX export failed: {first}; "
                               f"dynamo: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     return proto
+
+
+def batch_baked(proto, model: Model, dynamic_names) -> bool:
+    """True when a traced export declares a free batch but does not run at another one: the trace
+    turned a value computed from the batch into a constant (an onnx2torch-converted ViT's class
+    token stayed expanded to 2 samples). Checked only when the tracer warned of such values."""
+    try:
+        outs = run_session_all(session(proto), model.example_inputs(3))
+    except Exception:  # noqa: BLE001 - any failure at batch 3 is the baked batch
+        return True
+    names = [o.name for o in proto.graph.output]
+    return any(n in dynamic_names and (out.ndim == 0 or out.shape[0] != 3) for n, out in zip(names, outs))
+
+
+def _export_fixed_batch(module, model: Model, signature, in_names, out_names):
+    """The legacy export at batch 1 with the batch fixed in the file: measurement and export run
+    such a file one sample at a time (padded), so its numbers stay right."""
+    import onnx
+    import torch
+
+    from .signature import torch_args
+
+    args = torch_args(model.example_inputs(1), signature) if signature is not None and signature.multi \
+        else (torch.from_numpy(model.example_input(1)),)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad(), _quiet_output():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, buffer, dynamo=False, opset_version=OPSET, input_names=in_names,
+                          output_names=out_names, do_constant_folding=True)
+    return onnx.load_from_string(buffer.getvalue())
 
 
 def onnx_copy(model: Model):

@@ -25,9 +25,11 @@ def train(
     after_step: Callable[[], None] | None = None,
     loss_fn: Callable | None = None,
     params=None,
+    who: str = "training",
 ) -> Progress:
     """Train `module` in place with Adam. `loss_fn(module, xb, yb, idx)` overrides the default
-    cross-entropy (distillation passes its own); `params` limits what is trained."""
+    cross-entropy on the first output (distillation passes its own); `params` limits what is
+    trained; `who` (a pass id) starts a refusal's line."""
     import torch
     import torch.nn.functional as F
 
@@ -42,6 +44,8 @@ def train(
     optimizer = torch.optim.Adam(params if params is not None else module.parameters(), lr=lr)
     steps_per_epoch = max(1, -(-len(xt) // batch_size))
     total = max(1, epochs * steps_per_epoch)
+    if loss_fn is None and yt is not None:
+        check_labels(module, x, y, who)
     module.train()
     try:
         for epoch in range(epochs):
@@ -54,7 +58,7 @@ def train(
                 if loss_fn is not None:
                     loss = loss_fn(module, xb, yb, idx)
                 else:
-                    loss = F.cross_entropy(module(xb), yb)
+                    loss = F.cross_entropy(first_output(module(xb)), yb)
                 loss.backward()
                 optimizer.step()
                 if after_step is not None:
@@ -63,6 +67,39 @@ def train(
                 yield done / total, f"epoch {epoch + 1}/{epochs}, loss {loss.item():.4f}"
     finally:
         module.eval()
+
+
+def first_output(out):
+    """The first of a module's outputs (tuples, lists and dicts flattened in order): the one
+    labels and accuracy refer to, as in measurement."""
+    from .signature import flatten_outputs
+
+    outs = flatten_outputs(out)
+    return outs[0] if outs else out
+
+
+def check_labels(module, x: np.ndarray, y: np.ndarray, who: str = "training") -> int:
+    """The number of outputs of `module`, after checking that labels can train it: they are class
+    ids of its first output, which must be [batch, classes] scores with a class for every label.
+    Refuses in one line otherwise (a reconstruction or box output has no classes to match)."""
+    import torch
+
+    from .errors import StudioError
+    from .signature import flatten_outputs
+
+    if not isinstance(x, np.ndarray):  # several inputs: train() refuses them in one line
+        return 1
+    set_eval(module)
+    with torch.no_grad():
+        outs = flatten_outputs(module(torch.from_numpy(np.ascontiguousarray(x[:2], dtype=np.float32))))
+    first = outs[0] if outs else None
+    top = int(np.max(y)) if len(y) else 0
+    if not isinstance(first, torch.Tensor) or first.dim() != 2 or first.shape[1] <= max(1, top):
+        shape = "nothing" if first is None else f"shape {list(getattr(first, 'shape', []))}"
+        raise StudioError(f"{who}: the labels are class ids (0-{top}) of the model's first output, but it gives {shape}, "
+                          "not [batch, classes] scores with that many classes: training on labels needs a "
+                          "classifier's output first; use distill.kd (it learns every output, no labels needed)")
+    return len(outs)
 
 
 def set_eval(module):
@@ -85,14 +122,14 @@ def drain(gen):
 
 
 def predict(module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """Logits of a torch module on numpy inputs, in eval mode, without gradients."""
+    """Logits (its first output) of a torch module on numpy inputs, in eval mode, without gradients."""
     import torch
 
     set_eval(module)
     outs = []
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
-            out = module(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])))  # dtype as given
+            out = first_output(module(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size]))))  # dtype as given
             outs.append(out.detach().float().numpy())
     return np.concatenate(outs)
 

@@ -3,6 +3,7 @@ pattern, weight-only INT4/INT8, batch-norm folding."""
 
 import numpy as np
 import pytest
+import torch
 from torch import nn
 
 from studio.core.convert import predict, run_session, session, to_onnx_model
@@ -94,6 +95,51 @@ def test_weight_only_on_onnx_and_conv_warning(demo_cnn):
     assert any("Conv layers stay float32" in w for w in result.warnings)
 
 
+def shared_and_branch_weights():
+    """Two Gemms reading one weight (as a dynamo export can), then an If whose branches read
+    weights stored in the main graph (a scripted gate)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = lambda name, *shape: numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.2, name)
+    branch = lambda name, weight: helper.make_graph(
+        [helper.make_node("MatMul", ["h", weight], [f"y_{name}"])], name, [],
+        [helper.make_tensor_value_info(f"y_{name}", TensorProto.FLOAT, None)])
+    nodes = [helper.make_node("Gemm", ["x", "W", "b"], ["h1"], transB=1),
+             helper.make_node("Gemm", ["x", "W", "b"], ["h2"], transB=1),
+             helper.make_node("Add", ["h1", "h2"], ["h"]),
+             helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+             helper.make_node("Greater", ["s", "zero"], ["c"]),
+             helper.make_node("If", ["c"], ["y"], then_branch=branch("then", "V"), else_branch=branch("else", "U"))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 16])],
+                              [w("W", 64, 32), w("b", 64), w("V", 64, 16), w("U", 64, 16),
+                               numpy_helper.from_array(np.array(0, np.float32), "zero")])
+    return onnx.helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_weight_only_keeps_shared_and_branch_weights_valid():
+    """Two Gemms sharing a weight got two initializers of one name, and weights only If branches
+    read were dropped: both made invalid files (found by the model corpus)."""
+    import onnx
+
+    from studio.core.model import ONNX, Model
+
+    proto = shared_and_branch_weights()
+    model = Model(proto, ONNX, (1, 32), name="gates")
+    result = run(create("quantize.weight_only", bits=8), model, Context())
+    out = result.model.obj
+    onnx.checker.check_model(out, full_check=True)
+    assert ops(out).count("MatMulNBits") == 2 and "Gemm" not in ops(out)
+    branches = [n for g in out.graph.node if g.op_type == "If" for a in g.attribute for n in a.g.node]
+    assert [n.op_type for n in branches] == ["MatMulNBits", "MatMulNBits"]  # their weights too
+    for sign in (1, -1):  # both branches run
+        x = sign * np.abs(np.random.default_rng(1).standard_normal((4, 32))).astype(np.float32)
+        ours, ref = run_session(session(out), x), run_session(session(proto), x)
+        assert np.abs(ours - ref).max() < 0.05 * np.abs(ref).max()
+
+
 def test_fold_batchnorm_resnet():
     model = resnet_model()
     before = state(model)
@@ -116,3 +162,36 @@ def test_cancel_leaves_input(demo_cnn, digits_data):
         with pytest.raises(Cancelled):
             run(create(pass_id), m, context)
     assert same_state(before, state(model))
+
+
+class GridUp(nn.Module):
+    """An upsample (Resize with its scales in a Constant node) and a float arange grid (Range)
+    added to it, as detection heads do: float16 made both inputs float16, an invalid graph."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+
+    def forward(self, x):
+        h = self.up(self.conv(x))
+        return h + torch.arange(h.shape[-1], dtype=h.dtype)
+
+
+def test_fp16_keeps_resize_scales_and_range_float32(tmp_path):
+    import onnx
+
+    from studio.core import io
+
+    torch.manual_seed(0)
+    path = tmp_path / "grid.onnx"
+    torch.onnx.export(GridUp().eval(), (torch.randn(2, 3, 8, 8),), str(path), dynamo=False, input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}})
+    model = io.load(path)
+    assert {"Resize", "Range"} <= {n.op_type for n in model.obj.graph.node}
+    result = run(create("quantize.fp16"), model, Context())
+    out = result.model.obj
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in out.graph.initializer)  # the conv went float16
+    x = np.random.default_rng(0).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    ours, ref = run_session(session(out), x), run_session(session(model.obj), x)
+    assert ours.shape == (3, 4, 16, 16) and np.abs(ours - ref).max() < 0.02

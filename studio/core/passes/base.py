@@ -196,6 +196,16 @@ class Pass:
         data = context.require_data(self.id, labels=True)
         x = data.shaped(data.x_train, input_shape)
         for fraction, message in train(module, x, data.y_train, cfg.fine_tune_epochs, cfg.learning_rate,
-                                       seed=context.seed, after_step=after_step):
+                                       seed=context.seed, after_step=after_step, who=self.id):
             context.check_cancelled()
             yield start + (1 - start) * fraction, f"fine-tune {message}"
+
+
+def one_float_input(pass_id: str, model: Model) -> list[str]:
+    """The problem of a model with several (or integer) inputs for a pass that traces or trains
+    it with one float tensor; empty when it has that one input."""
+    if not model.io.multi:
+        return []
+    return [f"{pass_id} takes models with one float input for now; this model takes "
+            f"{', '.join(model.io.names)}: use the weight passes (prune.magnitude, prune.nm, lowrank.svd, "
+            "cluster.kmeans, quantize.*), which need no tracing or training"]

@@ -5,7 +5,10 @@ The student is the teacher narrowed by a width factor (Torch-Pruning removes 1 -
 channels across dependent layers, then the weights are kept or re-initialised), a zoo
 architecture, or a class the user names as `package.module:Class` (built with no arguments).
 loss = alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y); without labels
-only the soft term is used."""
+only the soft term is used. A model with several outputs (detection heads, an autoencoder's
+reconstruction and code) learns every one: class scores [batch, classes] through the softened KL
+term, any other output through its mean squared error scaled by the teacher's variance (so each
+output weighs alike); labels, as in measurement, are class ids of the first output."""
 
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ import numpy as np
 from pydantic import Field
 
 from ..errors import StudioError
-from ..training import predict, train
+from ..signature import flatten_outputs
+from ..training import predict_outputs, train
 from .base import Context, Pass, PassConfig, PassResult, conversion_notes, is_torchscript
 from .registry import register
 
@@ -33,32 +37,44 @@ class DistillConfig(PassConfig):
 
 
 def build_student(teacher_model, cfg: DistillConfig):
+    """(student module, notes): the notes name the channel groups narrowing left whole."""
     import torch
 
     if cfg.student == "narrow":
-        from .structured import final_layers, prune_module
+        from .structured import final_layers, model_args, prune_leaving_out
 
-        student = teacher_model.copy().obj.eval()
-        example = torch.from_numpy(teacher_model.example_input(1))
-        prune_module(student, example, 1.0 - cfg.width, "l2", "per_layer", 1, final_layers(student, example))
+        teacher = teacher_model.obj.eval()
+        example = model_args(teacher_model)
+        try:  # a group that breaks Torch-Pruning or the model is left whole, as in prune.structured
+            student, left_out = prune_leaving_out(teacher, example, 1.0 - cfg.width, "l2", "per_layer", 1,
+                                                  sorted(final_layers(teacher, example)))
+        except StudioError as exc:
+            reason = str(exc).partition(": ")[2].split("; ")[0]
+            raise StudioError(f"distill.kd: the teacher cannot be narrowed to width {cfg.width} ({reason}); "
+                              "choose student 'zoo' or 'class' (a smaller model of your own)") from None
+        student.eval()
         if cfg.reinit:
             torch.manual_seed(0)
             for m in student.modules():
                 if hasattr(m, "reset_parameters") and m is not student:
                     m.reset_parameters()
-        return student
+        notes = []
+        if left_out:
+            notes.append(f"narrowing left {len(left_out)} layer groups whole (Torch-Pruning could not narrow them "
+                         "here): " + "; ".join(f"{n} ({r})" for n, r in left_out[:4]) + (" ..." if len(left_out) > 4 else ""))
+        return student, notes
     if cfg.student == "zoo":
         from .. import zoo
 
         if cfg.name not in zoo.names():
             raise StudioError(f"distill.kd: no zoo model '{cfg.name}'; choose from {', '.join(zoo.names())}")
-        return zoo.build(cfg.name)
+        return zoo.build(cfg.name), []
     module_name, _, class_name = cfg.name.partition(":")
     if not module_name or not class_name:
         raise StudioError("distill.kd: name the student class as package.module:Class")
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
-        return cls()
+        return cls(), []
     except Exception as exc:  # noqa: BLE001 - any failure to build the user's class
         raise StudioError(f"distill.kd: cannot build {cfg.name}: {exc}") from None
 
@@ -73,6 +89,11 @@ class Distill(Pass):
     frameworks = ("torch", "onnx")
     needs_data = True
 
+    def check(self, model):
+        from .base import one_float_input
+
+        return super().check(model) or one_float_input(self.id, model)
+
     def apply(self, model, context: Context):
         import torch
         import torch.nn.functional as F
@@ -83,22 +104,40 @@ class Distill(Pass):
         if model.is_onnx or is_torchscript(model):  # a converted copy: the teacher is not changed either way
             teacher = yield from self.torch_copy(model)
         yield 0.02, f"building the student ({cfg.student})"
-        student = build_student(teacher, cfg)
+        student, notes = build_student(teacher, cfg)
         x = data.shaped(data.x_train, teacher.input_shape)
         with torch.no_grad():
-            probe = student(torch.from_numpy(np.ascontiguousarray(x[:2], dtype=np.float32)))
-        soft = torch.from_numpy(predict(teacher.obj, x))  # teacher logits, once
-        if probe.shape[1:] != soft.shape[1:]:
-            raise StudioError(f"distill.kd: the student outputs {tuple(probe.shape[1:])}, the teacher {tuple(soft.shape[1:])}")
-        labels = data.y_train is not None and cfg.alpha < 1.0
+            probe = flatten_outputs(student(torch.from_numpy(np.ascontiguousarray(x[:2], dtype=np.float32))))
+        soft = [torch.from_numpy(o) for o in predict_outputs(teacher.obj, x)]  # every teacher output, once
+        names = [s.name for s in teacher.io.outputs][:len(soft)]
+        names += [f"output_{i}" for i in range(len(names), len(soft))]
+        got = [tuple(p.shape[1:]) for p in probe if isinstance(p, torch.Tensor)]
+        want = [tuple(o.shape[1:]) for o in soft]
+        if got != want:
+            raise StudioError(f"distill.kd: the student's outputs {got} differ from the teacher's {want}; "
+                              "a student must give the same outputs")
+        kinds = ["kl" if o.dim() == 2 and o.shape[1] > 1 else "mse" for o in soft]
+        scale = [float(o.float().var()) + 1e-8 for o in soft]  # an MSE term per output weighs about 1
+        labels = data.y_train is not None and cfg.alpha < 1.0 and kinds[0] == "kl" \
+            and int(np.max(data.y_train)) < soft[0].shape[1]
+        if data.y_train is not None and cfg.alpha < 1.0 and not labels:
+            notes.append(f"the labels were not used: they are class ids of the first output, and '{names[0]}' "
+                         f"{list(soft[0].shape[1:])} is not [batch, classes] with a class for each; soft loss only")
         t = cfg.temperature
 
         def loss_fn(module, xb, yb, idx):
-            out = module(xb)
-            kd = F.kl_div(F.log_softmax(out / t, 1), F.softmax(soft[idx] / t, 1), reduction="batchmean") * t * t
+            outs = flatten_outputs(module(xb))
+            loss = 0.0
+            for out, target, kind, var in zip(outs, soft, kinds, scale):
+                target = target[idx]
+                if kind == "kl":
+                    loss = loss + F.kl_div(F.log_softmax(out / t, 1), F.softmax(target / t, 1),
+                                           reduction="batchmean") * t * t
+                else:
+                    loss = loss + F.mse_loss(out, target) / var
             if not labels:
-                return kd
-            return cfg.alpha * kd + (1 - cfg.alpha) * F.cross_entropy(out, yb)
+                return loss
+            return cfg.alpha * loss + (1 - cfg.alpha) * F.cross_entropy(outs[0], yb)
 
         for fraction, message in train(student, x, data.y_train if labels else None, cfg.epochs, cfg.learning_rate,
                                        seed=context.seed, loss_fn=loss_fn):
@@ -108,10 +147,27 @@ class Distill(Pass):
         new = teacher.with_obj(student, "torch", format="distilled", meta=dict(teacher.meta, teacher=teacher.name))
         t_params = sum(p.numel() for p in teacher.obj.parameters())
         s_params = sum(p.numel() for p in student.parameters())
-        agree = float((predict(student, x[:512]).argmax(1) == soft[:512].numpy().argmax(1)).mean())
+        mine = predict_outputs(student, x[:512])
+        fit = {}  # per output: top-1 agreement for class scores, cosine similarity otherwise
+        for name, kind, a, b in zip(names, kinds, mine, soft):
+            b = b[:512].numpy()
+            if kind == "kl":
+                fit[name] = {"top1_agreement": round(float((a.argmax(1) == b.argmax(1)).mean()), 4)}
+            else:
+                a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
+                cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+                fit[name] = {"cosine": round(float(cos.mean()), 4)}
         record = {"student": {"kind": cfg.student, "parameters": s_params, "teacher_parameters": t_params,
-                              "train_agreement": round(agree, 4)}}
-        summary = (f"student {s_params:,} parameters (teacher {t_params:,}); top-1 agreement on training data {agree:.1%}"
+                              "outputs": {n: {"loss": "KL (softened)" if k == "kl" else "MSE / teacher variance", **fit[n]}
+                                          for n, k in zip(names, kinds)}}}
+        first = fit[names[0]]
+        if "top1_agreement" in first:
+            record["student"]["train_agreement"] = first["top1_agreement"]
+            quality = f"top-1 agreement on training data {first['top1_agreement']:.1%}"
+        else:
+            quality = f"cosine to the teacher on training data {first['cosine']:.3f}"
+        summary = (f"student {s_params:,} parameters (teacher {t_params:,}); {quality}"
+                   + (f" (output '{names[0]}'; {len(soft)} outputs learned)" if len(soft) > 1 else "")
                    + ("" if labels else "; soft loss only (no labels)"))
         yield 1.0, summary
-        return PassResult(new, record, summary, conversion_notes(model))
+        return PassResult(new, record, summary, conversion_notes(model) + notes)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from ..training import train
+from ..training import check_labels, train
 from .base import Context, Pass, PassConfig, PassResult, conversion_notes
 from .registry import register
 
@@ -57,9 +57,10 @@ class FineTune(Pass):
         module = new.obj
         masks = zero_masks(module) if cfg.keep_zeros else {}
         x = data.shaped(data.x_train, new.input_shape)
+        n_outputs = check_labels(module, x, data.y_train, self.id)
         loss = None
         for fraction, message in train(module, x, data.y_train, cfg.epochs, cfg.learning_rate, cfg.batch_size,
-                                       seed=context.seed, after_step=reapply(masks) if masks else None):
+                                       seed=context.seed, after_step=reapply(masks) if masks else None, who=self.id):
             context.check_cancelled()
             loss = message
             yield fraction, message
@@ -68,5 +69,12 @@ class FineTune(Pass):
         summary = f"{cfg.epochs} epochs at lr {cfg.learning_rate}" + (f"; last {loss}" if loss else "")
         if masks:
             summary += f"; zeros kept in {len(masks)} tensors"
+        warnings = conversion_notes(model)
+        if n_outputs > 1:  # labels address one output; the others change only through shared layers
+            first = model.io.outputs[0].name if model.io.outputs else "the first"
+            summary += f"; trained on output '{first}' (1 of {n_outputs})"
+            warnings.append(f"trained on the first of {n_outputs} outputs ('{first}', the one the labels are class ids "
+                            "of); the other outputs were not trained and change through the layers they share with "
+                            "it: check their fidelity, or use distill.kd, which learns every output")
         yield 1.0, summary
-        return PassResult(new, record, summary, conversion_notes(model))
+        return PassResult(new, record, summary, warnings)

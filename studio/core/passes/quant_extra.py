@@ -20,36 +20,40 @@ from .registry import register
 
 def gemm_to_matmul(proto) -> int:
     """Rewrite Gemm(A, W, C) with constant W, alpha = beta = 1 and no transA as MatMul + Add,
-    in place; returns how many. MatMul nodes keep the Gemm's name so targets still match."""
+    in place; returns how many. MatMul nodes keep the Gemm's name so targets still match. A
+    weight several Gemms share gets one MatMul copy; weights only If/Loop branches read are kept."""
     import onnx
     from onnx import helper, numpy_helper
+
+    from .. import onnx_weights as ow
 
     inits = {i.name: i for i in proto.graph.initializer}
     nodes = []
     count = 0
+    made: dict[tuple[str, int], str] = {}  # (weight, transB) -> its MatMul copy
     for node in proto.graph.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         if (node.op_type != "Gemm" or node.input[1] not in inits or attrs.get("transA", 0)
                 or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
             nodes.append(node)
             continue
-        w = numpy_helper.to_array(inits[node.input[1]])
-        if attrs.get("transB", 0):
-            w = np.ascontiguousarray(w.T)
-        weight_name = node.input[1] + "_matmul"
-        proto.graph.initializer.append(numpy_helper.from_array(w, weight_name))
+        key = (node.input[1], int(attrs.get("transB", 0)))
+        if key not in made:
+            w = numpy_helper.to_array(inits[node.input[1]])
+            if key[1]:
+                w = np.ascontiguousarray(w.T)
+            made[key] = ow.unique_name(proto, node.input[1] + "_matmul")
+            proto.graph.initializer.append(numpy_helper.from_array(w, made[key]))
         has_bias = len(node.input) > 2 and node.input[2]
         mm_out = node.output[0] + "_matmul" if has_bias else node.output[0]
-        nodes.append(helper.make_node("MatMul", [node.input[0], weight_name], [mm_out], name=node.name))
+        nodes.append(helper.make_node("MatMul", [node.input[0], made[key]], [mm_out], name=node.name))
         if has_bias:
-            nodes.append(helper.make_node("Add", [mm_out, node.input[2]], [node.output[0]], name=node.name + "_bias"))
+            nodes.append(helper.make_node("Add", [mm_out, node.input[2]], [node.output[0]],
+                                          name=node.name and node.name + "_bias"))  # unnamed stays unnamed
         count += 1
     del proto.graph.node[:]
     proto.graph.node.extend(nodes)
-    used = {i for n in proto.graph.node for i in n.input}
-    keep = [i for i in proto.graph.initializer if i.name in used]
-    del proto.graph.initializer[:]
-    proto.graph.initializer.extend(keep)
+    ow.drop_unused(proto)  # reads in every graph count: an If branch may use a main-graph weight
     onnx.checker.check_model(proto)
     return count
 

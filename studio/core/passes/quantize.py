@@ -597,23 +597,53 @@ class Fp16(Pass):
     def apply(self, model, context: Context):
         # onnxruntime ships its own float16 converter (used for its transformer optimizations);
         # it keeps ops without float16 kernels in float32 behind Cast nodes.
-        from onnxruntime.transformers.float16 import convert_float_to_float16
+        import onnx
+        from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
         cfg: Fp16Config = self.config
         yield 0.1, "exporting to ONNX" if model.is_torch else "preparing"
-        proto = onnx_copy(model)  # the converter changes the proto in place
+        proto = onnx_copy(model)
         blocked = [n.name for n in proto.graph.node if n.name in set(excluded_nodes(proto, cfg))]
-        context.check_cancelled()
-        yield 0.4, "converting to float16"
-        result = convert_float_to_float16(
-            proto, keep_io_types=cfg.keep_io_float32, node_block_list=blocked or None, disable_shape_infer=True
-        )
-        yield 0.8, "checking that onnxruntime loads it"
-        _check_session_in_child(result, "float16")
+        warnings = []
+        # onnxruntime's full (ORT_ENABLE_ALL) CPU optimisation segfaulted building a session for
+        # the float16 form of transformer and GRU exports, with float16 Transposes among Casts;
+        # those Transposes kept float32, the same graphs load. Tried only when the first form fails.
+        for kept_float in ([], ["Transpose"]):
+            context.check_cancelled()
+            yield 0.4, "converting to float16" + (f" ({', '.join(kept_float)} kept float32)" if kept_float else "")
+            work = onnx.ModelProto()
+            work.CopyFrom(proto)  # the converter changes its model in place
+            result = convert_float_to_float16(
+                _with_types(work), keep_io_types=cfg.keep_io_float32, node_block_list=blocked or None,
+                op_block_list=DEFAULT_OP_BLOCK_LIST + kept_float, disable_shape_infer=True,
+            )
+            yield 0.8, "checking that onnxruntime loads it"
+            try:
+                _check_session_in_child(result, "float16")
+                break
+            except StudioError as exc:
+                if kept_float or not any(n.op_type == "Transpose" for n in proto.graph.node):
+                    raise
+                first_failure = str(exc).split(": ", 1)[-1].split(";")[0]
+        if kept_float:
+            warnings.append(f"{', '.join(kept_float)} nodes stay float32: the all-float16 form did not load in "
+                            f"onnxruntime ({first_failure})")
         layers = {name: {"op": op, "dtype": "float16"} for name, op in onnx_layers(result) if name not in blocked}
         summary = f"{len(layers)} layers in float16"
         yield 1.0, summary
-        return PassResult(model.with_obj(result, ONNX, format="onnx"), layers, summary)
+        return PassResult(model.with_obj(result, ONNX, format="onnx"), layers, summary, warnings)
+
+
+def _with_types(proto):
+    """The model with onnx's inferred types of its inner tensors (in memory, no scratch file): the
+    float16 converter casts a value back to float32 for an op that needs float32 (Range, Resize's
+    scales) only when it knows that value's type, a Constant node's output included."""
+    import onnx
+
+    try:
+        return onnx.shape_inference.infer_shapes(proto)
+    except Exception:  # noqa: BLE001 - e.g. over 2 GB or an op onnx cannot infer: convert without
+        return proto
 
 
 def _check_session_in_child(proto, what: str) -> None:
