@@ -71,6 +71,10 @@ class Measurement:
     # per output, against the original model: {"cosine", "snr_db", "max_abs"}
     fidelity: dict[str, dict[str, float]] = field(default_factory=dict)
     classifier: bool = True  # the first output is class scores [batch, classes]
+    # a user's evaluator (core/plugins.py): when set, it is the quality
+    metric: float | None = None
+    metric_name: str = ""
+    metric_means: str = ""
 
     @property
     def cosine(self) -> float | None:
@@ -80,6 +84,8 @@ class Measurement:
 
     @property
     def quality(self) -> float | None:
+        if self.metric is not None:
+            return self.metric
         if self.accuracy is not None:
             return self.accuracy
         if self.agreement is not None:
@@ -89,7 +95,9 @@ class Measurement:
     @property
     def quality_label(self) -> str:
         """Which measure `quality` is: accuracy, agreement (top-1 with the original) or cosine
-        (output fidelity, for models whose outputs are not class scores)."""
+        (output fidelity, for models whose outputs are not class scores), or a user's evaluator."""
+        if self.metric is not None:
+            return self.metric_name
         if self.accuracy is not None:
             return "accuracy"
         if self.agreement is not None or self.classifier:
@@ -103,7 +111,12 @@ class Measurement:
         q = self.quality
         if q is None:
             return "-"
-        return f"{q:.4f}" if self.quality_label == "cosine" else f"{q:.2%}"
+        return f"{q:.2%}" if self.quality_label in ("accuracy", "agreement") else f"{q:.4f}"
+
+    @property
+    def quality_means(self) -> str:
+        """What the quality number is, in words (under tables and in report.json)."""
+        return self.metric_means if self.metric is not None else QUALITY_LABELS[self.quality_label]
 
     @property
     def latency_b1(self) -> float | None:
@@ -122,7 +135,7 @@ class Measurement:
         d["latency_ms"] = {str(k): v for k, v in self.latency_ms.items()}
         d["quality"] = self.quality
         d["quality_label"] = self.quality_label
-        d["quality_means"] = QUALITY_LABELS[self.quality_label]
+        d["quality_means"] = self.quality_means
         return d
 
 
@@ -192,13 +205,14 @@ def reference_steps(model: Model, data: Data, cancel=None, proto=None):
         yield 0.1 + 0.9 * done, f"running {len(x):,} held-out samples"  # the bar shows how far
 
 
-def measure(model: Model, data: Data, reference=None, proto=None, cancel=None) -> Measurement:
+def measure(model: Model, data: Data, reference=None, proto=None, cancel=None, evaluator=None) -> Measurement:
     """Quality and footprint (not latency: see measure_latency, which interleaves variants).
-    A set `cancel` event stops it within its current onnxruntime call."""
-    return drain(measure_steps(model, data, reference, proto, cancel))
+    A set `cancel` event stops it within its current onnxruntime call. An `evaluator`
+    (plugins.Evaluator) computes the quality from the outputs, labels and reference instead."""
+    return drain(measure_steps(model, data, reference, proto, cancel, evaluator))
 
 
-def measure_steps(model: Model, data: Data, reference=None, proto=None, cancel=None):
+def measure_steps(model: Model, data: Data, reference=None, proto=None, cancel=None, evaluator=None):
     """measure() as a generator of (fraction, message) for each phase and batch; returns the
     Measurement."""
     if proto is None:
@@ -229,6 +243,9 @@ def measure_steps(model: Model, data: Data, reference=None, proto=None, cancel=N
     m.samples = len(x)
     names = [o.name for o in sess.get_outputs()]
     quality_from_outputs(m, outs, data.y_test, reference, names)
+    if evaluator is not None:
+        m.metric = evaluator(outs, data.y_test, reference)
+        m.metric_name, m.metric_means = evaluator.name, evaluator.description
     return m
 
 

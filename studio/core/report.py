@@ -53,9 +53,7 @@ def stage_rows(run) -> str:
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     table = "<table>" + "".join(rows) + "</table>"
     if base is not None:
-        from .evaluate import QUALITY_LABELS
-
-        table += f"<p class='note'>{html.escape(label)}: {html.escape(QUALITY_LABELS[label])}</p>"
+        table += f"<p class='note'>{html.escape(label)}: {html.escape(base.quality_means)}</p>"
     return table + detail_rows(run)
 
 

@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
     QVBoxLayout, QWidget,
 )
 
+from studio.core import plugins
 from studio.core.errors import Cancelled, LoadError, StudioError, TrustRequired
 from studio.core.recipe import Recipe
 
@@ -139,6 +140,8 @@ class MainWindow(QMainWindow):
         self.distribution = DistributionView(s)
         self.recipe_panel = RecipePanel(s)
         self.log_panel = LogPanel(s)
+        for line in plugins.problems():  # the recipe panel looked the passes up: a broken plugin, one line
+            self.log_panel.append(f"⚠ {line}")
         self.sensitivity_view = SensitivityView(s)
         self.chart.variant_clicked.connect(self.show_stage)
         self.results.variant_clicked.connect(self.show_stage)
