@@ -18,11 +18,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .convert import (
-    fixed_batch, guarded_run, input_dtype, iter_session_all, onnx_tensors, run_session_all, session, to_onnx_proto,
+    fixed_batch, guarded_run, input_dtype, iter_session_all, run_session_all, session, to_onnx_proto,
 )
 from .data import Data
 from .data_checks import check_labels_fit
 from .model import Model
+from .stats import count_parameters  # noqa: F401 - where callers have always found it
 from .training import drain
 
 ZIP_LEVEL = 6  # moderate: level 9 takes minutes on big, mostly-zero files for ~1 % less
@@ -37,9 +38,6 @@ FOOTPRINTS = {
     "latency_b1": "Latency, batch 1 (ms)",
     "latency_bn": "Latency, large batch (ms)",
 }
-
-QDQ_PARAMS = {"QuantizeLinear": (1, 2), "DequantizeLinear": (1, 2)}  # scale, zero point inputs
-
 
 SNR_CAP_DB = 200.0  # identical outputs: no noise; float32 resolves ~150 dB, so this means "exact"
 QUALITY_LABELS = {
@@ -149,33 +147,6 @@ def zipped_size(blob: bytes) -> int:
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=ZIP_LEVEL) as archive:
         archive.writestr("model.onnx", blob)
     return buffer.tell()
-
-
-def count_parameters(proto) -> tuple[int, int]:
-    """(parameters, nonzeros) of an ONNX model: its weight initializers, leaving out the scales
-    and zero points of quantization and integer shape constants."""
-    from onnx import numpy_helper
-
-    side_inputs = set()
-    weight_inputs = set()
-    for node in proto.graph.node:
-        for i in QDQ_PARAMS.get(node.op_type, ()):
-            if i < len(node.input):
-                side_inputs.add(node.input[i])
-        if node.op_type == "DequantizeLinear":
-            weight_inputs.add(node.input[0])
-    params = nonzeros = 0
-    for name, init in onnx_tensors(proto).items():
-        if name in side_inputs and name not in weight_inputs:
-            continue
-        arr = numpy_helper.to_array(init)
-        if arr.dtype.kind in "iu" and name not in weight_inputs and arr.dtype.itemsize > 1:
-            continue  # shapes, axes, indices
-        if arr.size <= 1 and name not in weight_inputs:
-            continue  # scalar constants (epsilons, exponents) are not parameters
-        params += arr.size
-        nonzeros += int(np.count_nonzero(arr))
-    return params, nonzeros
 
 
 def count_macs(model: Model) -> int:
