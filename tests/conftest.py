@@ -1,4 +1,10 @@
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 
 # Qt must never look for a screen in the tests; set before anything imports Qt.
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -6,13 +12,6 @@ os.environ.setdefault("QTWEBENGINE_CHROMIUM_FLAGS", "--no-sandbox")
 
 
 # ------------------------------------------------------------------ the example plugin package
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
-
 PLUGIN_SOURCE = Path(__file__).parent / "plugin_example"
 
 BROKEN_ENTRY_POINTS = """\

@@ -18,12 +18,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .convert import (
-    fixed_batch, guarded_run, input_dtype, iter_session_all, run_session_all, session, to_onnx_proto,
+    fixed_batch, guarded_run, input_dtype, iter_session_all, session, to_onnx_proto,
 )
 from .data import Data
 from .data_checks import check_labels_fit
 from .model import Model
-from .stats import count_parameters  # noqa: F401 - where callers have always found it
+from .stats import count_parameters  # also imported from here by callers
 from .training import drain
 
 ZIP_LEVEL = 6  # moderate: level 9 takes minutes on big, mostly-zero files for ~1 % less
@@ -293,7 +293,7 @@ def measure_latency(
     `input_shape` (float, or token ids in [0, 100) for an integer input)."""
     from .signature import feeds as feed_of
 
-    results = [dict() for _ in protos]
+    results: list[dict[int, float]] = [{} for _ in protos]
     sessions = [session(p, threads) for p in protos]
     pinned = [fixed_batch(s) for s in sessions]
     steps = len(batches) * rounds

@@ -168,7 +168,7 @@ def run(
 
     # problems known before the work starts: a pass that cannot take the model it will get
     current = model
-    for i, p in enumerate(passes):
+    for p in passes:
         if p.needs_data and data is None:
             raise StudioError(f"{p.id} needs data: choose evaluation data")
 
@@ -192,7 +192,7 @@ def run(
     check()
 
     current = model
-    for i, (step, p) in enumerate(zip(steps, passes), 1):
+    for i, p in enumerate(passes, 1):
         prefix = steps[:i]
         old = previous[i] if previous and len(previous) > i else None
         if old is not None and _same_steps(old.steps, prefix) and all(

@@ -94,7 +94,6 @@ def _export_name(node) -> str | None:
 
 
 def _from_fx(module, graph, example, exported: bool, traced=None) -> Graph:
-    import torch
 
     if traced is not None:
         _propagate(traced, example)

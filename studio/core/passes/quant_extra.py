@@ -148,7 +148,7 @@ def fold_onnx(proto) -> dict[str, dict]:
     stored = ow.tensors(proto)
     readers: dict[str, int] = {}
     outputs = set()
-    for node, graph in ow.nodes(proto.graph):
+    for node, _graph in ow.nodes(proto.graph):
         for name in node.input:
             readers[name] = readers.get(name, 0) + 1
     for graph in ow.graphs(proto.graph):

@@ -383,7 +383,6 @@ class StructuredPrune(Pass):
     frameworks = ("torch", "onnx")
 
     def apply(self, model, context: Context):
-        import torch
 
         cfg: StructuredConfig = self.config
         matmuls = weight_matmuls(model.obj) if model.is_onnx else []

@@ -11,7 +11,6 @@ from PySide6.QtWidgets import (
     QLineEdit, QListWidget, QListWidgetItem, QPushButton, QScrollArea, QSpinBox, QVBoxLayout, QWidget,
 )
 
-from studio.core.errors import StudioError
 from studio.core.passes import all_passes
 from studio.core.recipe import RecipeStep
 
@@ -263,7 +262,7 @@ class RecipePanel(QWidget):
         values = self.form.values()
         try:  # keep only what differs from the defaults, validated by the pass itself
             options = self.passes[step.id](**values).options()
-        except Exception as exc:  # pydantic ValidationError: show, keep the old options
+        except Exception as exc:  # noqa: BLE001 - pydantic ValidationError and others: show, keep the old options
             self.error.setText(str(exc).splitlines()[0])
             return
         self.error.setText("")
