@@ -151,40 +151,6 @@ def cmd_inspect(args) -> int:
     return 0
 
 
-def stage_table(run) -> str:
-    """The stage table: every stage against the original (ratios: x smaller, x faster)."""
-    stages = run.stages
-    base = stages[0].measurement
-    batches = sorted(base.latency_ms) if base and base.latency_ms else []
-    head = f"{'stage':28} {base.quality_label if base else 'quality':>9} {'params':>9} {'nonzero':>9} " \
-           f"{'file':>10} {'zipped':>10} {'x zip':>6} {'MACs':>10}"
-    for b in batches:
-        head += f" {'ms b' + str(b):>9} {'x':>5}"
-    lines = [head, "-" * len(head)]
-    for s in stages:
-        m = s.measurement
-        if m is None:
-            lines.append(f"{s.label[:28]:28} (not measured)")
-            continue
-        q = m.quality_text
-        row = f"{s.label[:28]:28} {q:>9} {m.parameters:>9,} {m.nonzeros:>9,} {fmt_bytes(m.size_bytes):>10} " \
-              f"{fmt_bytes(m.zip_bytes):>10} {base.zip_bytes / max(1, m.zip_bytes):>5.1f}x {m.macs:>10,}"
-        for b in batches:
-            ms = m.latency_ms.get(b)
-            row += f" {ms:>9.3f} {base.latency_ms[b] / ms:>4.2f}x" if ms else f" {'-':>9} {'-':>5}"
-        lines.append(row)
-    threads = base.threads if base else 1
-    if base is not None:
-        lines.append(f"{base.quality_label}: {base.quality_means}")
-    lines.append(f"quality on {base.samples if base else 0} held-out samples of '{run.data_name}'; "
-                 f"latency: onnxruntime CPU, {threads} thread(s), median of interleaved rounds; "
-                 "x = times smaller / faster than the original")
-    for s in stages:
-        for w in s.warnings:
-            lines.append(f"warning: stage {s.label}: {w}")
-    return "\n".join(lines)
-
-
 def run_and_export(model, recipe, data, out: Path, formats, args, progress, evaluator=None) -> dict:
     from studio.core import export, pipeline
 
@@ -224,7 +190,9 @@ def print_result(result: dict, out: Path, args) -> None:
     if args.json:
         print(json.dumps(report, indent=2, default=str))
         return
-    print(stage_table(result["run"]))
+    from studio.core import stage_table
+
+    print(stage_table.text(result["run"]))
     for e in report["exports"]:
         mark = "ok" if e["verified"] else "NOT VERIFIED"
         print(f"export {e['format']:12} {mark:12} {e['path']}  ({fmt_bytes(e['size_bytes'])}; {e['message']})")
