@@ -34,6 +34,27 @@ def test_plugin_pass_in_the_recipe_panel_and_broken_plugins_in_the_log(plugins_o
     assert "'prune.magnitude' is taken" in log
 
 
+@pytest.mark.slow
+def test_plugin_pass_runs_in_the_window_measured_by_the_plugin_evaluator(plugins_on_path, window, qtbot):
+    w = window
+    w.open_demo("mlp")
+    qtbot.waitUntil(lambda: w.session.model is not None, timeout=60_000)
+    panel = w.recipe_panel
+    panel.add_pass("example.round")
+    panel.form.set_value("step", 0.25)
+    assert w.session.recipe.passes[-1].options == {"step": 0.25}
+    panel.quality_box.setCurrentIndex(panel.quality_box.findData("top2"))
+    panel.quality_box.activated.emit(panel.quality_box.currentIndex())  # as a click does
+    assert w.session.recipe.evaluator == "top2"
+    w.run_recipe()
+    qtbot.waitUntil(lambda: len(w.session.runs) == 1 and not w.tasks.running(), timeout=120_000)
+    run = w.session.runs[0]
+    assert [s.name for s in run.stages] == ["original", "example.round"]
+    assert all(s.measurement.quality_label == "top2" for s in run.stages)
+    assert w.results.model.item(1, 2).text().endswith("top2")
+    assert w.session.recipe.to_dict()["evaluator"] == "top2"  # Recipe > Save keeps it
+
+
 def test_metric_as_module_function_is_imported_only_when_asked(plugins_on_path):
     from studio.core import plugins
     from studio.core.errors import StudioError
