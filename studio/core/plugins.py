@@ -25,6 +25,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
+from typing import TypeVar
 
 from .errors import StudioError
 
@@ -63,7 +64,10 @@ def forget() -> None:
     _problems.clear()
 
 
-def pass_classes(base: type) -> list[tuple[type, str]]:
+T = TypeVar("T")
+
+
+def pass_classes(base: type[T]) -> list[tuple[type[T], str]]:
     """(Pass subclass, distribution) from every `studio.passes` entry point: a class, or each Pass
     subclass a module defines. A plugin that cannot be imported is reported and skipped."""
     found = []
@@ -73,12 +77,10 @@ def pass_classes(base: type) -> list[tuple[type, str]]:
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - any failure of a plugin: report it, go on
             _report(PASSES, ep, exc)
             continue
-        if isinstance(obj, type):
-            classes = [obj]
-        else:  # a module: the passes defined in it
-            classes = [v for v in vars(obj).values()
-                       if isinstance(v, type) and issubclass(v, base) and v.__module__ == getattr(obj, "__name__", "")]
-        good = [c for c in classes if isinstance(c, type) and issubclass(c, base) and c.id]
+        # a class, or a module: the passes defined in it (not the ones it imports)
+        candidates = [obj] if isinstance(obj, type) else list(vars(obj).values())
+        good = [c for c in candidates if isinstance(c, type) and issubclass(c, base) and getattr(c, "id", None)
+                and (c is obj or c.__module__ == getattr(obj, "__name__", None))]
         if not good:
             _report(PASSES, ep, "it names no Pass subclass with an id")
         found += [(c, _dist(ep)) for c in good]

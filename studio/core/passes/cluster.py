@@ -71,7 +71,7 @@ def cluster_array(w: np.ndarray, bits: int, iterations: int = 30) -> tuple[np.nd
 
 
 @register
-class KMeansCluster(Pass):
+class KMeansCluster(Pass[ClusterConfig]):
     id = "cluster.kmeans"
     title = "Weight clustering (k-means)"
     description = ("Each layer's weights share 2^bits values (Deep Compression); zeros stay zero. "

@@ -61,7 +61,7 @@ class WeightOnlyConfig(PassConfig):
 
 
 @register
-class WeightOnly(Pass):
+class WeightOnly(Pass[WeightOnlyConfig]):
     id = "quantize.weight_only"
     title = "Weight-only INT4 / INT8 (MatMul)"
     description = ("Linear/MatMul weights in 4 or 8 bits, block-wise (onnxruntime MatMulNBits); "
@@ -197,7 +197,7 @@ def fold_onnx(proto) -> dict[str, dict]:
 
 
 @register
-class FoldBatchNorm(Pass):
+class FoldBatchNorm(Pass[FoldConfig]):
     id = "fold.batchnorm"
     title = "Fold batch norm into convs"
     description = "Merges each BatchNorm into the conv before it (exact in eval mode): fewer layers, same outputs."

@@ -371,7 +371,7 @@ def model_args(model) -> tuple:
 
 
 @register
-class StructuredPrune(Pass):
+class StructuredPrune(Pass[StructuredConfig]):
     id = "prune.structured"
     title = "Structured pruning (channels, Torch-Pruning)"
     description = (

@@ -18,7 +18,7 @@ class RoundConfig(PassConfig):
     step: float = Field(0.05, gt=0, le=1, description="Grid the weights are rounded to")
 
 
-class RoundWeights(Pass):
+class RoundWeights(Pass[RoundConfig]):
     id = "example.round"
     title = "Round weights (example plugin)"
     description = "Rounds each Linear/Conv weight to a multiple of `step` (an example of a plugin pass)."
