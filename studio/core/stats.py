@@ -131,7 +131,7 @@ def count_parameters(proto) -> tuple[int, int]:
     and zero points of quantization and integer shape constants."""
     from onnx import numpy_helper
 
-    from .convert import onnx_tensors
+    from .onnx_weights import tensors
 
     side_inputs = set()
     weight_inputs = set()
@@ -142,7 +142,7 @@ def count_parameters(proto) -> tuple[int, int]:
         if node.op_type == "DequantizeLinear":
             weight_inputs.add(node.input[0])
     params = nonzeros = 0
-    for name, init in onnx_tensors(proto).items():
+    for name, init in tensors(proto).items():
         if name in side_inputs and name not in weight_inputs:
             continue
         arr = numpy_helper.to_array(init)
