@@ -20,12 +20,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from studio.core import zoo
 from studio.core.convert import to_onnx_proto
 from studio.core.data import Data, digits, random_inputs
-from studio.core.evaluate import measure, measure_latency, reference_outputs, zipped_size
+from studio.core.evaluate import measure, measure_latency, reference_outputs
 from studio.core.model import ONNX, TORCH, Model
 from studio.core.recipe import Recipe
 from studio.core.training import drain

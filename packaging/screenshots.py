@@ -82,7 +82,7 @@ def main(names: list[str]) -> int:
         w.session.set_recipe(recipe)
         count = len(w.session.runs)
         w.run_recipe()
-        wait(app, lambda: len(w.session.runs) > count and not w.tasks.running())
+        wait(app, lambda: len(w.session.runs) > count and not w.tasks.running())  # noqa: B023 - waited for here
 
     # the pruned stage of run 1, its most pruned layer selected
     run = w.session.runs[0]

@@ -4,6 +4,7 @@
     studio run MODEL --recipe R.yaml --data DATA --out DIR [--json]
     studio export MODEL --format onnx --out FILE
     studio demo [--out DIR] [--json]
+    studio passes [--json]
     studio gui [MODEL]
 """
 
@@ -150,49 +151,13 @@ def cmd_inspect(args) -> int:
     return 0
 
 
-def stage_table(run) -> str:
-    """The stage table: every stage against the original (ratios: x smaller, x faster)."""
-    stages = run.stages
-    base = stages[0].measurement
-    batches = sorted(base.latency_ms) if base and base.latency_ms else []
-    head = f"{'stage':28} {base.quality_label if base else 'quality':>9} {'params':>9} {'nonzero':>9} " \
-           f"{'file':>10} {'zipped':>10} {'x zip':>6} {'MACs':>10}"
-    for b in batches:
-        head += f" {'ms b' + str(b):>9} {'x':>5}"
-    lines = [head, "-" * len(head)]
-    for s in stages:
-        m = s.measurement
-        if m is None:
-            lines.append(f"{s.label[:28]:28} (not measured)")
-            continue
-        q = m.quality_text
-        row = f"{s.label[:28]:28} {q:>9} {m.parameters:>9,} {m.nonzeros:>9,} {fmt_bytes(m.size_bytes):>10} " \
-              f"{fmt_bytes(m.zip_bytes):>10} {base.zip_bytes / max(1, m.zip_bytes):>5.1f}x {m.macs:>10,}"
-        for b in batches:
-            ms = m.latency_ms.get(b)
-            row += f" {ms:>9.3f} {base.latency_ms[b] / ms:>4.2f}x" if ms else f" {'-':>9} {'-':>5}"
-        lines.append(row)
-    threads = base.threads if base else 1
-    if base is not None:
-        from studio.core.evaluate import QUALITY_LABELS
-
-        lines.append(f"{base.quality_label}: {QUALITY_LABELS[base.quality_label]}")
-    lines.append(f"quality on {base.samples if base else 0} held-out samples of '{run.data_name}'; "
-                 f"latency: onnxruntime CPU, {threads} thread(s), median of interleaved rounds; "
-                 "x = times smaller / faster than the original")
-    for s in stages:
-        for w in s.warnings:
-            lines.append(f"warning: stage {s.label}: {w}")
-    return "\n".join(lines)
-
-
-def run_and_export(model, recipe, data, out: Path, formats, args, progress) -> dict:
+def run_and_export(model, recipe, data, out: Path, formats, args, progress, evaluator=None) -> dict:
     from studio.core import export, pipeline
 
     cancel = threading.Event()
     gen = pipeline.run(
         model, recipe, data, latency_batches=tuple(args.batches), threads=args.threads,
-        latency_rounds=args.rounds, cancel_event=cancel,
+        latency_rounds=args.rounds, cancel_event=cancel, evaluator=evaluator,
     )
     run = drive(gen, progress, scale=lambda p: (p.overall, p.message))
     final = run.stages[-1]
@@ -225,7 +190,9 @@ def print_result(result: dict, out: Path, args) -> None:
     if args.json:
         print(json.dumps(report, indent=2, default=str))
         return
-    print(stage_table(result["run"]))
+    from studio.core import stage_table
+
+    print(stage_table.text(result["run"]))
     for e in report["exports"]:
         mark = "ok" if e["verified"] else "NOT VERIFIED"
         print(f"export {e['format']:12} {mark:12} {e['path']}  ({fmt_bytes(e['size_bytes'])}; {e['message']})")
@@ -237,10 +204,16 @@ def cmd_run(args) -> int:
     from studio.core.recipe import Recipe
 
     recipe = Recipe.load(args.recipe)  # before loading the model: a bad recipe fails fast
+    evaluator = None
+    if args.metric:  # typed by the user, so `module:function` may be imported (a recipe's may not)
+        from studio.core.plugins import evaluator as find_evaluator
+
+        evaluator = find_evaluator(args.metric, allow_import=True)
     model = ready_model(args)
     data = open_data(args.data, model.input_shape, signature=model.io)
     out = Path(args.out)
-    result = run_and_export(model, recipe, data, out, args.export, args, ProgressLine(enabled=not args.quiet))
+    result = run_and_export(model, recipe, data, out, args.export, args, ProgressLine(enabled=not args.quiet),
+                            evaluator)
     write_report(out, result)
     print_result(result, out, args)
     return 0 if all(e["verified"] for e in result["report"]["exports"]) else 1
@@ -279,6 +252,32 @@ def cmd_export(args) -> int:
     return 0 if result.verified else 1
 
 
+def cmd_passes(args) -> int:
+    """The passes and evaluators this studio knows, built-in and from plugins."""
+    from studio.core import plugins
+    from studio.core.passes import registry
+
+    passes = registry.all_passes()
+    evaluators = plugins.evaluators()
+    if args.json:
+        print(json.dumps({
+            "passes": [{"id": pid, "title": cls.title, "frameworks": list(cls.frameworks),
+                        "origin": registry.origin(pid)} for pid, cls in passes.items()],
+            "evaluators": [{"name": e.name, "description": e.description} for e in evaluators.values()],
+            "problems": plugins.problems(),
+        }, indent=2))
+        return 0
+    print(f"{'pass':24} {'works on':12} {'from':22} title")
+    for pid, cls in passes.items():
+        print(f"{pid:24} {'/'.join(cls.frameworks):12} {registry.origin(pid):22} {cls.title}")
+    print("evaluators (recipe `evaluator: NAME`, or `studio run --metric NAME|module:function`):")
+    for e in evaluators.values():
+        print(f"  {e.name:22} {e.description}")
+    if not evaluators:
+        print("  none installed (docs/plugins.md says how to add one)")
+    return 0
+
+
 def cmd_gui(args) -> int:
     try:
         from studio.qt.app import main as gui_main
@@ -314,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="studio-out", help="folder for exports and report.json")
     p.add_argument("--export", nargs="+", default=None,
                    help="formats to export the last stage as (default: onnx, and packed after clustering)")
+    p.add_argument("--metric", help="quality measure: an installed evaluator's name or module:function "
+                                    "(fn(outputs, labels, reference) -> float, higher is better)")
     add_measure_args(p)
     p.set_defaults(func=cmd_run)
 
@@ -331,6 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("passes", help="list the passes and evaluators, built-in and from plugins")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_passes)
 
     p = sub.add_parser("gui", help="open the studio window (the default)")
     p.add_argument("model", nargs="?", help="a model file to open")
@@ -372,6 +377,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"studio: error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
               "(STUDIO_DEBUG=1 for details)", file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        plugin_warnings()
+
+
+def plugin_warnings() -> None:
+    """A plugin that failed to load: one line each on stderr, and the command went on without it."""
+    plugins = sys.modules.get("studio.core.plugins")  # loaded only if the command looked passes up
+    for line in plugins.problems() if plugins else ():
+        print(f"studio: warning: {line}", file=sys.stderr)
 
 
 if __name__ == "__main__":

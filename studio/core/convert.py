@@ -83,7 +83,7 @@ def to_onnx_proto(model: Model):
                 proto = _export_script(module, args, in_names, out_names)
             else:
                 proto = _export_dynamo(module, args, in_names, out_names)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the exporter fails every which way: one line
             first = str(legacy_error).splitlines()[0] if str(legacy_error) else type(legacy_error).__name__
             raise StudioError(f"{model.name}: ONNX export failed: {first}; "
                               f"dynamo: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
@@ -218,7 +218,7 @@ def session(proto_or_path, threads: int = 1):
     source = proto_or_path.SerializeToString() if hasattr(proto_or_path, "SerializeToString") else str(proto_or_path)
     try:
         return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own classes: one line
         raise StudioError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from None
 
 

@@ -19,6 +19,7 @@ from typing import BinaryIO
 import numpy as np
 
 from .errors import StudioError
+from .units import fmt_bytes as _fmt_bytes
 
 MAX_LOAD_BYTES = 4 << 30  # arrays held in memory at once, at most (also <= half the free memory)
 MAX_RATIO = 100  # a member may inflate to at most 100x its compressed size ...
@@ -42,9 +43,6 @@ def memory_budget() -> int:
     except (OSError, ValueError, IndexError):
         pass
     return budget
-
-
-from .units import fmt_bytes as _fmt_bytes
 
 
 def _kind(mode: int) -> str:

@@ -18,11 +18,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .convert import (
-    fixed_batch, guarded_run, input_dtype, iter_session_all, onnx_tensors, run_session_all, session, to_onnx_proto,
+    fixed_batch, guarded_run, input_dtype, iter_session_all, session, to_onnx_proto,
 )
 from .data import Data
 from .data_checks import check_labels_fit
 from .model import Model
+from .stats import count_parameters  # also imported from here by callers
 from .training import drain
 
 ZIP_LEVEL = 6  # moderate: level 9 takes minutes on big, mostly-zero files for ~1 % less
@@ -37,9 +38,6 @@ FOOTPRINTS = {
     "latency_b1": "Latency, batch 1 (ms)",
     "latency_bn": "Latency, large batch (ms)",
 }
-
-QDQ_PARAMS = {"QuantizeLinear": (1, 2), "DequantizeLinear": (1, 2)}  # scale, zero point inputs
-
 
 SNR_CAP_DB = 200.0  # identical outputs: no noise; float32 resolves ~150 dB, so this means "exact"
 QUALITY_LABELS = {
@@ -71,6 +69,10 @@ class Measurement:
     # per output, against the original model: {"cosine", "snr_db", "max_abs"}
     fidelity: dict[str, dict[str, float]] = field(default_factory=dict)
     classifier: bool = True  # the first output is class scores [batch, classes]
+    # a user's evaluator (core/plugins.py): when set, it is the quality
+    metric: float | None = None
+    metric_name: str = ""
+    metric_means: str = ""
 
     @property
     def cosine(self) -> float | None:
@@ -80,6 +82,8 @@ class Measurement:
 
     @property
     def quality(self) -> float | None:
+        if self.metric is not None:
+            return self.metric
         if self.accuracy is not None:
             return self.accuracy
         if self.agreement is not None:
@@ -89,7 +93,9 @@ class Measurement:
     @property
     def quality_label(self) -> str:
         """Which measure `quality` is: accuracy, agreement (top-1 with the original) or cosine
-        (output fidelity, for models whose outputs are not class scores)."""
+        (output fidelity, for models whose outputs are not class scores), or a user's evaluator."""
+        if self.metric is not None:
+            return self.metric_name
         if self.accuracy is not None:
             return "accuracy"
         if self.agreement is not None or self.classifier:
@@ -103,7 +109,12 @@ class Measurement:
         q = self.quality
         if q is None:
             return "-"
-        return f"{q:.4f}" if self.quality_label == "cosine" else f"{q:.2%}"
+        return f"{q:.2%}" if self.quality_label in ("accuracy", "agreement") else f"{q:.4f}"
+
+    @property
+    def quality_means(self) -> str:
+        """What the quality number is, in words (under tables and in report.json)."""
+        return self.metric_means if self.metric is not None else QUALITY_LABELS[self.quality_label]
 
     @property
     def latency_b1(self) -> float | None:
@@ -122,7 +133,7 @@ class Measurement:
         d["latency_ms"] = {str(k): v for k, v in self.latency_ms.items()}
         d["quality"] = self.quality
         d["quality_label"] = self.quality_label
-        d["quality_means"] = QUALITY_LABELS[self.quality_label]
+        d["quality_means"] = self.quality_means
         return d
 
 
@@ -136,33 +147,6 @@ def zipped_size(blob: bytes) -> int:
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=ZIP_LEVEL) as archive:
         archive.writestr("model.onnx", blob)
     return buffer.tell()
-
-
-def count_parameters(proto) -> tuple[int, int]:
-    """(parameters, nonzeros) of an ONNX model: its weight initializers, leaving out the scales
-    and zero points of quantization and integer shape constants."""
-    from onnx import numpy_helper
-
-    side_inputs = set()
-    weight_inputs = set()
-    for node in proto.graph.node:
-        for i in QDQ_PARAMS.get(node.op_type, ()):
-            if i < len(node.input):
-                side_inputs.add(node.input[i])
-        if node.op_type == "DequantizeLinear":
-            weight_inputs.add(node.input[0])
-    params = nonzeros = 0
-    for name, init in onnx_tensors(proto).items():
-        if name in side_inputs and name not in weight_inputs:
-            continue
-        arr = numpy_helper.to_array(init)
-        if arr.dtype.kind in "iu" and name not in weight_inputs and arr.dtype.itemsize > 1:
-            continue  # shapes, axes, indices
-        if arr.size <= 1 and name not in weight_inputs:
-            continue  # scalar constants (epsilons, exponents) are not parameters
-        params += arr.size
-        nonzeros += int(np.count_nonzero(arr))
-    return params, nonzeros
 
 
 def count_macs(model: Model) -> int:
@@ -192,13 +176,14 @@ def reference_steps(model: Model, data: Data, cancel=None, proto=None):
         yield 0.1 + 0.9 * done, f"running {len(x):,} held-out samples"  # the bar shows how far
 
 
-def measure(model: Model, data: Data, reference=None, proto=None, cancel=None) -> Measurement:
+def measure(model: Model, data: Data, reference=None, proto=None, cancel=None, evaluator=None) -> Measurement:
     """Quality and footprint (not latency: see measure_latency, which interleaves variants).
-    A set `cancel` event stops it within its current onnxruntime call."""
-    return drain(measure_steps(model, data, reference, proto, cancel))
+    A set `cancel` event stops it within its current onnxruntime call. An `evaluator`
+    (plugins.Evaluator) computes the quality from the outputs, labels and reference instead."""
+    return drain(measure_steps(model, data, reference, proto, cancel, evaluator))
 
 
-def measure_steps(model: Model, data: Data, reference=None, proto=None, cancel=None):
+def measure_steps(model: Model, data: Data, reference=None, proto=None, cancel=None, evaluator=None):
     """measure() as a generator of (fraction, message) for each phase and batch; returns the
     Measurement."""
     if proto is None:
@@ -229,6 +214,9 @@ def measure_steps(model: Model, data: Data, reference=None, proto=None, cancel=N
     m.samples = len(x)
     names = [o.name for o in sess.get_outputs()]
     quality_from_outputs(m, outs, data.y_test, reference, names)
+    if evaluator is not None:
+        m.metric = evaluator(outs, data.y_test, reference)
+        m.metric_name, m.metric_means = evaluator.name, evaluator.description
     return m
 
 
@@ -305,7 +293,7 @@ def measure_latency(
     `input_shape` (float, or token ids in [0, 100) for an integer input)."""
     from .signature import feeds as feed_of
 
-    results = [dict() for _ in protos]
+    results: list[dict[int, float]] = [{} for _ in protos]
     sessions = [session(p, threads) for p in protos]
     pinned = [fixed_batch(s) for s in sessions]
     steps = len(batches) * rounds

@@ -182,7 +182,7 @@ def select(weights: list[Weight], targets: list[str], ignore: list[str]) -> list
     """The weights picked by a pass's targets/ignore: a target may name the node, its torch
     module or its weight, a `re:` pattern, or an op type (Linear = Gemm/MatMul with a constant
     weight). Ignored when any of its names matches an ignore entry."""
-    from .passes import targets as tg
+    from . import targets as tg
 
     picked = []
     for w in weights:

@@ -147,10 +147,16 @@ def run(
     cancel_event: threading.Event | None = None,
     previous: list[Stage] | None = None,
     seed: int = 0,
+    evaluator=None,
 ) -> Generator[Progress, None, Run]:
     """Apply the recipe's enabled passes to `model` (never changed) and measure every stage.
-    A set `cancel_event` raises Cancelled at the next step; nothing of the run is returned."""
+    A set `cancel_event` raises Cancelled at the next step; nothing of the run is returned.
+    `evaluator` (plugins.Evaluator; default: the one the recipe names) measures the quality."""
     cancel_event = cancel_event or threading.Event()
+    if evaluator is None and recipe.evaluator:
+        from .plugins import evaluator as find_evaluator
+
+        evaluator = find_evaluator(recipe.evaluator)
     steps = recipe.enabled_steps()
     passes = [s.build() for s in steps]  # bad options fail here, before any work
     stages_total = len(passes) + 1 + (1 if measure_stages and latency_batches else 0)
@@ -162,7 +168,7 @@ def run(
 
     # problems known before the work starts: a pass that cannot take the model it will get
     current = model
-    for i, p in enumerate(passes):
+    for p in passes:
         if p.needs_data and data is None:
             raise StudioError(f"{p.id} needs data: choose evaluation data")
 
@@ -182,11 +188,11 @@ def run(
         reference = yield from _mapped(reference_steps(model, data, cancel_event, original.onnx()),
                                        0, stages_total, 0.05, 0.5, what)
         original.measurement = yield from _mapped(
-            measure_steps(model, data, reference, original.onnx(), cancel_event), 0, stages_total, 0.5, 1.0, what)
+            measure_steps(model, data, reference, original.onnx(), cancel_event, evaluator), 0, stages_total, 0.5, 1.0, what)
     check()
 
     current = model
-    for i, (step, p) in enumerate(zip(steps, passes), 1):
+    for i, p in enumerate(passes, 1):
         prefix = steps[:i]
         old = previous[i] if previous and len(previous) > i else None
         if old is not None and _same_steps(old.steps, prefix) and all(
@@ -197,7 +203,7 @@ def run(
                           tries=old.tries, _onnx=old._onnx)  # a new stage: the earlier run's keeps its own numbers
             if measure_stages:
                 stage.measurement = yield from _mapped(
-                    measure_steps(stage.model, data, reference, stage.onnx(), cancel_event),
+                    measure_steps(stage.model, data, reference, stage.onnx(), cancel_event, evaluator),
                     i, stages_total, 0.9, 1.0, f"{p.id}: unchanged, reused; measuring: ")
             stages.append(stage)
             current = old.model
@@ -229,7 +235,7 @@ def run(
         if measure_stages:
             yield Progress(i, stages_total, 0.9, f"{p.id}: measuring: exporting to ONNX")
             stage.measurement = yield from _mapped(
-                measure_steps(stage.model, data, reference, stage.onnx(), cancel_event),
+                measure_steps(stage.model, data, reference, stage.onnx(), cancel_event, evaluator),
                 i, stages_total, 0.9, 1.0, f"{p.id}: measuring: ")
         stages.append(stage)
         current = result.model

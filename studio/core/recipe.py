@@ -11,7 +11,8 @@
         enabled: false
 
 Options sit beside `id` (and `enabled`), so a recipe reads like the form the window draws.
-Only options that differ from the defaults are written.
+Only options that differ from the defaults are written. `evaluator: NAME` (optional) measures
+quality with an installed plugin's evaluator instead of accuracy/agreement/cosine.
 
 A recipe may come from anyone, so loading checks everything before a run can start: the YAML
 is read by safe_yaml (no aliases, tags or duplicate keys; bounded), values must have the types
@@ -34,7 +35,7 @@ from .safe_yaml import show
 
 VERSION = 1
 RESERVED = {"id", "enabled"}
-KEYS = ("studio_recipe", "name", "passes")
+KEYS = ("studio_recipe", "name", "passes", "evaluator")
 MAX_BYTES = 1 << 20  # a recipe is well under 10 KiB; the bound keeps a hostile file from eating memory
 
 
@@ -93,6 +94,7 @@ class RecipeStep:
 class Recipe:
     passes: list[RecipeStep] = field(default_factory=list)
     name: str = "recipe"
+    evaluator: str = ""  # an installed evaluator's name (plugins.py); empty = the studio's own quality
 
     def build(self) -> list:
         """The enabled steps as configured Pass objects (options validated here)."""
@@ -112,7 +114,8 @@ class Recipe:
             if not step.enabled:
                 entry["enabled"] = False
             steps.append(entry)
-        return {"studio_recipe": VERSION, "name": self.name, "passes": steps}
+        extra = {"evaluator": self.evaluator} if self.evaluator else {}
+        return {"studio_recipe": VERSION, "name": self.name, **extra, "passes": steps}
 
     @classmethod
     def from_dict(cls, data, source: str = "recipe") -> Recipe:
@@ -137,6 +140,16 @@ class Recipe:
             name = Path(source).stem
         elif not isinstance(name, str):
             refuse(f"name must be text, not {show(name)}")
+        evaluator = data.get("evaluator", "")
+        if not isinstance(evaluator, str):
+            refuse(f"evaluator must be the name of an installed evaluator, not {show(evaluator)}")
+        if evaluator:
+            from .plugins import evaluator as find_evaluator
+
+            try:
+                find_evaluator(evaluator)  # installed evaluators only: a recipe never imports code
+            except StudioError as exc:
+                refuse(str(exc))
         entries = data.get("passes")
         if entries is None:
             entries = []
@@ -159,7 +172,7 @@ class Recipe:
             if problem:
                 refuse(f"pass {i} ({pass_id}): {problem}")
             steps.append(RecipeStep(pass_id, options, enabled))
-        return cls(steps, name)
+        return cls(steps, name, evaluator)
 
     @classmethod
     def load(cls, path: str | Path) -> Recipe:

@@ -35,28 +35,16 @@ def _fmt(value, kind: str) -> str:
 
 
 def stage_rows(run) -> str:
-    base = run.stages[0].measurement
-    batches = sorted(base.latency_ms) if base and base.latency_ms else []
-    label = base.quality_label if base else "quality"
-    head = ["stage", label, "parameters", "nonzeros", "file", "zipped", "x smaller (zip)", "MACs"]
-    head += [f"ms, batch {b}" for b in batches] + [f"x faster, batch {b}" for b in batches]
-    rows = ["<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
-    for s in run.stages:
-        m = s.measurement
-        if m is None:
-            continue
-        cells = [html.escape(s.label), html.escape(m.quality_text), _fmt(m.parameters, "n"), _fmt(m.nonzeros, "n"),
-                 _fmt(m.size_bytes, "bytes"), _fmt(m.zip_bytes, "bytes"), f"{base.zip_bytes / max(1, m.zip_bytes):.1f}x",
-                 _fmt(m.macs, "n")]
-        cells += [_fmt(m.latency_ms.get(b), "ms") for b in batches]
-        cells += [f"{base.latency_ms[b] / m.latency_ms[b]:.2f}x" if m.latency_ms.get(b) else "–" for b in batches]
-        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    table = "<table>" + "".join(rows) + "</table>"
-    if base is not None:
-        from .evaluate import QUALITY_LABELS
+    from . import stage_table
 
-        table += f"<p class='note'>{html.escape(label)}: {html.escape(QUALITY_LABELS[label])}</p>"
-    return table + detail_rows(run)
+    cols = stage_table.columns(run)
+    rows = ["<tr>" + "".join(f"<th>{html.escape(c.title)}</th>" for c in cols) + "</tr>"]
+    for stage, row in zip(run.stages, stage_table.rows(run)):
+        if stage.measurement is not None:
+            cells = [row.get(c.key, stage_table.Cell(stage_table.NONE, None)).text for c in cols]
+            rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    notes = "".join(f"<p class='note'>{html.escape(line)}</p>" for line in stage_table.notes(run)[:1])
+    return "<table>" + "".join(rows) + "</table>" + notes + detail_rows(run)
 
 
 def detail_rows(run) -> str:

@@ -149,11 +149,41 @@ def weight_matrix(model: Model, layer_name: str) -> np.ndarray:
     raise KeyError(f"no weight for layer '{layer_name}'")
 
 
+QDQ_PARAMS = {"QuantizeLinear": (1, 2), "DequantizeLinear": (1, 2)}  # scale, zero point inputs
+
+
+def count_parameters(proto) -> tuple[int, int]:
+    """(parameters, nonzeros) of an ONNX model: its weight initializers, leaving out the scales
+    and zero points of quantization and integer shape constants."""
+    from onnx import numpy_helper
+
+    from .onnx_weights import tensors
+
+    side_inputs = set()
+    weight_inputs = set()
+    for node in proto.graph.node:
+        for i in QDQ_PARAMS.get(node.op_type, ()):
+            if i < len(node.input):
+                side_inputs.add(node.input[i])
+        if node.op_type == "DequantizeLinear":
+            weight_inputs.add(node.input[0])
+    params = nonzeros = 0
+    for name, init in tensors(proto).items():
+        if name in side_inputs and name not in weight_inputs:
+            continue
+        arr = numpy_helper.to_array(init)
+        if arr.dtype.kind in "iu" and name not in weight_inputs and arr.dtype.itemsize > 1:
+            continue  # shapes, axes, indices
+        if arr.size <= 1 and name not in weight_inputs:
+            continue  # scalar constants (epsilons, exponents) are not parameters
+        params += arr.size
+        nonzeros += int(np.count_nonzero(arr))
+    return params, nonzeros
+
+
 def parameter_count(model: Model) -> tuple[int, int]:
     """(parameters, nonzeros) of all weights the model holds."""
     if model.framework == ONNX:
-        from .evaluate import count_parameters
-
         return count_parameters(model.obj)
     total = nonzero = 0
     for p in model.obj.parameters():

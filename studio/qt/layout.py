@@ -30,7 +30,7 @@ def layout_flat(graph) -> dict[str, tuple[float, float]]:
     if len(graph.nodes) <= LARGE:
         try:
             return _sugiyama(graph)
-        except Exception:  # grandalf has corner cases (cycles in odd exports); depth layout never fails
+        except Exception:  # noqa: BLE001 - grandalf has corner cases (cycles in odd exports); depth layout never fails
             pass
     return _by_depth(graph)
 

@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
     QVBoxLayout, QWidget,
 )
 
+from studio.core import plugins
 from studio.core.errors import Cancelled, LoadError, StudioError, TrustRequired
 
 
@@ -209,6 +210,8 @@ class MainWindow(QMainWindow):
         self.distribution = DistributionView(s)
         self.recipe_panel = RecipePanel(s)
         self.log_panel = LogPanel(s)
+        for line in plugins.problems():  # the recipe panel looked the passes up: a broken plugin, one line
+            self.log_panel.append(f"⚠ {line}")
         self.sensitivity_view = SensitivityView(s)
         self.chart.variant_clicked.connect(self.show_stage)
         self.results.variant_clicked.connect(self.show_stage)
@@ -647,7 +650,8 @@ class MainWindow(QMainWindow):
             return
         if self.tasks.running("run") or self._loading_refused(self.recipe_panel.error):
             return
-        recipe = Recipe([type(st)(st.id, dict(st.options), st.enabled) for st in s.recipe.passes], s.recipe.name)
+        recipe = Recipe([type(st)(st.id, dict(st.options), st.enabled) for st in s.recipe.passes], s.recipe.name,
+                        s.recipe.evaluator)
         if not recipe.enabled_steps():
             self.recipe_panel.error.setText("Add a pass to the recipe first.")
             return

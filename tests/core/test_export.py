@@ -1,4 +1,3 @@
-import numpy as np
 import onnxruntime as ort
 import pytest
 
@@ -40,7 +39,6 @@ def test_failed_export_keeps_the_users_file(demo_cnn, tmp_path):
 
 
 def test_export_that_does_not_run_is_not_put_in_place(tmp_path):
-    import onnx
     from onnx import TensorProto, helper
 
     # a graph onnxruntime refuses (an op that does not exist)

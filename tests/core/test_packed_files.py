@@ -80,7 +80,7 @@ def test_hostile_packed_files_refused(clustered, tmp_path):
     cases["bomb"] = packed.MAGIC + lzma.compress(bytes(80 * 1024 * 1024), preset=0)
     cases["truncated"] = good.read_bytes()[:-40]
     # index bytes that cannot hold the tensor's dims
-    lying = dict(header, sizes=[len(graph)] + [s for s in header["sizes"][1:]])
+    lying = dict(header, sizes=[len(graph), *header["sizes"][1:]])
     sections, offset = [], len(graph)
     for size in header["sizes"][1:]:
         sections.append(body[offset:offset + size])

@@ -162,7 +162,6 @@ def npy_header_edit(name: str, blob: bytes, rng: random.Random) -> tuple[bytes, 
     if not blob.startswith(b"\x93NUMPY") or len(blob) < 10:
         return bytes_mutant(blob, rng)
     (hlen,) = struct.unpack("<H", blob[8:10])
-    header = blob[10:10 + hlen].decode("latin1")
     replacement = rng.choice([
         "{'descr': '|O', 'fortran_order': False, 'shape': (20,), }",
         "{'descr': '<f4', 'fortran_order': False, 'shape': (100000, 100000, 100000), }",

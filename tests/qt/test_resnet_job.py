@@ -71,7 +71,7 @@ def test_resnet18_onnx_int8_whole_job(window, qtbot, tmp_path, resnet18_onnx):
         action()
         try:
             qtbot.waitUntil(done, timeout=timeout)
-        except Exception:
+        except Exception:  # noqa: BLE001 - pytest-qt's TimeoutError: fail with the log
             pytest.fail(f"{name}: not done after {timeout / 1000:.0f} s; running {w.tasks.running()}; log:\n"
                         f"{w.log_panel.text.toPlainText()[-3000:]}\nerror: {w.recipe_panel.error.text()}")
         qtbot.wait(50)  # let the views paint what landed

@@ -13,7 +13,7 @@ def test_two_identical_runs_are_named_and_marked(demo, qtbot):
     for k in (1, 2):
         w.session.set_recipe(recipe)
         w.actions_["run"].trigger()
-        qtbot.waitUntil(lambda: len(w.session.runs) == k and not w.tasks.running(), timeout=120_000)
+        qtbot.waitUntil(lambda: len(w.session.runs) == k and not w.tasks.running(), timeout=120_000)  # noqa: B023
     chart = w.chart
     assert "#1 half" in chart.legend.text() and "#2 half (re-run of #1)" in chart.legend.text()
     shown = [t for t in chart.stage_labels if t.isVisible()]

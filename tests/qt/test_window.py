@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-import pytest
 import torch
 from PySide6.QtCore import Qt
 

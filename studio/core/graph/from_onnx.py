@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import Graph, Node
+from . import Graph, Node, macs
 
 FOLDED = {"QuantizeLinear", "DequantizeLinear", "Identity"}
 WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul", "MatMulNBits", "Gather"}
@@ -141,15 +141,14 @@ def _macs(op: str, node, out_shape, in_shapes, weight_shape) -> int:
         return 0
     out = int(np.prod(out_shape))
     if op in ("Conv", "ConvInteger", "QLinearConv") and weight_shape is not None and len(weight_shape) >= 3:
-        return out * int(np.prod(weight_shape[1:]))  # weight: [Cout, Cin/groups, k...]
+        return macs.conv(out, weight_shape)
     if op in ("Gemm",) and weight_shape is not None and len(weight_shape) == 2:
         trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-        return out * int(weight_shape[1] if trans_b else weight_shape[0])
+        return macs.dense(out, weight_shape[1] if trans_b else weight_shape[0])
     if op in ("MatMul", "MatMulInteger", "QLinearMatMul") and in_shapes and in_shapes[0]:
-        return out * int(in_shapes[0][-1])
+        return macs.dense(out, in_shapes[0][-1])
     if op == "MatMulNBits":
-        k = next((a.i for a in node.attribute if a.name == "K"), 0)
-        return out * int(k)
+        return macs.dense(out, next((a.i for a in node.attribute if a.name == "K"), 0))
     return 0
 
 

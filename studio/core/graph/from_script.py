@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 
-from . import Graph, Node
+from . import Graph, Node, macs
 
 # values that only bundle or unbundle others: no node of their own, data flows through
 PASSTHROUGH = {"prim::ListConstruct", "prim::TupleConstruct", "prim::ListUnpack", "prim::TupleUnpack",
@@ -58,13 +57,11 @@ def _leaf_macs(module, out) -> int:
     name = getattr(module, "original_name", "")
     weight = params.get("weight")
     if name.startswith("Conv") and "Transpose" not in name and weight is not None and weight.dim() >= 3:
-        return numel * int(np.prod(weight.shape[1:]))
+        return macs.conv(numel, weight.shape)
     if name.endswith("Linear") and weight is not None and weight.dim() == 2:
-        return numel * int(weight.shape[1])
+        return macs.dense(numel, weight.shape[1])
     if name == "MultiheadAttention" and "in_proj_weight" in params:
-        dim = int(params["in_proj_weight"].shape[1])
-        tokens = numel // max(1, dim)
-        return tokens * dim * dim * 4 + 2 * tokens * tokens * dim
+        return macs.attention(numel, int(params["in_proj_weight"].shape[1]))
     return 0
 
 
@@ -75,13 +72,13 @@ def _op_macs(op: str, args: list, out) -> int:
         return 0
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
     if op in ("_convolution", "conv1d", "conv2d", "conv3d", "convolution") and len(tensors) >= 2:
-        return out.numel() * int(np.prod(tensors[1].shape[1:]))
+        return macs.conv(out.numel(), tensors[1].shape)
     if op == "linear" and len(tensors) >= 2:
-        return out.numel() * int(tensors[1].shape[-1])
+        return macs.dense(out.numel(), tensors[1].shape[-1])
     if op in ("matmul", "mm", "bmm") and tensors:
-        return out.numel() * int(tensors[0].shape[-1])
+        return macs.dense(out.numel(), tensors[0].shape[-1])
     if op in ("addmm", "baddbmm") and len(tensors) >= 2:
-        return out.numel() * int(tensors[1].shape[-1])
+        return macs.dense(out.numel(), tensors[1].shape[-1])
     return 0
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import Graph, Node
+from . import Graph, Node, macs
 
 
 def _shape(value):
@@ -23,13 +23,12 @@ def _module_macs(module, out_shape) -> int:
     if out_shape is None:
         return 0
     out = int(np.prod(out_shape))
-    if isinstance(module, nn.modules.conv._ConvNd):
-        return out * (module.in_channels // module.groups) * int(np.prod(module.kernel_size))
+    if isinstance(module, nn.modules.conv._ConvNd):  # transposed too: in_channels, not the weight's dim 1
+        return macs.dense(out, module.in_channels // module.groups * int(np.prod(module.kernel_size)))
     if isinstance(module, nn.Linear):
-        return out * module.in_features
+        return macs.dense(out, module.in_features)
     if isinstance(module, nn.MultiheadAttention):
-        tokens = out // max(1, module.embed_dim)
-        return tokens * module.embed_dim * module.embed_dim * 4 + 2 * tokens * tokens * module.embed_dim
+        return macs.attention(out, module.embed_dim)
     return 0
 
 
@@ -94,7 +93,6 @@ def _export_name(node) -> str | None:
 
 
 def _from_fx(module, graph, example, exported: bool, traced=None) -> Graph:
-    import torch
 
     if traced is not None:
         _propagate(traced, example)
@@ -144,11 +142,10 @@ def _from_fx(module, graph, example, exported: bool, traced=None) -> Graph:
             name = (_export_name(n) if exported else None) or n.name
             if name in used:
                 name = f"{name}.{n.name}" if exported else n.name
-            macs = 0
+            work = 0
             if op in ("conv2d", "conv1d", "linear", "addmm", "matmul", "mm") and tensors and shape:
-                w = tensors[0]
-                macs = int(np.prod(shape)) * int(np.prod(w.shape[1:]))
-            node = Node(name, op, preds, count, [a.target for a in attrs], shape, dtype, sparsity, macs)
+                work = macs.conv(int(np.prod(shape)), tensors[0].shape)  # [out, in(, k...)]: a Linear too
+            node = Node(name, op, preds, count, [a.target for a in attrs], shape, dtype, sparsity, work)
         used.add(node.name)
         name_of[n.name] = node.name
         nodes.append(node)

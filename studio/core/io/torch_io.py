@@ -164,7 +164,7 @@ def load_torch(path: Path, fmt: str, *, arch: str | None, trust: bool) -> Model:
                          signature=signature)
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
+        except pickle.UnpicklingError:
             if not trust:
                 raise TrustRequired(f"{path.name}: {TRUST_HINT}") from None
             obj = _load_trusted(path)

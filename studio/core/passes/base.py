@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -102,8 +102,13 @@ def conversion_notes(model: Model) -> list[str]:
     return []
 
 
-class Pass:
-    """Subclasses set `id`, `title`, `Config` and `frameworks`, and implement `apply`."""
+ConfigT = TypeVar("ConfigT", bound=PassConfig)
+
+
+class Pass(Generic[ConfigT]):
+    """Subclasses set `id`, `title`, `Config` and `frameworks`, and implement `apply`. A pass
+    names its config type twice, `class Prune(Pass[PruneConfig])` and `Config = PruneConfig`:
+    the first types `self.config` for the checker, the second builds it at run time."""
 
     id: ClassVar[str] = ""
     title: ClassVar[str] = ""
@@ -112,11 +117,13 @@ class Pass:
     frameworks: ClassVar[tuple[str, ...]] = ("torch",)  # model frameworks apply() accepts
     needs_data: ClassVar[bool] = False
 
+    config: ConfigT
+
     def __init__(self, config: PassConfig | dict | None = None, **options):
         if isinstance(config, PassConfig):
-            self.config = config.model_copy(update=options)
+            self.config = config.model_copy(update=options)  # type: ignore[assignment]  # a Config
         else:
-            self.config = self.Config(**{**(config or {}), **options})
+            self.config = self.Config(**{**(config or {}), **options})  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config.model_dump()})"
@@ -192,7 +199,7 @@ class Pass:
         to 1); `after_step` re-applies constraints (masks) after every optimiser step."""
         from ..training import train
 
-        cfg = self.config
+        cfg: Any = self.config  # the passes that fine-tune have these two options
         data = context.require_data(self.id, labels=True)
         x = data.shaped(data.x_train, input_shape)
         for fraction, message in train(module, x, data.y_train, cfg.fine_tune_epochs, cfg.learning_rate,

@@ -71,7 +71,7 @@ def cluster_array(w: np.ndarray, bits: int, iterations: int = 30) -> tuple[np.nd
 
 
 @register
-class KMeansCluster(Pass):
+class KMeansCluster(Pass[ClusterConfig]):
     id = "cluster.kmeans"
     title = "Weight clustering (k-means)"
     description = ("Each layer's weights share 2^bits values (Deep Compression); zeros stay zero. "
@@ -124,7 +124,7 @@ class KMeansCluster(Pass):
             x = data.shaped(data.x_train, new.input_shape)
             # the codebook slot holding zero, per layer (k = none): pruned weights stay pruned
             zero_index = {}
-            for name, (module, idx, k) in tied.items():
+            for name, (module, _idx, k) in tied.items():
                 codebook = np.unique(module.weight.detach().numpy())
                 zero_index[name] = int(np.searchsorted(codebook, 0.0)) if (codebook == 0).any() else k
 

@@ -80,7 +80,7 @@ def build_student(teacher_model, cfg: DistillConfig):
 
 
 @register
-class Distill(Pass):
+class Distill(Pass[DistillConfig]):
     id = "distill.kd"
     title = "Knowledge distillation"
     description = ("Trains a smaller student (narrowed teacher, zoo model or your class) on the current model's "

@@ -42,7 +42,7 @@ def reapply(masks):
 
 
 @register
-class FineTune(Pass):
+class FineTune(Pass[FineTuneConfig]):
     id = "finetune"
     title = "Fine-tune (recovery training)"
     description = "Trains the model on the data's training split; pruned (zero) weights stay zero."

@@ -139,7 +139,7 @@ def _replace(root, name: str, new):
 
 
 @register
-class LowRank(Pass):
+class LowRank(Pass[LowRankConfig]):
     id = "lowrank.svd"
     title = "Low-rank factorization (SVD)"
     description = ("Replaces Linear and Conv2d layers by two thinner layers from a truncated SVD; "

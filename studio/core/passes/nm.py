@@ -56,7 +56,7 @@ def torch_axis(weight_ndim: int) -> int:
 
 
 @register
-class NMPrune(Pass):
+class NMPrune(Pass[NMConfig]):
     id = "prune.nm"
     title = "N:M sparsity (2:4)"
     description = "Keeps N of every M weights along the input dimension (2:4 runs on sparse tensor cores)."

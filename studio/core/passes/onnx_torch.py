@@ -58,7 +58,7 @@ _SAME_AS = {
     "MaxPool": ((22,), 12), "GlobalAveragePool": ((22,), 1), "Dropout": ((22,), 13), "InstanceNormalization": ((22,), 6),
     "HardSigmoid": ((22,), 6), "HardSwish": ((22,), 14), "Elu": ((22,), 6), "Selu": ((22,), 6), "Softplus": ((22,), 1),
     "Softsign": ((22,), 1), "Round": ((22,), 11), "EyeLike": ((22,), 9),
-    **{op: ((22,), 7) for op in ("Acos", "Asin", "Atan", "Cos", "Sin", "Tan")},
+    **dict.fromkeys(("Acos", "Asin", "Atan", "Cos", "Sin", "Tan"), ((22,), 7)),
 }
 _REDUCE = ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin",
            "ReduceProd", "ReduceSumSquare")

@@ -61,7 +61,7 @@ def magnitude_masks(arrays: dict[str, np.ndarray], sparsity: float, scope: str) 
 
 
 @register
-class MagnitudePrune(Pass):
+class MagnitudePrune(Pass[MagnitudeConfig]):
     id = "prune.magnitude"
     title = "Magnitude pruning (unstructured)"
     description = (

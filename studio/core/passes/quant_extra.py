@@ -65,7 +65,7 @@ class WeightOnlyConfig(PassConfig):
 
 
 @register
-class WeightOnly(Pass):
+class WeightOnly(Pass[WeightOnlyConfig]):
     id = "quantize.weight_only"
     title = "Weight-only INT4 / INT8 (MatMul)"
     description = ("Linear/MatMul weights in 4 or 8 bits, block-wise (onnxruntime MatMulNBits); "
@@ -152,7 +152,7 @@ def fold_onnx(proto) -> dict[str, dict]:
     stored = ow.tensors(proto)
     readers: dict[str, int] = {}
     outputs = set()
-    for node, graph in ow.nodes(proto.graph):
+    for node, _graph in ow.nodes(proto.graph):
         for name in node.input:
             readers[name] = readers.get(name, 0) + 1
     for graph in ow.graphs(proto.graph):
@@ -201,7 +201,7 @@ def fold_onnx(proto) -> dict[str, dict]:
 
 
 @register
-class FoldBatchNorm(Pass):
+class FoldBatchNorm(Pass[FoldConfig]):
     id = "fold.batchnorm"
     title = "Fold batch norm into convs"
     description = "Merges each BatchNorm into the conv before it (exact in eval mode): fewer layers, same outputs."

@@ -191,7 +191,7 @@ def _remedies(facts: _Graph, pool: int) -> list:
 
 
 @register
-class StaticInt8(Pass):
+class StaticInt8(Pass[StaticConfig]):
     id = "quantize.int8_static"
     title = "INT8 static (onnxruntime QDQ)"
     description = ("Weights and activations in INT8 with calibrated ranges: smaller and faster on CPU. Compared with "
@@ -543,7 +543,7 @@ class DynamicConfig(PassConfig):
 
 
 @register
-class DynamicInt8(Pass):
+class DynamicInt8(Pass[DynamicConfig]):
     id = "quantize.int8_dynamic"
     title = "INT8 dynamic (onnxruntime)"
     description = "INT8 weights, activations quantized on the fly. Good for MatMul/Gemm-heavy models; slows convs down."
@@ -587,7 +587,7 @@ class Fp16Config(PassConfig):
 
 
 @register
-class Fp16(Pass):
+class Fp16(Pass[Fp16Config]):
     id = "quantize.fp16"
     title = "FP16"
     description = "Weights and compute in float16 where onnxruntime has kernels; half the size."

@@ -1,10 +1,13 @@
-"""Pass ids -> pass classes. Pass modules are imported lazily on first lookup, so importing the
-registry stays cheap; adding a pass is one module plus one line in PASS_MODULES."""
+"""Pass ids -> pass classes: the built-in modules below, then the passes other packages declare
+under the entry-point group `studio.passes` (core/plugins.py, docs/plugins.md). Modules load on
+the first lookup, so importing the registry stays cheap. A built-in pass is one module plus one
+line in PASS_MODULES; a plugin cannot take a built-in's id."""
 
 from __future__ import annotations
 
 import importlib
 
+from .. import plugins
 from ..errors import StudioError
 from .base import Pass
 
@@ -21,6 +24,7 @@ PASS_MODULES = [
 ]
 
 _registry: dict[str, type[Pass]] = {}
+_origin: dict[str, str] = {}  # pass id -> the distribution a plugin pass came from
 _loaded = False
 
 
@@ -36,10 +40,36 @@ def register(cls: type[Pass]) -> type[Pass]:
 
 def _load() -> None:
     global _loaded
-    if not _loaded:
-        for module in PASS_MODULES:
-            importlib.import_module(module)
-        _loaded = True
+    if _loaded:
+        return
+    _loaded = True  # before the plugins: one that looks a pass up while importing must not recurse
+    for module in PASS_MODULES:
+        importlib.import_module(module)
+    for cls, origin in plugins.pass_classes(Pass):
+        if _registry.get(cls.id) is cls:
+            continue  # a built-in named again
+        if cls.id in _registry and _registry[cls.id] is not cls:
+            plugins.refused(cls, origin, f"the id '{cls.id}' is taken by {_registry[cls.id].__module__}")
+            continue
+        _registry[cls.id] = cls
+        _origin[cls.id] = origin
+
+
+def refresh() -> None:
+    """Forget the plugin passes and look for entry points again (a package installed into the
+    running process; tests)."""
+    global _loaded
+    for pass_id in _origin:
+        _registry.pop(pass_id, None)
+    _origin.clear()
+    plugins.forget()
+    _loaded = False
+
+
+def origin(pass_id: str) -> str:
+    """Where a pass comes from: 'built-in' or the distribution of the plugin that declares it."""
+    _load()
+    return _origin.get(pass_id, "built-in")
 
 
 def all_passes() -> dict[str, type[Pass]]:

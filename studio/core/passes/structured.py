@@ -371,7 +371,7 @@ def model_args(model) -> tuple:
 
 
 @register
-class StructuredPrune(Pass):
+class StructuredPrune(Pass[StructuredConfig]):
     id = "prune.structured"
     title = "Structured pruning (channels, Torch-Pruning)"
     description = (
@@ -383,7 +383,6 @@ class StructuredPrune(Pass):
     frameworks = ("torch", "onnx")
 
     def apply(self, model, context: Context):
-        import torch
 
         cfg: StructuredConfig = self.config
         matmuls = weight_matmuls(model.obj) if model.is_onnx else []

@@ -90,7 +90,7 @@ class CompareView(QWidget):
         self.rows = match_layers(o.stats, c.stats)
         self.table.setRowCount(len(self.rows))
         for r, (key, b, a) in enumerate(self.rows):
-            def pair(f):
+            def pair(f, b=b, a=a):  # this row's before and after
                 return f"{f(b) if b else '–'} → {f(a) if a else '–'}"
 
             cells = [key, pair(lambda s: s.op), pair(lambda s: "×".join(map(str, s.shape))),

@@ -11,7 +11,7 @@ from PySide6.QtWidgets import (
     QLineEdit, QListWidget, QListWidgetItem, QPushButton, QScrollArea, QSpinBox, QVBoxLayout, QWidget,
 )
 
-from studio.core.errors import StudioError
+from studio.core import plugins
 from studio.core.passes import all_passes
 from studio.core.recipe import RecipeStep
 
@@ -161,6 +161,15 @@ class RecipePanel(QWidget):
         for key, label in DATA_CHOICES:
             self.data_box.addItem(label, key)
         self.data_box.activated.connect(self._data_chosen)
+        # how quality is measured: the studio's own, or an installed plugin's evaluator
+        self.quality_box = compact_combo(QComboBox())
+        self.quality_box.addItem("Built-in", "")
+        self.quality_box.setItemData(0, "accuracy with labels, else top-1 agreement with the original, or cosine "
+                                        "similarity for outputs that are not class scores", Qt.ToolTipRole)
+        for name, evaluator in plugins.evaluators().items():
+            self.quality_box.addItem(f"{name} (plugin)", name)
+            self.quality_box.setItemData(self.quality_box.count() - 1, evaluator.description, Qt.ToolTipRole)
+        self.quality_box.activated.connect(self._quality_chosen)
         self.data_label = ElidedLabel("digits")
         self.inputs = InputsPanel()  # the model's inputs: sizes for dynamic dims, pinned constants
         job_controls(self, "Run  (Ctrl+R)")
@@ -183,6 +192,11 @@ class RecipePanel(QWidget):
         lay.addLayout(moves)
         lay.addWidget(self.form_box, 2)
         lay.addLayout(data)
+        if self.quality_box.count() > 1:  # only where a plugin offers a choice
+            quality = QHBoxLayout()
+            quality.addWidget(QLabel("Quality"))
+            quality.addWidget(self.quality_box, 1)
+            lay.addLayout(quality)
         shown = QHBoxLayout()
         shown.addWidget(self.data_label, 1)
         shown.addWidget(self.inputs.status, 2)
@@ -200,6 +214,7 @@ class RecipePanel(QWidget):
         return self.session.recipe.passes
 
     def refresh(self) -> None:
+        self.quality_box.setCurrentIndex(max(0, self.quality_box.findData(self.session.recipe.evaluator)))
         self._filling = True
         row = self.list.currentRow()
         self.list.clear()
@@ -263,7 +278,7 @@ class RecipePanel(QWidget):
         values = self.form.values()
         try:  # keep only what differs from the defaults, validated by the pass itself
             options = self.passes[step.id](**values).options()
-        except Exception as exc:  # pydantic ValidationError: show, keep the old options
+        except Exception as exc:  # noqa: BLE001 - pydantic ValidationError and others: show, keep the old options
             self.error.setText(str(exc).splitlines()[0])
             return
         self.error.setText("")
@@ -314,6 +329,9 @@ class RecipePanel(QWidget):
                 return
             key = path
         self.session.set_data_spec(key)
+
+    def _quality_chosen(self, index: int) -> None:
+        self.session.recipe.evaluator = self.quality_box.itemData(index)
 
     def _data_changed(self) -> None:
         """The combo follows the data in use (the window may switch digits to random for a model

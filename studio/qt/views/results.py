@@ -9,8 +9,8 @@ from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QLineEdit, QSplitt
 
 from .confusion import ConfusionView
 
+from studio.core import stage_table
 from studio.core.pipeline import run_titles
-from studio.core.units import fmt_bytes
 
 COLUMNS = ["Run", "Stage", "Quality", "File size", "Zipped", "Parameters", "Nonzeros", "MACs",
            "Latency b1 (ms)", "Latency bN (ms)", "Pass seconds", "Recipe"]
@@ -24,6 +24,13 @@ def _item(text: str, value=None) -> QStandardItem:
     if value is not None and not isinstance(value, str):
         item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
     return item
+
+
+def _cell(cells: dict, key: str, suffix: str = "") -> QStandardItem:
+    got = cells.get(key)
+    if got is None or got.text == stage_table.NONE:
+        return _item(stage_table.NONE, 0.0)
+    return _item(got.text + suffix, got.value)
 
 
 class ResultsTable(QWidget):
@@ -63,21 +70,17 @@ class ResultsTable(QWidget):
         self.model.removeRows(0, self.model.rowCount())
         titles = run_titles(self.session.runs)
         for run in self.session.runs:
+            base, sizes = run.stages[0].measurement, stage_table.batches(run)
+            bn = max(sizes) if sizes and max(sizes) > 1 else None
             for s in run.stages:
                 m = s.measurement
+                c = stage_table.cells(s, base, sizes)  # the numbers as the CLI and the report show them
                 q = m.quality if m else None
-                lat = m.latency_ms if m else {}
-                bn = [b for b in lat if b > 1]
                 row = [
                     _item(titles[run.id]), _item(s.label, s.index),
                     _item(f"{m.quality_text} {m.quality_label}" if q is not None else "–", q if q is not None else -1.0),
-                    _item(fmt_bytes(m.size_bytes) if m else "–", m.size_bytes if m else 0),
-                    _item(fmt_bytes(m.zip_bytes) if m else "–", m.zip_bytes if m else 0),
-                    _item(f"{m.parameters:,}" if m else "–", m.parameters if m else 0),
-                    _item(f"{m.nonzeros:,}" if m else "–", m.nonzeros if m else 0),
-                    _item(f"{m.macs:,}" if m else "–", m.macs if m else 0),
-                    _item(f"{lat[1]:.3f}" if 1 in lat else "–", lat.get(1, 0.0)),
-                    _item(f"{lat[max(bn)]:.3f} (b{max(bn)})" if bn else "–", lat[max(bn)] if bn else 0.0),
+                    _cell(c, "size"), _cell(c, "zipped"), _cell(c, "parameters"), _cell(c, "nonzeros"), _cell(c, "macs"),
+                    _cell(c, "ms_1"), _cell(c, f"ms_{bn}", f" (b{bn})"),
                     _item(f"{s.seconds:.1f}", s.seconds),
                     _item(" → ".join(st.label() for st in s.steps) or "original"),
                 ]

@@ -1,0 +1,100 @@
+"""The stage table, once: every stage's numbers, formatted here for every face that shows them
+(the command line's text table, the HTML report, the window's Results view). Ratios are against
+the run's original (stage 0): x smaller (zipped), x faster (per batch size)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .units import fmt_bytes
+
+NONE = "–"
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    title: str  # the HTML report's and the window's header
+    short: str  # the text table's header
+    width: int  # the text table's width
+
+
+@dataclass(frozen=True)
+class Cell:
+    text: str
+    value: Any  # what a sort uses: the number behind the text (text for text columns)
+
+
+def batches(run) -> list[int]:
+    base = run.stages[0].measurement
+    return sorted(base.latency_ms) if base and base.latency_ms else []
+
+
+def quality_label(run) -> str:
+    base = run.stages[0].measurement
+    return base.quality_label if base else "quality"
+
+
+def columns(run) -> list[Column]:
+    cols = [Column("stage", "stage", "stage", 28), Column("quality", quality_label(run), quality_label(run), 9),
+            Column("parameters", "parameters", "params", 9), Column("nonzeros", "nonzeros", "nonzero", 9),
+            Column("size", "file", "file", 10), Column("zipped", "zipped", "zipped", 10),
+            Column("x_zip", "x smaller (zip)", "x zip", 6), Column("macs", "MACs", "MACs", 10)]
+    for b in batches(run):
+        cols += [Column(f"ms_{b}", f"ms, batch {b}", f"ms b{b}", 9), Column(f"x_{b}", f"x faster, batch {b}", "x", 5)]
+    return cols
+
+
+def cells(stage, base, batch_sizes) -> dict[str, Cell]:
+    """Every cell of one stage's row, against the original's measurement `base`."""
+    m = stage.measurement
+    row = {"stage": Cell(stage.label, stage.index)}
+    if m is None:
+        return row
+    row |= {
+        "quality": Cell(m.quality_text, m.quality if m.quality is not None else -1.0),
+        "parameters": Cell(f"{m.parameters:,}", m.parameters), "nonzeros": Cell(f"{m.nonzeros:,}", m.nonzeros),
+        "size": Cell(fmt_bytes(m.size_bytes), m.size_bytes), "zipped": Cell(fmt_bytes(m.zip_bytes), m.zip_bytes),
+        "macs": Cell(f"{m.macs:,}", m.macs),
+    }
+    if base is not None:
+        x = base.zip_bytes / max(1, m.zip_bytes)
+        row["x_zip"] = Cell(f"{x:.1f}x", x)
+    for b in batch_sizes:
+        ms = m.latency_ms.get(b)
+        row[f"ms_{b}"] = Cell(f"{ms:.3f}" if ms else NONE, ms or 0.0)
+        if ms and base is not None and base.latency_ms.get(b):
+            row[f"x_{b}"] = Cell(f"{base.latency_ms[b] / ms:.2f}x", base.latency_ms[b] / ms)
+    return row
+
+
+def rows(run) -> list[dict[str, Cell]]:
+    base, sizes = run.stages[0].measurement, batches(run)
+    return [cells(s, base, sizes) for s in run.stages]
+
+
+def notes(run) -> list[str]:
+    """What the numbers mean: the quality measure, the data, how latency was timed."""
+    base = run.stages[0].measurement
+    lines = [f"{base.quality_label}: {base.quality_means}"] if base is not None else []
+    lines.append(f"quality on {base.samples if base else 0} held-out samples of '{run.data_name}'; "
+                 f"latency: onnxruntime CPU, {base.threads if base else 1} thread(s), median of interleaved rounds; "
+                 "x = times smaller / faster than the original")
+    return lines
+
+
+def text(run) -> str:
+    """The command line's table: fixed-width columns, then the notes and every stage's warnings."""
+    cols = columns(run)
+    head = " ".join(f"{c.short:{c.width}}" if c.key == "stage" else f"{c.short:>{c.width}}" for c in cols)
+    lines = [head, "-" * len(head)]
+    for stage, row in zip(run.stages, rows(run)):
+        if stage.measurement is None:
+            lines.append(f"{stage.label[:28]:28} (not measured)")
+            continue
+        lines.append(" ".join(f"{row['stage'].text[:c.width]:{c.width}}" if c.key == "stage"
+                              else f"{row.get(c.key, Cell(NONE, None)).text:>{c.width}}" for c in cols))
+    lines += notes(run)
+    lines += [f"warning: stage {s.label}: {w}" for s in run.stages for w in s.warnings]
+    return "\n".join(lines)
