@@ -195,16 +195,17 @@ def run_and_export(model, recipe, data, out: Path, formats, args, progress) -> d
         latency_rounds=args.rounds, cancel_event=cancel,
     )
     run = drive(gen, progress, scale=lambda p: (p.overall, p.message))
-    final = run.stages[-1]
+    final, why = pipeline.shipped_stage(run)  # the recipe's `ship`: last, fastest or smallest
     final.model.name = f"{model.name}-{final.index}-{final.name}"
     if formats is None:  # default: ONNX, plus the packed file where the stack clusters weights
-        formats = ["onnx"] + (["packed"] if any(step.id.startswith("cluster.") for step in recipe.enabled_steps()) else [])
+        formats = ["onnx"] + (["packed"] if any(step.id.startswith("cluster.") for step in final.steps) else [])
     exports = []
     for fmt in formats:
         target = out / export.default_name(final.model, fmt)
         result = drive(export.export(final.model, target, fmt, data=data), progress)
         exports.append(result.as_dict())
-    report = {"model": model.name, "source": str(model.source or model.name), **run.as_dict(), "exports": exports}
+    report = {"model": model.name, "source": str(model.source or model.name), **run.as_dict(), "exports": exports,
+              "shipped": {"stage": final.index, "label": final.label, "why": why}}
     return {"run": run, "report": report}
 
 
@@ -226,6 +227,8 @@ def print_result(result: dict, out: Path, args) -> None:
         print(json.dumps(report, indent=2, default=str))
         return
     print(stage_table(result["run"]))
+    shipped = report["shipped"]
+    print(f"shipped: stage {shipped['label']}, {shipped['why']}")
     for e in report["exports"]:
         mark = "ok" if e["verified"] else "NOT VERIFIED"
         print(f"export {e['format']:12} {mark:12} {e['path']}  ({fmt_bytes(e['size_bytes'])}; {e['message']})")
@@ -313,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="digits", help="digits, random, a .npz (x, y) or an image folder (default digits)")
     p.add_argument("--out", default="studio-out", help="folder for exports and report.json")
     p.add_argument("--export", nargs="+", default=None,
-                   help="formats to export the last stage as (default: onnx, and packed after clustering)")
+                   help="formats to export the shipped stage as (the recipe's ship: last by default; onnx, and packed after clustering)")
     add_measure_args(p)
     p.set_defaults(func=cmd_run)
 

@@ -13,6 +13,14 @@
 Options sit beside `id` (and `enabled`), so a recipe reads like the form the window draws.
 Only options that differ from the defaults are written.
 
+Which stage a run ships (`studio run` exports it) is the recipe's choice too:
+
+    ship: fastest      # last (default), fastest or smallest of the measured stages
+    max_drop: 1.0      # ... among those within this many points of the original's quality
+
+A later stage is not always better: INT8 after pruning can run slower than the pruned float
+stage it came from; `ship: fastest` then ships the pruned stage, measured, not assumed.
+
 A recipe may come from anyone, so loading checks everything before a run can start: the YAML
 is read by safe_yaml (no aliases, tags or duplicate keys; bounded), values must have the types
 the pass declares (`"0.5"` and `enabled: "no"` are refused, not guessed), `re:` patterns must
@@ -34,7 +42,8 @@ from .safe_yaml import show
 
 VERSION = 1
 RESERVED = {"id", "enabled"}
-KEYS = ("studio_recipe", "name", "passes")
+KEYS = ("studio_recipe", "name", "passes", "ship", "max_drop")
+SHIP = ("last", "fastest", "smallest")
 MAX_BYTES = 1 << 20  # a recipe is well under 10 KiB; the bound keeps a hostile file from eating memory
 
 
@@ -93,6 +102,8 @@ class RecipeStep:
 class Recipe:
     passes: list[RecipeStep] = field(default_factory=list)
     name: str = "recipe"
+    ship: str = "last"  # which measured stage `studio run` exports: last, fastest or smallest
+    max_drop: float = 1.0  # quality budget for ship: points below the original's quality
 
     def build(self) -> list:
         """The enabled steps as configured Pass objects (options validated here)."""
@@ -112,7 +123,10 @@ class Recipe:
             if not step.enabled:
                 entry["enabled"] = False
             steps.append(entry)
-        return {"studio_recipe": VERSION, "name": self.name, "passes": steps}
+        data = {"studio_recipe": VERSION, "name": self.name, "passes": steps}
+        if self.ship != "last":
+            data.update(ship=self.ship, max_drop=self.max_drop)
+        return data
 
     @classmethod
     def from_dict(cls, data, source: str = "recipe") -> Recipe:
@@ -137,6 +151,12 @@ class Recipe:
             name = Path(source).stem
         elif not isinstance(name, str):
             refuse(f"name must be text, not {show(name)}")
+        ship = data.get("ship", "last")
+        if ship not in SHIP:
+            refuse(f"ship must be one of {', '.join(SHIP)}, not {show(ship)}")
+        max_drop = data.get("max_drop", 1.0)
+        if type(max_drop) not in (int, float) or not 0 <= max_drop <= 100:
+            refuse(f"max_drop is points of quality between 0 and 100, as in 'max_drop: 1.0', not {show(max_drop)}")
         entries = data.get("passes")
         if entries is None:
             entries = []
@@ -159,7 +179,7 @@ class Recipe:
             if problem:
                 refuse(f"pass {i} ({pass_id}): {problem}")
             steps.append(RecipeStep(pass_id, options, enabled))
-        return cls(steps, name)
+        return cls(steps, name, ship, float(max_drop))
 
     @classmethod
     def load(cls, path: str | Path) -> Recipe:

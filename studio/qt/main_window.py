@@ -563,7 +563,8 @@ class MainWindow(QMainWindow):
             return
         if self.tasks.running("run") or self._loading_refused(self.recipe_panel.error):
             return
-        recipe = Recipe([type(st)(st.id, dict(st.options), st.enabled) for st in s.recipe.passes], s.recipe.name)
+        recipe = Recipe([type(st)(st.id, dict(st.options), st.enabled) for st in s.recipe.passes], s.recipe.name,
+                        s.recipe.ship, s.recipe.max_drop)
         if not recipe.enabled_steps():
             self.recipe_panel.error.setText("Add a pass to the recipe first.")
             return
