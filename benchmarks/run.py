@@ -482,6 +482,13 @@ BENCHES = {
 }
 
 
+def write(results: dict, out: Path) -> None:
+    results["goals"] = goals(results)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
+    (out / "results.md").write_text(markdown(results))
+
+
 def main(argv=None) -> dict:
     import os
     import sys
@@ -513,11 +520,10 @@ def main(argv=None) -> dict:
         results["models"][name] = {"batches": list(bench.batches), "trained": bench.trained, "variants": ratios(bench)}
         if name == "demo-cnn" and not args.no_overhead:
             results["overhead"] = overhead(bench, args.epochs)
+        results["models"][name]["minutes"] = round((time.perf_counter() - start) / 60, 1)
         print(f"{name}: done in {time.perf_counter() - start:.0f} s", flush=True)
-    results["goals"] = goals(results)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
-    (out / "results.md").write_text(markdown(results))
+        write(results, out)  # after every model: a long run keeps what it measured so far
+    write(results, out)
     # the chart in its own process: Qt's teardown there must not take this one down (chart.py)
     import subprocess
 
