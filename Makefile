@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run demo test test-fast bench screenshots package clean
+.PHONY: setup run demo test test-fast bench bench-peers screenshots package clean
 
 setup: $(STAMP)
 
@@ -31,8 +31,20 @@ test: setup
 test-fast: setup
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -n 2 -m "not slow"
 
-bench: setup
+bench: setup bench-peers
 	$(BIN)/python -m benchmarks.run
+
+# The peers the benchmark compares with (never studio dependencies). onnx-neural-compressor pins
+# numpy<2, so it goes into its own folder without its numpy pin (its other needs with numpy held
+# at the studio's version) and runs in a child process with that folder first on its path.
+INC := benchmarks/.peers/inc
+bench-peers: setup
+	$(BIN)/pip install --quiet -c constraints.txt -r benchmarks/requirements-peers.txt
+	test -d $(INC)/onnx_neural_compressor || ( \
+	  $(BIN)/pip install --quiet --no-deps --target $(INC) onnx-neural-compressor==1.0 && \
+	  $(BIN)/python -c "import numpy; print('numpy==' + numpy.__version__)" > benchmarks/.peers/numpy-pin.txt && \
+	  $(BIN)/pip install --quiet -c constraints.txt -c benchmarks/.peers/numpy-pin.txt --target $(INC) \
+	    transformers onnxruntime-extensions py-cpuinfo prettytable psutil )
 
 screenshots: setup
 	QT_QPA_PLATFORM=offscreen $(BIN)/python packaging/screenshots.py

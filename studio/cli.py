@@ -160,16 +160,17 @@ def run_and_export(model, recipe, data, out: Path, formats, args, progress, eval
         latency_rounds=args.rounds, cancel_event=cancel, evaluator=evaluator,
     )
     run = drive(gen, progress, scale=lambda p: (p.overall, p.message))
-    final = run.stages[-1]
+    final, why = pipeline.shipped_stage(run)  # the recipe's `ship`: last, fastest or smallest
     final.model.name = f"{model.name}-{final.index}-{final.name}"
     if formats is None:  # default: ONNX, plus the packed file where the stack clusters weights
-        formats = ["onnx"] + (["packed"] if any(step.id.startswith("cluster.") for step in recipe.enabled_steps()) else [])
+        formats = ["onnx"] + (["packed"] if any(step.id.startswith("cluster.") for step in final.steps) else [])
     exports = []
     for fmt in formats:
         target = out / export.default_name(final.model, fmt)
         result = drive(export.export(final.model, target, fmt, data=data), progress)
         exports.append(result.as_dict())
-    report = {"model": model.name, "source": str(model.source or model.name), **run.as_dict(), "exports": exports}
+    report = {"model": model.name, "source": str(model.source or model.name), **run.as_dict(), "exports": exports,
+              "shipped": {"stage": final.index, "label": final.label, "why": why}}
     return {"run": run, "report": report}
 
 
@@ -193,6 +194,8 @@ def print_result(result: dict, out: Path, args) -> None:
     from studio.core import stage_table
 
     print(stage_table.text(result["run"]))
+    shipped = result["report"]["shipped"]
+    print(f"shipped: stage {shipped['label']}, {shipped['why']}")
     for e in report["exports"]:
         mark = "ok" if e["verified"] else "NOT VERIFIED"
         print(f"export {e['format']:12} {mark:12} {e['path']}  ({fmt_bytes(e['size_bytes'])}; {e['message']})")
@@ -312,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="digits", help="digits, random, a .npz (x, y) or an image folder (default digits)")
     p.add_argument("--out", default="studio-out", help="folder for exports and report.json")
     p.add_argument("--export", nargs="+", default=None,
-                   help="formats to export the last stage as (default: onnx, and packed after clustering)")
+                   help="formats to export the shipped stage as (the recipe's ship: last by default; onnx, and packed after clustering)")
     p.add_argument("--metric", help="quality measure: an installed evaluator's name or module:function "
                                     "(fn(outputs, labels, reference) -> float, higher is better)")
     add_measure_args(p)

@@ -264,3 +264,33 @@ def run(
                 if warning not in after.warnings:
                     after.warnings.append(warning)
     return Run(uuid.uuid4().hex[:8], recipe, stages, data.name if data else "")
+
+
+def shipped_stage(run: Run) -> tuple[Stage, str]:
+    """The stage the run ships and why: the recipe's `ship` choice (last, fastest or smallest)
+    among the measured stages after the original within `max_drop` points of its quality.
+    Speed is the latency at the largest batch measured, size the zipped file. Falls back to the
+    last stage, saying why, when the stages were not measured or none is within the budget."""
+    last = run.stages[-1]
+    how, budget = run.recipe.ship, run.recipe.max_drop
+    if how == "last" or len(run.stages) < 2:
+        return last, "the last stage"
+    base = run.stages[0].measurement
+    measured = [s for s in run.stages[1:] if s.measurement is not None and s.measurement.quality is not None]
+    if base is None or base.quality is None or not measured:
+        return last, f"the last stage (stages not measured, so '{how}' could not be chosen)"
+    within = [s for s in measured if 100 * (base.quality - s.measurement.quality) <= budget + 1e-9]
+    if not within:
+        return last, f"the last stage: no stage is within {budget:g} points of the original"
+    if how == "smallest":
+        pick = min(within, key=lambda s: (s.measurement.zip_bytes, -s.index))
+        return pick, f"the smallest zipped file within {budget:g} points of the original"
+    batches = [b for b in base.latency_ms if all(b in s.measurement.latency_ms for s in within)]
+    if not batches:
+        return last, "the last stage (latency not measured, so 'fastest' could not be chosen)"
+    batch = max(batches)
+    pick = min(within, key=lambda s: (s.measurement.latency_ms[batch], -s.index))
+    why = f"the fastest at batch {batch} within {budget:g} points of the original"
+    if pick is not last and last in within:
+        why += f" ({last.measurement.latency_ms[batch] / pick.measurement.latency_ms[batch]:.2f}x faster than the last stage)"
+    return pick, why

@@ -14,6 +14,14 @@ Options sit beside `id` (and `enabled`), so a recipe reads like the form the win
 Only options that differ from the defaults are written. `evaluator: NAME` (optional) measures
 quality with an installed plugin's evaluator instead of accuracy/agreement/cosine.
 
+Which stage a run ships (`studio run` exports it) is the recipe's choice too:
+
+    ship: fastest      # last (default), fastest or smallest of the measured stages
+    max_drop: 1.0      # ... among those within this many points of the original's quality
+
+A later stage is not always better: INT8 after pruning can run slower than the pruned float
+stage it came from; `ship: fastest` then ships the pruned stage, measured, not assumed.
+
 A recipe may come from anyone, so loading checks everything before a run can start: the YAML
 is read by safe_yaml (no aliases, tags or duplicate keys; bounded), values must have the types
 the pass declares (`"0.5"` and `enabled: "no"` are refused, not guessed), `re:` patterns must
@@ -35,7 +43,8 @@ from .safe_yaml import show
 
 VERSION = 1
 RESERVED = {"id", "enabled"}
-KEYS = ("studio_recipe", "name", "passes", "evaluator")
+KEYS = ("studio_recipe", "name", "passes", "evaluator", "ship", "max_drop")
+SHIP = ("last", "fastest", "smallest")
 MAX_BYTES = 1 << 20  # a recipe is well under 10 KiB; the bound keeps a hostile file from eating memory
 
 
@@ -95,6 +104,8 @@ class Recipe:
     passes: list[RecipeStep] = field(default_factory=list)
     name: str = "recipe"
     evaluator: str = ""  # an installed evaluator's name (plugins.py); empty = the studio's own quality
+    ship: str = "last"  # which measured stage `studio run` exports: last, fastest or smallest
+    max_drop: float = 1.0  # quality budget for ship: points below the original's quality
 
     def build(self) -> list:
         """The enabled steps as configured Pass objects (options validated here)."""
@@ -114,8 +125,12 @@ class Recipe:
             if not step.enabled:
                 entry["enabled"] = False
             steps.append(entry)
-        extra = {"evaluator": self.evaluator} if self.evaluator else {}
-        return {"studio_recipe": VERSION, "name": self.name, **extra, "passes": steps}
+        data = {"studio_recipe": VERSION, "name": self.name, "passes": steps}
+        if self.evaluator:
+            data["evaluator"] = self.evaluator
+        if self.ship != "last":
+            data.update(ship=self.ship, max_drop=self.max_drop)
+        return data
 
     @classmethod
     def from_dict(cls, data, source: str = "recipe") -> Recipe:
@@ -150,6 +165,12 @@ class Recipe:
                 find_evaluator(evaluator)  # installed evaluators only: a recipe never imports code
             except StudioError as exc:
                 refuse(str(exc))
+        ship = data.get("ship", "last")
+        if ship not in SHIP:
+            refuse(f"ship must be one of {', '.join(SHIP)}, not {show(ship)}")
+        max_drop = data.get("max_drop", 1.0)
+        if type(max_drop) not in (int, float) or not 0 <= max_drop <= 100:
+            refuse(f"max_drop is points of quality between 0 and 100, as in 'max_drop: 1.0', not {show(max_drop)}")
         entries = data.get("passes")
         if entries is None:
             entries = []
@@ -172,7 +193,7 @@ class Recipe:
             if problem:
                 refuse(f"pass {i} ({pass_id}): {problem}")
             steps.append(RecipeStep(pass_id, options, enabled))
-        return cls(steps, name, evaluator)
+        return cls(steps, name, evaluator, ship, float(max_drop))
 
     @classmethod
     def load(cls, path: str | Path) -> Recipe:

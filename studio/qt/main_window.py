@@ -651,7 +651,7 @@ class MainWindow(QMainWindow):
         if self.tasks.running("run") or self._loading_refused(self.recipe_panel.error):
             return
         recipe = Recipe([type(st)(st.id, dict(st.options), st.enabled) for st in s.recipe.passes], s.recipe.name,
-                        s.recipe.evaluator)
+                        s.recipe.evaluator, s.recipe.ship, s.recipe.max_drop)
         if not recipe.enabled_steps():
             self.recipe_panel.error.setText("Add a pass to the recipe first.")
             return

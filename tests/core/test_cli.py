@@ -132,3 +132,22 @@ def test_a_model_path_alone_means_the_window(monkeypatch, tmp_path):
     monkeypatch.setattr(cli, "cmd_gui", lambda args: opened.append(args.model) or 0)
     assert cli.main([str(model)]) == 0 and opened == [str(model)]
     assert cli.main(["gui", str(model)]) == 0 and opened == [str(model)] * 2
+
+
+@pytest.mark.slow
+def test_run_exports_the_stage_the_recipe_ships(tmp_path):
+    """`ship: fastest`: the exported file is the fastest measured stage (pruned float), not the
+    slower last one (dynamic INT8 turns convs into ConvInteger)."""
+    import onnx
+
+    (tmp_path / "r.yaml").write_text("studio_recipe: 1\nship: fastest\nmax_drop: 100.0\npasses:\n"
+                                     "  - id: prune.structured\n    ratio: 0.5\n  - id: quantize.int8_dynamic\n")
+    result = studio("run", "demo:cnn", "--recipe", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"),
+                    "--rounds", "3", "--batches", "1", "64")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["shipped"]["stage"] == 1 and "fastest at batch 64" in report["shipped"]["why"]
+    assert "shipped: stage 1 prune.structured" in result.stdout
+    (exported,) = report["exports"]
+    ops = {n.op_type for n in onnx.load(exported["path"]).graph.node}
+    assert "Conv" in ops and "ConvInteger" not in ops and exported["verified"]

@@ -145,3 +145,26 @@ def test_measuring_reports_each_phase_and_batch(demo_cnn):
     assert fractions == sorted(fractions) and len(set(fractions)) >= 6
     messages = {p.message for p in original}
     assert any("exporting to ONNX" in m for m in messages) and any("held-out samples" in m for m in messages)
+
+
+@pytest.mark.slow
+def test_fastest_ships_the_fastest_measured_stage_not_the_last(demo_cnn, digits_data):
+    """Issue 10: `fastest` shipped an INT8 stage slower than the pruned float stage before it.
+    Here the last stage is dynamic INT8 on a conv net (ConvInteger, several times slower than
+    float): the pruned float stage is the one shipped, and the reason says so."""
+    steps = [RecipeStep("prune.structured", {"ratio": 0.5}), RecipeStep("quantize.int8_dynamic", {})]
+    run = drain(pipeline.run(demo_cnn, Recipe(steps, ship="fastest", max_drop=100.0), digits_data,
+                             latency_batches=(1, 64), latency_rounds=3))
+    shipped, why = pipeline.shipped_stage(run)
+    ms = {s.index: s.measurement.latency_ms[64] for s in run.stages}
+    assert ms[2] > 1.5 * ms[1]  # measured: ConvInteger is slow
+    assert shipped is run.stages[1] and "fastest at batch 64" in why and "faster than the last stage" in why
+    # a quality budget no stage meets ships the last stage and says why
+    run.recipe = Recipe(steps, ship="fastest", max_drop=0.0)
+    losses = [100 * (run.stages[0].measurement.quality - s.measurement.quality) for s in run.stages[1:]]
+    assert min(losses) > 0  # half the channels gone, no fine-tune
+    assert pipeline.shipped_stage(run) == (run.stages[2], "the last stage: no stage is within 0 points of the original")
+    run.recipe = Recipe(steps)  # the default: the last stage
+    assert pipeline.shipped_stage(run)[0] is run.stages[2]
+    run.recipe = Recipe(steps, ship="smallest", max_drop=100.0)
+    assert pipeline.shipped_stage(run)[0] is min(run.stages[1:], key=lambda s: s.measurement.zip_bytes)

@@ -214,3 +214,18 @@ def test_recipes_made_in_the_window_are_checked_before_a_run():
 
 def test_demo_recipe_is_valid():
     assert [p.id for p in demo_recipe().build()] == ["prune.magnitude", "quantize.int8_static"]
+
+
+def test_ship_choice_round_trips_and_is_checked(tmp_path):
+    recipe = Recipe.load(Path(__file__).parents[2] / "recipes" / "fastest.yaml")
+    assert (recipe.ship, recipe.max_drop) == ("fastest", 1.0)
+    recipe.save(tmp_path / "r.yaml")
+    again = Recipe.load(tmp_path / "r.yaml")
+    assert (again.ship, again.max_drop) == ("fastest", 1.0) and again.to_dict() == recipe.to_dict()
+    assert "ship" not in demo_recipe().to_dict()  # the default (last) is not written
+    for text, message in [("ship: best\n", "ship must be one of last, fastest, smallest"),
+                          ("ship: fastest\nmax_drop: '1'\n", "max_drop is points of quality"),
+                          ("ship: fastest\nmax_drop: 101\n", "max_drop is points of quality")]:
+        (tmp_path / "bad.yaml").write_text("studio_recipe: 1\n" + text + "passes: []\n")
+        with pytest.raises(StudioError, match=message):
+            Recipe.load(tmp_path / "bad.yaml")

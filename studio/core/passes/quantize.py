@@ -76,7 +76,7 @@ class StaticConfig(PassConfig):
     max_tries: int = Field(8, ge=1, le=20, description="Quantizations tried at most (the first included)")
     validation_samples: int = Field(256, ge=1, le=100_000, description=(
         "Training-split samples, apart from the calibration ones, that each try is compared on"))
-    keep_slow_float: bool = Field(False, description=(
+    keep_slow_float: bool = Field(True, description=(
         "Time depthwise convs and HardSwish blocks in INT8 against float and keep them float where INT8 is slower"))
 
 
@@ -260,9 +260,10 @@ class StaticInt8(Pass[StaticConfig]):
                         best = tries[-1]
                     else:
                         tries[-1].pop("proto", None)
+            float_ms = None
             if cfg.keep_slow_float and facts.groups:
                 yield 0.85, "timing depthwise / HardSwish blocks in INT8 against float"
-                best = yield from _keep_slow_float(trial, best, tries, cfg, model)
+                best, float_ms = yield from _keep_slow_float(trial, best, tries, cfg, model)
         for i, t in enumerate(tries, 1):
             t["try"], t["kept"] = i, t is best
         warnings = []
@@ -271,6 +272,10 @@ class StaticInt8(Pass[StaticConfig]):
                      else "with remedies off" if not cfg.remedies else "and no remedy applies")
             warnings.append(f"INT8 {trial.shortfall(best, cfg)} on the pass's validation split ({len(x_val)} samples) "
                             f"{tried}; keep more layers float (ignore), or use quantize.fp16")
+        if float_ms and best.get("latency_ms") and best["latency_ms"] > 1.03 * float_ms:
+            warnings.append(f"INT8 runs {best['latency_ms'] / float_ms:.2f}x slower than the float stage at batch 1 even "
+                            "with depthwise/HardSwish blocks in float (measured); a recipe with 'ship: fastest' ships "
+                            "the faster stage")
         result = best["proto"]
         new = model.with_obj(result, ONNX, format="onnx")
         layers = _quant_record(result, "int8")
@@ -280,6 +285,8 @@ class StaticInt8(Pass[StaticConfig]):
                    f"{trial.text(best)} on {len(x_val)} validation samples")
         if len(tries) > 1:
             summary += f", kept try {tries.index(best) + 1} of {len(tries)} (first: {trial.text(tries[0])})"
+        if float_ms and best.get("latency_ms"):
+            summary += f"; {float_ms / best['latency_ms']:.2f}x the float stage's speed at batch 1 (measured)"
         yield 1.0, summary
         return PassResult(new, layers, summary, warnings, tries=[_row(t) for t in tries])
 
@@ -406,23 +413,30 @@ class _Trial:
 
 def _keep_slow_float(trial: _Trial, best: dict, tries: list, cfg: StaticConfig, model):
     """Depthwise convs and HardSwish blocks can run slower in INT8 than in float (the Q/DQ
-    around them costs more than the 8-bit arithmetic saves): each group present is tried in
-    float and timed with the kept model in the same interleaved rounds; the fastest is kept
-    when it is over 3 % faster and within the tolerance (or no worse than the kept model)."""
+    around them costs more than the 8-bit arithmetic saves): each group present, and all of them
+    together, is tried in float and timed with the kept model and the float stage itself in the
+    same interleaved rounds; the fastest is kept when it is over 3 % faster and within the
+    tolerance (or no worse than the kept model). Returns it and the float stage's batch-1 time."""
     s = best["setting"]
     candidates = []
-    for group in trial.facts.groups:
+    groups = [(g,) for g in trial.facts.groups] + ([tuple(trial.facts.groups)] if len(trial.facts.groups) > 1 else [])
+    for gs in groups:
         trial.context.check_cancelled()
-        c = trial.attempt(replace(s, float_groups=(*s.float_groups, group)), f"{group} in float (speed)")
+        added = tuple(g for g in gs if g not in s.float_groups)
+        if not added:
+            continue
+        c = trial.attempt(replace(s, float_groups=(*s.float_groups, *added)), f"{' and '.join(gs)} in float (speed)")
         if c["score"] is None:
             tries.append(c)
         else:
             candidates.append(c)
     if not candidates:
-        return best
-    latency = yield from measure_latency([best["proto"]] + [c["proto"] for c in candidates], model.input_shape,
-                                         batches=(1,), rounds=7, cancel=trial.context.check_cancelled,
-                                         signature=model.signature)
+        return best, None
+    latency = yield from measure_latency([trial.proto, best["proto"]] + [c["proto"] for c in candidates],
+                                         model.input_shape, batches=(1,), rounds=7,
+                                         cancel=trial.context.check_cancelled, signature=model.signature)
+    float_ms = latency[0][1]
+    latency = latency[1:]
     best["latency_ms"] = latency[0][1]
     fastest = best
     for c, lat in zip(candidates, latency[1:]):
@@ -431,7 +445,7 @@ def _keep_slow_float(trial: _Trial, best: dict, tries: list, cfg: StaticConfig, 
         ok = trial.meets(c, cfg) or c["score"] >= best["score"]
         if ok and c["latency_ms"] < 0.97 * best["latency_ms"] and c["latency_ms"] < fastest["latency_ms"]:
             fastest = c
-    return fastest
+    return fastest, float_ms
 
 
 def _reporting(call, start: float, span: float):
