@@ -323,9 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_measure_args(p)
     p.set_defaults(func=cmd_demo, batches=[1, 256])
 
-    p = sub.add_parser("export", help="write a model as ONNX, ONNX FP16/INT8, TorchScript, torch.export, safetensors or packed, verified")
+    p = sub.add_parser("export", help="write a model as ONNX, ONNX FP16/INT8, ORT format, TorchScript, torch.export, safetensors or packed, verified")
     add_model_args(p)
-    p.add_argument("--format", default="onnx", help="onnx, onnx_fp16, onnx_int8, torchscript, torch_export, safetensors, packed")
+    p.add_argument("--format", default="onnx", help="onnx, onnx_fp16, onnx_int8, ort (ORT Mobile), torchscript, torch_export, safetensors, packed")
     p.add_argument("--out", required=True, help="the file to write")
     p.add_argument("--data", help="data for INT8 calibration and verification (digits, random, .npz, folder)")
     p.add_argument("--json", action="store_true")

@@ -32,6 +32,8 @@ FORMATS = {
     "safetensors": ("safetensors (weights)", ".safetensors", True),
     # the clustered model's shipping form: codebook + bit-packed indices, LZMA; loads back as ONNX
     "packed": ("Packed (clustered weights, entropy coded)", ".packed", False),
+    # onnxruntime's own flatbuffer format, what ORT Mobile and minimal builds load
+    "ort": ("ORT format (ORT Mobile)", ".ort", False),
 }
 # how close a lossless format must match; lossy conversions (FP16, INT8) are judged by agreement
 LOSSLESS_ATOL = 1e-4
@@ -80,10 +82,16 @@ def export(
     yield 0.05, f"writing {label}"
     # converted (INT8: calibrated) before the temporary exists, which then is never idle for long
     proto = _onnx_variant(model, fmt, data, cancel) if fmt.startswith("onnx") else None
-    sidecars = [_sidecar_name(path.name)] if proto is not None and proto.ByteSize() > TWO_GB else []
+    if fmt == "ort":
+        proto = to_onnx_proto(model)
+        if proto.ByteSize() > TWO_GB:
+            raise StudioError("the ORT format holds models under 2 GB only; export ONNX instead")
+    sidecars = [_sidecar_name(path.name)] if fmt.startswith("onnx") and proto.ByteSize() > TWO_GB else []
     with atomic_path(path, companions=sidecars) as tmp:
         if fmt.startswith("onnx"):
             _save_onnx(proto, tmp, path.name)
+        elif fmt == "ort":
+            _save_ort(proto, tmp)
         elif fmt == "torchscript":
             _save_torchscript(model, x, tmp)
         elif fmt == "torch_export":
@@ -136,6 +144,39 @@ def _save_onnx(proto, tmp: Path, final_name: str) -> None:
         onnx.save_model(proto, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True, location=sidecar)
     else:
         tmp.write_bytes(proto.SerializeToString())
+
+
+def _save_ort(proto, tmp: Path) -> None:
+    """onnxruntime's ORT format, written the way its converter (onnxruntime.tools.
+    convert_onnx_models_to_ort, default 'fixed' style) writes it: the graph optimized at level
+    'all' and saved by the session, without the NCHWc layout transformer, whose x86-only layout
+    would not run on an ARM phone."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.optimized_model_filepath = str(tmp)
+    opts.add_session_config_entry("session.save_model_format", "ORT")
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    try:
+        ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"],
+                             disabled_optimizers=["NchwcTransformer"])
+    except Exception as exc:
+        raise StudioError(f"onnxruntime cannot convert the model to the ORT format: {str(exc).splitlines()[0]}") from None
+
+
+def _ort_session(file: Path):
+    """A session on an ORT-format file, whatever its name ends with (onnxruntime goes by the
+    suffix unless told)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    opts.add_session_config_entry("session.load_model_format", "ORT")
+    return ort.InferenceSession(str(file), opts, providers=["CPUExecutionProvider"])
 
 
 def _save_torchscript(model: Model, x, tmp: Path) -> None:
@@ -191,6 +232,8 @@ def _load_outputs(tmp: Path, fmt: str, x, model: Model) -> list[np.ndarray]:
 
     if fmt.startswith("onnx"):
         return run_session_all(session(tmp), x)
+    if fmt == "ort":
+        return run_session_all(_ort_session(tmp), x)
     if fmt == "packed":
         from . import packed
 
