@@ -187,8 +187,13 @@ def stage_table(run) -> str:
 
 
 def run_and_export(model, recipe, data, out: Path, formats, args, progress) -> dict:
-    from studio.core import export, pipeline
+    from studio.core import edge, export, pipeline
+    from studio.core.errors import StudioError
 
+    for fmt in formats or ():  # refused before the run, not after it
+        if fmt not in export.FORMATS:
+            raise StudioError(f"unknown export format '{fmt}'; choose from {', '.join(export.FORMATS)}")
+        edge.check_available(fmt)
     cancel = threading.Event()
     gen = pipeline.run(
         model, recipe, data, latency_batches=tuple(args.batches), threads=args.threads,
@@ -323,9 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_measure_args(p)
     p.set_defaults(func=cmd_demo, batches=[1, 256])
 
-    p = sub.add_parser("export", help="write a model as ONNX, ONNX FP16/INT8, ORT format, TorchScript, torch.export, safetensors or packed, verified")
+    p = sub.add_parser("export", help="write a model as ONNX, ONNX FP16/INT8, ORT format, ExecuTorch, LiteRT, TorchScript, torch.export, "
+                       "safetensors or packed, verified")
     add_model_args(p)
-    p.add_argument("--format", default="onnx", help="onnx, onnx_fp16, onnx_int8, ort (ORT Mobile), torchscript, torch_export, safetensors, packed")
+    p.add_argument("--format", default="onnx", help="onnx, onnx_fp16, onnx_int8, ort (ORT Mobile), pte, pte_int8 (ExecuTorch), tflite, tflite_int8 "
+                        "(LiteRT), torchscript, torch_export, safetensors, packed")
     p.add_argument("--out", required=True, help="the file to write")
     p.add_argument("--data", help="data for INT8 calibration and verification (digits, random, .npz, folder)")
     p.add_argument("--json", action="store_true")

@@ -161,3 +161,16 @@ def test_litert_float_and_int8_run_in_the_litert_interpreter(demo_cnn, digits_da
             got = np.concatenate([runner(args_0=x[i:i + 1])["output_0"] for i in range(len(x))])
             assert np.abs(got - want).max() < 1e-4
     assert sizes["tflite_int8"] < 0.4 * sizes["tflite"]
+
+
+def test_run_refuses_an_export_it_cannot_write_before_the_run(tmp_path, capsys):
+    from pathlib import Path
+
+    from studio import cli
+
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "demo.yaml"
+    code = cli.main(["run", "demo:mlp", "--recipe", str(recipe), "--export", "onnx", "nosuch",
+                     "--out", str(tmp_path / "out"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown export format 'nosuch'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()  # nothing ran, nothing was written
