@@ -157,6 +157,9 @@ def stage_table(run) -> str:
     batches = sorted(base.latency_ms) if base and base.latency_ms else []
     head = f"{'stage':28} {base.quality_label if base else 'quality':>9} {'params':>9} {'nonzero':>9} " \
            f"{'file':>10} {'zipped':>10} {'x zip':>6} {'MACs':>10}"
+    ram = any(s.measurement is not None and s.measurement.ram_bytes is not None for s in stages)
+    if ram:
+        head += f" {'RAM':>10}"
     for b in batches:
         head += f" {'ms b' + str(b):>9} {'x':>5}"
     lines = [head, "-" * len(head)]
@@ -168,6 +171,8 @@ def stage_table(run) -> str:
         q = m.quality_text
         row = f"{s.label[:28]:28} {q:>9} {m.parameters:>9,} {m.nonzeros:>9,} {fmt_bytes(m.size_bytes):>10} " \
               f"{fmt_bytes(m.zip_bytes):>10} {base.zip_bytes / max(1, m.zip_bytes):>5.1f}x {m.macs:>10,}"
+        if ram:
+            row += f" {fmt_bytes(m.ram_bytes) if m.ram_bytes is not None else '-':>10}"
         for b in batches:
             ms = m.latency_ms.get(b)
             row += f" {ms:>9.3f} {base.latency_ms[b] / ms:>4.2f}x" if ms else f" {'-':>9} {'-':>5}"
@@ -180,6 +185,9 @@ def stage_table(run) -> str:
     lines.append(f"quality on {base.samples if base else 0} held-out samples of '{run.data_name}'; "
                  f"latency: onnxruntime CPU, {threads} thread(s), median of interleaved rounds; "
                  "x = times smaller / faster than the original")
+    if ram:
+        lines.append("RAM: resident memory onnxruntime took to load and run one batch-1 input, "
+                     f"in a fresh process per stage ({threads} thread(s); includes the session's own few MiB)")
     for s in stages:
         for w in s.warnings:
             lines.append(f"warning: stage {s.label}: {w}")
@@ -197,7 +205,7 @@ def run_and_export(model, recipe, data, out: Path, formats, args, progress) -> d
     cancel = threading.Event()
     gen = pipeline.run(
         model, recipe, data, latency_batches=tuple(args.batches), threads=args.threads,
-        latency_rounds=args.rounds, cancel_event=cancel,
+        latency_rounds=args.rounds, cancel_event=cancel, measure_ram=not getattr(args, "no_ram", False),
     )
     run = drive(gen, progress, scale=lambda p: (p.overall, p.message))
     final = run.stages[-1]
@@ -309,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--batches", type=int, nargs="+", default=[1, 32], help="batch sizes for latency (default 1 32)")
         p.add_argument("--threads", type=int, default=1, help="onnxruntime threads for latency (default 1)")
         p.add_argument("--rounds", type=int, default=7, help="interleaved latency rounds (default 7)")
+        p.add_argument("--no-ram", action="store_true",
+                       help="skip measuring each stage's inference RAM (a fresh process per stage)")
         p.add_argument("--json", action="store_true", help="print report.json instead of the table")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
 
@@ -349,6 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "_probe":  # internal: parse an untrusted file in this child process
         from studio.core.io.probe import child_main
+
+        return child_main(argv[1:])
+    if argv and argv[0] == "_ram":  # internal: the packaged studio measuring a stage's RAM (core.memory)
+        from studio.core.memory import child_main
 
         return child_main(argv[1:])
     parser = build_parser()

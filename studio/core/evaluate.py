@@ -71,6 +71,9 @@ class Measurement:
     # per output, against the original model: {"cosine", "snr_db", "max_abs"}
     fidelity: dict[str, dict[str, float]] = field(default_factory=dict)
     classifier: bool = True  # the first output is class scores [batch, classes]
+    # RAM to load and run one batch-1 input in onnxruntime, in a fresh process (studio.core.memory);
+    # None where not measured
+    ram_bytes: int | None = None
 
     @property
     def cosine(self) -> float | None:
