@@ -152,12 +152,18 @@ def cmd_inspect(args) -> int:
 
 
 def run_and_export(model, recipe, data, out: Path, formats, args, progress, evaluator=None) -> dict:
-    from studio.core import export, pipeline
+    from studio.core import edge, export, pipeline
+    from studio.core.errors import StudioError
 
+    for fmt in formats or ():  # refused before the run, not after it
+        if fmt not in export.FORMATS:
+            raise StudioError(f"unknown export format '{fmt}'; choose from {', '.join(export.FORMATS)}")
+        edge.check_available(fmt)
     cancel = threading.Event()
     gen = pipeline.run(
         model, recipe, data, latency_batches=tuple(args.batches), threads=args.threads,
         latency_rounds=args.rounds, cancel_event=cancel, evaluator=evaluator,
+        measure_ram=not getattr(args, "no_ram", False),
     )
     run = drive(gen, progress, scale=lambda p: (p.overall, p.message))
     final, why = pipeline.shipped_stage(run)  # the recipe's `ship`: last, fastest or smallest
@@ -306,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--batches", type=int, nargs="+", default=[1, 32], help="batch sizes for latency (default 1 32)")
         p.add_argument("--threads", type=int, default=1, help="onnxruntime threads for latency (default 1)")
         p.add_argument("--rounds", type=int, default=7, help="interleaved latency rounds (default 7)")
+        p.add_argument("--no-ram", action="store_true",
+                       help="skip measuring each stage's inference RAM (a fresh process per stage)")
         p.add_argument("--json", action="store_true", help="print report.json instead of the table")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
 
@@ -327,9 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_measure_args(p)
     p.set_defaults(func=cmd_demo, batches=[1, 256])
 
-    p = sub.add_parser("export", help="write a model as ONNX, ONNX FP16/INT8, TorchScript, torch.export, safetensors or packed, verified")
+    p = sub.add_parser("export", help="write a model as ONNX, ONNX FP16/INT8, ORT format, ExecuTorch, LiteRT, TorchScript, torch.export, "
+                       "safetensors or packed, verified")
     add_model_args(p)
-    p.add_argument("--format", default="onnx", help="onnx, onnx_fp16, onnx_int8, torchscript, torch_export, safetensors, packed")
+    p.add_argument("--format", default="onnx", help="onnx, onnx_fp16, onnx_int8, ort (ORT Mobile), pte, pte_int8 (ExecuTorch), tflite, tflite_int8 "
+                        "(LiteRT), torchscript, torch_export, safetensors, packed")
     p.add_argument("--out", required=True, help="the file to write")
     p.add_argument("--data", help="data for INT8 calibration and verification (digits, random, .npz, folder)")
     p.add_argument("--json", action="store_true")
@@ -350,6 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "_probe":  # internal: parse an untrusted file in this child process
         from studio.core.io.probe import child_main
+
+        return child_main(argv[1:])
+    if argv and argv[0] == "_ram":  # internal: the packaged studio measuring a stage's RAM (core.memory)
+        from studio.core.memory import child_main
 
         return child_main(argv[1:])
     parser = build_parser()

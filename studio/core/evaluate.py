@@ -73,6 +73,9 @@ class Measurement:
     metric: float | None = None
     metric_name: str = ""
     metric_means: str = ""
+    # RAM to load and run one batch-1 input in onnxruntime, in a fresh process (studio.core.memory);
+    # None where not measured
+    ram_bytes: int | None = None
 
     @property
     def cosine(self) -> float | None:

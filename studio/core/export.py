@@ -32,7 +32,16 @@ FORMATS = {
     "safetensors": ("safetensors (weights)", ".safetensors", True),
     # the clustered model's shipping form: codebook + bit-packed indices, LZMA; loads back as ONNX
     "packed": ("Packed (clustered weights, entropy coded)", ".packed", False),
+    # onnxruntime's own flatbuffer format, what ORT Mobile and minimal builds load
+    "ort": ("ORT format (ORT Mobile)", ".ort", False),
+    # phones and boards (studio.core.edge; an ONNX stage goes through onnx2torch), batch 1
+    "pte": ("ExecuTorch (XNNPACK)", ".pte", False),
+    "pte_int8": ("ExecuTorch INT8 (XNNPACK, pt2e)", ".pte", False),
+    "tflite": ("LiteRT (TFLite)", ".tflite", False),
+    "tflite_int8": ("LiteRT INT8 (TFLite, pt2e)", ".tflite", False),
 }
+EDGE = ("pte", "pte_int8", "tflite", "tflite_int8")
+LOSSY = ("onnx_fp16", "onnx_int8", "pte_int8", "tflite_int8")
 # how close a lossless format must match; lossy conversions (FP16, INT8) are judged by agreement
 LOSSLESS_ATOL = 1e-4
 LOSSY_AGREEMENT = 0.9
@@ -55,7 +64,7 @@ class ExportResult:
 
 def default_name(model: Model, fmt: str) -> str:
     stem = model.name.replace(" ", "_")
-    tag = {"onnx_fp16": "-fp16", "onnx_int8": "-int8"}.get(fmt, "")
+    tag = {"onnx_fp16": "-fp16", "onnx_int8": "-int8", "pte_int8": "-int8", "tflite_int8": "-int8"}.get(fmt, "")
     return f"{stem}{tag}{FORMATS[fmt][1]}"
 
 
@@ -75,15 +84,30 @@ def export(
     label, _, needs_torch = FORMATS[fmt]
     if needs_torch and model.framework != TORCH:
         raise StudioError(f"{label} needs a torch model; this stage is {model.framework} (export ONNX instead)")
+    if fmt in EDGE:
+        from .edge import check_available
+
+        check_available(fmt)  # one line saying what to install, before any work
+    if fmt.endswith("int8") and data is None:
+        raise StudioError("INT8 export calibrates on data: choose evaluation data")
     path = Path(path)
     x = sample_inputs(model, data)
     yield 0.05, f"writing {label}"
     # converted (INT8: calibrated) before the temporary exists, which then is never idle for long
     proto = _onnx_variant(model, fmt, data, cancel) if fmt.startswith("onnx") else None
-    sidecars = [_sidecar_name(path.name)] if proto is not None and proto.ByteSize() > TWO_GB else []
+    if fmt == "ort":
+        proto = to_onnx_proto(model)
+        if proto.ByteSize() > TWO_GB:
+            raise StudioError("the ORT format holds models under 2 GB only; export ONNX instead")
+    edge_file = _edge_bytes(model, fmt, x, data) if fmt in EDGE else None
+    sidecars = [_sidecar_name(path.name)] if fmt.startswith("onnx") and proto.ByteSize() > TWO_GB else []
     with atomic_path(path, companions=sidecars) as tmp:
         if fmt.startswith("onnx"):
             _save_onnx(proto, tmp, path.name)
+        elif fmt == "ort":
+            _save_ort(proto, tmp)
+        elif fmt in EDGE:
+            tmp.write_bytes(edge_file)
         elif fmt == "torchscript":
             _save_torchscript(model, x, tmp)
         elif fmt == "torch_export":
@@ -114,9 +138,15 @@ def _onnx_variant(model: Model, fmt: str, data, cancel):
     from .passes import Context, create
 
     pass_id = "quantize.fp16" if fmt == "onnx_fp16" else "quantize.int8_static"
-    if fmt == "onnx_int8" and data is None:
-        raise StudioError("INT8 export calibrates on data: choose evaluation data")
     return drain(create(pass_id).apply(model, Context(data=data))).model.obj
+
+
+def _edge_bytes(model: Model, fmt: str, x, data) -> bytes:
+    from . import edge
+
+    if fmt.startswith("tflite"):
+        return edge.tflite_bytes(model, x, data, int8=fmt == "tflite_int8")
+    return edge.pte_bytes(model, x, data, int8=fmt == "pte_int8")
 
 
 def _sidecar_name(final_name: str) -> str:
@@ -136,6 +166,39 @@ def _save_onnx(proto, tmp: Path, final_name: str) -> None:
         onnx.save_model(proto, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True, location=sidecar)
     else:
         tmp.write_bytes(proto.SerializeToString())
+
+
+def _save_ort(proto, tmp: Path) -> None:
+    """onnxruntime's ORT format, written the way its converter (onnxruntime.tools.
+    convert_onnx_models_to_ort, default 'fixed' style) writes it: the graph optimized at level
+    'all' and saved by the session, without the NCHWc layout transformer, whose x86-only layout
+    would not run on an ARM phone."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.optimized_model_filepath = str(tmp)
+    opts.add_session_config_entry("session.save_model_format", "ORT")
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    try:
+        ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"],
+                             disabled_optimizers=["NchwcTransformer"])
+    except Exception as exc:  # noqa: BLE001 - whatever onnxruntime refuses, said in one line
+        raise StudioError(f"onnxruntime cannot convert the model to the ORT format: {str(exc).splitlines()[0]}") from None
+
+
+def _ort_session(file: Path):
+    """A session on an ORT-format file, whatever its name ends with (onnxruntime goes by the
+    suffix unless told)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    opts.add_session_config_entry("session.load_model_format", "ORT")
+    return ort.InferenceSession(str(file), opts, providers=["CPUExecutionProvider"])
 
 
 def _save_torchscript(model: Model, x, tmp: Path) -> None:
@@ -191,6 +254,12 @@ def _load_outputs(tmp: Path, fmt: str, x, model: Model) -> list[np.ndarray]:
 
     if fmt.startswith("onnx"):
         return run_session_all(session(tmp), x)
+    if fmt == "ort":
+        return run_session_all(_ort_session(tmp), x)
+    if fmt in EDGE:
+        from . import edge
+
+        return edge.tflite_outputs(tmp, model, x) if fmt.startswith("tflite") else edge.pte_outputs(tmp, model, x)
     if fmt == "packed":
         from . import packed
 
@@ -231,7 +300,7 @@ def verify(model: Model, file: Path, fmt: str, x) -> ExportResult:
     agreement = float((got.argmax(1) == want.argmax(1)).mean()) if is_class_scores(want) else None
     cosines = [fidelity(g, w)["cosine"] for g, w in zip(got_all, want_all)]
     worst_cos = min(cosines) if cosines else None
-    lossy = fmt in ("onnx_fp16", "onnx_int8")
+    lossy = fmt in LOSSY
     finite = all(bool(np.isfinite(g).all()) for g in got_all)
     if lossy:
         # class scores by agreement, every other output (a classifier's extra heads too) by cosine

@@ -148,10 +148,13 @@ def run(
     previous: list[Stage] | None = None,
     seed: int = 0,
     evaluator=None,
+    measure_ram: bool = False,
 ) -> Generator[Progress, None, Run]:
     """Apply the recipe's enabled passes to `model` (never changed) and measure every stage.
     A set `cancel_event` raises Cancelled at the next step; nothing of the run is returned.
-    `evaluator` (plugins.Evaluator; default: the one the recipe names) measures the quality."""
+    `evaluator` (plugins.Evaluator; default: the one the recipe names) measures the quality.
+    `measure_ram`: also the RAM each stage takes to run (studio.core.memory: a child process
+    per stage, ~1-2 s each)."""
     cancel_event = cancel_event or threading.Event()
     if evaluator is None and recipe.evaluator:
         from .plugins import evaluator as find_evaluator
@@ -159,7 +162,8 @@ def run(
         evaluator = find_evaluator(recipe.evaluator)
     steps = recipe.enabled_steps()
     passes = [s.build() for s in steps]  # bad options fail here, before any work
-    stages_total = len(passes) + 1 + (1 if measure_stages and latency_batches else 0)
+    ram_step = measure_stages and measure_ram and data is not None
+    stages_total = len(passes) + 1 + (1 if measure_stages and latency_batches else 0) + (1 if ram_step else 0)
     context = Context(data=data, original=model, seed=seed, cancel_event=cancel_event)
 
     def check():
@@ -242,7 +246,7 @@ def run(
         check()
 
     if measure_stages and latency_batches:
-        k = stages_total - 1
+        k = len(passes) + 1
         protos = [s.onnx() for s in stages]
         gen = measure_latency(protos, model.input_shape, latency_batches, threads, latency_rounds, cancel=check,
                               signature=model.signature)
@@ -263,6 +267,15 @@ def run(
             for warning in speed_warnings(before.measurement, after.measurement):
                 if warning not in after.warnings:
                     after.warnings.append(warning)
+    if ram_step:
+        from .memory import inference_ram
+
+        for i, stage in enumerate(stages):
+            check()
+            yield Progress(stages_total - 1, stages_total, i / len(stages), f"RAM of stage {i}, in a fresh process")
+            if stage.measurement is not None:
+                x1 = data.shaped(data.x_test[:1], stage.model.input_shape)
+                stage.measurement.ram_bytes = inference_ram(stage.onnx(), x1, threads)
     return Run(uuid.uuid4().hex[:8], recipe, stages, data.name if data else "")
 
 

@@ -36,11 +36,18 @@ def quality_label(run) -> str:
     return base.quality_label if base else "quality"
 
 
+def has_ram(run) -> bool:
+    """Whether the run measured each stage's inference RAM (studio run does; the window does not)."""
+    return any(s.measurement is not None and s.measurement.ram_bytes is not None for s in run.stages)
+
+
 def columns(run) -> list[Column]:
     cols = [Column("stage", "stage", "stage", 28), Column("quality", quality_label(run), quality_label(run), 9),
             Column("parameters", "parameters", "params", 9), Column("nonzeros", "nonzeros", "nonzero", 9),
             Column("size", "file", "file", 10), Column("zipped", "zipped", "zipped", 10),
             Column("x_zip", "x smaller (zip)", "x zip", 6), Column("macs", "MACs", "MACs", 10)]
+    if has_ram(run):
+        cols.append(Column("ram", "RAM to run", "RAM", 10))
     for b in batches(run):
         cols += [Column(f"ms_{b}", f"ms, batch {b}", f"ms b{b}", 9), Column(f"x_{b}", f"x faster, batch {b}", "x", 5)]
     return cols
@@ -58,6 +65,8 @@ def cells(stage, base, batch_sizes) -> dict[str, Cell]:
         "size": Cell(fmt_bytes(m.size_bytes), m.size_bytes), "zipped": Cell(fmt_bytes(m.zip_bytes), m.zip_bytes),
         "macs": Cell(f"{m.macs:,}", m.macs),
     }
+    if m.ram_bytes is not None:
+        row["ram"] = Cell(fmt_bytes(m.ram_bytes), m.ram_bytes)
     if base is not None:
         x = base.zip_bytes / max(1, m.zip_bytes)
         row["x_zip"] = Cell(f"{x:.1f}x", x)
@@ -81,6 +90,9 @@ def notes(run) -> list[str]:
     lines.append(f"quality on {base.samples if base else 0} held-out samples of '{run.data_name}'; "
                  f"latency: onnxruntime CPU, {base.threads if base else 1} thread(s), median of interleaved rounds; "
                  "x = times smaller / faster than the original")
+    if has_ram(run):
+        lines.append("RAM: resident memory onnxruntime took to load and run one batch-1 input, in a fresh "
+                     f"process per stage ({base.threads if base else 1} thread(s); includes the session's own few MiB)")
     return lines
 
 

@@ -5,11 +5,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
-    QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
-    QProgressBar, QPushButton, QVBoxLayout,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
 )
 
+from studio.core import edge
 from studio.core import export as core_export
 
 
@@ -22,10 +33,22 @@ class ExportDialog(QDialog):
         self.data = data
         self.result = None
         self.format = QComboBox()
+        hints = {}
         for fmt, (label, suffix, needs_torch) in core_export.FORMATS.items():
             if needs_torch and variant.model.framework != "torch":
                 continue
-            self.format.addItem(f"{label} ({suffix})", fmt)
+            missing = edge.missing(fmt)
+            self.format.addItem(f"{label} ({suffix})" + (" · not installed" if missing else ""), fmt)
+            if missing:  # shown, with what to install, but not chosen by mistake
+                i = self.format.count() - 1
+                self.format.model().item(i).setEnabled(False)
+                self.format.setItemData(i, missing, Qt.ToolTipRole)
+                hints.setdefault(missing, label)
+        self.hint = QLabel("<br>".join(f"{label}: {why}" for why, label in hints.items()))
+        self.hint.setStyleSheet("color: gray")
+        self.hint.setWordWrap(True)
+        self.hint.setTextInteractionFlags(Qt.TextSelectableByMouse)  # the pip line can be copied
+        self.hint.setVisible(bool(hints))
         self.path = QLineEdit()
         browse = QPushButton("Browse…")
         browse.clicked.connect(self._browse)
@@ -47,6 +70,7 @@ class ExportDialog(QDialog):
         which = "original" if variant.run_id is None else f"run {variant.run_id}, stage {variant.index}"
         form.addRow("Variant", QLabel(f"{variant.model.name} · {which} ({variant.model.framework})"))
         form.addRow("Format", self.format)
+        form.addRow("", self.hint)
         form.addRow("Destination", dest)
         lay = QVBoxLayout(self)
         lay.addLayout(form)

@@ -1,0 +1,249 @@
+"""Files for phones and boards: ExecuTorch `.pte` (XNNPACK delegate) and LiteRT `.tflite`,
+written from a torch stage (an ONNX stage goes through onnx2torch first) and run back in their
+own runtimes to verify them.
+
+Both are written for batch 1, the way a phone runs a model: their runtimes plan memory for the
+exported shapes. Verification runs the samples one at a time.
+
+Versions that work with torch 2.13.0 (the pinned torch): executorch 1.5.1 (its wheel links
+libtorch; no torch requirement declared, built against 2.13) and ai-edge-litert 2.3.0 (runtime;
+the `edge` extra). The LiteRT converter litert-torch 0.10.0 (torch>=2.4,<2.15) works too, but is
+not in the extra: it pulls jax, jaxlib, litert-converter and transformers (~200 MB) and its
+xdsl==0.28.0 pins typing-extensions<4.13, which takes pydantic back to 2.11.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .errors import StudioError
+from .model import ONNX, TORCH, Model
+
+CALIBRATION_SAMPLES = 128
+INSTALL_EDGE = "pip install -c constraints.txt 'compression-studio[edge]'"
+INSTALL_LITERT = "pip install -c constraints.txt 'litert-torch==0.10.*'"
+
+# format id -> (module that writes it, module that runs it, what to install)
+NEEDS = {
+    "pte": ("executorch.exir", "executorch.runtime", f"ExecuTorch is not installed: {INSTALL_EDGE}"),
+    "pte_int8": ("executorch.exir", "executorch.runtime", f"ExecuTorch is not installed: {INSTALL_EDGE}"),
+    "tflite": ("litert_torch", "ai_edge_litert.interpreter",
+               f"the LiteRT converter is not installed (large, not in make setup): {INSTALL_LITERT}"),
+}
+NEEDS["tflite_int8"] = NEEDS["tflite"]
+
+
+def missing(fmt: str) -> str | None:
+    """Why `fmt` cannot be written on this machine (one line saying what to install), or None."""
+    import importlib.util
+
+    if fmt not in NEEDS:
+        return None
+    *modules, hint = NEEDS[fmt]
+    for name in modules:
+        try:
+            if importlib.util.find_spec(name) is None:
+                return hint
+        except (ImportError, ValueError):  # a parent package missing, or a half-installed one
+            return hint
+    return None
+
+
+def check_available(fmt: str) -> None:
+    reason = missing(fmt)
+    if reason is not None:
+        raise StudioError(f"cannot write {fmt}: {reason}")
+
+
+def torch_module(model: Model):
+    """The stage as a torch module in eval mode: a torch stage as it is, an ONNX stage converted
+    by onnx2torch (checked against onnxruntime; one line naming the op when it cannot be)."""
+    from .training import set_eval
+
+    if model.framework == TORCH:
+        return set_eval(model.obj)
+    if model.framework == ONNX:
+        from .passes.onnx_torch import onnx_to_torch
+
+        return set_eval(onnx_to_torch(model).obj)
+    raise StudioError(f"cannot convert a {model.framework} model for a phone runtime")
+
+
+def _batch1_args(model: Model, x) -> tuple:
+    return _sample_args(x[:1], model)
+
+
+def _sample_args(x, model: Model) -> tuple:
+    """forward's tensors for samples x, with row-major strides. A numpy slice such as
+    (1, 1, 8, 8) with strides (256, 4, 32, 4) is contiguous to torch, but ExecuTorch reads a dim
+    order off the strides: exported so, the XNNPACK program expected channels-last input and
+    failed on every ordinary tensor."""
+    import torch
+
+    from .signature import torch_args
+
+    return tuple(torch.empty(a.shape, dtype=a.dtype).copy_(a) for a in torch_args(x, model.io))
+
+
+def _program(module, args):
+    import torch
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        try:
+            return torch.export.export(module, args)
+        except Exception as exc:  # noqa: BLE001 - data-dependent control flow, unsupported ops, ...
+            raise StudioError(f"torch.export cannot capture this model: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# ----------------------------------------------------------------------------- ExecuTorch
+
+
+def pte_bytes(model: Model, x, data=None, int8: bool = False) -> bytes:
+    """The stage as an ExecuTorch program, lowered to XNNPACK. INT8: the pt2e flow with
+    ExecuTorch's XNNPACKQuantizer (symmetric, per-channel weights), calibrated on `data`'s
+    training split."""
+    check_available("pte")
+    from .convert import _quiet_output
+
+    module = torch_module(model)
+    args = _batch1_args(model, x)
+    program = _program(module, args)
+    with warnings.catch_warnings(), _quiet_output():
+        warnings.simplefilter("ignore")
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
+
+        try:
+            if int8:
+                from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+                    XNNPACKQuantizer,
+                    get_symmetric_quantization_config,
+                )
+
+                quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+                program = _program(_quantize_pt2e(program, quantizer, model, data), args)
+            lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+            return bytes(lowered.to_executorch().buffer)
+        except StudioError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - an op ExecuTorch cannot lower
+            raise StudioError(f"ExecuTorch cannot lower this model: {_first_line(exc)}") from None
+
+
+def _quantize_pt2e(program, quantizer, model: Model, data, **convert_options):
+    """torch's pt2e flow (torchao): observers where `quantizer` says, calibrated sample by
+    sample on the first CALIBRATION_SAMPLES of the training split (never the held-out samples
+    the export is verified on), then quantize/dequantize pairs. Returns the converted module."""
+    import torch
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    if data is None:
+        raise StudioError("INT8 export calibrates on data: choose evaluation data")
+    prepared = prepare_pt2e(program.module(), quantizer)
+    samples = data.shaped(data.x_train[:CALIBRATION_SAMPLES], model.input_shape)
+    with torch.no_grad():
+        for i in range(len(samples)):
+            prepared(*_sample_args(samples[i:i + 1], model))
+    return convert_pt2e(prepared, **convert_options)
+
+
+def pte_outputs(file: Path, model: Model, x) -> list[np.ndarray]:
+    """Every output of the .pte file on x, run sample by sample in ExecuTorch's runtime."""
+    from executorch.runtime import Runtime
+
+    method = Runtime.get().load_program(Path(file)).load_method("forward")
+    rows: list[list[np.ndarray]] = []
+    for i in range(len(x)):
+        outs = method.execute(list(_sample_args(x[i:i + 1], model)))
+        rows.append([np.atleast_1d(np.asarray(o.detach().float().numpy() if hasattr(o, "numpy") else o,
+                                              dtype=np.float32)) for o in outs])
+    return [np.concatenate([r[j] for r in rows]) for j in range(len(rows[0]))] if rows else []
+
+
+# ----------------------------------------------------------------------------- LiteRT
+
+
+def tflite_bytes(model: Model, x, data=None, int8: bool = False) -> bytes:
+    """The stage as a LiteRT flatbuffer (litert-torch: torch.export -> StableHLO -> TFLite).
+    INT8: litert-torch's PT2EQuantizer (symmetric, per-channel weights, static activations)."""
+    check_available("tflite")
+    from .convert import _quiet_output
+
+    module = torch_module(model)
+    args = _batch1_args(model, x)
+    with warnings.catch_warnings(), _quiet_output():
+        warnings.simplefilter("ignore")
+        import litert_torch
+
+        try:
+            options = {}
+            if int8:
+                from litert_torch.quantize.pt2e_quantizer import (
+                    PT2EQuantizer,
+                    get_symmetric_quantization_config,
+                )
+                from litert_torch.quantize.quant_config import QuantConfig
+
+                quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+                module = _quantize_pt2e(_program(module, args), quantizer, model, data, fold_quantize=False)
+                options["quant_config"] = QuantConfig(pt2e_quantizer=quantizer)
+            return bytes(litert_torch.convert(module, args, **options).model_content())
+        except StudioError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - an op LiteRT cannot take
+            raise StudioError(f"LiteRT cannot convert this model: {_first_line(exc)}") from None
+
+
+def tflite_outputs(file: Path, model: Model, x) -> list[np.ndarray]:
+    """Every output of the .tflite file on x, run sample by sample in the LiteRT interpreter
+    (inputs args_0, args_1, ... in forward's order; outputs output_0, output_1, ...). An INT8
+    file may take and give quantized tensors: inputs are quantized and outputs dequantized with
+    the scale and zero point the file records."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from .convert import _quiet_output
+
+    with _quiet_output():  # "INFO: Created TensorFlow Lite XNNPACK delegate" on stderr
+        interpreter = Interpreter(model_path=str(file), num_threads=1)
+        runner = interpreter.get_signature_runner()
+        ins, outs = runner.get_input_details(), runner.get_output_details()
+        rows = []
+        for i in range(len(x)):
+            args = _sample_args(x[i:i + 1], model)
+            feed = {f"args_{k}": _to_tflite(a.numpy(), ins.get(f"args_{k}")) for k, a in enumerate(args)}
+            got = runner(**feed)
+            names = sorted(got, key=_output_number)
+            rows.append([np.atleast_1d(_from_tflite(got[n], outs.get(n))) for n in names])
+    return [np.concatenate([r[j] for r in rows]) for j in range(len(rows[0]))] if rows else []
+
+
+def _output_number(name: str) -> int:
+    tail = name.rsplit("_", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+def _to_tflite(value: np.ndarray, detail: dict | None) -> np.ndarray:
+    if detail is None:
+        return value
+    dtype = np.dtype(detail["dtype"])
+    scale, zero = detail.get("quantization", (0.0, 0))
+    if dtype.kind in "iu" and value.dtype.kind == "f" and scale:
+        info = np.iinfo(dtype)
+        return np.clip(np.round(value / scale) + zero, info.min, info.max).astype(dtype)
+    return value.astype(dtype, copy=False)
+
+
+def _from_tflite(value: np.ndarray, detail: dict | None) -> np.ndarray:
+    scale, zero = (detail or {}).get("quantization", (0.0, 0))
+    if np.asarray(value).dtype.kind in "iu" and scale:
+        return ((np.asarray(value, dtype=np.float32) - zero) * scale).astype(np.float32)
+    return np.asarray(value, dtype=np.float32)

@@ -1,0 +1,128 @@
+"""RAM during inference, measured the way MEASURING.md asks: in a fresh child process per stage
+(onnxruntime's arena keeps what it took after a run, and the studio's own process holds torch,
+other stages and the window), as the growth of the child's resident memory from just before the
+session is created to its peak while loading and running one batch-1 input three times.
+
+    ram_bytes = peak RSS (load + 3 runs)  -  RSS before the session (imports done, input loaded)
+
+So it counts the weights onnxruntime holds, its arena and the kernels' workspace, and not Python,
+numpy or onnxruntime's own code. On Linux the kernel's peak is reset first (/proc/self/clear_refs),
+so an earlier peak (an import) cannot hide the model's; elsewhere getrusage's lifetime peak is
+used; on Windows it is left unmeasured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+RUNS = 3
+TIMEOUT_S = float(os.environ.get("STUDIO_RUN_BUDGET", "900"))
+
+
+def _status(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # Linux >= 4.0: the peak (VmHWM) starts again from the current RSS
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss() -> int:
+    peak = _status("VmHWM")
+    if peak is not None:
+        return peak
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
+
+
+def child_main(argv: list[str]) -> int:
+    """In the child: load the feed, note the peak, create the session, run, note the peak."""
+    model_path, feed_path, threads = argv[0], argv[1], int(argv[2])
+    import onnxruntime as ort
+
+    with np.load(feed_path) as f:
+        feed = {k: f[k] for k in f.files}
+    before = _status("VmRSS") if _reset_peak() else None
+    before = before if before is not None else _peak_rss()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(model_path, opts, providers=["CPUExecutionProvider"])
+    for _ in range(RUNS):
+        sess.run(None, feed)
+    print(json.dumps({"before": before, "peak": _peak_rss()}))
+    return 0
+
+
+def _command(model_path: Path, feed_path: Path, threads: int) -> list[str]:
+    args = [str(model_path), str(feed_path), str(threads)]
+    if getattr(sys, "frozen", False):  # the PyInstaller build: the executable is the studio itself
+        return [sys.executable, "_ram", *args]
+    return [sys.executable, "-m", "studio.core.memory", *args]
+
+
+def _input_metas(proto) -> list:
+    """The graph's real inputs (initializers left out) as name + onnxruntime type string, what
+    signature.feeds needs, without creating a session in this process."""
+    from onnx import TensorProto
+
+    inits = {t.name for t in proto.graph.initializer}
+    return [SimpleNamespace(name=i.name, type=f"tensor({TensorProto.DataType.Name(i.type.tensor_type.elem_type).lower()})")
+            for i in proto.graph.input if i.name not in inits]
+
+
+def inference_ram(proto, x, threads: int = 1) -> int | None:
+    """Bytes of RAM the ONNX model takes to load and run one sample of `x` (one array, or
+    Inputs) in onnxruntime, measured in a fresh child; None where it cannot be measured."""
+    if os.name != "posix":
+        return None
+    from .convert import fixed_batch
+    from .signature import feeds
+
+    if proto.ByteSize() > 2**31 - 1:
+        return None  # one protobuf file cannot hold it; such a model is measured on its own files
+    feed = feeds(_input_metas(proto), x, 0, 1, pad_to=fixed_batch(proto))
+    with tempfile.TemporaryDirectory(prefix="studio-ram-") as folder:
+        model_path, feed_path = Path(folder) / "model.onnx", Path(folder) / "feed.npz"
+        model_path.write_bytes(proto.SerializeToString())
+        np.savez(feed_path, **feed)
+        try:
+            done = subprocess.run(_command(model_path, feed_path, threads), capture_output=True, text=True,
+                                  timeout=TIMEOUT_S, stdin=subprocess.DEVNULL, check=False,
+                                  env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        except subprocess.TimeoutExpired:
+            return None
+    if done.returncode != 0:
+        return None
+    try:
+        numbers = json.loads(done.stdout.strip().splitlines()[-1])
+        return max(0, int(numbers["peak"]) - int(numbers["before"]))
+    except (ValueError, KeyError, IndexError):
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(child_main(sys.argv[1:]))

@@ -1,0 +1,176 @@
+"""Exports for phones and boards: onnxruntime's ORT format (ORT Mobile), ExecuTorch `.pte`
+(XNNPACK) and LiteRT `.tflite`, each file loaded back in its own runtime and compared with the
+stage it came from. ExecuTorch and the LiteRT runtime come with the `edge` extra (make setup);
+the LiteRT converter (litert-torch) is optional, so its test runs where it is installed."""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from studio.core import export
+from studio.core.convert import predict, to_onnx_model
+from studio.core.training import drain
+
+
+def ort_session(path):
+    opts = ort.SessionOptions()
+    opts.add_session_config_entry("session.load_model_format", "ORT")
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def test_ort_format_from_a_torch_stage_runs_in_onnxruntime(demo_cnn, digits_data, tmp_path):
+    path = tmp_path / export.default_name(demo_cnn, "ort")
+    assert path.suffix == ".ort"
+    result = drain(export.export(demo_cnn, path, "ort", data=digits_data))
+    assert result.verified and result.agreement == 1.0, result.message
+    assert result.max_abs_diff < 1e-4
+    # onnxruntime's flatbuffer (file identifier "ORTM" at byte 4), not an ONNX protobuf
+    assert path.read_bytes()[4:8] == b"ORTM"
+    assert list(tmp_path.iterdir()) == [path], "a temporary file was left behind"
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # found by its suffix
+    out = sess.run(None, {sess.get_inputs()[0].name: digits_data.x_test})[0]
+    want = predict(demo_cnn, digits_data.x_test)
+    assert np.abs(out - want).max() < 1e-4
+
+
+def test_ort_format_from_an_onnx_stage_under_any_name(demo_mlp, tmp_path):
+    onnx_stage = to_onnx_model(demo_mlp)
+    path = tmp_path / "phone-model.bin"  # onnxruntime would take this for ONNX by its name
+    result = drain(export.export(onnx_stage, path, "ort"))
+    assert result.verified, result.message
+    sess = ort_session(path)
+    x = demo_mlp.example_input(8)
+    assert np.abs(sess.run(None, {sess.get_inputs()[0].name: x})[0] - predict(demo_mlp, x)).max() < 1e-4
+
+
+def test_ort_format_keeps_an_int8_stage_int8(demo_mlp, digits_data, tmp_path):
+    int8 = drain(export.export(demo_mlp, tmp_path / "m.onnx", "onnx_int8", data=digits_data))
+    assert int8.verified
+    from studio.core.io import load
+
+    stage = load(tmp_path / "m.onnx")
+    result = drain(export.export(stage, tmp_path / "m.ort", "ort", data=digits_data))
+    assert result.verified, result.message
+    # INT8 weights stay INT8: the ORT file is about as small as the INT8 ONNX, a quarter of float
+    float_ort = drain(export.export(demo_mlp, tmp_path / "f.ort", "ort"))
+    assert result.size_bytes < 0.45 * float_ort.size_bytes
+
+
+@pytest.mark.slow  # a whole studio process: torch and onnxruntime imported afresh
+def test_studio_export_format_ort_on_the_command_line(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "cnn.ort"
+    result = subprocess.run([sys.executable, "-m", "studio", "export", "demo:cnn", "--format", "ort", "--out", str(out),
+                             "--json", "-q"], capture_output=True, text=True, timeout=300, check=False,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["format"] == "ort" and report["verified"] and report["size_bytes"] == out.stat().st_size
+    sess = ort_session(out)
+    assert sess.get_inputs()[0].shape[1:] == [1, 8, 8]
+
+
+def pte_outputs(path, x):
+    import torch
+    from executorch.runtime import Runtime
+
+    method = Runtime.get().load_program(path.read_bytes()).load_method("forward")
+    return np.concatenate([method.execute([torch.tensor(x[i:i + 1])])[0].numpy() for i in range(len(x))])
+
+
+@pytest.mark.slow  # two lowerings to XNNPACK
+def test_executorch_float_and_int8_from_a_torch_stage(demo_mlp, digits_data, tmp_path):
+    pytest.importorskip("executorch.runtime")
+    x = digits_data.shaped(digits_data.x_test[:32], demo_mlp.input_shape)
+    want = predict(demo_mlp, x)
+    path = tmp_path / export.default_name(demo_mlp, "pte")
+    result = drain(export.export(demo_mlp, path, "pte", data=digits_data))
+    assert result.verified and result.max_abs_diff < 1e-4, result.message
+    assert path.read_bytes()[4:8] == b"ET12"  # ExecuTorch's flatbuffer
+    assert np.abs(pte_outputs(path, x) - want).max() < 1e-4
+
+    path8 = tmp_path / export.default_name(demo_mlp, "pte_int8")
+    assert path8.name.endswith("-int8.pte")
+    result8 = drain(export.export(demo_mlp, path8, "pte_int8", data=digits_data))
+    assert result8.verified and result8.agreement >= 0.95, result8.message
+    got = pte_outputs(path8, x)
+    assert (got.argmax(1) == want.argmax(1)).mean() >= 0.9
+    assert 0 < np.abs(got - want).max()  # really quantized, not the float program again
+    assert result8.size_bytes < 0.4 * result.size_bytes  # int8 weights
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, path8.name])
+
+
+@pytest.mark.slow
+def test_executorch_from_an_onnx_stage_goes_through_onnx2torch(demo_mlp, tmp_path):
+    pytest.importorskip("executorch.runtime")
+    onnx_stage = to_onnx_model(demo_mlp)
+    path = tmp_path / "mlp.pte"
+    result = drain(export.export(onnx_stage, path, "pte"))
+    assert result.verified, result.message
+    x = demo_mlp.example_input(4)
+    assert np.abs(pte_outputs(path, x) - predict(onnx_stage, x)).max() < 1e-4
+
+
+def test_int8_for_a_phone_needs_data(demo_mlp, tmp_path):
+    from studio.core.errors import StudioError
+
+    with pytest.raises(StudioError, match="calibrates on data"):
+        drain(export.export(demo_mlp, tmp_path / "m.pte", "pte_int8"))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("fmt, says", [
+    ("tflite", "pip install -c constraints.txt 'litert-torch"),
+    ("pte", "compression-studio[edge]"),
+])
+def test_a_missing_runtime_is_one_line_saying_what_to_install(demo_mlp, tmp_path, monkeypatch, fmt, says):
+    import sys
+
+    from studio.core import edge
+    from studio.core.errors import StudioError
+
+    for module in edge.NEEDS[fmt][:2]:  # as if not installed: import finds nothing
+        monkeypatch.setitem(sys.modules, module, None)
+    assert says in edge.missing(fmt)
+    with pytest.raises(StudioError) as caught:
+        drain(export.export(demo_mlp, tmp_path / f"m.{fmt}", fmt))
+    assert "\n" not in str(caught.value) and says in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_litert_float_and_int8_run_in_the_litert_interpreter(demo_cnn, digits_data, tmp_path):
+    pytest.importorskip("litert_torch", reason="the LiteRT converter is optional (see studio/core/edge.py)")
+    from ai_edge_litert.interpreter import Interpreter
+
+    x = digits_data.shaped(digits_data.x_test[:16], demo_cnn.input_shape)
+    want = predict(demo_cnn, x)
+    sizes = {}
+    for fmt in ("tflite", "tflite_int8"):
+        path = tmp_path / export.default_name(demo_cnn, fmt)
+        result = drain(export.export(demo_cnn, path, fmt, data=digits_data))
+        assert result.verified and result.agreement >= 0.95, result.message
+        assert path.read_bytes()[4:8] == b"TFL3"  # LiteRT's flatbuffer
+        sizes[fmt] = result.size_bytes
+        if fmt == "tflite":  # float: same numbers in the plain interpreter
+            runner = Interpreter(model_path=str(path)).get_signature_runner()
+            got = np.concatenate([runner(args_0=x[i:i + 1])["output_0"] for i in range(len(x))])
+            assert np.abs(got - want).max() < 1e-4
+    assert sizes["tflite_int8"] < 0.4 * sizes["tflite"]
+
+
+def test_run_refuses_an_export_it_cannot_write_before_the_run(tmp_path, capsys):
+    from pathlib import Path
+
+    from studio import cli
+
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "demo.yaml"
+    code = cli.main(["run", "demo:mlp", "--recipe", str(recipe), "--export", "onnx", "nosuch",
+                     "--out", str(tmp_path / "out"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown export format 'nosuch'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()  # nothing ran, nothing was written

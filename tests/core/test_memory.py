@@ -1,0 +1,53 @@
+"""Inference RAM per stage, measured in a fresh child process (studio.core.memory)."""
+
+import sys
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from studio.core import memory, pipeline
+from studio.core.stage_table import text as stage_table
+from studio.core.recipe import Recipe, RecipeStep
+from studio.core.training import drain
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="measured on Linux and macOS only")
+
+
+def matmul_model(n: int):
+    """y = x @ W with W n x n float32: its weights alone take 4 n^2 bytes of RAM."""
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((n, n)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", n])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n])], [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_ram_grows_with_the_weights_the_model_holds():
+    small = memory.inference_ram(matmul_model(64), np.zeros((1, 64), np.float32))
+    big = memory.inference_ram(matmul_model(4096), np.zeros((1, 4096), np.float32))  # 64 MiB of weights
+    assert small is not None and big is not None
+    assert small < 40 * 2**20  # a 16 KiB model: the session's own overhead only
+    assert big - small > 60 * 2**20  # the weights are resident (at least once)
+    assert big < small + 3 * 64 * 2**20  # and not copied many times over
+
+
+def test_run_measures_ram_per_stage_and_the_table_shows_it(demo_mlp, digits_data):
+    recipe = Recipe([RecipeStep("quantize.int8_static", {"calibration_samples": 32})])
+    progress = []
+    gen = pipeline.run(demo_mlp, recipe, digits_data, latency_batches=(), measure_ram=True)
+    while True:
+        try:
+            progress.append(next(gen).overall)
+        except StopIteration as stop:
+            run = stop.value
+            break
+    assert progress == sorted(progress), "the bar went backwards"
+    rams = [s.measurement.ram_bytes for s in run.stages]
+    assert all(r is not None and r > 0 for r in rams), rams
+    table = stage_table(run)
+    assert " RAM" in table.splitlines()[0] and "fresh process" in table
+    assert run.stages[1].measurement.as_dict()["ram_bytes"] == rams[1]
+    # without the option nothing is measured (the window and the tests stay quick)
+    quiet = drain(pipeline.run(demo_mlp, Recipe([]), digits_data, latency_batches=()))
+    assert quiet.stages[0].measurement.ram_bytes is None and " RAM" not in stage_table(quiet).splitlines()[0]
