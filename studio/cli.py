@@ -290,7 +290,7 @@ def cmd_search(args) -> int:
         max_drop=args.max_drop, seconds=args.time, workers=args.workers, ray_address=args.ray_address,
         trials=args.trials, batch=args.batch, threads=args.threads, storage=args.storage, seed=args.seed,
         passes=tuple(args.passes.split(",")) if args.passes else None, max_epochs=args.max_epochs)
-    progress = ProgressLine(enabled=not args.quiet)
+    progress = ProgressLine(sys.stderr, enabled=not args.quiet)  # this stderr (a test's capture swaps it)
     gen = search.search(settings)
     try:
         while True:

@@ -438,12 +438,6 @@ def _open_study(settings: Settings):
     optuna = _need("optuna")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    max_drop = settings.max_drop
-
-    def constraints(trial) -> list[float]:  # <= 0 is within the quality budget
-        drop = trial.user_attrs.get("quality_drop_points")
-        return [float(drop) - max_drop if drop is not None else 1e9]
-
     try:
         study = optuna.create_study(study_name=settings.study_name, storage=settings.storage_url,
                                     directions=["minimize"] * len(settings.objectives), load_if_exists=True)
@@ -452,11 +446,10 @@ def _open_study(settings: Settings):
     # a resumed search must not replay the random draws of the run before it
     seed = settings.seed + len(study.trials)
     if len(settings.objectives) == 1:
-        study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=8, constraints_func=constraints,
-                                                   multivariate=True, group=True)
+        study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=8, multivariate=True,
+                                                   group=True)
     else:
-        study.sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=max(8, 2 * settings.workers),
-                                                      constraints_func=constraints)
+        study.sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=max(8, 2 * settings.workers))
     return study
 
 
@@ -624,6 +617,7 @@ def search(settings: Settings, cancel_event: threading.Event | None = None) -> G
                     o for o, v in zip(settings.objectives, values) if v is None))
                 study.tell(trial, state=TrialState.FAIL)
                 return Event(fraction(), f"candidate {trial.number}: {trial.user_attrs['error']}")
+            trial.set_constraint("quality_drop", result["quality_drop_points"] - settings.max_drop)  # <= 0: within
             study.tell(trial, values)
             candidate = _candidate(trial.number, key, result, store, was_reused) | {"reused": was_reused}
             word = "reused" if was_reused else f"{result['seconds']:.0f} s"
@@ -711,7 +705,7 @@ def _left(deadline: float) -> str:
 
 def _short(c: dict) -> str:
     lat = f", {c['latency_ms']:.3f} ms" if c.get("latency_ms") else ""
-    return (f"{c['quality_label']} {c['quality']:.2%} ({-c['quality_drop_points']:+.2f} points), "
+    return (f"{c['quality_label']} {c['quality']:.2%} ({0.0 - c['quality_drop_points']:+.2f} points), "
             f"{c['shipped_bytes']:,} bytes ({c['x_smaller']}x smaller){lat}, {c['macs']:,} MACs")
 
 
