@@ -743,10 +743,14 @@ def _summarize(study, settings: Settings, store: Store, measured: int, reused: i
     from optuna.trial import TrialState
 
     candidates, failed = [], []
-    for trial in study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    first = min((t.datetime_start for t in trials if t.datetime_start), default=None)
+    for trial in trials:
         key = trial.user_attrs.get("key")
         if trial.state == TrialState.COMPLETE and key and (result := store.load(key)) is not None:
-            candidates.append(_candidate(trial.number, key, result, store, False))
+            candidates.append(_candidate(trial.number, key, result, store, False) | {
+                "warm_start": trial.user_attrs.get("warm_start"),  # the shipped recipe it is, if any
+                "landed_s": round((trial.datetime_complete - first).total_seconds(), 1)})  # since the study began
         elif trial.state == TrialState.FAIL and not trial.user_attrs.get("interrupted"):
             failed.append({"trial": trial.number, "params": trial.params, "error": trial.user_attrs.get("error")})
     metric = {"size": "shipped_bytes", "latency": "latency_ratio", "macs": "macs"}
@@ -758,9 +762,8 @@ def _summarize(study, settings: Settings, store: Store, measured: int, reused: i
     front = [c for c in candidates if c["pareto"]]
     if front:
         original = yield from _remeasure(front, settings, cancel_event)
-    first = settings.objectives[0]
     key_of = {"size": lambda c: c["shipped_bytes"], "macs": lambda c: c["macs"],
-              "latency": lambda c: c["latency_ms"] if c["latency_remeasured"] else float("inf")}[first]
+              "latency": lambda c: c["latency_ms"] if c["latency_remeasured"] else float("inf")}[settings.objectives[0]]
     within = [c for c in candidates if c["within_budget"]]
     best = min(within, key=lambda c: (key_of(c), c["quality_drop_points"])) if within else None
     if best is not None:

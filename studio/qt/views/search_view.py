@@ -15,7 +15,7 @@ from PySide6.QtWidgets import (
     QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QSpinBox, QVBoxLayout, QWidget,
 )
 
-from studio.core.units import fmt_bytes
+from studio.core.units import byte_unit, fmt_bytes
 
 from .job_controls import job_controls
 from .tradeoff import PercentAxis, pareto_front
@@ -168,16 +168,20 @@ class SearchView(QWidget):
 
     def refresh(self) -> None:
         key, label = X_OF[self.objectives()[0]]
-        self.plot.setLabel("bottom", label, units=None)
         shown = [c for c in self.candidates if c.get(key) is not None and c.get("quality") is not None]
-        spots = [{"pos": (float(c[key]), float(c["quality"])), "data": c,
+        scale = 1
+        if key == "shipped_bytes":  # in the unit of the largest point, as on the trade-off chart
+            unit, scale = byte_unit(max((c[key] for c in shown), default=0))
+            label = f"shipped file ({unit})"
+        self.plot.setLabel("bottom", label, units=None)
+        spots = [{"pos": (c[key] / scale, float(c["quality"])), "data": c,
                   "brush": pg.mkBrush("#1f77b4" if c["quality_drop_points"] <= self.max_drop.value() else "#bbbbbb")}
                  for c in shown]
         self.scatter.setData(spots)
-        front = pareto_front([(float(c[key]), float(c["quality"])) for c in shown])
+        front = pareto_front([(c[key] / scale, float(c["quality"])) for c in shown])
         self.front.setData([p[0] for p in front], [p[1] for p in front])
         best = self.best
-        self.best_mark.setData(pos=[(float(best[key]), float(best["quality"]))] if best and best.get(key) else [])
+        self.best_mark.setData(pos=[(best[key] / scale, float(best["quality"]))] if best and best.get(key) else [])
 
     def _tip(self, x, y, data):
         if not isinstance(data, dict):
