@@ -338,8 +338,15 @@ def evaluate(source: Source, recipe_dict: dict, batch: int = 1, rounds: int = 5,
 
     try:
         return drain(evaluate_steps(source, recipe_dict, batch, rounds, threads))
-    except StudioError as exc:
-        return {"error": str(exc)}, {}
+    except Exception as exc:  # noqa: BLE001 - one combination a library cannot take must not end the search
+        return {"error": failure(exc)}, {}
+
+
+def failure(exc: Exception) -> str:
+    """A failed candidate's one line (a library's own exception named by its type)."""
+    from .errors import one_line
+
+    return one_line(exc if isinstance(exc, StudioError) else f"{type(exc).__name__}: {exc}")
 
 
 # ------------------------------------------------------------------------------ the store
@@ -661,10 +668,10 @@ def search(settings: Settings, cancel_event: threading.Event | None = None) -> G
                             result, files = stop.value
                             break
                         yield Event(fraction(), f"candidate {number} {_left(deadline)}: {message}", detail=True)
-                except StudioError as exc:
-                    if isinstance(exc, Cancelled):
-                        raise
-                    result, files = {"error": str(exc), "recipe": recipe}, {}
+                except Cancelled:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a failed candidate, kept with its reason
+                    result, files = {"error": failure(exc), "recipe": recipe}, {}
                 finally:
                     steps.close()
                 del running[number]
