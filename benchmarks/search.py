@@ -75,9 +75,9 @@ def write(summary: dict, rows: list[dict]) -> None:
               "candidates": [{k: c.get(k) for k in keep} for c in summary["candidates"]],
               "failed": summary["failed"]}
     (RESULTS / "search.json").write_text(json.dumps(record, indent=1, default=str))
-    lines = [f"# studio search on the demo CNN ({summary['executor']}, {summary['workers']} workers, "
-             f"{summary['seconds'] / 60:.0f} min, objective {'+'.join(summary['objectives'])}, "
-             f"max drop {summary['max_drop_points']} points)", "",
+    lines = [(f"# studio search on the demo CNN ({summary['executor']}, {summary['workers']} workers, "
+              f"{summary['seconds'] / 60:.0f} min, objective {'+'.join(summary['objectives'])}, "
+              f"max drop {summary['max_drop_points']} points)"), "",
              "| goal | measured | |", "|---|---|---|"]
     lines += [f"| {r['goal']} | {r['measured']} | {'met' if r['met'] else 'NOT met'} |" for r in rows]
     lines += ["", "| trial | landed (s) | recipe | quality | drop | shipped | x smaller | latency ratio | front |",

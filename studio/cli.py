@@ -319,8 +319,8 @@ def cmd_search(args) -> int:
 def search_table(summary: dict) -> str:
     """The candidates, best first within the budget, the Pareto front marked."""
     order = sorted(summary["candidates"], key=lambda c: (not c["within_budget"], c["shipped_bytes"]))
-    lines = [f"{'':2} {'trial':>5} {'quality':>8} {'drop':>6} {'shipped':>10} {'x smaller':>9} {'ms':>8} "
-             f"{'MACs':>10}  recipe"]
+    lines = [(f"{'':2} {'trial':>5} {'quality':>8} {'drop':>6} {'shipped':>10} {'x smaller':>9} {'ms':>8} "
+              f"{'MACs':>10}  recipe")]
     for c in order:
         mark = ("*" if c["pareto"] else " ") + ("!" if not c["within_budget"] else " ")
         ms = f"{c['latency_ms']:.3f}" + ("" if c["latency_remeasured"] else "~") if c["latency_ms"] else "-"
@@ -450,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         print(f"studio: error: {exc.strerror}: {exc.filename}", file=sys.stderr)
         return EXIT_ERROR
-    except Exception as exc:  # noqa: BLE001 - the user gets one line; STUDIO_DEBUG=1 shows the rest
+    except Exception as exc:
         if os.environ.get("STUDIO_DEBUG"):
             raise
         print(f"studio: error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "

@@ -19,12 +19,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import threading
 import time
 import warnings
 from collections.abc import Generator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import Cancelled, StudioError
@@ -129,9 +128,9 @@ def suggest_recipe(trial, passes=None, max_epochs: int | None = None):
     chosen = {slot: trial.suggest_categorical(slot, [NONE, *ids]) if ids else NONE
               for slot, ids in allowed(passes, max_epochs).items()}
     order = ["structure", "sparsity", "values"]
-    if chosen["structure"] != NONE and chosen["sparsity"] != NONE:
-        if trial.suggest_categorical("order", list(ORDERS)) == "sparsity_first":
-            order = ["sparsity", "structure", "values"]
+    both = chosen["structure"] != NONE and chosen["sparsity"] != NONE
+    if both and trial.suggest_categorical("order", list(ORDERS)) == "sparsity_first":
+        order = ["sparsity", "structure", "values"]
     steps = []
     for slot in order:
         pass_id = chosen[slot]
@@ -550,7 +549,7 @@ class _RayPool:
     def cancel(self, ref):
         try:
             self.ray.cancel(ref, force=True)
-        except Exception:  # noqa: BLE001 - already finished
+        except Exception:  # noqa: BLE001, S110 - already finished
             pass
 
     def close(self):
@@ -663,7 +662,7 @@ def search(settings: Settings, cancel_event: threading.Event | None = None) -> G
                 try:
                     while True:
                         try:
-                            f, message = next(steps)
+                            _, message = next(steps)
                         except StopIteration as stop:
                             result, files = stop.value
                             break
@@ -696,7 +695,7 @@ def search(settings: Settings, cancel_event: threading.Event | None = None) -> G
                 pool.cancel(ref)
             try:
                 _requeue(study, number, trial.params)
-            except Exception:  # noqa: BLE001 - the next run re-queues what is still RUNNING
+            except Exception:  # noqa: BLE001, S110 - the next run re-queues what is still RUNNING
                 pass
         if pool is not None:
             pool.close()
@@ -813,7 +812,7 @@ def _remeasure(front: list[dict], settings: Settings, cancel_event) -> Generator
                           signature=model.signature)
     while True:
         try:
-            f, message = next(gen)
+            _, message = next(gen)
         except StopIteration as stop:
             latencies = stop.value
             break

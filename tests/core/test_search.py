@@ -15,8 +15,8 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
-from studio.core import search  # noqa: E402
-from studio.core.recipe import Recipe  # noqa: E402
+from studio.core import search
+from studio.core.recipe import Recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 # a cheap space: ONNX-native passes, no training (each candidate takes a second or two)
