@@ -1,11 +1,12 @@
 """The search's goals (issue 11) on the demo CNN: `studio search` with two local Ray workers, then
 the goals checked on its candidates. The shipped recipes are the search's first trials, so they
 are measured in the same run, on the same machine, the same way as the candidates that must beat
-them. Writes benchmarks/results/search.json and search.md (the store with every model file stays
+them. Writes benchmarks/results/search-OBJECTIVE.json and .md (the store with every model file stays
 in --out, outside the repository).
 
     python -m benchmarks.search                       # 30 minutes, 2 workers
     python -m benchmarks.search --minutes 20
+    python -m benchmarks.search --objective latency --batch 256
     python -m benchmarks.search --summarize OUT       # the goals of a search already in OUT
 
 Latency here is the ratio of a candidate to the original timed in the same interleaved rounds on
@@ -23,11 +24,23 @@ from studio.core import search
 from studio.core.training import drain
 
 RESULTS = Path(__file__).parent / "results"
+LATENCY_BATCHES = (1, 256)
 
 
-def run_search(out: Path, minutes: float, workers: int, objective: str) -> dict:
+def retime(cands: list[dict]) -> list[dict]:
+    """Latency (ms) of each candidate's stored model.onnx, in interleaved rounds, one thread."""
+    import onnx
+
+    from studio.core import zoo
+    from studio.core.evaluate import measure_latency
+
+    protos = [onnx.load(str(Path(c["folder"]) / "model.onnx")) for c in cands]
+    return drain(measure_latency(protos, zoo.load("cnn").input_shape, LATENCY_BATCHES, 1, rounds=9))
+
+
+def run_search(out: Path, minutes: float, workers: int, objective: str, batch: int) -> dict:
     settings = search.Settings(search.Source.of("demo:cnn", "digits"), out, objectives=tuple(objective.split(",")),
-                               max_drop=0.5, seconds=minutes * 60, workers=workers)
+                               max_drop=0.5, seconds=minutes * 60, workers=workers, batch=batch)
     return drain(search.search(settings))
 
 
@@ -51,12 +64,20 @@ def goals(summary: dict) -> list[dict]:
              + (f"trial {best['trial']}: {best['shipped_bytes']:,} bytes, {best['quality']:.2%}" if best else "none"))
     fastest = next((c for n, c in shipped.items() if n.startswith("fastest:")), None)
     if fastest:
-        beat = [c for c in cands if c["latency_ratio"] < fastest["latency_ratio"] and c["quality"] >= fastest["quality"]]
-        best = min(beat, key=lambda c: c["latency_ratio"]) if beat else None
-        goal("a candidate faster than recipes/fastest.yaml and at least as accurate (latency ratio to the original, "
-             f"batch {summary['latency']['batch']}, on its worker)", beat,
-             f"fastest.yaml: {fastest['latency_ratio']}x the original's time, {fastest['quality']:.2%}; "
-             + (f"trial {best['trial']}: {best['latency_ratio']}x, {best['quality']:.2%}" if best else "none"))
+        # a worker's timing beside another worker is a guide only: fastest.yaml and the five
+        # candidates at least as accurate that looked fastest are timed again here, interleaved
+        rivals = sorted((c for c in cands if c["quality"] >= fastest["quality"] and c is not fastest),
+                        key=lambda c: c["latency_ratio"])[:5]
+        timed = retime([fastest, *rivals])
+        for batch in LATENCY_BATCHES:
+            base = timed[0][batch]
+            beat = [(c, t[batch]) for c, t in zip(rivals, timed[1:]) if t[batch] < base]
+            best = min(beat, key=lambda ct: ct[1]) if beat else None
+            goal(f"a candidate faster than recipes/fastest.yaml at batch {batch} and at least as accurate "
+                 "(timed again in-process, 1 thread, interleaved)", beat,
+                 f"fastest.yaml: {base:.4f} ms, {fastest['quality']:.2%}; "
+                 + (f"trial {best[0]['trial']}: {best[1]:.4f} ms ({base / best[1]:.2f}x faster), {best[0]['quality']:.2%}"
+                    if best else f"none of trials {[c['trial'] for c in rivals]}"))
     within = [c for c in cands if c["quality_drop_points"] <= 0.5]
     top = max(within, key=lambda c: c["x_smaller"]) if within else None
     goal("a candidate at least 60x smaller than the FP32 ONNX within 0.5 points", top and top["x_smaller"] >= 60,
@@ -65,8 +86,9 @@ def goals(summary: dict) -> list[dict]:
 
 
 def write(summary: dict, rows: list[dict]) -> None:
+    name = "search-" + "-".join(summary["objectives"])
     RESULTS.mkdir(exist_ok=True)
-    keep = ("trial", "recipe", "quality", "quality_drop_points", "shipped_bytes", "x_smaller", "latency_ms",
+    keep = ("trial", "recipe", "folder", "quality", "quality_drop_points", "shipped_bytes", "x_smaller", "latency_ms",
             "latency_ratio", "latency_remeasured", "macs", "pareto", "within_budget", "warm_start", "landed_s")
     record = {"machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
               **{k: summary[k] for k in ("executor", "workers", "objectives", "max_drop_points", "sampler", "seconds",
@@ -74,7 +96,7 @@ def write(summary: dict, rows: list[dict]) -> None:
               "goals": rows, "best": {k: summary["best"].get(k) for k in keep} if summary["best"] else None,
               "candidates": [{k: c.get(k) for k in keep} for c in summary["candidates"]],
               "failed": summary["failed"]}
-    (RESULTS / "search.json").write_text(json.dumps(record, indent=1, default=str))
+    (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=1, default=str))
     lines = [(f"# studio search on the demo CNN ({summary['executor']}, {summary['workers']} workers, "
               f"{summary['seconds'] / 60:.0f} min, objective {'+'.join(summary['objectives'])}, "
               f"max drop {summary['max_drop_points']} points)"), "",
@@ -86,7 +108,7 @@ def write(summary: dict, rows: list[dict]) -> None:
         lines.append(f"| {c['trial']} | {c['landed_s']:.0f} | {c['recipe']['name']}{' (shipped)' if c.get('warm_start') else ''} "
                      f"| {c['quality']:.2%} | {c['quality_drop_points']:.2f} | {c['shipped_bytes']:,} | {c['x_smaller']}x "
                      f"| {c['latency_ratio']} | {'*' if c['pareto'] else ''} |")
-    (RESULTS / "search.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -94,15 +116,18 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=30)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--objective", default="size")
+    parser.add_argument("--batch", type=int, default=1, help="latency batch size of the search")
     parser.add_argument("--out", default="/tmp/studio-search-bench")
     parser.add_argument("--summarize", help="a search already run into this folder: no new candidate")
     args = parser.parse_args()
     if args.summarize:  # read back in-process (no new candidate), the executor as the search ran
-        ran = json.loads((Path(args.summarize) / "search.json").read_text())
-        summary = run_search(Path(args.summarize), 0, 1, args.objective)
+        path = Path(args.summarize) / "search.json"
+        ran = json.loads(path.read_text())
+        summary = run_search(Path(args.summarize), 0, 1, args.objective, args.batch)
         summary.update(executor=ran["executor"], workers=ran["workers"], seconds=ran["seconds"])
+        path.write_text(json.dumps(summary, indent=2, default=str))  # as the search ran, not this read-back
     else:
-        summary = run_search(Path(args.out), args.minutes, args.workers, args.objective)
+        summary = run_search(Path(args.out), args.minutes, args.workers, args.objective, args.batch)
     rows = goals(summary)
     write(summary, rows)
     for r in rows:

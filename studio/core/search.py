@@ -632,6 +632,7 @@ def search(settings: Settings, cancel_event: threading.Event | None = None) -> G
 
         def ask():
             trial = study.ask()
+            running[trial.number] = (trial, None, None, None)  # from here on a stop queues it again
             recipe = suggest_recipe(trial, settings.passes, settings.max_epochs).to_dict()
             key = candidate_key(settings.source, recipe, settings.batch)
             return trial, key, recipe
@@ -647,6 +648,7 @@ def search(settings: Settings, cancel_event: threading.Event | None = None) -> G
                 trial, key, recipe = ask()
                 cached = store.load(key)
                 if cached is not None:
+                    del running[trial.number]
                     yield finish(trial, key, cached, {}, True)
                     continue
                 if pool is None:
