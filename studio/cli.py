@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -28,9 +29,10 @@ EXIT_CANCELLED = 130
 class ProgressLine:
     """One line on stderr, rewritten in place (only on a terminal; plain lines otherwise)."""
 
-    def __init__(self, stream=sys.stderr, enabled: bool = True):
-        self.stream, self.enabled = stream, enabled
-        self.tty = stream.isatty()
+    def __init__(self, stream=None, enabled: bool = True):
+        # sys.stderr as it is now (a default argument would keep the one of import time)
+        self.stream, self.enabled = stream or sys.stderr, enabled
+        self.tty = self.stream.isatty()
         self.last = ""
         self.last_time = 0.0
         self.start = time.monotonic()
@@ -290,8 +292,19 @@ def cmd_search(args) -> int:
         max_drop=args.max_drop, seconds=args.time, workers=args.workers, ray_address=args.ray_address,
         trials=args.trials, batch=args.batch, threads=args.threads, storage=args.storage, seed=args.seed,
         passes=tuple(args.passes.split(",")) if args.passes else None, max_epochs=args.max_epochs)
-    progress = ProgressLine(sys.stderr, enabled=not args.quiet)  # this stderr (a test's capture swaps it)
+    progress = ProgressLine(enabled=not args.quiet)
     gen = search.search(settings)
+    # libraries print to stdout (onnxruntime's entropy calibration does): stdout is the JSON's alone
+    with contextlib.redirect_stdout(sys.stderr):
+        summary = _drive_search(gen, progress, args)
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+        return 0
+    print(search_table(summary))
+    return 0
+
+
+def _drive_search(gen, progress, args) -> dict:
     try:
         while True:
             try:
@@ -309,11 +322,7 @@ def cmd_search(args) -> int:
     finally:
         gen.close()
         progress.done()
-    if args.json:
-        print(json.dumps(summary, indent=2, default=str))
-        return 0
-    print(search_table(summary))
-    return 0
+    return summary
 
 
 def search_table(summary: dict) -> str:

@@ -125,8 +125,9 @@ def test_killed_search_resumes_without_measuring_again_and_best_replays(tmp_path
     target = len(before.trials) + 1  # the trials of the killed run (one maybe unfinished) and one more
 
     code = main([*args, "--time", "300", "--trials", str(target), "--json", "-q"])
-    assert code == 0
-    summary = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    summary = json.loads(captured.out)
     after = optuna.load_study(study_name=name, storage=storage)
     for number, trial in done.items():  # kept, same numbers
         assert after.trials[number].state == optuna.trial.TrialState.COMPLETE
@@ -159,8 +160,9 @@ def test_killed_search_resumes_without_measuring_again_and_best_replays(tmp_path
     # the best recipe replays with `studio run` to the same quality and size
     code = main(["run", str(tiny_onnx), "--recipe", best["recipe_file"], "--data", "digits",
                  "--out", str(tmp_path / "replay"), "--batches", "1", "--rounds", "1", "--json", "-q"])
-    report = json.loads(capsys.readouterr().out)
-    assert code == 0
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads(captured.out)
     final = report["stages"][-1]
     assert final["quality"] == pytest.approx(best["quality"], abs=1e-9)
     exported = {e["format"]: e["size_bytes"] for e in report["exports"]}
