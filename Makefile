@@ -12,7 +12,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[test,edge]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[test,edge,search]"
 	# onnx2torch (ONNX -> torch for the training passes) declares torchvision, whose wheel
 	# here is broken and which it needs for two ops only; --no-deps keeps it out.
 	$(BIN)/pip install --quiet --no-deps "onnx2torch>=1.5,<2"

@@ -5,12 +5,14 @@
     studio export MODEL --format onnx --out FILE
     studio demo [--out DIR] [--json]
     studio passes [--json]
+    studio search MODEL --data D --objective size|latency|macs --max-drop POINTS --time SECONDS --out DIR
     studio gui [MODEL]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -28,9 +30,10 @@ EXIT_CANCELLED = 130
 class ProgressLine:
     """One line on stderr, rewritten in place (only on a terminal; plain lines otherwise)."""
 
-    def __init__(self, stream=sys.stderr, enabled: bool = True):
-        self.stream, self.enabled = stream, enabled
-        self.tty = stream.isatty()
+    def __init__(self, stream=None, enabled: bool = True):
+        # sys.stderr as it is now (a default argument would keep the one of import time)
+        self.stream, self.enabled = stream or sys.stderr, enabled
+        self.tty = self.stream.isatty()
         self.last = ""
         self.last_time = 0.0
         self.start = time.monotonic()
@@ -287,6 +290,75 @@ def cmd_passes(args) -> int:
     return 0
 
 
+def cmd_search(args) -> int:
+    from studio.core import search
+
+    source = search.Source.of(args.model, args.data, arch=args.arch, trust=args.trust,
+                              input_shape=parse_shape(args.input_shape), inputs=tuple(args.input or ()))
+    settings = search.Settings(
+        source, Path(args.out), objectives=tuple(o.strip() for o in args.objective.split(",")),
+        max_drop=args.max_drop, seconds=args.time, workers=args.workers, ray_address=args.ray_address,
+        trials=args.trials, batch=args.batch, threads=args.threads, storage=args.storage, seed=args.seed,
+        passes=tuple(args.passes.split(",")) if args.passes else None, max_epochs=args.max_epochs)
+    progress = ProgressLine(enabled=not args.quiet)
+    gen = search.search(settings)
+    # libraries print to stdout (onnxruntime's entropy calibration does): stdout is the JSON's alone
+    with contextlib.redirect_stdout(sys.stderr):
+        summary = _drive_search(gen, progress, args)
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+        return 0
+    print(search_table(summary))
+    return 0
+
+
+def _drive_search(gen, progress, args) -> dict:
+    try:
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as stop:
+                summary = stop.value
+                break
+            if event.candidate is not None and not args.quiet:  # a candidate is a line of its own
+                progress.done()
+                print(event.message, file=sys.stderr)
+            elif event.detail and not progress.tty:  # a log gets the candidates, not every step
+                continue
+            else:
+                progress(event.fraction, event.message)
+    finally:
+        gen.close()
+        progress.done()
+    return summary
+
+
+def search_table(summary: dict) -> str:
+    """The candidates, best first within the budget, the Pareto front marked."""
+    order = sorted(summary["candidates"], key=lambda c: (not c["within_budget"], c["shipped_bytes"]))
+    lines = [(f"{'':2} {'trial':>5} {'quality':>8} {'drop':>6} {'shipped':>10} {'x smaller':>9} {'ms':>8} "
+              f"{'MACs':>10}  recipe")]
+    for c in order:
+        mark = ("*" if c["pareto"] else " ") + ("!" if not c["within_budget"] else " ")
+        ms = f"{c['latency_ms']:.3f}" + ("" if c["latency_remeasured"] else "~") if c["latency_ms"] else "-"
+        lines.append(f"{mark} {c['trial']:>5} {c['quality']:>8.2%} {c['quality_drop_points']:>6.2f} "
+                     f"{fmt_bytes(c['shipped_bytes']):>10} {c['x_smaller']:>8}x {ms:>8} {c['macs']:>10,}  "
+                     f"{c['recipe']['name']}")
+    lines.append(f"* = Pareto front (quality drop vs {', '.join(summary['objectives'])}); ! = over the "
+                 f"{summary['max_drop_points']}-point budget; ms~ = measured on a worker beside others, the front's "
+                 f"ms measured again in-process ({summary['latency']['threads']} thread(s), batch {summary['latency']['batch']})")
+    lines.append(f"{len(summary['candidates'])} candidates ({summary['measured_this_run']} measured in this run, "
+                 f"{len(summary['failed'])} failed), executor {summary['executor']}, stopped by {summary['stopped']}")
+    best = summary["best"]
+    if best:
+        files = ", ".join(f"{e['path']} ({'verified' if e['verified'] else 'NOT VERIFIED'})" for e in best["exports"])
+        lines.append(f"best: trial {best['trial']}, recipe {best['recipe_file']}; {files}")
+    else:
+        lines.append(f"best: no candidate within {summary['max_drop_points']} points yet")
+    lines.append(f"all candidates: {summary['out']}/candidates/; summary: {summary['out']}/search.json")
+    return "\n".join(lines)
+
+
 def cmd_gui(args) -> int:
     try:
         from studio.qt.app import main as gui_main
@@ -349,6 +421,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("passes", help="list the passes and evaluators, built-in and from plugins")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_passes)
+    p = sub.add_parser("search", help="search recipes for the quality/footprint trade-off; keeps every candidate")
+    add_model_args(p)
+    p.add_argument("--data", default="digits", help="digits, random, a .npz (x, y) or an image folder (default digits)")
+    p.add_argument("--objective", default="size",
+                   help="size, latency or macs; several comma-separated (size,latency) for NSGA-II (default size)")
+    p.add_argument("--max-drop", type=float, default=0.5, help="quality points a candidate may lose (default 0.5)")
+    p.add_argument("--time", type=float, default=600, help="seconds; no new candidate starts after (default 600)")
+    p.add_argument("--trials", type=int, help="at most this many candidates in the search (earlier runs count)")
+    p.add_argument("--out", default="studio-search", help="folder for the store, every candidate and best.yaml")
+    p.add_argument("--workers", type=int, default=1, help="parallel candidates; more than 1 runs them on Ray")
+    p.add_argument("--ray-address", help="an existing Ray cluster (default: a local Ray the studio starts)")
+    p.add_argument("--storage", help="an Optuna database URL (default: SQLite in --out)")
+    p.add_argument("--passes", help="only these passes, comma-separated (default: every pass the search varies)")
+    p.add_argument("--max-epochs", type=int, help="cap on every pass's training epochs (0: no training)")
+    p.add_argument("--batch", type=int, default=1, help="batch size for latency (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime threads for latency (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("gui", help="open the studio window (the default)")
     p.add_argument("model", nargs="?", help="a model file to open")
@@ -388,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         print(f"studio: error: {exc.strerror}: {exc.filename}", file=sys.stderr)
         return EXIT_ERROR
-    except Exception as exc:  # noqa: BLE001 - the user gets one line; STUDIO_DEBUG=1 shows the rest
+    except Exception as exc:
         if os.environ.get("STUDIO_DEBUG"):
             raise
         print(f"studio: error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "

@@ -27,7 +27,7 @@ def _load_views() -> None:
     (MainWindow(deferred=True))."""
     global Recipe, ElidedLabel, compact_all_combos, Session, Variant, CompareView, tensor_key, DistributionView
     global GraphView, HistogramOptions, SizeDialog, from_items, sizing_needed, to_items, LayerInspector, LogPanel
-    global RecipePanel, ResultsTable, SensitivityView, TradeoffChart, Tasks
+    global RecipePanel, ResultsTable, SearchView, SensitivityView, TradeoffChart, Tasks
     from studio.core.recipe import Recipe
 
     from .app import _plots_follow_palette
@@ -42,6 +42,7 @@ def _load_views() -> None:
     from .views.log_panel import LogPanel
     from .views.recipe_panel import RecipePanel
     from .views.results import ResultsTable
+    from .views.search_view import SearchView
     from .views.sensitivity import SensitivityView
     from .views.tradeoff import TradeoffChart
     from .workers import Tasks
@@ -221,6 +222,10 @@ class MainWindow(QMainWindow):
         self.sensitivity_view.run_requested.connect(self.run_sensitivity)
         self.sensitivity_view.cancel_requested.connect(self.cancel)
         self.sensitivity_view.exclude_requested.connect(self.exclude_layers)
+        self.search_view = SearchView(s)
+        self.search_view.run_requested.connect(self.run_search)
+        self.search_view.cancel_requested.connect(self.cancel)
+        self.search_view.recipe_picked.connect(self.pick_recipe)
 
         self.tabs = QTabWidget()
         self.tabs.addTab(self.graph_view, "Graph")
@@ -231,6 +236,7 @@ class MainWindow(QMainWindow):
         self.netron_page = QWidget()  # the web view is created on first visit, never at start-up
         QVBoxLayout(self.netron_page)
         self.tabs.addTab(self.netron_page, "Netron")
+        self.tabs.addTab(self.search_view, "Search")
         self.tabs.currentChanged.connect(self._tab_changed)
         self.stack.addWidget(self.tabs)
 
@@ -734,7 +740,66 @@ class MainWindow(QMainWindow):
         self._start_job("sensitivity analysis", f"sensitivity of {model.name} ({shown}): {how} on {spec}",
                         job, done, view.error)
 
-    def _start_job(self, label: str, what: str, job, done, error_label: QLabel) -> None:
+    def run_search(self) -> None:
+        """studio.core.search over the open model on the evaluation data of the recipe panel: the
+        same worker, progress, log and cancel as a recipe run; each candidate lands on the
+        Search tab's chart as soon as it is measured."""
+        from studio.core import search
+
+        s, view = self.session, self.search_view
+        if s.model is None:
+            view.error.setText("Open a model first.")
+            return
+        if self.tasks.running("run") or self._loading_refused(view.error):
+            return
+        model = s.original.model
+        if model.format == "zoo":
+            spec = "demo:" + model.name.removeprefix("demo-")
+        elif model.source is not None:
+            spec = str(model.source)
+        else:
+            view.error.setText("Search needs a model file (or a demo model): save this one first.")
+            return
+        try:
+            settings = search.Settings(
+                search.Source.of(spec, s.data_spec, inputs=tuple(self.recipe_panel.inputs.items())),
+                view.folder(), objectives=view.objectives(), max_drop=view.max_drop.value(),
+                seconds=view.seconds.value(), workers=view.workers.value(), trials=view.trials.value() or None,
+                max_epochs=0 if view.quick.isChecked() else None)
+        except StudioError as exc:
+            view.error.setText(str(exc))
+            return
+        view.clear()
+
+        def job(cancel_event):
+            return (yield from search.search(settings, cancel_event))
+
+        def landed(event):
+            self.log_panel.progress((event.fraction, event.message))
+            if event.candidate is not None:
+                view.add_candidate(event.candidate)
+
+        def done(summary):
+            view.show_summary(summary)
+            best = summary["best"]
+            self.log_panel.end(f"search done: {len(summary['candidates'])} candidates; best "
+                               + (f"{best['recipe']['name']} in {best['recipe_file']}" if best else "none within budget"),
+                               "done")
+
+        self._start_job("search", f"search on {model.name} ({' + '.join(settings.objectives)}, "
+                        f"<= {settings.max_drop:g} points, {settings.seconds:.0f} s) in {settings.out}",
+                        job, done, view.error, on_yield=landed)
+
+    def pick_recipe(self, recipe: dict) -> None:
+        """A search candidate clicked on the chart: its recipe goes into the recipe panel."""
+        try:
+            self.session.set_recipe(Recipe.from_dict(recipe, "candidate"))
+        except StudioError as exc:
+            self.search_view.error.setText(str(exc))
+            return
+        self.log_panel.append(f"recipe of the search candidate put in the recipe panel: {recipe.get('name')}")
+
+    def _start_job(self, label: str, what: str, job, done, error_label: QLabel, on_yield=None) -> None:
         """The one long job at a time (a recipe run or a sensitivity analysis) on a worker: the
         progress bars and the log follow it, Esc / Cancel stops it at its next step, the Run
         buttons wait for it, and a result for a model no longer open (or cancelled) is dropped.
@@ -770,13 +835,14 @@ class MainWindow(QMainWindow):
         self._set_running(True)
         self.log_panel.begin(what)
         self.settings.setValue("data_spec", s.data_spec)
-        self.tasks.start("run", job, cancel, _cancel=cancel, on_yield=self.log_panel.progress,
+        self.tasks.start("run", job, cancel, _cancel=cancel, on_yield=on_yield or self.log_panel.progress,
                          on_return=returned, on_error=failed)
 
     def _set_running(self, running: bool) -> None:
         """Run buttons and menu commands wait while a job runs; Cancel (and Esc) works only then."""
         self.recipe_panel.set_running(running)
         self.sensitivity_view.set_running(running)
+        self.search_view.set_running(running)
         self.actions_["run"].setEnabled(not running)
         self.actions_["sensitivity"].setEnabled(not running)
         self.actions_["cancel"].setEnabled(running)

@@ -1,0 +1,186 @@
+"""The search: real Optuna on real SQLite, real candidates measured by the pipeline, a real
+kill of a running `studio search` and its resumption; Ray in one slow test with two workers."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+optuna = pytest.importorskip("optuna")
+
+from studio.core import search
+from studio.core.recipe import Recipe
+
+ROOT = Path(__file__).resolve().parents[2]
+# a cheap space: ONNX-native passes, no training (each candidate takes a second or two)
+PASSES = ("prune.magnitude", "cluster.kmeans", "quantize.int8_static")
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory):
+    """A 64-24-10 MLP trained for a few epochs on digits, as an ONNX file (no torch export per
+    candidate: every pass of PASSES works on the ONNX graph itself)."""
+    import torch
+    from torch import nn
+
+    from studio.core.data import digits
+    from studio.core.training import drain, train
+    from tests.core.onnx_models import export_module
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 24), nn.ReLU(), nn.Linear(24, 10))
+    data = digits()
+    drain(train(net, data.x_train.reshape(len(data.x_train), 64), data.y_train, epochs=4, lr=5e-3))
+    path = tmp_path_factory.mktemp("search-model") / "tiny.onnx"
+    onnx.save(export_module(net.eval(), (1, 64)), str(path))
+    return path
+
+
+def settings(model: Path, out: Path, **kw) -> search.Settings:
+    kw = {"passes": PASSES, "max_epochs": 0, "seconds": 300, "max_drop": 1.0, **kw}
+    return search.Settings(search.Source.of(str(model), "digits"), out, **kw)
+
+
+def run_search(s: search.Settings) -> dict:
+    from studio.core.training import drain
+
+    return drain(search.search(s))
+
+
+def test_every_sampled_recipe_is_a_valid_recipe_and_shipped_recipes_warm_start():
+    """The space is made of the passes' own options: 150 random draws all build recipes a file
+    can hold; each shipped recipe in the space comes back out of Optuna exactly."""
+    from studio.core.passes import registry
+
+    for pass_id, opts in search.SPACE.items():
+        fields = registry.get(pass_id).Config.model_fields
+        assert all(o.name in fields for o in opts), pass_id
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(150):
+        recipe = search.suggest_recipe(study.ask())
+        again = Recipe.from_dict(recipe.to_dict(), "sampled")  # strict: types and ranges
+        seen.update(s.id for s in again.passes)
+    assert seen == set(search.SPACE)
+    shipped = {r.name: r for r in search.shipped_recipes()}
+    in_space = {name for name, r in shipped.items() if search.recipe_params(r) is not None}
+    assert {"smallest: prune 93% + 4-bit clusters", "fastest: structured 65% + INT8", "INT8 static"} <= in_space
+    for name in in_space:
+        study.enqueue_trial(search.recipe_params(shipped[name]))
+        assert search.suggest_recipe(study.ask()).to_dict()["passes"] == shipped[name].to_dict()["passes"], name
+    # a recipe outside the space (an option the search does not vary) is not forced into it
+    assert search.recipe_params(Recipe.from_dict({"passes": [{"id": "prune.magnitude", "scope": "per_layer"}]})) is None
+
+
+def test_pareto_flags():
+    points = [(0.0, 100), (1.0, 50), (0.5, 120), (2.0, 50), (0.0, 100)]
+    assert search.pareto_flags(points) == [True, True, False, False, True]
+
+
+def test_missing_optuna_is_one_line(tmp_path, tiny_onnx, monkeypatch, capsys):
+    from studio.cli import main
+
+    monkeypatch.setitem(sys.modules, "optuna", None)  # as if not installed: import fails
+    code = main(["search", str(tiny_onnx), "--out", str(tmp_path / "o"), "--trials", "1", "-q"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0
+    assert "search needs optuna" in err and "pip install" in err and "[search]" in err
+
+
+@pytest.mark.slow
+def test_killed_search_resumes_without_measuring_again_and_best_replays(tmp_path, tiny_onnx, capsys):
+    """Start `studio search`, kill -9 it once two candidates are on disk, run the same search
+    again: every earlier candidate is kept with its numbers and files untouched, only new (or
+    interrupted) ones are measured; the JSON has the fields; `studio run` replays best.yaml."""
+    from studio.cli import main
+
+    out = tmp_path / "out"
+    args = ["search", str(tiny_onnx), "--data", "digits", "--objective", "size", "--max-drop", "1.0",
+            "--passes", ",".join(PASSES), "--max-epochs", "0", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "studio", *args, "--time", "600", "--trials", "40", "-q"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 240
+        while len(list(out.glob("candidates/*/result.json"))) < 2:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "no two candidates within 240 s"
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        proc.stderr.close()
+    storage = f"sqlite:///{out / 'search.db'}"
+    (name,) = optuna.get_all_study_names(storage)
+    before = optuna.load_study(study_name=name, storage=storage)
+    done = {t.number: t for t in before.trials if t.state == optuna.trial.TrialState.COMPLETE}
+    assert len(done) >= 1
+    files = {p: p.stat().st_mtime_ns for p in out.glob("candidates/*/*")}
+    target = len(before.trials) + 1  # the trials of the killed run (one maybe unfinished) and one more
+
+    code = main([*args, "--time", "300", "--trials", str(target), "--json", "-q"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    summary = json.loads(captured.out)
+    after = optuna.load_study(study_name=name, storage=storage)
+    for number, trial in done.items():  # kept, same numbers
+        assert after.trials[number].state == optuna.trial.TrialState.COMPLETE
+        assert after.trials[number].values == trial.values
+    for path, mtime in files.items():  # nothing measured before was written again
+        assert path.stat().st_mtime_ns == mtime, path
+    interrupted = [t for t in after.trials if t.user_attrs.get("interrupted")]
+    assert summary["measured_this_run"] + summary["reused_this_run"] <= 1 + len(interrupted)
+    assert summary["measured_this_run"] >= 1
+    assert len(summary["candidates"]) == len(done) + summary["measured_this_run"] + summary["reused_this_run"]
+
+    assert summary["executor"] == "local" and summary["sampler"] == "TPE"
+    for c in summary["candidates"]:
+        assert {"recipe", "quality", "quality_drop_points", "shipped_bytes", "latency_ms", "macs", "pareto"} <= set(c)
+        assert c["shipped_bytes"] > 0 and c["macs"] > 0 and c["latency_ms"] > 0
+        folder = Path(c["folder"])
+        assert (folder / "model.onnx").is_file() and (folder / "recipe.yaml").is_file()
+        Recipe.load(folder / "recipe.yaml")
+    front = [c for c in summary["candidates"] if c["pareto"]]
+    assert front and all(c["latency_remeasured"] for c in front)
+    assert not any(c["latency_remeasured"] for c in summary["candidates"] if not c["pareto"])
+    best = summary["best"]
+    assert best is not None and best["quality_drop_points"] <= 1.0 and best["verified"]
+    within = [c for c in summary["candidates"] if c["quality_drop_points"] <= 1.0]
+    assert best["shipped_bytes"] == min(c["shipped_bytes"] for c in within)
+    shipped = Path(best["exports"][-1]["path"])
+    assert shipped.is_file() and shipped.stat().st_size == best["shipped_bytes"]
+    assert json.loads((out / "search.json").read_text())["best"]["trial"] == best["trial"]
+
+    # the best recipe replays with `studio run` to the same quality and size
+    code = main(["run", str(tiny_onnx), "--recipe", best["recipe_file"], "--data", "digits",
+                 "--out", str(tmp_path / "replay"), "--batches", "1", "--rounds", "1", "--json", "-q"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads(captured.out)
+    final = report["stages"][-1]
+    assert final["quality"] == pytest.approx(best["quality"], abs=1e-9)
+    exported = {e["format"]: e["size_bytes"] for e in report["exports"]}
+    assert exported.get("packed", exported["onnx"]) == best["shipped_bytes"]
+
+
+@pytest.mark.slow
+def test_ray_runs_candidates_in_two_workers(tmp_path, tiny_onnx):
+    """A local Ray with two workers: the candidates run in other processes, the JSON says ray."""
+    pytest.importorskip("ray")
+    s = settings(tiny_onnx, tmp_path / "out", workers=2, trials=2, passes=("quantize.int8_static",), warm_start=False)
+    summary = run_search(s)
+    assert summary["executor"] == "ray" and summary["workers"] == 2
+    assert len(summary["candidates"]) == 2 and summary["measured_this_run"] == 2
+    workers = {json.loads((Path(c["folder"]) / "result.json").read_text())["worker"] for c in summary["candidates"]}
+    assert all(not w.endswith(f":{os.getpid()}") for w in workers)
+    assert summary["best"]["verified"]
+    import ray
+
+    assert not ray.is_initialized()  # the studio started it and shut it down
+    assert np.isfinite([c["latency_ms"] for c in summary["candidates"]]).all()
