@@ -692,7 +692,7 @@ def search(settings: Settings, cancel_event: threading.Event | None = None) -> G
         raise
     finally:
         # unfinished candidates are queued again, so the next run of this search does them
-        for number, (trial, key, recipe, ref) in running.items():
+        for number, (trial, _key, _recipe, ref) in running.items():
             if pool is not None and ref is not None:
                 pool.cancel(ref)
             try:

@@ -49,7 +49,7 @@ def test_distill_learns_every_output_of_a_detection_head():
     before = state(teacher)
     x = np.random.default_rng(1).standard_normal((160, 3, 12, 12)).astype(np.float32)
     data = Data("random", x[:128], x[128:])
-    cfg = dict(width=0.5, epochs=4, learning_rate=1e-2)
+    cfg = {"width": 0.5, "epochs": 4, "learning_rate": 1e-2}
     untrained, _ = build_student(teacher, DistillConfig(**cfg))
     result = run(create("distill.kd", **cfg), teacher, Context(data=data))
     assert same_state(before, state(teacher))

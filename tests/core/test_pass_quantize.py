@@ -102,10 +102,14 @@ def shared_and_branch_weights():
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    w = lambda name, *shape: numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.2, name)
-    branch = lambda name, weight: helper.make_graph(
-        [helper.make_node("MatMul", ["h", weight], [f"y_{name}"])], name, [],
-        [helper.make_tensor_value_info(f"y_{name}", TensorProto.FLOAT, None)])
+
+    def w(name, *shape):
+        return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.2, name)
+
+    def branch(name, weight):
+        return helper.make_graph([helper.make_node("MatMul", ["h", weight], [f"y_{name}"])], name, [],
+                                 [helper.make_tensor_value_info(f"y_{name}", TensorProto.FLOAT, None)])
+
     nodes = [helper.make_node("Gemm", ["x", "W", "b"], ["h1"], transB=1),
              helper.make_node("Gemm", ["x", "W", "b"], ["h2"], transB=1),
              helper.make_node("Add", ["h1", "h2"], ["h"]),

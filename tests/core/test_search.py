@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import pytest
 
-optuna = pytest.importorskip("optuna")
+import optuna  # the search extra, installed by make setup
 
 from studio.core import search
 from studio.core.recipe import Recipe
