@@ -25,12 +25,9 @@ REPO = Path(__file__).resolve().parents[2]
 SEED = int(os.environ.get("STUDIO_FUZZ_SEED", "0"))
 COUNT = int(os.environ.get("STUDIO_FUZZ_COUNT", "300"))
 # A TorchScript mutant that passes the static checks costs a probe child (an interpreter start with
-# torch, ~2 s): 60 of them in `make test` keep it to a minute or two; STUDIO_FUZZ_COUNT runs more.
-COUNTS = {"torchscript": int(os.environ.get("STUDIO_FUZZ_COUNT", "60"))}
+# torch, ~2 s): its 300 mutants run as 5 tests of 60, so pytest-xdist spreads them over both cores.
+CHUNKS = {"torchscript": 5}
 STALL_S = float(os.environ.get("STUDIO_FUZZ_STALL", "240"))  # no mutant finished for this long: a hang (a TorchScript mutant is ~2-20 s)
-# TorchScript mutants that pass the static checks are parsed once more in a probe child (one
-# interpreter start with torch each): split that format between two processes.
-PROCESSES = {"torchscript": 2, "onnx": 1}
 
 
 def _results(out: Path) -> list[dict]:
@@ -39,11 +36,11 @@ def _results(out: Path) -> list[dict]:
     return [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
 
 
-def _run(fmt: str, folder: Path, count: int | None = None, stall: float = STALL_S, env: dict | None = None):
-    """Run `count` mutants of `fmt` in child processes; (per-mutant results, problems with children)."""
-    count = COUNTS.get(fmt, COUNT) if count is None else count
-    n = PROCESSES.get(fmt, 1)
-    bounds = [count * k // n for k in range(n + 1)]
+def _run(fmt: str, folder: Path, count: int = COUNT, stall: float = STALL_S, env: dict | None = None,
+         start: int = 0, processes: int = 1):
+    """Run mutants start .. start+count-1 of `fmt` in child processes; (per-mutant results, problems with children)."""
+    n = processes
+    bounds = [start + count * k // n for k in range(n + 1)]
     env = {**os.environ, "STUDIO_PROBE_TIMEOUT": "60", "PYTHONWARNINGS": "ignore", **(env or {})}
     children = []
     for k in range(n):
@@ -87,16 +84,24 @@ def _repro(fmt: str, index: int) -> str:
     return f"python -m tests.fuzz.run {fmt} --out r.jsonl --seed {SEED} --only {index} --keep"
 
 
+def _cases():
+    """(format, first mutant, mutants): every format's COUNT mutants, in CHUNKS tests where slow."""
+    for fmt in BUILDERS:
+        n = CHUNKS.get(fmt, 1)
+        for k in range(n):
+            first, end = COUNT * k // n, COUNT * (k + 1) // n
+            yield pytest.param(fmt, first, end - first, id=fmt if n == 1 else f"{fmt}-{first}")
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(1800)  # TorchScript with 300 mutants: 6 min at load 4, 26 min at load 10 (probe children)
-@pytest.mark.parametrize("fmt", list(BUILDERS))
-def test_mutants_open_or_are_refused_in_one_line(fmt, tmp_path):
-    results, problems = _run(fmt, tmp_path)
+@pytest.mark.timeout(1800)  # TorchScript: 60 mutants ~1 min idle, 5+ min at load 10 (probe children)
+@pytest.mark.parametrize(("fmt", "first", "count"), list(_cases()))
+def test_mutants_open_or_are_refused_in_one_line(fmt, first, count, tmp_path):
+    results, problems = _run(fmt, tmp_path, count=count, start=first)
     bad = [r for r in results if r["outcome"] == "bad"]
     report = [f"{fmt} mutant {r['index']}: {r['mutation']} -> {r.get('error')} {r.get('where', '')} "
               f"{r.get('message', '')!r} [{_repro(fmt, r['index'])}]" for r in bad]
     assert not problems and not bad, "\n".join(problems + report)
-    count = COUNTS.get(fmt, COUNT)
     assert len(results) == count, f"only {len(results)} of {count} mutants reported"
     outcomes = {r["outcome"] for r in results}
     # a fuzzer whose mutants all fail at the first byte tests nothing: some must get deep enough to open
