@@ -5,7 +5,8 @@
 
 sensitivity.png: the per-layer pruning sensitivity heatmap of the demo CNN, a row selected;
 graph.png: the layer graph of a pruned variant with a pruned layer selected (inspector
-heatmap shows the zeros); tradeoff.png: the trade-off chart after two runs; compare.png."""
+heatmap shows the zeros); tradeoff.png: the trade-off chart after two runs; compare.png;
+search.png: the Search tab after a short search (12 quick candidates)."""
 
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def main(names: list[str]) -> int:
         settle(app)
         w.grab().save(str(OUT / "sensitivity.png"))
         w.session.set_recipe(Recipe([]))
-    if names and not {"graph", "tradeoff", "compare"} & set(names):
+    if names and not {"graph", "tradeoff", "compare", "search"} & set(names):
         return done(w)
     recipes = [
         Recipe([RecipeStep("prune.magnitude", {"sparsity": 0.9, "fine_tune_epochs": 3}),
@@ -108,6 +109,18 @@ def main(names: list[str]) -> int:
     settle(app)
     if wanted("compare"):
         w.grab().save(str(OUT / "compare.png"))
+
+    if wanted("search"):  # a short search on the demo CNN: quick candidates (no training), 12 of them
+        view = w.search_view
+        w.tabs.setCurrentWidget(view)
+        view.out.setText(tempfile.mkdtemp(prefix="studio-search-"))
+        view.quick.setChecked(True)
+        view.trials.setValue(12)
+        view.max_drop.setValue(1.0)
+        view.run_button.click()
+        wait(app, lambda: not w.tasks.running())
+        settle(app)
+        w.grab().save(str(OUT / "search.png"))
     return done(w)
 
 

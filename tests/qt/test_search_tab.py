@@ -7,8 +7,6 @@ import json
 import onnx
 import pytest
 
-pytest.importorskip("optuna")
-
 
 @pytest.fixture
 def tiny_model(tmp_path):
