@@ -329,16 +329,21 @@ def prune_leaving_out(module, example, ratio, importance="l2", scope="per_layer"
                       "ignore them or use prune.magnitude / lowrank.svd")
 
 
-def taylor_grads(module, x, y, batches=4, batch_size=64):
+def taylor_grads(module, x, y, batches=4, batch_size=64, signature=None):
     """Gradients of the loss on a few batches: cross-entropy on labels, or on the model's own
-    top-1 when there are none (a KL to itself would have zero gradient)."""
+    top-1 when there are none (a KL to itself would have zero gradient). `x` is one array or
+    Inputs (every input fed in its own dtype, in `signature`'s order); the loss is on the
+    first output."""
     import torch
     import torch.nn.functional as F
 
+    from ..training import Batches, first_output
+
     module.eval()
-    xt = torch.from_numpy(np.ascontiguousarray(x[: batches * batch_size], dtype=np.float32))
-    for i in range(0, len(xt), batch_size):
-        out = module(xt[i : i + batch_size])
+    xb = Batches(x, signature)
+    count = min(len(xb), batches * batch_size)
+    for i in range(0, count, batch_size):
+        out = first_output(module(*xb[torch.arange(i, min(count, i + batch_size))]))
         if y is not None:
             target = torch.from_numpy(np.asarray(y[i : i + batch_size], dtype=np.int64))
         else:
@@ -409,7 +414,7 @@ class StructuredPrune(Pass[StructuredConfig]):
             x = data.shaped(data.x_train, new.input_shape)
 
             def grads(m):
-                taylor_grads(m, x, data.y_train)
+                taylor_grads(m, x, data.y_train, signature=new.io)
 
         params_before = sum(p.numel() for p in module.parameters())
         try:
@@ -426,7 +431,7 @@ class StructuredPrune(Pass[StructuredConfig]):
         yield 0.3, "pruned"
         context.check_cancelled()
         if cfg.fine_tune_epochs:
-            yield from self.recovery_training(module, new.input_shape, context, 0.3)
+            yield from self.recovery_training(module, new.input_shape, context, 0.3, signature=new.io)
         module.eval()
         after = shapes(module)
         named = dict(module.named_modules())
