@@ -26,39 +26,38 @@ def train(
     loss_fn: Callable | None = None,
     params=None,
     who: str = "training",
+    signature=None,
 ) -> Progress:
-    """Train `module` in place with Adam. `loss_fn(module, xb, yb, idx)` overrides the default
-    cross-entropy on the first output (distillation passes its own); `params` limits what is
-    trained; `who` (a pass id) starts a refusal's line."""
+    """Train `module` in place with Adam. `x` is one float array or `signature.Inputs` (several
+    or integer inputs: each fed in its own dtype, as forward's positional arguments in the
+    order of `signature`, the model's `io`). `loss_fn(module, args, yb, idx)` overrides the
+    default cross-entropy on the first output (distillation passes its own); `args` is the tuple
+    of forward's arguments for the batch, `idx` the batch's sample indices. `params` limits what
+    is trained; `who` (a pass id) starts a refusal's line."""
     import torch
     import torch.nn.functional as F
 
-    if not isinstance(x, np.ndarray):  # signature.Inputs: several (or integer) inputs
-        from .errors import StudioError
-
-        raise StudioError("training (fine-tune, distillation, recovery) takes models with one float input "
-                          f"for now; this model takes {', '.join(x.names)}: use passes that need no training")
     generator = torch.Generator().manual_seed(seed)
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    batches = Batches(x, signature)
     yt = None if y is None else torch.from_numpy(np.asarray(y, dtype=np.int64))
     optimizer = torch.optim.Adam(params if params is not None else module.parameters(), lr=lr)
-    steps_per_epoch = max(1, -(-len(xt) // batch_size))
+    steps_per_epoch = max(1, -(-len(batches) // batch_size))
     total = max(1, epochs * steps_per_epoch)
     if loss_fn is None and yt is not None:
-        check_labels(module, x, y, who)
+        check_labels(module, x, y, who, signature)
     module.train()
     try:
         for epoch in range(epochs):
-            order = torch.randperm(len(xt), generator=generator)
+            order = torch.randperm(len(batches), generator=generator)
             for step in range(steps_per_epoch):
                 idx = order[step * batch_size : (step + 1) * batch_size]
-                xb = xt[idx]
+                args = batches[idx]
                 yb = None if yt is None else yt[idx]
                 optimizer.zero_grad()
                 if loss_fn is not None:
-                    loss = loss_fn(module, xb, yb, idx)
+                    loss = loss_fn(module, args, yb, idx)
                 else:
-                    loss = F.cross_entropy(first_output(module(xb)), yb)
+                    loss = F.cross_entropy(first_output(module(*args)), yb)
                 loss.backward()
                 optimizer.step()
                 if after_step is not None:
@@ -67,6 +66,31 @@ def train(
                 yield done / total, f"epoch {epoch + 1}/{epochs}, loss {loss.item():.4f}"
     finally:
         module.eval()
+
+
+class Batches:
+    """Forward's positional arguments for samples picked by index: one float32 tensor for an
+    array, or one tensor per input of `signature.Inputs` in its own dtype (token ids stay
+    integers; pinned constants are fed as they are)."""
+
+    def __init__(self, x, signature=None):
+        import torch
+
+        self.signature = signature
+        if isinstance(x, np.ndarray):
+            self.x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        else:
+            self.x = x  # Inputs: sliced per batch, then converted
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, idx) -> tuple:
+        from .signature import torch_args
+
+        if not hasattr(self.x, "arrays"):
+            return (self.x[idx],)
+        return torch_args(self.x[np.asarray(idx)], self.signature)
 
 
 def first_output(out):
@@ -78,20 +102,19 @@ def first_output(out):
     return outs[0] if outs else out
 
 
-def check_labels(module, x: np.ndarray, y: np.ndarray, who: str = "training") -> int:
+def check_labels(module, x, y: np.ndarray, who: str = "training", signature=None) -> int:
     """The number of outputs of `module`, after checking that labels can train it: they are class
     ids of its first output, which must be [batch, classes] scores with a class for every label.
-    Refuses in one line otherwise (a reconstruction or box output has no classes to match)."""
+    Refuses in one line otherwise (a reconstruction or box output has no classes to match).
+    `x` is one array or Inputs (fed in `signature`'s order)."""
     import torch
 
     from .errors import StudioError
     from .signature import flatten_outputs
 
-    if not isinstance(x, np.ndarray):  # several inputs: train() refuses them in one line
-        return 1
     set_eval(module)
     with torch.no_grad():
-        outs = flatten_outputs(module(torch.from_numpy(np.ascontiguousarray(x[:2], dtype=np.float32))))
+        outs = flatten_outputs(module(*Batches(x, signature)[torch.arange(min(2, len(x)))]))
     first = outs[0] if outs else None
     top = int(np.max(y)) if len(y) else 0
     if not isinstance(first, torch.Tensor) or first.dim() != 2 or first.shape[1] <= max(1, top):

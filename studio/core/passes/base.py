@@ -189,30 +189,22 @@ class Pass(Generic[ConfigT]):
             after_step = reapply(masks) if masks else None
         else:
             after_step = constraint(new.obj)
-        yield from self.recovery_training(new.obj, new.input_shape, context, start, after_step=after_step)
+        yield from self.recovery_training(new.obj, new.input_shape, context, start, after_step=after_step,
+                                          signature=new.io)
         new.obj.eval()
         return new
 
     def recovery_training(self, module, input_shape, context: Context, start: float,
-                          after_step=None) -> Generator[Progress, None, None]:
+                          after_step=None, signature=None) -> Generator[Progress, None, None]:
         """`fine_tune_epochs` of training on the data's training split (progress from `start`
-        to 1); `after_step` re-applies constraints (masks) after every optimiser step."""
+        to 1); `after_step` re-applies constraints (masks) after every optimiser step.
+        `signature` (the model's `io`) orders the inputs of a model with several."""
         from ..training import train
 
         cfg: Any = self.config  # the passes that fine-tune have these two options
         data = context.require_data(self.id, labels=True)
         x = data.shaped(data.x_train, input_shape)
         for fraction, message in train(module, x, data.y_train, cfg.fine_tune_epochs, cfg.learning_rate,
-                                       seed=context.seed, after_step=after_step, who=self.id):
+                                       seed=context.seed, after_step=after_step, who=self.id, signature=signature):
             context.check_cancelled()
             yield start + (1 - start) * fraction, f"fine-tune {message}"
-
-
-def one_float_input(pass_id: str, model: Model) -> list[str]:
-    """The problem of a model with several (or integer) inputs for a pass that traces or trains
-    it with one float tensor; empty when it has that one input."""
-    if not model.io.multi:
-        return []
-    return [f"{pass_id} takes models with one float input for now; this model takes "
-            f"{', '.join(model.io.names)}: use the weight passes (prune.magnitude, prune.nm, lowrank.svd, "
-            "cluster.kmeans, quantize.*), which need no tracing or training"]

@@ -141,7 +141,8 @@ class KMeansCluster(Pass[ClusterConfig]):
 
             params = [m.weight for m, _, _ in tied.values()]
             for fraction, message in train(new.obj, x, data.y_train, cfg.fine_tune_epochs, cfg.learning_rate,
-                                           seed=context.seed, after_step=tie, params=params):
+                                           seed=context.seed, after_step=tie, params=params, who=self.id,
+                                           signature=new.io):
                 context.check_cancelled()
                 yield 0.2 + 0.8 * fraction, f"centroid fine-tune {message}"
         new.obj.eval()

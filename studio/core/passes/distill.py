@@ -20,7 +20,7 @@ from pydantic import Field
 
 from ..errors import StudioError
 from ..signature import flatten_outputs
-from ..training import predict_outputs, train
+from ..training import Batches, predict_outputs, train
 from .base import Context, Pass, PassConfig, PassResult, conversion_notes, is_torchscript
 from .registry import register
 
@@ -89,11 +89,6 @@ class Distill(Pass[DistillConfig]):
     frameworks = ("torch", "onnx")
     needs_data = True
 
-    def check(self, model):
-        from .base import one_float_input
-
-        return super().check(model) or one_float_input(self.id, model)
-
     def apply(self, model, context: Context):
         import torch
         import torch.nn.functional as F
@@ -106,9 +101,17 @@ class Distill(Pass[DistillConfig]):
         yield 0.02, f"building the student ({cfg.student})"
         student, notes = build_student(teacher, cfg)
         x = data.shaped(data.x_train, teacher.input_shape)
+        sig = teacher.io  # several inputs: teacher and student get the same tuple, in this order
         with torch.no_grad():
-            probe = flatten_outputs(student(torch.from_numpy(np.ascontiguousarray(x[:2], dtype=np.float32))))
-        soft = [torch.from_numpy(o) for o in predict_outputs(teacher.obj, x)]  # every teacher output, once
+            try:
+                probe = flatten_outputs(student(*Batches(x, sig)[torch.arange(min(2, len(x)))]))
+            except Exception:
+                if not sig.multi:
+                    raise
+                raise StudioError(f"distill.kd: the {cfg.student} student cannot take the teacher's inputs "
+                                  f"({', '.join(sig.names)}, in this order); choose student 'narrow' (the teacher "
+                                  "narrowed takes the same inputs) or a class whose forward takes them") from None
+        soft = [torch.from_numpy(o) for o in predict_outputs(teacher.obj, x, sig)]  # every teacher output, once
         names = [s.name for s in teacher.io.outputs][:len(soft)]
         names += [f"output_{i}" for i in range(len(names), len(soft))]
         got = [tuple(p.shape[1:]) for p in probe if isinstance(p, torch.Tensor)]
@@ -125,8 +128,8 @@ class Distill(Pass[DistillConfig]):
                          f"{list(soft[0].shape[1:])} is not [batch, classes] with a class for each; soft loss only")
         t = cfg.temperature
 
-        def loss_fn(module, xb, yb, idx):
-            outs = flatten_outputs(module(xb))
+        def loss_fn(module, args, yb, idx):
+            outs = flatten_outputs(module(*args))
             loss = 0.0
             for out, target, kind, var in zip(outs, soft, kinds, scale):
                 target = target[idx]
@@ -140,14 +143,14 @@ class Distill(Pass[DistillConfig]):
             return cfg.alpha * loss + (1 - cfg.alpha) * F.cross_entropy(outs[0], yb)
 
         for fraction, message in train(student, x, data.y_train if labels else None, cfg.epochs, cfg.learning_rate,
-                                       seed=context.seed, loss_fn=loss_fn):
+                                       seed=context.seed, loss_fn=loss_fn, who=self.id, signature=sig):
             context.check_cancelled()
             yield 0.05 + 0.95 * fraction, f"distilling {message}"
         student.eval()
         new = teacher.with_obj(student, "torch", format="distilled", meta=dict(teacher.meta, teacher=teacher.name))
         t_params = sum(p.numel() for p in teacher.obj.parameters())
         s_params = sum(p.numel() for p in student.parameters())
-        mine = predict_outputs(student, x[:512])
+        mine = predict_outputs(student, x[:512], sig)
         fit = {}  # per output: top-1 agreement for class scores, cosine similarity otherwise
         for name, kind, a, b in zip(names, kinds, mine, soft):
             b = b[:512].numpy()

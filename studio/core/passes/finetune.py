@@ -57,10 +57,11 @@ class FineTune(Pass[FineTuneConfig]):
         module = new.obj
         masks = zero_masks(module) if cfg.keep_zeros else {}
         x = data.shaped(data.x_train, new.input_shape)
-        n_outputs = check_labels(module, x, data.y_train, self.id)
+        n_outputs = check_labels(module, x, data.y_train, self.id, new.io)
         loss = None
         for fraction, message in train(module, x, data.y_train, cfg.epochs, cfg.learning_rate, cfg.batch_size,
-                                       seed=context.seed, after_step=reapply(masks) if masks else None, who=self.id):
+                                       seed=context.seed, after_step=reapply(masks) if masks else None, who=self.id,
+                                       signature=new.io):
             context.check_cancelled()
             loss = message
             yield fraction, message

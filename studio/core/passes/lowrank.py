@@ -177,7 +177,7 @@ class LowRank(Pass[LowRankConfig]):
                                 "parameters": sum(p.numel() for p in seq.parameters())}
             yield 0.3 * (i + 1) / max(1, len(chosen)), f"{name}: " + (f"rank {record[name].get('rank')}" if result else "kept")
         if cfg.fine_tune_epochs:
-            yield from self.recovery_training(module, new.input_shape, context, 0.3)
+            yield from self.recovery_training(module, new.input_shape, context, 0.3, signature=new.io)
         module.eval()
         after = sum(p.numel() for p in module.parameters())
         done = sum(1 for r in record.values() if r["factorized"])

@@ -114,7 +114,8 @@ class NMPrune(Pass[NMConfig]):
 
         apply_masks()
         if cfg.fine_tune_epochs:
-            yield from self.recovery_training(new.obj, new.input_shape, context, 0.1, after_step=apply_masks)
+            yield from self.recovery_training(new.obj, new.input_shape, context, 0.1, after_step=apply_masks,
+                                              signature=new.io)
         new.obj.eval()
         for name, (module, _) in masks.items():
             w = module.weight.detach()

@@ -267,6 +267,114 @@ def weights_without_identity(proto):
     return copy
 
 
+def _constant_tensor(module, node):
+    """The tensor an fx node always gives when it is a stored constant (an initializer buffer,
+    `get_attr`, or a Constant node's module), else None."""
+    import torch
+    from onnx2torch.node_converters.constant import OnnxConstant
+
+    if getattr(node, "op", None) == "get_attr":
+        value = module
+        for part in node.target.split("."):
+            value = getattr(value, part, None)
+        return value if isinstance(value, torch.Tensor) else None
+    if getattr(node, "op", None) == "call_module" and not node.args and not node.kwargs:
+        sub = module.get_submodule(node.target)
+        if isinstance(sub, OnnxConstant) and isinstance(sub.value, torch.Tensor):
+            return sub.value
+    return None
+
+
+def matmuls_as_linear(module) -> int:
+    """Turns the MatMul-by-a-stored-weight modules of an onnx2torch GraphModule (x @ W, W a 2-D
+    float constant: the projections of an exported transformer, a Linear on 3-D input) into
+    nn.Linear layers, folding the bias of an `Add` of a 1-D constant that is the product's only
+    user. onnx2torch keeps such weights as buffers of a plain matrix product: nothing trains them
+    and Torch-Pruning sees no layer to shrink; as Linear layers they are trained by fine-tuning and
+    distillation and pruned like any other. Returns how many were replaced."""
+    import torch
+    from onnx2torch.node_converters.binary_math_operations import OnnxBinaryMathOperation
+    from onnx2torch.node_converters.matmul import OnnxMatMul
+    from torch import nn
+
+    import hashlib
+    from collections import Counter
+
+    graph = module.graph
+    candidates = []
+    for node in list(graph.nodes):
+        if node.op != "call_module" or len(node.args) != 2 or node.kwargs:
+            continue
+        if not isinstance(module.get_submodule(node.target), OnnxMatMul):
+            continue
+        x, w = node.args
+        weight = _constant_tensor(module, w)
+        if (weight is None or weight.dim() != 2 or not weight.is_floating_point()
+                or _constant_tensor(module, x) is not None):
+            continue
+        candidates.append((node, x, weight))
+    # onnx2torch copies an initializer for every node that reads it: equal weights are one
+    # shared (tied) weight of the ONNX graph, which separate Linear layers would untie in training
+    digest = [hashlib.sha1(weight.detach().cpu().contiguous().numpy().tobytes()).hexdigest() + str(tuple(weight.shape))
+              for _, _, weight in candidates]
+    uses = Counter(digest)
+    replaced = 0
+    for (node, x, weight), key in zip(candidates, digest):
+        if uses[key] > 1:
+            continue
+        bias, add = None, None
+        users = list(node.users)
+        if len(users) == 1 and users[0].op == "call_module" and len(users[0].args) == 2:
+            sub = module.get_submodule(users[0].target)
+            other = [a for a in users[0].args if a is not node]
+            if (isinstance(sub, OnnxBinaryMathOperation) and sub.math_op_function is torch.add
+                    and sub.broadcast is None and len(other) == 1):
+                b = _constant_tensor(module, other[0])
+                if b is not None and b.dim() == 1 and b.shape[0] == weight.shape[1] and b.dtype == weight.dtype:
+                    bias, add = b, users[0]
+        linear = nn.Linear(weight.shape[0], weight.shape[1], bias=bias is not None, dtype=weight.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(weight.t())
+            if bias is not None:
+                linear.bias.copy_(bias)
+        parent, _, name = node.target.rpartition(".")
+        setattr(module.get_submodule(parent) if parent else module, name, linear)
+        node.args = (x,)
+        if add is not None:
+            add.replace_all_uses_with(node)
+            graph.erase_node(add)
+        replaced += 1
+    if replaced:
+        graph.eliminate_dead_code()
+        used = {n.target for n in graph.nodes if n.op == "get_attr"}
+        used_modules = {n.target for n in graph.nodes if n.op == "call_module"}
+        holder = getattr(module, "initializers", None)
+        if holder is not None:
+            for name in [n for n, _ in holder.named_buffers(recurse=False)]:
+                if f"initializers.{name}" not in used:
+                    delattr(holder, name)
+        for name, _ in list(module.named_children()):
+            sub = getattr(module, name)
+            if type(sub).__name__ == "OnnxConstant" and name not in used_modules:
+                delattr(module, name)
+        module.recompile()
+    return replaced
+
+
+def constant_matmuls(module) -> list[str]:
+    """Names of the matrix products by a stored weight left in an onnx2torch GraphModule after
+    `matmuls_as_linear` (a weight shared by several products, or on the left): plain buffers
+    that neither train nor shrink."""
+    from onnx2torch.node_converters.matmul import OnnxMatMul
+
+    graph = getattr(module, "graph", None)
+    if graph is None:
+        return []
+    return [str(n.target) for n in graph.nodes
+            if n.op == "call_module" and isinstance(module.get_submodule(n.target), OnnxMatMul)
+            and any(_constant_tensor(module, a) is not None for a in n.args)]
+
+
 def onnx_to_torch(model: Model) -> Model:
     """A torch Model computing what the ONNX model computes (a new object: the input is untouched)."""
     import numpy as np
@@ -283,6 +391,7 @@ def onnx_to_torch(model: Model) -> Model:
         raise StudioError(f"{model.name}: cannot convert this ONNX model to torch (onnx2torch: {first}); "
                           f"passes that need torch cannot run on it; {ONNX_NATIVE}") from None
     module.eval()
+    matmuls_as_linear(module)
     new = model.with_obj(module, TORCH, format="onnx2torch", meta=dict(model.meta, converted_from="onnx"))
     if new.input_shape is not None and not new.io.problems():  # a wrong conversion must not surface passes later
         from ..convert import predict_all, run_session_all, session

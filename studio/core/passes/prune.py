@@ -109,7 +109,8 @@ class MagnitudePrune(Pass[MagnitudeConfig]):
             apply_masks()
         yield 0.1, "pruned"
         if cfg.fine_tune_epochs:
-            yield from self.recovery_training(new.obj, new.input_shape, context, 0.1, after_step=apply_masks)
+            yield from self.recovery_training(new.obj, new.input_shape, context, 0.1, after_step=apply_masks,
+                                              signature=new.io)
         new.obj.eval()
         record = {
             n: {

@@ -17,6 +17,7 @@ from pydantic import Field
 from ..errors import StudioError
 from . import targets as tg
 from .base import Context, Pass, PassConfig, PassResult, conversion_notes
+from .onnx_torch import constant_matmuls
 from .registry import register
 
 KINDS = ("Linear", "Conv1d", "Conv2d", "Conv3d", "NonDynamicallyQuantizableLinear")
@@ -329,34 +330,26 @@ def prune_leaving_out(module, example, ratio, importance="l2", scope="per_layer"
                       "ignore them or use prune.magnitude / lowrank.svd")
 
 
-def taylor_grads(module, x, y, batches=4, batch_size=64):
+def taylor_grads(module, x, y, batches=4, batch_size=64, signature=None):
     """Gradients of the loss on a few batches: cross-entropy on labels, or on the model's own
-    top-1 when there are none (a KL to itself would have zero gradient)."""
+    top-1 when there are none (a KL to itself would have zero gradient). `x` is one array or
+    Inputs (every input fed in its own dtype, in `signature`'s order); the loss is on the
+    first output."""
     import torch
     import torch.nn.functional as F
 
+    from ..training import Batches, first_output
+
     module.eval()
-    xt = torch.from_numpy(np.ascontiguousarray(x[: batches * batch_size], dtype=np.float32))
-    for i in range(0, len(xt), batch_size):
-        out = module(xt[i : i + batch_size])
+    xb = Batches(x, signature)
+    count = min(len(xb), batches * batch_size)
+    for i in range(0, count, batch_size):
+        out = first_output(module(*xb[torch.arange(i, min(count, i + batch_size))]))
         if y is not None:
             target = torch.from_numpy(np.asarray(y[i : i + batch_size], dtype=np.int64))
         else:
             target = out.detach().argmax(1)
         F.cross_entropy(out, target).backward()
-
-
-def weight_matmuls(proto) -> list[str]:
-    """Names of the MatMul nodes of an ONNX graph that multiply by a stored weight (the q/k/v,
-    output and feed-forward projections of an exported transformer): onnx2torch turns them into
-    plain matrix products, not Linear layers, so Torch-Pruning sees nothing to shrink there."""
-    from .onnx_torch import weights_without_identity
-
-    proto = weights_without_identity(proto)
-    consts = {i.name for i in proto.graph.initializer}
-    consts |= {o for n in proto.graph.node if n.op_type == "Constant" for o in n.output}
-    return [n.name or n.output[0] for n in proto.graph.node
-            if n.op_type == "MatMul" and any(i in consts for i in n.input)]
 
 
 def model_args(model) -> tuple:
@@ -385,17 +378,12 @@ class StructuredPrune(Pass[StructuredConfig]):
     def apply(self, model, context: Context):
 
         cfg: StructuredConfig = self.config
-        matmuls = weight_matmuls(model.obj) if model.is_onnx else []
-        if matmuls and len(matmuls) > sum(n.op_type in ("Conv", "Gemm") for n in model.obj.graph.node):
-            # a transformer: nothing but its embedding and head could shrink, and Torch-Pruning's
-            # graph of the converted attention took minutes (a dynamo-exported ViT: > 10 min)
-            raise StudioError(f"prune.structured: most layers of this ONNX model are MatMul nodes with weights "
-                              f"({len(matmuls)}, e.g. {matmuls[0]}), attention/feed-forward projections that onnx2torch "
-                              "converts to plain matrix products Torch-Pruning cannot shrink; prune the torch model "
-                              "instead, or use prune.magnitude / lowrank.svd on the ONNX model")
+        # an ONNX transformer's projections (MatMul by a stored weight) become nn.Linear layers in
+        # the conversion (onnx_torch.matmuls_as_linear), so Torch-Pruning can shrink them
         new = yield from self.torch_copy(model)
         module = new.obj
         module.eval()
+        matmuls = constant_matmuls(module) if model.is_onnx else []
         example = model_args(new)
         chosen = set(tg.select(tg.torch_layers(module, KINDS), cfg.targets, cfg.ignore))
         finals = final_layers(module, example)
@@ -409,7 +397,7 @@ class StructuredPrune(Pass[StructuredConfig]):
             x = data.shaped(data.x_train, new.input_shape)
 
             def grads(m):
-                taylor_grads(m, x, data.y_train)
+                taylor_grads(m, x, data.y_train, signature=new.io)
 
         params_before = sum(p.numel() for p in module.parameters())
         try:
@@ -426,7 +414,7 @@ class StructuredPrune(Pass[StructuredConfig]):
         yield 0.3, "pruned"
         context.check_cancelled()
         if cfg.fine_tune_epochs:
-            yield from self.recovery_training(module, new.input_shape, context, 0.3)
+            yield from self.recovery_training(module, new.input_shape, context, 0.3, signature=new.io)
         module.eval()
         after = shapes(module)
         named = dict(module.named_modules())
@@ -450,11 +438,10 @@ class StructuredPrune(Pass[StructuredConfig]):
         summary = (f"channels {share:.1%} removed (asked {cfg.ratio:.0%}), parameters {params_before:,} -> {params_after:,} "
                    f"({1 - params_after / max(1, params_before):.1%} removed), {cfg.importance}")
         warnings = conversion_notes(model)
-        matmuls = weight_matmuls(model.obj) if model.is_onnx else []
         if matmuls:
             warnings.append(f"{len(matmuls)} MatMul layers of the ONNX graph kept their size ({', '.join(matmuls[:3])}"
-                            f"{' ...' if len(matmuls) > 3 else ''}): onnx2torch converts these attention/feed-forward "
-                            "projections to plain matrix products, which Torch-Pruning cannot shrink; prune the torch "
+                            f"{' ...' if len(matmuls) > 3 else ''}): their weight is shared or on the left of the "
+                            "product, so they stay plain matrix products Torch-Pruning cannot shrink; prune the torch "
                             "model instead, or use prune.magnitude / lowrank.svd on the ONNX model")
         if left_out:
             warnings.append(f"left out of pruning, kept whole ({len(left_out)} layer groups Torch-Pruning could not "
