@@ -28,7 +28,8 @@ def test_search_tab_lands_points_and_continues_a_search(window, qtbot, tmp_path,
     w = window
     view = w.search_view
     w.open_path(str(tiny_model))
-    qtbot.waitUntil(lambda: w.session.model is not None, timeout=60_000)
+    # the load task ends just after the model lands; Start refuses while it runs ("being opened")
+    qtbot.waitUntil(lambda: w.session.model is not None and not w.tasks.running("load"), timeout=60_000)
     assert w.tabs.tabText(w.tabs.indexOf(view)) == "Search"
     assert view.out.text().endswith("tiny")  # a folder named after the model
     view.out.setText(str(tmp_path / "search"))
@@ -39,7 +40,7 @@ def test_search_tab_lands_points_and_continues_a_search(window, qtbot, tmp_path,
     original = view.add_candidate
     view.add_candidate = lambda c: (landed.append(c["trial"]), original(c))  # record the order they land
     view.run_button.click()
-    assert view.cancel_button.isEnabled() and not view.run_button.isEnabled()
+    assert view.cancel_button.isEnabled() and not view.run_button.isEnabled(), view.error.text()
     qtbot.waitUntil(lambda: not w.tasks.running("run"), timeout=240_000)
     assert view.error.text() == "", view.error.text()
     assert landed == [0, 1]  # each as it was measured, before the search ended
