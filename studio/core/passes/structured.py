@@ -353,8 +353,9 @@ def weight_matmuls(proto) -> list[str]:
     from .onnx_torch import weights_without_identity
 
     proto = weights_without_identity(proto)
-    consts = {i.name for i in proto.graph.initializer}
-    consts |= {o for n in proto.graph.node if n.op_type == "Constant" for o in n.output}
+    from ..onnx_weights import stored_names
+
+    consts = stored_names(proto.graph)
     return [n.name or n.output[0] for n in proto.graph.node
             if n.op_type == "MatMul" and any(i in consts for i in n.input)]
 
