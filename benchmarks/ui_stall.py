@@ -92,7 +92,7 @@ def main() -> int:
     w.session.set_recipe(demo_recipe())
     meter.start()
     t = time.perf_counter()
-    w.run_recipe()
+    w.jobs.run_recipe()
     wait(app, lambda: w.session.runs and not w.tasks.running())
     phases["demo_run"] = {**meter.stop(), "seconds": round(time.perf_counter() - t, 2),
                           "recipe": [s.label() for s in w.session.recipe.passes]}

@@ -49,7 +49,7 @@ def main(names: list[str]) -> int:
     w = MainWindow()
     w.resize(1280, 800)  # a laptop screen: what most users have
     w.show()
-    w.latency_batches = (1, 32)
+    w.jobs.latency_batches = (1, 32)
     w.open_demo("cnn")
     wait(app, lambda: w.session.model is not None and not w.tasks.running())
     OUT.mkdir(parents=True, exist_ok=True)
@@ -61,7 +61,7 @@ def main(names: list[str]) -> int:
         view = w.sensitivity_view
         w.tabs.setCurrentWidget(view)
         view.ratios.setText("0.3, 0.5, 0.7, 0.9")
-        w.run_sensitivity()
+        w.jobs.run_sensitivity()
         wait(app, lambda: w.session.sensitivity is not None and not w.tasks.running())
         view.select_row(1)
         w.recipe_panel.add_pass("prune.magnitude")
@@ -82,7 +82,7 @@ def main(names: list[str]) -> int:
     for recipe in recipes:
         w.session.set_recipe(recipe)
         count = len(w.session.runs)
-        w.run_recipe()
+        w.jobs.run_recipe()
         wait(app, lambda: len(w.session.runs) > count and not w.tasks.running())  # noqa: B023 - waited for here
 
     # the pruned stage of run 1, its most pruned layer selected

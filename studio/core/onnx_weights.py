@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ def subgraphs(node) -> Iterator:
             yield from attr.graphs
 
 
-def nodes(graph) -> Iterator[tuple[object, object]]:
+def nodes(graph) -> Iterator[tuple[Any, Any]]:  # (NodeProto, GraphProto): onnx is not typed here
     """(node, the graph holding it) for every node, subgraphs included; a node holding
     subgraphs comes after their nodes (their results flow into it)."""
     for node in graph.node:
@@ -69,6 +70,14 @@ def tensors(proto) -> dict:
             if value is not None:
                 found[node.output[0]] = value
     return found
+
+
+def stored_names(graph) -> set[str]:
+    """Names of the tensors one graph stores itself (initializers and Constant outputs), its
+    subgraphs' left out: what an analysis of that graph alone treats as constant."""
+    names = {init.name for init in graph.initializer}
+    names.update(node.output[0] for node in graph.node if node.op_type == "Constant" and node.output)
+    return names
 
 
 def read(tensor) -> np.ndarray:

@@ -41,7 +41,7 @@ def _unpack_bits(data: bytes, bits: int, count: int) -> np.ndarray:
 
 def _tensors(proto):
     """Initializers and Constant-node tensors (the exporter folds some weights into Constants),
-    in the main graph and in If/Loop/Scan subgraphs."""
+    in the main graph and in If/Loop/Scan subgraphs: onnx_weights' one walk."""
     from .onnx_weights import tensors
 
     return list(tensors(proto).values())
@@ -58,10 +58,10 @@ def pack(model_or_proto, path: str | Path, preset: int = 9) -> dict:
 def packed_bytes(model_or_proto, preset: int = 9) -> tuple[bytes, list[dict]]:
     """The packed file's bytes and the tensors it packs."""
     import onnx
-    from onnx import numpy_helper
 
     from .convert import to_onnx_proto
     from .model import Model
+    from .onnx_weights import read
 
     proto = to_onnx_proto(model_or_proto) if isinstance(model_or_proto, Model) else model_or_proto
     work = onnx.ModelProto()
@@ -70,7 +70,7 @@ def packed_bytes(model_or_proto, preset: int = 9) -> tuple[bytes, list[dict]]:
     for n, tensor in enumerate(_tensors(work)):
         if tensor.data_type not in PACKABLE or tensor.data_location == onnx.TensorProto.EXTERNAL:
             continue
-        values = numpy_helper.to_array(tensor)
+        values = read(tensor)
         if values.size < MIN_ELEMENTS:
             continue
         codebook, idx = np.unique(values.ravel(), return_inverse=True)

@@ -90,9 +90,7 @@ def _torch_weights(module):
 def _onnx_weights(proto):
     """(node, initializer, op, float array, stored dtype) of each layer's weight; INT8 weights
     behind a DequantizeLinear are dequantized (zeros stay exactly zero)."""
-    from onnx import numpy_helper
-
-    from .onnx_weights import nodes, tensors
+    from .onnx_weights import nodes, read, tensors
 
     inits = tensors(proto)  # initializers and Constant nodes, subgraphs included
     every = [node for node, _ in nodes(proto.graph)]
@@ -106,20 +104,20 @@ def _onnx_weights(proto):
         for j, tensor in enumerate(node.input):
             if tensor in dq and j == 1:
                 d = dq[tensor]
-                q = numpy_helper.to_array(inits[d.input[0]])
+                q = read(inits[d.input[0]])
                 arr = _dequantize(q, d, inits)
                 yield node.name or node.output[0], d.input[0], node.op_type, arr, str(q.dtype)
             elif tensor in inits and j >= 1 or (tensor in inits and node.op_type == "Gather" and j == 0):
-                arr = numpy_helper.to_array(inits[tensor])
+                arr = read(inits[tensor])
                 if arr.ndim >= 2 and arr.dtype.kind == "f":
                     yield node.name or node.output[0], tensor, node.op_type, arr.astype(np.float32, copy=False), str(arr.dtype)
 
 
 def _dequantize(q, node, inits) -> np.ndarray:
-    from onnx import numpy_helper
+    from .onnx_weights import read
 
-    scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32) if node.input[1] in inits else np.float32(1)
-    zp = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32) if len(node.input) > 2 and node.input[2] in inits else np.float32(0)
+    scale = read(inits[node.input[1]]).astype(np.float32) if node.input[1] in inits else np.float32(1)
+    zp = read(inits[node.input[2]]).astype(np.float32) if len(node.input) > 2 and node.input[2] in inits else np.float32(0)
     axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
     if np.ndim(scale) == 1 and q.ndim > 1:
         shape = [1] * q.ndim
@@ -153,15 +151,13 @@ QDQ_PARAMS = {"QuantizeLinear": (1, 2), "DequantizeLinear": (1, 2)}  # scale, ze
 
 
 def count_parameters(proto) -> tuple[int, int]:
-    """(parameters, nonzeros) of an ONNX model: its weight initializers, leaving out the scales
-    and zero points of quantization and integer shape constants."""
-    from onnx import numpy_helper
-
-    from .onnx_weights import tensors
+    """(parameters, nonzeros) of an ONNX model: its stored weights (all graphs), leaving out the
+    scales and zero points of quantization and integer shape constants."""
+    from .onnx_weights import nodes, read, tensors
 
     side_inputs = set()
     weight_inputs = set()
-    for node in proto.graph.node:
+    for node, _ in nodes(proto.graph):  # a quantized layer inside an If branch has its scales there
         for i in QDQ_PARAMS.get(node.op_type, ()):
             if i < len(node.input):
                 side_inputs.add(node.input[i])
@@ -171,7 +167,7 @@ def count_parameters(proto) -> tuple[int, int]:
     for name, init in tensors(proto).items():
         if name in side_inputs and name not in weight_inputs:
             continue
-        arr = numpy_helper.to_array(init)
+        arr = read(init)
         if arr.dtype.kind in "iu" and name not in weight_inputs and arr.dtype.itemsize > 1:
             continue  # shapes, axes, indices
         if arr.size <= 1 and name not in weight_inputs:

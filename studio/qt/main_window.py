@@ -1,12 +1,11 @@
 """The main window: menus, docks, and the glue between the session, the views and the workers.
 Every heavy call into studio.core runs on a worker (workers.Tasks); slots only move results
-into the session."""
+into the session. The long jobs (recipe run, sensitivity analysis, search) are jobs.Jobs'."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-import threading
 import traceback
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from PySide6.QtWidgets import (
 )
 
 from studio.core import plugins
-from studio.core.errors import Cancelled, LoadError, StudioError, TrustRequired
+from studio.core.errors import LoadError, StudioError, TrustRequired
 
 
 def _load_views() -> None:
@@ -185,12 +184,11 @@ class MainWindow(QMainWindow):
         if hasattr(self, "session"):  # built already
             return
         _load_views()
+        from .jobs import Jobs
+
         self.session = Session(self)
         self.tasks = Tasks(self)
         self.variants: dict[tuple, Variant] = {}  # prepared variants (graph, layout, stats) by (run, stage)
-        self.data_cache: dict[str, object] = {}
-        self.cancel_event: threading.Event | None = None
-        self.job_label = "job"  # what the running long job is ("recipe run", "sensitivity analysis")
         self.error_box: QMessageBox | None = None
         self.trust_box: QMessageBox | None = None
         self.export_dialog = None
@@ -206,7 +204,7 @@ class MainWindow(QMainWindow):
         self.results = ResultsTable(s)
         self.histogram_options = HistogramOptions(self.settings, self)  # one pair of toggles for every histogram
         self.compare = CompareView(s, self.histogram_options)
-        self.inspector = LayerInspector(s, self.histogram_options)
+        self.inspector = LayerInspector(s, self.histogram_options, tasks=self.tasks)
         self.inspector.setMinimumWidth(240)  # room for the histogram and heatmap axes, and for a laptop
         self.distribution = DistributionView(s)
         self.recipe_panel = RecipePanel(s)
@@ -216,16 +214,13 @@ class MainWindow(QMainWindow):
         self.sensitivity_view = SensitivityView(s)
         self.chart.variant_clicked.connect(self.show_stage)
         self.results.variant_clicked.connect(self.show_stage)
-        self.recipe_panel.run_requested.connect(self.run_recipe)
-        self.recipe_panel.cancel_requested.connect(self.cancel)
         self.recipe_panel.inputs.changed.connect(self._inputs_changed)
-        self.sensitivity_view.run_requested.connect(self.run_sensitivity)
-        self.sensitivity_view.cancel_requested.connect(self.cancel)
         self.sensitivity_view.exclude_requested.connect(self.exclude_layers)
         self.search_view = SearchView(s)
-        self.search_view.run_requested.connect(self.run_search)
-        self.search_view.cancel_requested.connect(self.cancel)
         self.search_view.recipe_picked.connect(self.pick_recipe)
+        # the recipe run, the sensitivity analysis and the search: started from those three views
+        self.jobs = Jobs(s, self.tasks, self.log_panel, self.settings, self.sized_model, self.recipe_panel,
+                         self.sensitivity_view, self.search_view, self)
 
         self.tabs = QTabWidget()
         self.tabs.addTab(self.graph_view, "Graph")
@@ -263,6 +258,9 @@ class MainWindow(QMainWindow):
         self.statusBar().addPermanentWidget(self.working)
         s.model_changed.connect(self._model_changed)
         self.tasks.busy_changed.connect(self.working.setVisible)
+        self.jobs.running_changed.connect(self._set_running)
+        # a run landed: switching tabs paints the chart, a separate event, so no single slot stalls the window
+        self.jobs.run_added.connect(lambda: QTimer.singleShot(0, lambda: self.tabs.setCurrentWidget(self.chart)))
         state = self.settings.value("state")
         if state is not None:
             self.restoreState(state)
@@ -337,8 +335,8 @@ class MainWindow(QMainWindow):
         r = bar.addMenu("&Recipe")
         self._action(r, "&Load…", self.load_recipe_dialog, "Ctrl+L", "load_recipe")
         self._action(r, "&Save…", self.save_recipe_dialog, QKeySequence.Save, "save_recipe")
-        self._action(r, "&Run", self.run_recipe, "Ctrl+R", "run")
-        self._action(r, "&Cancel", self.cancel, "Esc", "cancel")
+        self._action(r, "&Run", self.jobs.run_recipe, "Ctrl+R", "run")
+        self._action(r, "&Cancel", self.jobs.cancel, "Esc", "cancel")
         r.addSeparator()
         self._action(r, "Run se&nsitivity analysis", self.sensitivity_from_menu, "Ctrl+Shift+R",
                      "sensitivity")
@@ -393,18 +391,12 @@ class MainWindow(QMainWindow):
     # ends, and the open can simply be repeated then. The other way round, Run waits while a
     # model is being opened (its result would be for a model about to be replaced).
     def _open_refused(self, what: str) -> bool:
-        if not self.tasks.running("run"):
+        if not self.jobs.running():
             return False
-        message = (f"A {self.job_label} is in progress: wait for it to finish or cancel it (Esc), "
+        message = (f"A {self.jobs.label} is in progress: wait for it to finish or cancel it (Esc), "
                    f"then open {what}.")
         self.statusBar().showMessage(message, 15_000)
         self.log_panel.append(message)
-        return True
-
-    def _loading_refused(self, error_label: QLabel) -> bool:
-        if not self.tasks.running("load"):
-            return False
-        error_label.setText("A model is being opened: run once it is open.")
         return True
 
     def open_path(self, path: str, trust: bool = False) -> None:
@@ -638,157 +630,26 @@ class MainWindow(QMainWindow):
         if self.netron is not None:
             self.netron.show_variant(variant)
 
-    # -- running -------------------------------------------------------------------------
-    def data_for(self, spec: str, input_shape, signature=None):
-        """Open (and cache) the evaluation data: called on workers. With the model's signature,
-        random data and .npz files cover every input."""
-        from studio.core.data import open_data
+    # -- jobs (the run, the sensitivity analysis and the search live in jobs.Jobs) -----------
+    def _set_running(self, running: bool) -> None:
+        """The menu commands follow the views' Run / Cancel buttons: Cancel (and Esc) only while a job runs."""
+        self.actions_["run"].setEnabled(not running)
+        self.actions_["sensitivity"].setEnabled(not running)
+        self.actions_["cancel"].setEnabled(running)
 
-        key = _data_key(spec, input_shape, signature)
-        if key not in self.data_cache:
-            self.data_cache[key] = open_data(spec, input_shape, signature=signature)
-        return self.data_cache[key]
+    def sensitivity_from_menu(self) -> None:
+        """Recipe > Run sensitivity analysis: the Sensitivity tab comes to the front (its settings
+        and the heatmap are there) and the analysis starts with them."""
+        self.tabs.setCurrentWidget(self.sensitivity_view)
+        self.jobs.run_sensitivity()
 
-    def run_recipe(self) -> None:
-        s = self.session
-        if s.model is None:
-            self.recipe_panel.error.setText("Open a model first.")
+    def exclude_layers(self, layers: list[str], family: str) -> None:
+        if not layers:
+            self.log_panel.append("no layer is over the threshold: nothing to exclude")
             return
-        if self.tasks.running("run") or self._loading_refused(self.recipe_panel.error):
-            return
-        recipe = Recipe([type(st)(st.id, dict(st.options), st.enabled) for st in s.recipe.passes], s.recipe.name,
-                        s.recipe.evaluator, s.recipe.ship, s.recipe.max_drop)
-        if not recipe.enabled_steps():
-            self.recipe_panel.error.setText("Add a pass to the recipe first.")
-            return
-        try:
-            recipe.validate()
-        except StudioError as exc:
-            self.recipe_panel.error.setText(str(exc))
-            return
-        model = self.sized_model(s.original, self.run_recipe, self.recipe_panel.error)
-        if model is None:
-            return
-        spec, previous = s.data_spec, s.previous_stages()
-        latency = getattr(self, "latency_batches", (1, 32))
-
-        def job(cancel_event):
-            from studio.core.pipeline import run
-
-            data = self.data_for(spec, model.input_shape, model.signature)
-            return (yield from run(model, recipe, data, latency_batches=latency, cancel_event=cancel_event,
-                                   previous=previous))
-
-        def done(result):
-            result.data_name = spec
-            s.add_run(result)
-            last = result.stages[-1].measurement
-            q = f"{last.quality_text} {last.quality_label}" if last and last.quality is not None else ""
-            self.log_panel.end(f"run {result.id} done: {len(result.stages) - 1} passes · last stage {q}",
-                               "done")
-            for st in result.stages:
-                for w in st.warnings:
-                    self.log_panel.append(f"⚠ {st.label}: {w}")
-            # switching tabs paints the chart: a separate event, so no single slot stalls the window
-            QTimer.singleShot(0, lambda: self.tabs.setCurrentWidget(self.chart))
-
-        steps = " → ".join(st.label() for st in recipe.enabled_steps())
-        self._start_job("run", f"running {steps} on {spec}", job, done, self.recipe_panel.error)
-
-    def run_sensitivity(self) -> None:
-        """Per-layer sensitivity of the variant shown, on the evaluation data chosen in the recipe
-        panel: the same worker, progress, log and cancel as a recipe run (one such job at a time)."""
-        s, view = self.session, self.sensitivity_view
-        variant = s.current
-        if variant is None:
-            view.error.setText("Open a model first.")
-            return
-        if self.tasks.running("run") or self._loading_refused(view.error):
-            return
-        try:
-            kind, ratios = view.request()
-        except StudioError as exc:
-            view.error.setText(str(exc))
-            return
-        model = self.sized_model(variant, self.run_sensitivity, view.error)
-        if model is None:
-            return
-        spec, key = s.data_spec, variant.key
-        shown = "the original" if variant.run_id is None else f"run {variant.run_id}, stage {variant.index}"
-
-        def job(cancel_event):
-            from studio.core.sensitivity import prune_sensitivity, quant_sensitivity
-
-            def check():
-                if cancel_event.is_set():
-                    raise Cancelled()
-
-            data = self.data_for(spec, model.input_shape, model.signature)
-            if kind == "int8":
-                return (yield from quant_sensitivity(model, data, cancel=check))
-            return (yield from prune_sensitivity(model, data, ratios=ratios, method=kind, cancel=check))
-
-        def done(result):
-            result.meta.update(variant=f"{model.name} ({shown})", data=spec)
-            s.set_sensitivity(result, key)
-            worst = result.layers[int(result.drop().max(axis=1).argmax())]
-            self.log_panel.end(f"sensitivity of {len(result.layers)} layers done: the most sensitive is "
-                               f"{worst}", "done")
-
-        how = "INT8 with one layer kept in float" if kind == "int8" else \
-            f"{kind} pruning at {', '.join(f'{r:.0%}' for r in ratios)}"
-        self._start_job("sensitivity analysis", f"sensitivity of {model.name} ({shown}): {how} on {spec}",
-                        job, done, view.error)
-
-    def run_search(self) -> None:
-        """studio.core.search over the open model on the evaluation data of the recipe panel: the
-        same worker, progress, log and cancel as a recipe run; each candidate lands on the
-        Search tab's chart as soon as it is measured."""
-        from studio.core import search
-
-        s, view = self.session, self.search_view
-        if s.model is None:
-            view.error.setText("Open a model first.")
-            return
-        if self.tasks.running("run") or self._loading_refused(view.error):
-            return
-        model = s.original.model
-        if model.format == "zoo":
-            spec = "demo:" + model.name.removeprefix("demo-")
-        elif model.source is not None:
-            spec = str(model.source)
-        else:
-            view.error.setText("Search needs a model file (or a demo model): save this one first.")
-            return
-        try:
-            settings = search.Settings(
-                search.Source.of(spec, s.data_spec, inputs=tuple(self.recipe_panel.inputs.items())),
-                view.folder(), objectives=view.objectives(), max_drop=view.max_drop.value(),
-                seconds=view.seconds.value(), workers=view.workers.value(), trials=view.trials.value() or None,
-                max_epochs=0 if view.quick.isChecked() else None)
-        except StudioError as exc:
-            view.error.setText(str(exc))
-            return
-        view.clear()
-
-        def job(cancel_event):
-            return (yield from search.search(settings, cancel_event))
-
-        def landed(event):
-            self.log_panel.progress((event.fraction, event.message))
-            if event.candidate is not None:
-                view.add_candidate(event.candidate)
-
-        def done(summary):
-            view.show_summary(summary)
-            best = summary["best"]
-            self.log_panel.end(f"search done: {len(summary['candidates'])} candidates; best "
-                               + (f"{best['recipe']['name']} in {best['recipe_file']}" if best else "none within budget"),
-                               "done")
-
-        self._start_job("search", f"search on {model.name} ({' + '.join(settings.objectives)}, "
-                        f"<= {settings.max_drop:g} points, {settings.seconds:.0f} s) in {settings.out}",
-                        job, done, view.error, on_yield=landed)
+        rows = self.recipe_panel.ignore_layers(layers, family)
+        steps = ", ".join(f"{i + 1}. {self.session.recipe.passes[i].id}" for i in rows)
+        self.log_panel.append(f"added {', '.join(layers)} to the ignore list of {steps}")
 
     def pick_recipe(self, recipe: dict) -> None:
         """A search candidate clicked on the chart: its recipe goes into the recipe panel."""
@@ -798,73 +659,6 @@ class MainWindow(QMainWindow):
             self.search_view.error.setText(str(exc))
             return
         self.log_panel.append(f"recipe of the search candidate put in the recipe panel: {recipe.get('name')}")
-
-    def _start_job(self, label: str, what: str, job, done, error_label: QLabel, on_yield=None) -> None:
-        """The one long job at a time (a recipe run or a sensitivity analysis) on a worker: the
-        progress bars and the log follow it, Esc / Cancel stops it at its next step, the Run
-        buttons wait for it, and a result for a model no longer open (or cancelled) is dropped.
-        job(cancel_event) is a generator function; done(result) lands a fresh result."""
-        s = self.session
-        self.cancel_event = cancel = threading.Event()
-        generation = s.generation
-
-        def returned(result):
-            self._set_running(False)
-            if cancel.is_set():  # it finished just as Cancel was pressed: cancelled all the same
-                self.log_panel.end(f"{label} cancelled: the model is unchanged and no result was added",
-                                   "cancelled")
-            elif generation != s.generation:
-                self.log_panel.end(f"{label} finished for a model no longer open: dropped", "cancelled")
-            else:
-                done(result)
-
-        def failed(exc):
-            self._set_running(False)
-            if isinstance(exc, Cancelled):
-                self.log_panel.end(f"{label} cancelled: the model is unchanged and no result was added",
-                                   "cancelled")
-            else:
-                reason = str(exc) if isinstance(exc, StudioError) else f"{type(exc).__name__}: {exc}"
-                self.log_panel.end(f"{label} failed: {reason}", "failed")
-                error_label.setText(reason)
-                if not isinstance(exc, StudioError):
-                    self.log_panel.append("".join(traceback.format_exception(exc)))
-
-        error_label.setText("")
-        self.job_label = "recipe run" if label == "run" else label
-        self._set_running(True)
-        self.log_panel.begin(what)
-        self.settings.setValue("data_spec", s.data_spec)
-        self.tasks.start("run", job, cancel, _cancel=cancel, on_yield=on_yield or self.log_panel.progress,
-                         on_return=returned, on_error=failed)
-
-    def _set_running(self, running: bool) -> None:
-        """Run buttons and menu commands wait while a job runs; Cancel (and Esc) works only then."""
-        self.recipe_panel.set_running(running)
-        self.sensitivity_view.set_running(running)
-        self.search_view.set_running(running)
-        self.actions_["run"].setEnabled(not running)
-        self.actions_["sensitivity"].setEnabled(not running)
-        self.actions_["cancel"].setEnabled(running)
-
-    def sensitivity_from_menu(self) -> None:
-        """Recipe > Run sensitivity analysis: the Sensitivity tab comes to the front (its settings
-        and the heatmap are there) and the analysis starts with them."""
-        self.tabs.setCurrentWidget(self.sensitivity_view)
-        self.run_sensitivity()
-
-    def cancel(self) -> None:
-        if self.cancel_event is not None and not self.cancel_event.is_set() and self.tasks.running("run"):
-            self.cancel_event.set()
-            self.log_panel.append("cancelling…")
-
-    def exclude_layers(self, layers: list[str], family: str) -> None:
-        if not layers:
-            self.log_panel.append("no layer is over the threshold: nothing to exclude")
-            return
-        rows = self.recipe_panel.ignore_layers(layers, family)
-        steps = ", ".join(f"{i + 1}. {self.session.recipe.passes[i].id}" for i in rows)
-        self.log_panel.append(f"added {', '.join(layers)} to the ignore list of {steps}")
 
     # -- recipes -------------------------------------------------------------------------
     def load_recipe_dialog(self) -> None:
@@ -908,8 +702,11 @@ class MainWindow(QMainWindow):
         if model is None:
             return None
         v = Variant(v.run_id, v.index, model, v.graph, v.layout, v.stats)
-        data = self.data_cache.get(_data_key(self.session.data_spec, model.input_shape, model.signature))
-        self.export_dialog = ExportDialog(self, v, data, self.folder("export"))
+        data = self.jobs.cached_data(self.session.data_spec, model.input_shape, model.signature)
+        self.export_dialog = dialog = ExportDialog(self.tasks, v, data, self.folder("export"), self)
+        dialog.exported.connect(lambda result: (
+            self.remember_folder("export", str(Path(result.path).parent)),
+            self.session.log.emit(f"exported {result.path}: {result.message}")))
         self.export_dialog.open()
         return self.export_dialog
 
@@ -936,7 +733,7 @@ class MainWindow(QMainWindow):
         if self.tabs.widget(index) is self.netron_page and self.netron is None:
             from .views.netron_view import NetronView
 
-            self.netron = NetronView(self)
+            self.netron = NetronView(self.tasks)
             self.netron_page.layout().addWidget(self.netron)
             self.netron.show_variant(self.session.current)
 
@@ -946,8 +743,7 @@ class MainWindow(QMainWindow):
         Returns whether every worker finished."""
         if not self.ready:  # closed before its views were built: no worker was started
             return True
-        if self.cancel_event is not None:
-            self.cancel_event.set()
+        self.jobs.stop()
         if self.netron is not None:
             self.netron.stop()
         return self.tasks.wait(timeout)
@@ -975,8 +771,3 @@ class MainWindow(QMainWindow):
             self.leave_now()
         super().closeEvent(event)
 
-
-def _data_key(spec: str, input_shape, signature) -> str:
-    """The data cache's key: a model with several (or integer) inputs gets data of its own."""
-    extra = "|" + ";".join(signature.describe()) if signature is not None and signature.multi else ""
-    return f"{spec}|{input_shape}{extra}"

@@ -289,3 +289,36 @@ def test_constant_node_weights_of_a_dynamo_transformer(exported):
         result, out, ref = apply(pass_id, model, **options)
         assert len(result.layers) == 6, pass_id  # embed, attention in/out, two feed-forward, head
         assert not np.allclose(out, ref)
+
+
+def test_quantized_layer_in_a_subgraph_counts_its_weight_not_its_scales():
+    """A DequantizeLinear -> MatMul inside an If branch: the parameter count walks the branch's
+    nodes like the graph builder does, so the per-channel scales and zero points are not weights
+    there either (the count once looked for quantization nodes in the main graph only)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from studio.core import stats
+    from studio.core.graph import build_graph
+
+    q = numpy_helper.from_array(np.arange(-8, 8, dtype=np.int8).reshape(4, 4), "w_q")
+    scale = numpy_helper.from_array(np.full(4, 0.1, np.float32), "w_scale")
+    zero = numpy_helper.from_array(np.zeros(4, np.int8), "w_zero")
+    branch = helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zero"], ["w"], name="dq", axis=1),
+         helper.make_node("MatMul", ["input", "w"], ["then_out"], name="/then/fc/MatMul")],
+        "then", [], [helper.make_tensor_value_info("then_out", TensorProto.FLOAT, ["N", 4])],
+        initializer=[q, scale, zero])
+    other = helper.make_graph([helper.make_node("Identity", ["input"], ["else_out"], name="same")], "else", [],
+                              [helper.make_tensor_value_info("else_out", TensorProto.FLOAT, ["N", 4])])
+    cond = helper.make_node("Constant", [], ["cond"], name="cond", value=helper.make_tensor("c", TensorProto.BOOL, [], [True]))
+    graph = helper.make_graph(
+        [cond, helper.make_node("If", ["cond"], ["output"], name="branch", then_branch=branch, else_branch=other)],
+        "qdq-in-if", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 4])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    onnx.checker.check_model(proto)
+    model = Model(proto, ONNX, (1, 4), name="qdq-in-if")
+    assert om.run(model, np.ones((2, 4), np.float32)).shape == (2, 4)  # a real model onnxruntime runs
+    assert stats.parameter_count(model) == (16, 15)  # the int8 weight (one zero), no scales
+    assert build_graph(model).total_parameters == 16

@@ -14,7 +14,7 @@ def window(qtbot, tmp_path, monkeypatch):
     from studio.qt.main_window import MainWindow
 
     w = MainWindow()
-    w.latency_batches = (1, 8)  # small latency batches keep the tests quick
+    w.jobs.latency_batches = (1, 8)  # small latency batches keep the tests quick
     qtbot.addWidget(w)
     w.show()
     yield w

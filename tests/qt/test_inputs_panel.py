@@ -75,7 +75,7 @@ def test_a_size_set_in_the_panel_reaches_the_run_and_is_remembered(window, qtbot
     panel.editors["input_ids"].editingFinished.emit()
     assert "all sized" in panel.status.text()
     w.recipe_panel.add_pass(PASS)
-    w.run_recipe()
+    w.jobs.run_recipe()
     assert w.size_dialog is None  # nothing left to ask
     run = run_done(w, qtbot)
     check_run(run)
@@ -102,7 +102,7 @@ def test_a_bad_setting_is_one_line_and_starts_nothing(window, qtbot, bert_file):
     panel.editors["attention_mask"].setText("1,2,3")  # three dims for a two-dim input
     panel.editors["attention_mask"].editingFinished.emit()
     w.recipe_panel.add_pass(PASS)
-    w.run_recipe()
+    w.jobs.run_recipe()
     assert "has 2 dims, not 3" in w.recipe_panel.error.text()
     assert "\n" not in w.recipe_panel.error.text()
     assert not w.tasks.running("run") and w.size_dialog is None
@@ -113,7 +113,7 @@ def test_an_unset_dim_is_asked_for_then_the_run_goes(window, qtbot, bert_file):
     w = window
     open_file(w, qtbot, bert_file)
     w.recipe_panel.add_pass(PASS)
-    w.run_recipe()
+    w.jobs.run_recipe()
     qtbot.waitUntil(lambda: w.size_dialog is not None and w.size_dialog.isVisible(), timeout=5000)
     assert not w.tasks.running("run")  # nothing starts while the question is open
     dialog = w.size_dialog
@@ -133,7 +133,7 @@ def test_cancelling_the_question_starts_no_run(window, qtbot, bert_file):
     w = window
     open_file(w, qtbot, bert_file)
     w.recipe_panel.add_pass(PASS)
-    w.run_recipe()
+    w.jobs.run_recipe()
     qtbot.waitUntil(lambda: w.size_dialog is not None and w.size_dialog.isVisible(), timeout=5000)
     w.size_dialog.buttons.button(QDialogButtonBox.Cancel).click()
     qtbot.wait(200)
@@ -149,7 +149,7 @@ def test_a_constant_input_is_pinned_from_the_panel(window, qtbot, tmp_path):
     path = export_onnx(module, args, names, dynamic, tmp_path / "vad.onnx", dynamo=False)
     open_file(w, qtbot, path)
     w.recipe_panel.add_pass(PASS)
-    w.run_recipe()
+    w.jobs.run_recipe()
     qtbot.waitUntil(lambda: w.size_dialog is not None and w.size_dialog.isVisible(), timeout=5000)
     dialog = w.size_dialog
     assert list(dialog.texts) == ["sr"] and not dialog.dims
@@ -172,7 +172,7 @@ def test_the_confusion_matrix_of_a_labelled_run(demo, qtbot):
     w = demo
     assert w.session.data_spec == "digits"
     w.recipe_panel.add_pass(PASS)
-    w.run_recipe()
+    w.jobs.run_recipe()
     run = run_done(w, qtbot)
     w.tabs.setCurrentWidget(w.results)
     view = w.results.confusion

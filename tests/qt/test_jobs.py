@@ -128,7 +128,7 @@ def test_a_failed_run_says_failed(demo, qtbot, tmp_path):
     w = demo
     w.session.set_recipe(Recipe([RecipeStep("quantize.fp16", {})]))
     w.session.set_data_spec(str(tmp_path / "missing.npz"))
-    w.run_recipe()
+    w.jobs.run_recipe()
     qtbot.waitUntil(lambda: not w.tasks.running("run"), timeout=30_000)
     assert "failed" in w.log_panel.status.text() and w.recipe_panel.error.text()
     stage_text, overall_text = w.log_panel.bar_texts()

@@ -46,7 +46,7 @@ def test_plugin_pass_runs_in_the_window_measured_by_the_plugin_evaluator(plugins
     panel.quality_box.setCurrentIndex(panel.quality_box.findData("top2"))
     panel.quality_box.activated.emit(panel.quality_box.currentIndex())  # as a click does
     assert w.session.recipe.evaluator == "top2"
-    w.run_recipe()
+    w.jobs.run_recipe()
     qtbot.waitUntil(lambda: len(w.session.runs) == 1 and not w.tasks.running(), timeout=120_000)
     run = w.session.runs[0]
     assert [s.name for s in run.stages] == ["original", "example.round"]

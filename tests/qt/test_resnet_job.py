@@ -60,7 +60,7 @@ def resnet18_onnx(tmp_path_factory):
 @pytest.mark.slow
 def test_resnet18_onnx_int8_whole_job(window, qtbot, tmp_path, resnet18_onnx):
     w = window
-    w.latency_batches = (1,)  # one latency batch keeps the run short on a ResNet
+    w.jobs.latency_batches = (1,)  # one latency batch keeps the run short on a ResNet
     meter = StallMeter()
     timings: list[tuple[str, float, float]] = []
 

@@ -104,7 +104,7 @@ def test_cancel_leaves_model_untouched(demo, qtbot):
     before = weights_digest(w.session.model.obj)
     obj = w.session.model.obj
     w.session.set_recipe(Recipe([RecipeStep("prune.magnitude", {"sparsity": 0.9, "fine_tune_epochs": 200})]))
-    w.run_recipe()
+    w.jobs.run_recipe()
     # wait until the pass itself is working (fine-tuning), then cancel with Esc
     qtbot.waitUntil(lambda: w.log_panel.status.text().startswith("step 2/"), timeout=60_000)
     w.actions_["cancel"].trigger()
@@ -219,7 +219,7 @@ def test_random_data_measures_agreement(demo, qtbot):
     w = demo
     w.recipe_panel.add_pass("quantize.fp16")
     w.session.set_data_spec("random")
-    w.run_recipe()
+    w.jobs.run_recipe()
     qtbot.waitUntil(lambda: len(w.session.runs) == 1, timeout=60_000)
     m = w.session.runs[0].stages[1].measurement
     assert m.accuracy is None and m.quality_label == "agreement" and m.agreement > 0.9

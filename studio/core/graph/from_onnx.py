@@ -122,9 +122,9 @@ def exported_module(node, params: list[str]) -> str:
 
 
 def _array(init):
-    from onnx import numpy_helper
+    from ..onnx_weights import read
 
-    return numpy_helper.to_array(init)
+    return read(init)
 
 
 def _dtype_name(init) -> str:

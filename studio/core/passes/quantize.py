@@ -136,8 +136,9 @@ class _Graph:
 def _graph_facts(proto) -> _Graph:
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
-    consts = {i.name for i in proto.graph.initializer}
-    consts |= {o for n in proto.graph.node if n.op_type == "Constant" for o in n.output}
+    from ..onnx_weights import stored_names
+
+    consts = stored_names(proto.graph)
     attention = [n.name for n in proto.graph.node
                  if n.op_type == "MatMul" and not any(i in consts for i in n.input)]
     producer = {o: n for n in proto.graph.node for o in n.output}

@@ -1,11 +1,12 @@
 """Export the selected variant: format, destination, then the written file is loaded back and
-compared with the variant (studio.core.export verifies); the result is shown here."""
+compared with the variant (studio.core.export verifies); the result is shown here. The export
+runs on the job runner it is given (workers.Tasks); `exported` carries the verified result."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QComboBox,
     QDialog,
@@ -25,10 +26,12 @@ from studio.core import export as core_export
 
 
 class ExportDialog(QDialog):
-    def __init__(self, window, variant, data, folder: str, parent=None):
-        super().__init__(parent or window)
+    exported = Signal(object)  # the ExportResult of a finished export
+
+    def __init__(self, tasks, variant, data, folder: str, parent=None):
+        super().__init__(parent)
         self.setWindowTitle("Export the selected variant")
-        self.window_ = window
+        self.tasks = tasks
         self.variant = variant
         self.data = data
         self.result = None
@@ -102,8 +105,8 @@ class ExportDialog(QDialog):
         def job(model, path, fmt, data):
             return (yield from core_export.export(model, path, fmt, data=data))
 
-        self.window_.tasks.start("export", job, self.variant.model, path, fmt, self.data,
-                                 on_yield=self._progress, on_return=self._done, on_error=self._failed)
+        self.tasks.start("export", job, self.variant.model, path, fmt, self.data,
+                         on_yield=self._progress, on_return=self._done, on_error=self._failed)
 
     def _progress(self, value) -> None:
         fraction, message = value
@@ -119,8 +122,7 @@ class ExportDialog(QDialog):
         self.status.setText(f"<b>{ok}</b> · {Path(result.path).name} · {result.size_bytes:,} bytes · "
                             f"{diff} · {agree}<br>{result.message}")
         self.export_button.setEnabled(True)
-        self.window_.remember_folder("export", str(Path(result.path).parent))
-        self.window_.session.log.emit(f"exported {result.path}: {result.message}")
+        self.exported.emit(result)
 
     def _failed(self, exc) -> None:
         self.status.setText(f"<span style='color:#c0392b'>Export failed: {exc}</span>")

@@ -41,9 +41,11 @@ def layer_summary(s) -> str:
 
 
 class LayerInspector(QWidget):
-    def __init__(self, session, options: HistogramOptions | None = None, parent=None):
+    def __init__(self, session, options: HistogramOptions | None = None, tasks=None, parent=None):
+        """tasks: the job runner (workers.Tasks) that fetches heatmaps; without one, no heatmap."""
         super().__init__(parent)
         self.session = session
+        self.tasks = tasks
         self.options = options or HistogramOptions(parent=self)
         self.title = QLabel("Select a layer in the graph.")
         self.title.setWordWrap(True)
@@ -109,17 +111,16 @@ class LayerInspector(QWidget):
         self.shown, self.shown_stats = (variant.key, layer), s
         self._draw_hist()
         # the matrix itself can be large (an embedding): fetch it on a worker
-        window = self.window()
-        if hasattr(window, "tasks"):
+        if self.tasks is not None:
             from studio.core.stats import weight_matrix
 
             def job(model, name):
                 return heatmap_image(weight_matrix(model, name))
 
             key = (variant.key, layer)
-            window.tasks.start("heatmap", job, variant.model, s.name,
-                               on_return=lambda img: self._show_heat(key, img),
-                               on_error=lambda e: self.image.clear())
+            self.tasks.start("heatmap", job, variant.model, s.name,
+                             on_return=lambda img: self._show_heat(key, img),
+                             on_error=lambda e: self.image.clear())
 
     def _draw_hist(self) -> None:
         if self.shown_stats is None:

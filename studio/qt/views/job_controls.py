@@ -7,7 +7,7 @@ from PySide6.QtWidgets import QLabel, QPushButton
 
 def job_controls(view, run_text: str) -> None:
     """Give `view` run_button, cancel_button and error, wired to its run_requested and
-    cancel_requested signals (the main window enables them while a job runs)."""
+    cancel_requested signals (jobs.Jobs starts the job and enables them while it runs)."""
     view.run_button = QPushButton(run_text)
     view.run_button.clicked.connect(view.run_requested)
     view.cancel_button = QPushButton("Cancel  (Esc)")

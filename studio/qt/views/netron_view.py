@@ -64,9 +64,10 @@ def serve_model(variant, folder: Path) -> tuple[ModelServer, str]:
 
 
 class NetronView(QWidget):
-    def __init__(self, window, parent=None):
+    def __init__(self, tasks, parent=None):
+        """tasks: the job runner (workers.Tasks) that writes and serves the model file."""
         super().__init__(parent)
-        self.window_ = window
+        self.tasks = tasks
         self.folder = tempfile.TemporaryDirectory(prefix="studio-netron-")
         self.url: str | None = None
         self.server: ModelServer | None = None
@@ -117,8 +118,8 @@ class NetronView(QWidget):
             return
         self.shown_key = variant.key
         self.info.setText("preparing Netron…")
-        self.window_.tasks.start("netron", self._serve, variant, on_return=self._served,
-                                 on_error=lambda e: self.info.setText(f"Netron: {e}"))
+        self.tasks.start("netron", self._serve, variant, on_return=self._served,
+                         on_error=lambda e: self.info.setText(f"Netron: {e}"))
 
     def _serve(self, variant):
         self._stop_servers()  # the previous variant is no longer served

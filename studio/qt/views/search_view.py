@@ -2,7 +2,7 @@
 budget, time, workers, output folder), Start / Cancel on the window's one job runner, and a chart
 where each candidate lands as a point as soon as it is measured (quality against the objective's
 footprint), the Pareto front dashed, the best ringed. A click on a point puts its recipe in the
-recipe panel. The search itself runs in MainWindow.run_search."""
+recipe panel. The search itself runs in jobs.Jobs.run_search."""
 
 from __future__ import annotations
 

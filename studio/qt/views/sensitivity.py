@@ -2,8 +2,8 @@
 at several ratios, or INT8 with one layer kept in float), the result as a heatmap (layers x
 settings, colour = quality drop in points, the numbers in the cells and in the hover tip; a
 click selects the row's layer everywhere), and "Exclude sensitive layers", which hands
-sensitive_layers(...) to the recipe. The analysis itself runs in the window
-(MainWindow.run_sensitivity) on the recipe run's worker, progress bars and cancel."""
+sensitive_layers(...) to the recipe. The analysis itself runs in the job controller
+(jobs.Jobs.run_sensitivity) on the recipe run's worker, progress bars and cancel."""
 
 from __future__ import annotations
 
