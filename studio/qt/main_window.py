@@ -671,13 +671,14 @@ class MainWindow(QMainWindow):
             return
         spec, previous = s.data_spec, s.previous_stages()
         latency = getattr(self, "latency_batches", (1, 32))
+        runtimes = getattr(self, "runtimes", ("ort",))  # ("ort", "pte"): ExecuTorch too (exports each stage)
 
         def job(cancel_event):
             from studio.core.pipeline import run
 
             data = self.data_for(spec, model.input_shape, model.signature)
             return (yield from run(model, recipe, data, latency_batches=latency, cancel_event=cancel_event,
-                                   previous=previous))
+                                   previous=previous, runtimes=runtimes))
 
         def done(result):
             result.data_name = spec
