@@ -37,7 +37,11 @@ FOOTPRINTS = {
     "macs": "MACs (batch 1)",
     "latency_b1": "Latency, batch 1 (ms)",
     "latency_bn": "Latency, large batch (ms)",
+    # measured only when asked (studio run --runtimes pte, RAM): the chart offers them once a run has them
+    "latency_pte_b1": "Latency, batch 1, ExecuTorch XNNPACK (ms)",
+    "ram_bytes": "RAM to run (bytes)",
 }
+OPTIONAL_FOOTPRINTS = ("latency_pte_b1", "ram_bytes")
 
 SNR_CAP_DB = 200.0  # identical outputs: no noise; float32 resolves ~150 dB, so this means "exact"
 QUALITY_LABELS = {
@@ -125,6 +129,10 @@ class Measurement:
     @property
     def latency_b1(self) -> float | None:
         return self.latency_ms.get(1)
+
+    @property
+    def latency_pte_b1(self) -> float | None:
+        return self.runtime_ms.get("pte")
 
     @property
     def latency_bn(self) -> float | None:

@@ -42,3 +42,22 @@ def test_results_table_adds_ram_and_executorch_columns_when_a_run_has_them(qtbot
         assert table.model.item(0, column).text() == stage_table.NONE  # the run that did not measure it
     assert table.model.item(1, len(COLUMNS) + 1).text() == "1.500"
     assert table.model.item(2, len(COLUMNS) + 1).text() == stage_table.NONE
+
+
+def test_the_chart_offers_executorch_latency_and_ram_once_a_run_measured_them(qtbot):
+    from studio.qt.session import Session
+    from studio.qt.views.tradeoff import TradeoffChart
+
+    session = Session()
+    chart = TradeoffChart(session)
+    qtbot.addWidget(chart)
+    assert chart.axis.findData("latency_pte_b1") < 0 and chart.axis.findData("ram_bytes") < 0
+    session.add_run(measured_run())
+    assert chart.axis.findData("zip_bytes") == chart.axis.currentIndex()  # the choice made stays
+    chart.axis.setCurrentIndex(chart.axis.findData("latency_pte_b1"))
+    assert [(x, idx) for x, _, _, idx, _ in chart.points] == [(1.5, 0)]  # the INT8 stage has no ExecuTorch number
+    assert "ExecuTorch (XNNPACK), batch 1: 1.500 ms" in chart.points[0][4]
+    assert chart.plot.getAxis("bottom").labelText == "Latency, batch 1, ExecuTorch XNNPACK (ms)"
+    chart.axis.setCurrentIndex(chart.axis.findData("ram_bytes"))
+    assert sorted(idx for _, _, _, idx, _ in chart.points) == [0, 1]
+    assert chart.plot.getAxis("bottom").labelText == "RAM to run (MiB)"
