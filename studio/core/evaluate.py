@@ -83,6 +83,8 @@ class Measurement:
     # batch-1 median ms on other runtimes than onnxruntime (studio run --runtimes; core/runtimes.py),
     # timed in the same rounds as latency_ms[1]; a runtime a stage cannot reach is left out
     runtime_ms: dict[str, float] = field(default_factory=dict)
+    # RAM to load and run the stage's batch-1 file in those runtimes, measured like ram_bytes
+    runtime_ram_bytes: dict[str, int] = field(default_factory=dict)
 
     @property
     def cosine(self) -> float | None:

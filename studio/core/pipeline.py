@@ -260,6 +260,7 @@ def run(
         from .runtimes import threads as runtime_threads
 
         k = len(passes) + 1
+        files: dict[str, list] = {}
         # ExecuTorch's XNNPACK programs take the threadpool of the moment they are loaded: set the
         # run's thread count first, load, measure, and let the programs go before it is restored
         with runtime_threads(others, threads):
@@ -281,6 +282,8 @@ def run(
             finally:
                 gen.close()
                 del gen
+                for name, runners in calls.items():  # what RAM is measured on, in a fresh process each
+                    files[name] = [(r.file, r.args) if r is not None else None for r in runners]
                 calls.clear()
         for stage, lat, more in zip(stages, latencies, on_others):
             stage.measurement.latency_ms = lat
@@ -291,14 +294,21 @@ def run(
                 if warning not in after.warnings:
                     after.warnings.append(warning)
     if ram_step:
-        from .memory import inference_ram
+        from .memory import inference_ram, pte_ram
 
+        files = files if latency_step else {}
         for i, stage in enumerate(stages):
             check()
             yield Progress(stages_total - 1, stages_total, i / len(stages), f"RAM of stage {i}, in a fresh process")
             if stage.measurement is not None:
                 x1 = data.shaped(data.x_test[:1], stage.model.input_shape)
                 stage.measurement.ram_bytes = inference_ram(stage.onnx(), x1, threads)
+                for name, loaded in files.items():
+                    if loaded[i] is not None:
+                        program, args = loaded[i]
+                        got = pte_ram(program, args, threads)
+                        if got is not None:
+                            stage.measurement.runtime_ram_bytes[name] = got
     return Run(uuid.uuid4().hex[:8], recipe, stages, data.name if data else "",
                runtimes=("ort", *others) if measure_stages else ("ort",))
 
@@ -320,7 +330,7 @@ def _runtime_calls(stages: list[Stage], data: Data, others: list[str], k: int, t
             except Exception as exc:  # noqa: BLE001 - a converter failing its own way: one line, no number
                 calls[name].append(None)
                 why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                stage.warnings.append(f"{title(name)} latency not measured: {why}")
+                stage.warnings.append(f"{title(name)} not measured: {why}")
     return calls
 
 

@@ -16,7 +16,6 @@ an ONNX stage onnx2torch cannot convert) gets no number and one warning saying w
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import contextmanager
 
 from .errors import StudioError
@@ -49,7 +48,7 @@ def title(name: str) -> str:
     return RUNTIMES[name][0]
 
 
-def runner(name: str, model: Model, x1) -> Callable[[], object]:
+def runner(name: str, model: Model, x1) -> Runner:
     """A call that runs `model` once on the batch-1 input x1 in runtime `name` (already run once,
     so it works); a StudioError with one line when the stage cannot reach that runtime."""
     if name != "pte":
@@ -76,10 +75,18 @@ def _pte_runner(model: Model, x1):
         except Exception as exc:  # noqa: BLE001 - the runtime refuses the program: one line
             raise StudioError(f"ExecuTorch cannot run this program: {edge._first_line(exc)}") from None
 
-    def run(_program=program):  # the program kept alive as long as its method
-        return method.execute(args)
+    return Runner(method, args, program, blob)
 
-    return run
+
+class Runner:
+    """One stage loaded in a runtime: calling it runs the stage once on its batch-1 input;
+    `file` is what was loaded (measured again for RAM in a fresh process), `args` its input."""
+
+    def __init__(self, method, args, program, file: bytes):
+        self.method, self.args, self.program, self.file = method, args, program, file  # the program outlives its method
+
+    def __call__(self):
+        return self.method.execute(self.args)
 
 
 @contextmanager

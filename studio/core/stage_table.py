@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .memory import RUNS as RAM_RUNS
 from .units import fmt_bytes
 
 NONE = "–"
@@ -62,7 +63,10 @@ def columns(run) -> list[Column]:
             Column("size", "file", "file", 10), Column("zipped", "zipped", "zipped", 10),
             Column("x_zip", "x smaller (zip)", "x zip", 6), Column("macs", "MACs", "MACs", 10)]
     if has_ram(run):
+        from .runtimes import title
+
         cols.append(Column("ram", "RAM to run", "RAM", 10))
+        cols += [Column(f"{r}_ram", f"RAM to run, {title(r)}", f"RAM {r}", 10) for r in runtimes(run)]
     others = runtime_columns(run)
     if 1 not in batches(run):
         cols += others
@@ -97,6 +101,8 @@ def cells(stage, base, batch_sizes, other_runtimes=()) -> dict[str, Cell]:
         if ms and base is not None and base.latency_ms.get(b):
             row[f"x_{b}"] = Cell(f"{base.latency_ms[b] / ms:.2f}x", base.latency_ms[b] / ms)
     for r in other_runtimes:
+        if r in m.runtime_ram_bytes:
+            row[f"{r}_ram"] = Cell(fmt_bytes(m.runtime_ram_bytes[r]), m.runtime_ram_bytes[r])
         ms = m.runtime_ms.get(r)
         row[f"{r}_ms_1"] = Cell(f"{ms:.3f}" if ms else NONE, ms or 0.0)
         if ms and base is not None and base.runtime_ms.get(r):
@@ -127,6 +133,11 @@ def notes(run) -> list[str]:
     if has_ram(run):
         lines.append("RAM: resident memory onnxruntime took to load and run one batch-1 input, in a fresh "
                      f"process per stage ({base.threads if base else 1} thread(s); includes the session's own few MiB)")
+        for r in runtimes(run):
+            from .runtimes import title
+
+            lines.append(f"RAM {r}: resident memory {title(r)} took to load the stage's batch-1 file and run it "
+                         f"{RAM_RUNS} times, in a fresh process per stage (torch and the runtime imported before it counts)")
     return lines
 
 

@@ -45,7 +45,7 @@ def test_run_times_executorch_beside_onnxruntime_and_says_where_it_cannot(demo_m
     original, int8 = (s.measurement for s in run.stages)
     assert 0 < original.runtime_ms["pte"] < 50 * original.latency_ms[1]
     assert int8.runtime_ms == {} and int8.latency_ms[1] > 0  # onnxruntime still times it
-    why = [w for w in run.stages[1].warnings if w.startswith("ExecuTorch (XNNPACK) latency not measured: ")]
+    why = [w for w in run.stages[1].warnings if w.startswith("ExecuTorch (XNNPACK) not measured: ")]
     assert len(why) == 1 and "\n" not in why[0] and "DequantizeLinear" in why[0], run.stages[1].warnings
     assert "passes that need torch" not in why[0]  # onnx2torch's advice about passes is not for this case
     assert not any("ExecuTorch" in w for w in run.stages[0].warnings)
@@ -131,11 +131,32 @@ def test_studio_run_runtimes_on_the_command_line(tmp_path, capsys):
     recipe = tmp_path / "none.yaml"
     recipe.write_text("studio_recipe: 1\npasses: []\n")
     code = cli.main(["run", "demo:mlp", "--recipe", str(recipe), "--runtimes", "pte", "--batches", "1",
-                     "--rounds", "2", "--no-ram", "--out", str(tmp_path / "out"), "-q"])
+                     "--rounds", "2", "--out", str(tmp_path / "out"), "-q"])
     out = capsys.readouterr().out
     assert code == 0
     head, _, row = out.splitlines()[:3]
-    assert head.split()[-6:] == ["ms", "b1", "x", "pte", "b1", "x"] and row.split()[-1] == "1.00x"
+    assert head.split()[-9:] == ["RAM", "RAM", "pte", "ms", "b1", "x", "pte", "b1", "x"], head
+    assert row.split()[-1] == "1.00x"
+    import json
+
+    measured = json.loads((tmp_path / "out" / "report.json").read_text())["stages"][0]["measurement"]
+    assert measured["runtime_ram_bytes"]["pte"] > 0 and measured["runtime_ms"]["pte"] > 0
+    assert "RAM pte: resident memory ExecuTorch (XNNPACK) took" in out
     assert "pte b1: ExecuTorch (XNNPACK) latency at batch 1" in out
     html = (tmp_path / "out" / "report.html").read_text()
     assert "ms, batch 1, ExecuTorch (XNNPACK)" in html
+
+
+def test_executorch_ram_counts_the_weights_the_program_holds():
+    import torch
+
+    from studio.core.memory import pte_ram
+    from studio.core.model import TORCH, Model
+    from studio.core.runtimes import runner
+
+    torch.manual_seed(0)
+    n = 2048  # 16 MiB of float32 weights
+    model = Model(torch.nn.Sequential(torch.nn.Linear(n, n)).eval(), TORCH, (1, n), name="linear")
+    loaded = runner("pte", model, np.zeros((1, n), np.float32))
+    ram = pte_ram(loaded.file, loaded.args)  # a fresh process: torch and ExecuTorch imported before it counts
+    assert ram is not None and 16 * 2**20 < ram < 5 * 16 * 2**20, ram  # resident, and not copied many times
