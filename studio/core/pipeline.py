@@ -256,11 +256,11 @@ def run(
         current = result.model
         check()
 
+    files: dict[str, list] = {}  # runtime -> per stage: (the file it loaded, its input) or None
     if latency_step:
         from .runtimes import threads as runtime_threads
 
         k = len(passes) + 1
-        files: dict[str, list] = {}
         # ExecuTorch's XNNPACK programs take the threadpool of the moment they are loaded: set the
         # run's thread count first, load, measure, and let the programs go before it is restored
         with runtime_threads(others, threads):
@@ -296,7 +296,6 @@ def run(
     if ram_step:
         from .memory import inference_ram, pte_ram
 
-        files = files if latency_step else {}
         for i, stage in enumerate(stages):
             check()
             yield Progress(stages_total - 1, stages_total, i / len(stages), f"RAM of stage {i}, in a fresh process")
