@@ -156,17 +156,19 @@ def cmd_inspect(args) -> int:
 
 def run_and_export(model, recipe, data, out: Path, formats, args, progress, evaluator=None) -> dict:
     from studio.core import edge, export, pipeline
+    from studio.core import runtimes as rt
     from studio.core.errors import StudioError
 
     for fmt in formats or ():  # refused before the run, not after it
         if fmt not in export.FORMATS:
             raise StudioError(f"unknown export format '{fmt}'; choose from {', '.join(export.FORMATS)}")
         edge.check_available(fmt)
+    runtimes = rt.check(getattr(args, "runtimes", None))  # likewise an unknown or missing runtime
     cancel = threading.Event()
     gen = pipeline.run(
         model, recipe, data, latency_batches=tuple(args.batches), threads=args.threads,
         latency_rounds=args.rounds, cancel_event=cancel, evaluator=evaluator,
-        measure_ram=not getattr(args, "no_ram", False),
+        measure_ram=not getattr(args, "no_ram", False), runtimes=runtimes,
     )
     run = drive(gen, progress, scale=lambda p: (p.overall, p.message))
     final, why = pipeline.shipped_stage(run)  # the recipe's `ship`: last, fastest or smallest
@@ -384,6 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--batches", type=int, nargs="+", default=[1, 32], help="batch sizes for latency (default 1 32)")
         p.add_argument("--threads", type=int, default=1, help="onnxruntime threads for latency (default 1)")
         p.add_argument("--rounds", type=int, default=7, help="interleaved latency rounds (default 7)")
+        p.add_argument("--runtimes", nargs="+", default=["ort"], metavar="RUNTIME",
+                       help="where to measure latency: ort (onnxruntime, always), pte (ExecuTorch XNNPACK, batch 1; "
+                            "exports every stage first, seconds each) (default ort)")
         p.add_argument("--no-ram", action="store_true",
                        help="skip measuring each stage's inference RAM (a fresh process per stage)")
         p.add_argument("--json", action="store_true", help="print report.json instead of the table")

@@ -12,7 +12,7 @@ import io
 import statistics
 import time
 import zipfile
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -37,7 +37,11 @@ FOOTPRINTS = {
     "macs": "MACs (batch 1)",
     "latency_b1": "Latency, batch 1 (ms)",
     "latency_bn": "Latency, large batch (ms)",
+    # measured only when asked (studio run --runtimes pte, RAM): the chart offers them once a run has them
+    "latency_pte_b1": "Latency, batch 1, ExecuTorch XNNPACK (ms)",
+    "ram_bytes": "RAM to run (bytes)",
 }
+OPTIONAL_FOOTPRINTS = ("latency_pte_b1", "ram_bytes")
 
 SNR_CAP_DB = 200.0  # identical outputs: no noise; float32 resolves ~150 dB, so this means "exact"
 QUALITY_LABELS = {
@@ -76,6 +80,11 @@ class Measurement:
     # RAM to load and run one batch-1 input in onnxruntime, in a fresh process (studio.core.memory);
     # None where not measured
     ram_bytes: int | None = None
+    # batch-1 median ms on other runtimes than onnxruntime (studio run --runtimes; core/runtimes.py),
+    # timed in the same rounds as latency_ms[1]; a runtime a stage cannot reach is left out
+    runtime_ms: dict[str, float] = field(default_factory=dict)
+    # RAM to load and run the stage's batch-1 file in those runtimes, measured like ram_bytes
+    runtime_ram_bytes: dict[str, int] = field(default_factory=dict)
 
     @property
     def cosine(self) -> float | None:
@@ -122,6 +131,10 @@ class Measurement:
     @property
     def latency_b1(self) -> float | None:
         return self.latency_ms.get(1)
+
+    @property
+    def latency_pte_b1(self) -> float | None:
+        return self.runtime_ms.get("pte")
 
     @property
     def latency_bn(self) -> float | None:
@@ -288,48 +301,87 @@ def measure_latency(
     protos: list, input_shape: tuple[int, ...], batches=(1, 32), threads: int = 1,
     rounds: int = 7, min_round_s: float = 0.02, cancel=None, signature=None,
 ) -> Generator[tuple[float, str], None, list[dict[int, float]]]:
+    """Median latency (ms) of each model at each batch size in onnxruntime: measure_latency_all
+    without other runtimes."""
+    results, _ = yield from measure_latency_all(protos, input_shape, batches, threads, rounds, min_round_s,
+                                                cancel, signature)
+    return results
+
+
+def measure_latency_all(
+    protos: list, input_shape: tuple[int, ...], batches=(1, 32), threads: int = 1,
+    rounds: int = 7, min_round_s: float = 0.02, cancel=None, signature=None, others=None,
+) -> Generator[tuple[float, str], None, tuple[list[dict[int, float]], list[dict[str, float]]]]:
     """Median latency (ms) of each model at each batch size, in interleaved rounds (A B C A B C
     ...), so a drift of the machine touches every variant alike. Each round times enough runs to
     last `min_round_s`; the median over rounds is reported. A model whose batch axis is fixed (to
     b) takes `batch` inputs in ceil(batch / b) calls: its time is that of all the calls. Inputs:
     from the signature (every input with its own dtype and shape), else one input of
-    `input_shape` (float, or token ids in [0, 100) for an integer input)."""
+    `input_shape` (float, or token ids in [0, 100) for an integer input).
+
+    `others`: runtime -> one call per model (None where the model cannot reach that runtime)
+    that runs it once at batch 1 (core/runtimes.py). They are timed in the same rounds as
+    onnxruntime's batch 1 (A B C, A' B' C', A B C, ...), warmed up and counted the same way; with
+    no batch 1 among `batches`, in rounds of their own. Returns (per model: batch -> ms in
+    onnxruntime, per model: runtime -> ms at batch 1)."""
     from .signature import feeds as feed_of
 
+    others = {k: v for k, v in (others or {}).items() if any(f is not None for f in v)}
     results: list[dict[int, float]] = [{} for _ in protos]
+    extra: list[dict[str, float]] = [{} for _ in protos]
     sessions = [session(p, threads) for p in protos]
     pinned = [fixed_batch(s) for s in sessions]
-    steps = len(batches) * rounds
-    for bi, batch in enumerate(batches):
-        if signature is not None and signature.multi:
-            x = signature.random(batch, seed=0)
-            feeds = [feed_of(s.get_inputs(), x, 0, b or batch, pad_to=b) for s, b in zip(sessions, pinned)]
-        else:
-            rng = np.random.default_rng(0)
-            x = rng.standard_normal((batch, *input_shape[1:])).astype(np.float32)
-            ids = rng.integers(0, 100, size=(batch, *input_shape[1:]))
-            feeds = [{s.get_inputs()[0].name: np.resize(ids if np.dtype(input_dtype(s)).kind in "iu" else x,
-                                                         (b or batch, *x.shape[1:])).astype(input_dtype(s))}
-                     for s, b in zip(sessions, pinned)]
-        calls = [-(-batch // b) if b else 1 for b in pinned]  # ceil: the calls `batch` inputs take
+    plan = list(batches) if 1 in batches or not others else [1, *batches]
+    steps = len(plan) * rounds
+    for bi, batch in enumerate(plan):
+        timed: list[tuple[tuple[int, str | None], Callable[[], object]]] = []  # ((model, runtime or None), call)
+        if batch in batches:
+            if signature is not None and signature.multi:
+                x = signature.random(batch, seed=0)
+                feeds = [feed_of(s.get_inputs(), x, 0, b or batch, pad_to=b) for s, b in zip(sessions, pinned)]
+            else:
+                rng = np.random.default_rng(0)
+                x = rng.standard_normal((batch, *input_shape[1:])).astype(np.float32)
+                ids = rng.integers(0, 100, size=(batch, *input_shape[1:]))
+                feeds = [{s.get_inputs()[0].name: np.resize(ids if np.dtype(input_dtype(s)).kind in "iu" else x,
+                                                             (b or batch, *x.shape[1:])).astype(input_dtype(s))}
+                         for s, b in zip(sessions, pinned)]
+            calls = [-(-batch // b) if b else 1 for b in pinned]  # ceil: the calls `batch` inputs take
+            for i, (s, feed, c) in enumerate(zip(sessions, feeds, calls)):
+                guarded_run(s, feed)  # the warm-up: a run that never ends stops here, in one line
+                timed.append(((i, None), _ort_calls(s, feed, c)))
+        if batch == 1:
+            for name, calls_of in others.items():
+                for i, call in enumerate(calls_of):
+                    if call is not None:
+                        call()  # warm-up
+                        timed.append(((i, name), call))
         reps = []
-        for s, feed, c in zip(sessions, feeds, calls):  # warm-up, and how many runs fill a round
-            guarded_run(s, feed)  # the warm-up: a run that never ends stops here, in one line
+        for _, call in timed:  # how many runs fill a round
             start = time.perf_counter()
-            for _ in range(c):
-                s.run(None, feed)
+            call()
             one = max(time.perf_counter() - start, 1e-6)
             reps.append(max(1, min(1000, int(min_round_s / one))))
-        samples = [[] for _ in protos]
+        samples: list[list[float]] = [[] for _ in timed]
         for r in range(rounds):
             if cancel is not None:
                 cancel()
-            for i, (s, feed) in enumerate(zip(sessions, feeds)):
+            for k, (_, call) in enumerate(timed):
                 start = time.perf_counter()
-                for _ in range(reps[i] * calls[i]):
-                    s.run(None, feed)
-                samples[i].append((time.perf_counter() - start) / reps[i] * 1000.0)
+                for _ in range(reps[k]):
+                    call()
+                samples[k].append((time.perf_counter() - start) / reps[k] * 1000.0)
             yield (bi * rounds + r + 1) / steps, f"latency batch {batch}: round {r + 1}/{rounds}"
-        for i in range(len(protos)):
-            results[i][batch] = float(statistics.median(samples[i]))
-    return results
+        for ((i, name), _), got in zip(timed, samples):
+            if name is None:
+                results[i][batch] = float(statistics.median(got))
+            else:
+                extra[i][name] = float(statistics.median(got))
+    return results, extra
+
+
+def _ort_calls(sess, feed, calls: int):
+    def run():
+        for _ in range(calls):
+            sess.run(None, feed)
+    return run

@@ -59,6 +59,8 @@ def _peak_rss() -> int:
 
 def child_main(argv: list[str]) -> int:
     """In the child: load the feed, note the peak, create the session, run, note the peak."""
+    if argv and argv[0] == "pte":
+        return child_pte(argv[1:])
     model_path, feed_path, threads = argv[0], argv[1], int(argv[2])
     import onnxruntime as ort
 
@@ -77,8 +79,29 @@ def child_main(argv: list[str]) -> int:
     return 0
 
 
-def _command(model_path: Path, feed_path: Path, threads: int) -> list[str]:
-    args = [str(model_path), str(feed_path), str(threads)]
+def child_pte(argv: list[str]) -> int:
+    """The same for an ExecuTorch program: imports and the threadpool first, then from the reset
+    peak: load the program and its method (XNNPACK packs the weights then), run it RUNS times."""
+    program_path, feed_path, threads = argv[0], argv[1], int(argv[2])
+    import torch
+    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+    from executorch.runtime import Runtime
+
+    _unsafe_reset_threadpool(threads)
+    runtime = Runtime.get()
+    with np.load(feed_path) as f:
+        args = [torch.from_numpy(np.ascontiguousarray(f[f"a{i}"])) for i in range(len(f.files))]
+    before = _status("VmRSS") if _reset_peak() else None
+    before = before if before is not None else _peak_rss()
+    method = runtime.load_program(Path(program_path)).load_method("forward")
+    for _ in range(RUNS):
+        method.execute(args)
+    print(json.dumps({"before": before, "peak": _peak_rss()}))
+    return 0
+
+
+def _command(model_path: Path, feed_path: Path, threads: int, kind: str = "") -> list[str]:
+    args = ([kind] if kind else []) + [str(model_path), str(feed_path), str(threads)]
     if getattr(sys, "frozen", False):  # the PyInstaller build: the executable is the studio itself
         return [sys.executable, "_ram", *args]
     return [sys.executable, "-m", "studio.core.memory", *args]
@@ -105,12 +128,25 @@ def inference_ram(proto, x, threads: int = 1) -> int | None:
     if proto.ByteSize() > 2**31 - 1:
         return None  # one protobuf file cannot hold it; such a model is measured on its own files
     feed = feeds(_input_metas(proto), x, 0, 1, pad_to=fixed_batch(proto))
+    return _measure_child(proto.SerializeToString(), "model.onnx", feed, threads)
+
+
+def pte_ram(program: bytes, args, threads: int = 1) -> int | None:
+    """Bytes of RAM ExecuTorch takes to load and run the program (`.pte` bytes) on `args` (its
+    forward's tensors), measured the same way in a fresh child; None where it cannot be."""
+    if os.name != "posix":
+        return None
+    feed = {f"a{i}": a.detach().numpy() for i, a in enumerate(args)}
+    return _measure_child(program, "model.pte", feed, threads, kind="pte")
+
+
+def _measure_child(blob: bytes, name: str, feed: dict, threads: int, kind: str = "") -> int | None:
     with tempfile.TemporaryDirectory(prefix="studio-ram-") as folder:
-        model_path, feed_path = Path(folder) / "model.onnx", Path(folder) / "feed.npz"
-        model_path.write_bytes(proto.SerializeToString())
+        model_path, feed_path = Path(folder) / name, Path(folder) / "feed.npz"
+        model_path.write_bytes(blob)
         np.savez(feed_path, **feed)
         try:
-            done = subprocess.run(_command(model_path, feed_path, threads), capture_output=True, text=True,
+            done = subprocess.run(_command(model_path, feed_path, threads, kind), capture_output=True, text=True,
                                   timeout=TIMEOUT_S, stdin=subprocess.DEVNULL, check=False,
                                   env={**os.environ, "PYTHONWARNINGS": "ignore"})
         except subprocess.TimeoutExpired:

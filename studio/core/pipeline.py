@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from .convert import to_onnx_proto
 from .data import Data
 from .errors import Cancelled, StudioError
-from .evaluate import Measurement, measure_latency, measure_steps, reference_steps
+from .evaluate import Measurement, measure_latency_all, measure_steps, reference_steps
 from .model import Model
 from .passes.base import Context
 from .recipe import Recipe, RecipeStep
@@ -75,10 +75,11 @@ class Run:
     recipe: Recipe
     stages: list[Stage]
     data_name: str = ""
+    runtimes: tuple[str, ...] = ("ort",)  # where latency was measured (core/runtimes.py)
 
     def as_dict(self) -> dict:
         return {"id": self.id, "recipe": self.recipe.to_dict(), "data": self.data_name,
-                "stages": [s.as_dict() for s in self.stages]}
+                "runtimes": list(self.runtimes), "stages": [s.as_dict() for s in self.stages]}
 
 
 def _mapped(steps, stage: int, stages: int, start: float, end: float, prefix: str):
@@ -149,12 +150,15 @@ def run(
     seed: int = 0,
     evaluator=None,
     measure_ram: bool = False,
+    runtimes: tuple[str, ...] = ("ort",),
 ) -> Generator[Progress, None, Run]:
     """Apply the recipe's enabled passes to `model` (never changed) and measure every stage.
     A set `cancel_event` raises Cancelled at the next step; nothing of the run is returned.
     `evaluator` (plugins.Evaluator; default: the one the recipe names) measures the quality.
     `measure_ram`: also the RAM each stage takes to run (studio.core.memory: a child process
-    per stage, ~1-2 s each)."""
+    per stage, ~1-2 s each). `runtimes`: where latency is measured besides onnxruntime (always):
+    each stage is exported for the others (core/runtimes.py: seconds per stage) and timed at
+    batch 1 in onnxruntime's rounds."""
     cancel_event = cancel_event or threading.Event()
     if evaluator is None and recipe.evaluator:
         from .plugins import evaluator as find_evaluator
@@ -163,7 +167,14 @@ def run(
     steps = recipe.enabled_steps()
     passes = [s.build() for s in steps]  # bad options fail here, before any work
     ram_step = measure_stages and measure_ram and data is not None
-    stages_total = len(passes) + 1 + (1 if measure_stages and latency_batches else 0) + (1 if ram_step else 0)
+    if measure_stages:
+        from . import runtimes as rt
+
+        runtimes = rt.check(runtimes)  # an unknown or missing runtime is refused before the work
+    others = [r for r in runtimes if r != "ort"] if measure_stages and data is not None else []
+    latency_step = measure_stages and bool(latency_batches or others)
+    stages_total = (len(passes) + 1 + (1 if latency_step else 0) + (1 if others else 0)
+                    + (1 if ram_step else 0))
     context = Context(data=data, original=model, seed=seed, cancel_event=cancel_event)
 
     def check():
@@ -245,30 +256,45 @@ def run(
         current = result.model
         check()
 
-    if measure_stages and latency_batches:
+    files: dict[str, list] = {}  # runtime -> per stage: (the file it loaded, its input) or None
+    if latency_step:
+        from .runtimes import threads as runtime_threads
+
         k = len(passes) + 1
-        protos = [s.onnx() for s in stages]
-        gen = measure_latency(protos, model.input_shape, latency_batches, threads, latency_rounds, cancel=check,
-                              signature=model.signature)
-        try:
-            while True:
-                try:
-                    fraction, message = next(gen)
-                except StopIteration as stop:
-                    latencies = stop.value
-                    break
-                yield Progress(k, stages_total, fraction, message)
-        finally:
-            gen.close()
-        for stage, lat in zip(stages, latencies):
+        # ExecuTorch's XNNPACK programs take the threadpool of the moment they are loaded: set the
+        # run's thread count first, load, measure, and let the programs go before it is restored
+        with runtime_threads(others, threads):
+            calls: dict[str, list] = {}
+            if others and data is not None:
+                calls = yield from _runtime_calls(stages, data, others, k, stages_total, check)
+                k += 1
+            protos = [s.onnx() for s in stages]
+            gen = measure_latency_all(protos, model.input_shape, latency_batches, threads, latency_rounds, cancel=check,
+                                      signature=model.signature, others=calls)
+            try:
+                while True:
+                    try:
+                        fraction, message = next(gen)
+                    except StopIteration as stop:
+                        latencies, on_others = stop.value
+                        break
+                    yield Progress(k, stages_total, fraction, message)
+            finally:
+                gen.close()
+                del gen
+                for name, runners in calls.items():  # what RAM is measured on, in a fresh process each
+                    files[name] = [(r.file, r.args) if r is not None else None for r in runners]
+                calls.clear()
+        for stage, lat, more in zip(stages, latencies, on_others):
             stage.measurement.latency_ms = lat
+            stage.measurement.runtime_ms = more
             stage.measurement.threads = threads
         for before, after in zip(stages, stages[1:]):
             for warning in speed_warnings(before.measurement, after.measurement):
                 if warning not in after.warnings:
                     after.warnings.append(warning)
     if ram_step:
-        from .memory import inference_ram
+        from .memory import inference_ram, pte_ram
 
         for i, stage in enumerate(stages):
             check()
@@ -276,7 +302,35 @@ def run(
             if stage.measurement is not None:
                 x1 = data.shaped(data.x_test[:1], stage.model.input_shape)
                 stage.measurement.ram_bytes = inference_ram(stage.onnx(), x1, threads)
-    return Run(uuid.uuid4().hex[:8], recipe, stages, data.name if data else "")
+                for name, loaded in files.items():
+                    if loaded[i] is not None:
+                        program, args = loaded[i]
+                        got = pte_ram(program, args, threads)
+                        if got is not None:
+                            stage.measurement.runtime_ram_bytes[name] = got
+    return Run(uuid.uuid4().hex[:8], recipe, stages, data.name if data else "",
+               runtimes=("ort", *others) if measure_stages else ("ort",))
+
+
+def _runtime_calls(stages: list[Stage], data: Data, others: list[str], k: int, total: int, check):
+    """Per runtime, per stage: a call running the stage once at batch 1 there, or None with a
+    warning on the stage saying why it cannot reach that runtime."""
+    from .runtimes import runner, title
+
+    calls: dict[str, list] = {name: [] for name in others}
+    for name in others:
+        for i, stage in enumerate(stages):
+            check()
+            yield Progress(k, total, (others.index(name) * len(stages) + i) / (len(others) * len(stages)),
+                           f"{title(name)}: exporting stage {i}")
+            x1 = data.shaped(data.x_test[:1], stage.model.input_shape)
+            try:
+                calls[name].append(runner(name, stage.model, x1))
+            except Exception as exc:  # noqa: BLE001 - a converter failing its own way: one line, no number
+                calls[name].append(None)
+                why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                stage.warnings.append(f"{title(name)} not measured: {why}")
+    return calls
 
 
 def shipped_stage(run: Run) -> tuple[Stage, str]:

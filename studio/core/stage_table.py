@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .memory import RUNS as RAM_RUNS
 from .units import fmt_bytes
 
 NONE = "–"
@@ -41,20 +42,44 @@ def has_ram(run) -> bool:
     return any(s.measurement is not None and s.measurement.ram_bytes is not None for s in run.stages)
 
 
+def runtimes(run) -> list[str]:
+    """The runtimes besides onnxruntime the run measured batch-1 latency on (studio run --runtimes)."""
+    return [r for r in getattr(run, "runtimes", ("ort",)) if r != "ort"]
+
+
+def runtime_columns(run) -> list[Column]:
+    from .runtimes import title
+
+    cols = []
+    for r in runtimes(run):
+        cols += [Column(f"{r}_ms_1", f"ms, batch 1, {title(r)}", f"{r} b1", 9),
+                 Column(f"{r}_x_1", f"x faster, batch 1, {title(r)}", "x", 5)]
+    return cols
+
+
 def columns(run) -> list[Column]:
     cols = [Column("stage", "stage", "stage", 28), Column("quality", quality_label(run), quality_label(run), 9),
             Column("parameters", "parameters", "params", 9), Column("nonzeros", "nonzeros", "nonzero", 9),
             Column("size", "file", "file", 10), Column("zipped", "zipped", "zipped", 10),
             Column("x_zip", "x smaller (zip)", "x zip", 6), Column("macs", "MACs", "MACs", 10)]
     if has_ram(run):
+        from .runtimes import title
+
         cols.append(Column("ram", "RAM to run", "RAM", 10))
+        cols += [Column(f"{r}_ram", f"RAM to run, {title(r)}", f"RAM {r}", 10) for r in runtimes(run)]
+    others = runtime_columns(run)
+    if 1 not in batches(run):
+        cols += others
     for b in batches(run):
         cols += [Column(f"ms_{b}", f"ms, batch {b}", f"ms b{b}", 9), Column(f"x_{b}", f"x faster, batch {b}", "x", 5)]
+        if b == 1:
+            cols += others  # side by side with onnxruntime's batch 1, timed in the same rounds
     return cols
 
 
-def cells(stage, base, batch_sizes) -> dict[str, Cell]:
-    """Every cell of one stage's row, against the original's measurement `base`."""
+def cells(stage, base, batch_sizes, other_runtimes=()) -> dict[str, Cell]:
+    """Every cell of one stage's row, against the original's measurement `base`; latency on
+    `other_runtimes` at batch 1 against the original on the same runtime."""
     m = stage.measurement
     row = {"stage": Cell(stage.label, stage.index)}
     if m is None:
@@ -75,12 +100,19 @@ def cells(stage, base, batch_sizes) -> dict[str, Cell]:
         row[f"ms_{b}"] = Cell(f"{ms:.3f}" if ms else NONE, ms or 0.0)
         if ms and base is not None and base.latency_ms.get(b):
             row[f"x_{b}"] = Cell(f"{base.latency_ms[b] / ms:.2f}x", base.latency_ms[b] / ms)
+    for r in other_runtimes:
+        if r in m.runtime_ram_bytes:
+            row[f"{r}_ram"] = Cell(fmt_bytes(m.runtime_ram_bytes[r]), m.runtime_ram_bytes[r])
+        ms = m.runtime_ms.get(r)
+        row[f"{r}_ms_1"] = Cell(f"{ms:.3f}" if ms else NONE, ms or 0.0)
+        if ms and base is not None and base.runtime_ms.get(r):
+            row[f"{r}_x_1"] = Cell(f"{base.runtime_ms[r] / ms:.2f}x", base.runtime_ms[r] / ms)
     return row
 
 
 def rows(run) -> list[dict[str, Cell]]:
     base, sizes = run.stages[0].measurement, batches(run)
-    return [cells(s, base, sizes) for s in run.stages]
+    return [cells(s, base, sizes, runtimes(run)) for s in run.stages]
 
 
 def notes(run) -> list[str]:
@@ -90,9 +122,22 @@ def notes(run) -> list[str]:
     lines.append(f"quality on {base.samples if base else 0} held-out samples of '{run.data_name}'; "
                  f"latency: onnxruntime CPU, {base.threads if base else 1} thread(s), median of interleaved rounds; "
                  "x = times smaller / faster than the original")
+    for r in runtimes(run):
+        from .runtimes import title
+
+        lines.append(f"{r} b1: {title(r)} latency at batch 1 (its file is written for batch 1), each stage exported "
+                     f"as `studio export --format {r}` writes it, timed in "
+                     + ("the same interleaved rounds as onnxruntime's batch 1" if 1 in batches(run) else "interleaved rounds")
+                     + f", {base.threads if base else 1} thread(s), median; x = against the original on "
+                     f"{title(r)}; {NONE} where a stage cannot reach it (its warning says why)")
     if has_ram(run):
         lines.append("RAM: resident memory onnxruntime took to load and run one batch-1 input, in a fresh "
                      f"process per stage ({base.threads if base else 1} thread(s); includes the session's own few MiB)")
+        for r in runtimes(run):
+            from .runtimes import title
+
+            lines.append(f"RAM {r}: resident memory {title(r)} took to load the stage's batch-1 file and run it "
+                         f"{RAM_RUNS} times, in a fresh process per stage (torch and the runtime imported before it counts)")
     return lines
 
 

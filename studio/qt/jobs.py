@@ -41,6 +41,7 @@ class Jobs(QObject):
         self.cancel_event: threading.Event | None = None
         self.label = "job"  # what the running job is ("recipe run", "sensitivity analysis", "search")
         self.latency_batches: tuple[int, ...] = (1, 32)
+        self.runtimes: tuple[str, ...] = ("ort",)  # ("ort", "pte"): ExecuTorch too (exports each stage)
         for view, run in ((recipe_panel, self.run_recipe), (sensitivity_view, self.run_sensitivity),
                           (search_view, self.run_search)):
             view.run_requested.connect(run)
@@ -95,14 +96,14 @@ class Jobs(QObject):
         if model is None:
             return
         spec, previous = s.data_spec, s.previous_stages()
-        latency = self.latency_batches
+        latency, runtimes = self.latency_batches, self.runtimes
 
         def job(cancel_event):
             from studio.core.pipeline import run
 
             data = self.data_for(spec, model.input_shape, model.signature)
             return (yield from run(model, recipe, data, latency_batches=latency, cancel_event=cancel_event,
-                                   previous=previous))
+                                   previous=previous, runtimes=runtimes))
 
         def done(result):
             result.data_name = spec

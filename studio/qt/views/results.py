@@ -66,15 +66,29 @@ class ResultsTable(QWidget):
         session.runs_changed.connect(self.refresh)
         session.stage_selected.connect(lambda: self._show_confusion(self._selected()))
 
+    def extra_columns(self) -> list:
+        """Columns only some runs have (stage_table's RAM and latency on other runtimes, when a
+        run measured them), after the fixed ones, in the order the text table shows them."""
+        extra: dict[str, object] = {}
+        for run in self.session.runs:
+            for c in stage_table.columns(run):
+                if c.key == "ram" or c.key.startswith(tuple(f"{r}_" for r in stage_table.runtimes(run))):
+                    extra.setdefault(c.key, c)
+        return list(extra.values())
+
     def refresh(self) -> None:
         self.model.removeRows(0, self.model.rowCount())
+        extra = self.extra_columns()
+        self.model.setColumnCount(len(COLUMNS) + len(extra))
+        self.model.setHorizontalHeaderLabels(COLUMNS + [c.title for c in extra])
         titles = run_titles(self.session.runs)
         for run in self.session.runs:
             base, sizes = run.stages[0].measurement, stage_table.batches(run)
             bn = max(sizes) if sizes and max(sizes) > 1 else None
             for s in run.stages:
                 m = s.measurement
-                c = stage_table.cells(s, base, sizes)  # the numbers as the CLI and the report show them
+                # the numbers as the CLI and the report show them
+                c = stage_table.cells(s, base, sizes, stage_table.runtimes(run))
                 q = m.quality if m else None
                 row = [
                     _item(titles[run.id]), _item(s.label, s.index),
@@ -83,6 +97,7 @@ class ResultsTable(QWidget):
                     _cell(c, "ms_1"), _cell(c, f"ms_{bn}", f" (b{bn})"),
                     _item(f"{s.seconds:.1f}", s.seconds),
                     _item(" → ".join(st.label() for st in s.steps) or "original"),
+                    *(_cell(c, col.key) for col in extra),
                 ]
                 row[0].setData((run.id, s.index), Qt.UserRole + 2)
                 self.model.appendRow(row)

@@ -11,8 +11,9 @@ import pyqtgraph as pg
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
-from studio.core.evaluate import FOOTPRINTS
+from studio.core.evaluate import FOOTPRINTS, OPTIONAL_FOOTPRINTS
 from studio.core.pipeline import run_titles
+from studio.core.runtimes import title
 from studio.core.units import byte_unit, fmt_bytes
 
 RUN_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
@@ -37,7 +38,8 @@ def stage_points(runs, key: str):
             tip = (f"{titles[run.id]} · stage {stage.label}\n{steps}\n{m.quality_label} {m.quality_text}\n"
                    f"file {fmt_bytes(m.size_bytes)} · zipped {fmt_bytes(m.zip_bytes)}\nparameters {m.parameters:,} · "
                    f"nonzeros {m.nonzeros:,}\nMACs {m.macs:,}\n"
-                   + " · ".join(f"batch {b}: {ms:.3f} ms" for b, ms in sorted(m.latency_ms.items())))
+                   + " · ".join(f"batch {b}: {ms:.3f} ms" for b, ms in sorted(m.latency_ms.items()))
+                   + "".join(f"\n{title(r)}, batch 1: {ms:.3f} ms" for r, ms in sorted(m.runtime_ms.items())))
             points.append((float(x), float(m.quality), run.id, stage.index, tip))
     return points
 
@@ -75,7 +77,8 @@ class TradeoffChart(QWidget):
         self.session = session
         self.axis = QComboBox()
         for key, label in FOOTPRINTS.items():
-            self.axis.addItem(label, key)
+            if key not in OPTIONAL_FOOTPRINTS:  # those come once a run has measured them
+                self.axis.addItem(label, key)
         self.axis.setCurrentIndex(list(FOOTPRINTS).index("zip_bytes"))
         self.axis.currentIndexChanged.connect(self.refresh)
         self.plot = pg.PlotWidget(axisItems={"left": PercentAxis("left")})
@@ -107,7 +110,18 @@ class TradeoffChart(QWidget):
     def _tip(self, x, y, data):
         return data[2] if isinstance(data, tuple) else ""
 
+    def _offer_measured(self) -> None:
+        """Add the footprints only some runs measure (ExecuTorch latency, RAM) once one has."""
+        for key in OPTIONAL_FOOTPRINTS:
+            if self.axis.findData(key) < 0 and any(
+                    s.measurement is not None and s.measurement.footprint(key) is not None
+                    for r in self.session.runs for s in r.stages):
+                self.axis.blockSignals(True)
+                self.axis.addItem(FOOTPRINTS[key], key)
+                self.axis.blockSignals(False)
+
     def refresh(self) -> None:
+        self._offer_measured()
         key = self.axis.currentData()
         label = FOOTPRINTS[key]
         points = stage_points(self.session.runs, key)
