@@ -9,13 +9,15 @@ STAMP := $(VENV)/.installed
 setup: $(STAMP)
 
 # torch is pinned by constraints.txt: an unpinned torch pulls several GB of CUDA packages.
-$(STAMP): pyproject.toml constraints.txt Makefile
+$(STAMP): pyproject.toml constraints.txt Makefile packaging/litert-converter.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[test,edge,search]"
 	# onnx2torch (ONNX -> torch for the training passes) declares torchvision, whose wheel
 	# here is broken and which it needs for two ops only; --no-deps keeps it out.
 	$(BIN)/pip install --quiet --no-deps "onnx2torch>=1.5,<2"
+	# the LiteRT converter (.tflite) without the dependency that would downgrade pydantic: see the file
+	$(BIN)/pip install --quiet --no-deps -r packaging/litert-converter.txt
 	touch $(STAMP)
 
 run: setup

@@ -7,17 +7,12 @@ exported shapes. Verification runs the samples one at a time.
 
 Versions that work with torch 2.13.0 (the pinned torch): executorch 1.5.1 (its wheel links
 libtorch; no torch requirement declared, built against 2.13) and ai-edge-litert 2.3.0 (runtime;
-the `edge` extra). The LiteRT converter litert-torch 0.10.0 (torch>=2.4,<2.15) works too, but is
-not in the extra: installed with its dependencies it pulls jax, jaxlib, litert-converter and
-transformers, and litert-converter's xdsl==0.28.0 pins typing-extensions<4.13, which takes
-typing-extensions 4.16 -> 4.12.2 and pydantic 2.14 -> 2.11.10 (pip's dry run, 2026-12).
-Without downgrading anything (tried in a throwaway venv beside this project's packages):
-`pip install --no-deps litert-torch==0.10.0 litert-converter==0.5.0 jax==0.10.2 jaxlib==0.10.2
-opt_einsum==3.4.0 ai-edge-quantizer==0.10.0 immutabledict==4.2.1 absl-py==2.5.1`, the modules a
-conv net's conversion imports (xdsl, lark, transformers, kagglehub, fire, ... are not): float and
-INT8 .tflite of the demo CNN and ResNet, and float of a ResNet-18 ONNX (via onnx2torch), written
-and verified; `pip check` then lists the unmet requirements; it adds ~680 MB on disk (jaxlib
-349 MB, litert-converter 288 MB). Not in make setup or the extra for that reason.
+the `edge` extra). The LiteRT converter litert-torch 0.10.0 (torch>=2.4,<2.15) works too, but
+not as an extra: installed with its dependencies, litert-converter's xdsl==0.28.0 pins
+typing-extensions<4.13, which takes pydantic 2.14 -> 2.11.10 (pip's dry run, 2026-12). make setup
+installs it with --no-deps and only the modules a conversion imports
+(packaging/litert-converter.txt, ~680 MB): nothing downgraded; float and INT8 .tflite of the demo
+CNN and ResNet, and float of a ResNet-18 ONNX (via onnx2torch), written and verified.
 """
 
 from __future__ import annotations
@@ -32,14 +27,14 @@ from .model import ONNX, TORCH, Model
 
 CALIBRATION_SAMPLES = 128
 INSTALL_EDGE = "pip install -c constraints.txt 'compression-studio[edge]'"
-INSTALL_LITERT = "pip install -c constraints.txt 'litert-torch==0.10.*'"
+INSTALL_LITERT = "pip install --no-deps -r packaging/litert-converter.txt (make setup does; see that file)"
 
 # format id -> (module that writes it, module that runs it, what to install)
 NEEDS = {
     "pte": ("executorch.exir", "executorch.runtime", f"ExecuTorch is not installed: {INSTALL_EDGE}"),
     "pte_int8": ("executorch.exir", "executorch.runtime", f"ExecuTorch is not installed: {INSTALL_EDGE}"),
     "tflite": ("litert_torch", "ai_edge_litert.interpreter",
-               f"the LiteRT converter is not installed (large, not in make setup): {INSTALL_LITERT}"),
+               f"the LiteRT converter is not installed: {INSTALL_LITERT}"),
 }
 NEEDS["tflite_int8"] = NEEDS["tflite"]
 

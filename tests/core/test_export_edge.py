@@ -1,7 +1,7 @@
 """Exports for phones and boards: onnxruntime's ORT format (ORT Mobile), ExecuTorch `.pte`
 (XNNPACK) and LiteRT `.tflite`, each file loaded back in its own runtime and compared with the
 stage it came from. ExecuTorch and the LiteRT runtime come with the `edge` extra (make setup);
-the LiteRT converter (litert-torch) is optional, so its test runs where it is installed."""
+the LiteRT converter (litert-torch) is installed by make setup from packaging/litert-converter.txt."""
 
 import numpy as np
 import onnxruntime as ort
@@ -124,7 +124,7 @@ def test_int8_for_a_phone_needs_data(demo_mlp, tmp_path):
 
 
 @pytest.mark.parametrize("fmt, says", [
-    ("tflite", "pip install -c constraints.txt 'litert-torch"),
+    ("tflite", "pip install --no-deps -r packaging/litert-converter.txt"),
     ("pte", "compression-studio[edge]"),
 ])
 def test_a_missing_runtime_is_one_line_saying_what_to_install(demo_mlp, tmp_path, monkeypatch, fmt, says):
@@ -144,7 +144,6 @@ def test_a_missing_runtime_is_one_line_saying_what_to_install(demo_mlp, tmp_path
 
 @pytest.mark.slow
 def test_litert_float_and_int8_run_in_the_litert_interpreter(demo_cnn, digits_data, tmp_path):
-    pytest.importorskip("litert_torch", reason="the LiteRT converter is optional (see studio/core/edge.py)")
     from ai_edge_litert.interpreter import Interpreter
 
     x = digits_data.shaped(digits_data.x_test[:16], demo_cnn.input_shape)
