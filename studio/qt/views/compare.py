@@ -18,7 +18,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from .histogram import HistogramOptions, HistogramToggles
+from .histogram import HistogramOptions, with_toggles
 
 HEADERS = ["Layer", "Op before → after", "Shape before → after", "Params before", "Params after",
            "Nonzeros before", "Nonzeros after", "Sparsity after", "Dtype before → after"]
@@ -60,12 +60,7 @@ class CompareView(QWidget):
                                            brush=(60, 110, 220, 110), pen="#3c6edc", name="original")
         self.after_curve = self.hist.plot([0, 1], [0], stepMode="center", fillLevel=0,
                                           brush=(220, 60, 60, 110), pen="#dc3c3c", name="selected")
-        hist_box = QWidget()
-        hist_lay = QVBoxLayout(hist_box)
-        hist_lay.setContentsMargins(0, 0, 0, 0)
-        self.toggles = HistogramToggles(self.options)
-        hist_lay.addWidget(self.toggles)
-        hist_lay.addWidget(self.hist, 1)
+        hist_box, self.toggles = with_toggles(self.hist, self.options)
         split = QSplitter(Qt.Vertical)
         split.addWidget(self.table)
         split.addWidget(hist_box)

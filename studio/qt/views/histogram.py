@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 from PySide6.QtCore import QObject, Signal
-from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QWidget
+from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QVBoxLayout, QWidget
 
 from studio.core.stats import zero_bin
 
@@ -87,3 +87,15 @@ class HistogramToggles(QWidget):
                 box.blockSignals(True)
                 box.setChecked(on)
                 box.blockSignals(False)
+
+
+def with_toggles(plot: QWidget, options: HistogramOptions) -> tuple[QWidget, HistogramToggles]:
+    """The histogram `plot` under its Hide zeros / Log counts toggles, as one widget (the inspector
+    and Compare show the same pair)."""
+    box = QWidget()
+    lay = QVBoxLayout(box)
+    lay.setContentsMargins(0, 0, 0, 0)
+    toggles = HistogramToggles(options)
+    lay.addWidget(toggles)
+    lay.addWidget(plot, 1)
+    return box, toggles

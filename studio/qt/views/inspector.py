@@ -10,7 +10,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QLabel, QSplitter, QVBoxLayout, QWidget
 
-from .histogram import HistogramOptions, HistogramToggles
+from .histogram import HistogramOptions, with_toggles
 
 MAX_SIDE = 1024  # larger matrices are strided down for display (the numbers above are exact)
 
@@ -62,12 +62,7 @@ class LayerInspector(QWidget):
         self.image.setLookupTable(zero_white_lut())
         self.image.setLevels((0.0, 1.0))
         self.heat.addItem(self.image)
-        hist_box = QWidget()
-        hist_lay = QVBoxLayout(hist_box)
-        hist_lay.setContentsMargins(0, 0, 0, 0)
-        self.toggles = HistogramToggles(self.options)
-        hist_lay.addWidget(self.toggles)
-        hist_lay.addWidget(self.hist, 1)
+        hist_box, self.toggles = with_toggles(self.hist, self.options)
         split = QSplitter(Qt.Vertical)
         split.addWidget(hist_box)
         split.addWidget(self.heat)
