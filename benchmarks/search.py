@@ -96,7 +96,9 @@ def write(summary: dict, rows: list[dict]) -> None:
               "goals": rows, "best": {k: summary["best"].get(k) for k in keep} if summary["best"] else None,
               "candidates": [{k: c.get(k) for k in keep} for c in summary["candidates"]],
               "failed": summary["failed"]}
-    (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=1, default=str))
+    out = str(summary["out"]).rstrip("/") + "/"  # folders relative to the search's --out: no machine path in results
+    text = json.dumps(record, indent=1, default=str).replace(json.dumps(out)[:-1], '"')
+    (RESULTS / f"{name}.json").write_text(text)
     lines = [(f"# studio search on the demo CNN ({summary['executor']}, {summary['workers']} workers, "
               f"{summary['seconds'] / 60:.0f} min, objective {'+'.join(summary['objectives'])}, "
               f"max drop {summary['max_drop_points']} points)"), "",
