@@ -31,6 +31,14 @@ RUNTIMES = {
     "tflite": ("LiteRT (XNNPACK)", "tflite"),
 }
 DEFAULT = ("ort",)
+SHORT = {"ort": "ORT", "pte": "ExecuTorch", "tflite": "LiteRT"}  # the window's checkboxes
+
+
+def missing(name: str) -> str | None:
+    """Why runtime `name` cannot be measured on this machine (one line saying what to install), or None."""
+    from . import edge
+
+    return edge.missing(RUNTIMES[name][1])
 
 
 def check(names) -> tuple[str, ...]:
@@ -118,7 +126,7 @@ def _tflite_feed(interpreter, args) -> list[tuple[int, object]]:
     from . import edge
 
     details = {d["name"].rsplit("args_", 1)[-1]: d for d in interpreter.get_input_details()}
-    feed = []
+    feed: list[tuple[int, object]] = []
     for k, a in enumerate(args):
         detail = details.get(str(k))
         if detail is None:
