@@ -186,3 +186,19 @@ def test_executorch_ram_counts_the_weights_the_program_holds():
     loaded = runner("pte", model, np.zeros((1, n), np.float32))
     ram = pte_ram(loaded.file, loaded.args)  # a fresh process: torch and ExecuTorch imported before it counts
     assert ram is not None and 16 * 2**20 < ram < 5 * 16 * 2**20, ram  # resident, and not copied many times
+
+
+def test_litert_ram_counts_the_weights_the_interpreter_holds():
+    import torch
+
+    from studio.core.memory import runtime_ram
+    from studio.core.model import TORCH, Model
+    from studio.core.runtimes import runner
+
+    torch.manual_seed(0)
+    n = 2048  # 16 MiB of float32 weights
+    model = Model(torch.nn.Sequential(torch.nn.Linear(n, n)).eval(), TORCH, (1, n), name="linear")
+    loaded = runner("tflite", model, np.zeros((1, n), np.float32), threads=1)
+    loaded()  # runs again: inputs set, invoked
+    ram = runtime_ram("tflite", loaded.file, loaded.args)  # the file read, XNNPACK's packed copy, the arena
+    assert ram is not None and 16 * 2**20 < ram < 5 * 16 * 2**20, ram
