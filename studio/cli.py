@@ -387,8 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--threads", type=int, default=1, help="onnxruntime threads for latency (default 1)")
         p.add_argument("--rounds", type=int, default=7, help="interleaved latency rounds (default 7)")
         p.add_argument("--runtimes", nargs="+", default=["ort"], metavar="RUNTIME",
-                       help="where to measure latency: ort (onnxruntime, always), pte (ExecuTorch XNNPACK, batch 1; "
-                            "exports every stage first, seconds each) (default ort)")
+                       help="where to measure latency: ort (onnxruntime, always), pte (ExecuTorch XNNPACK), tflite "
+                            "(LiteRT interpreter); both at batch 1, every stage exported first, seconds each (default ort)")
         p.add_argument("--no-ram", action="store_true",
                        help="skip measuring each stage's inference RAM (a fresh process per stage)")
         p.add_argument("--json", action="store_true", help="print report.json instead of the table")

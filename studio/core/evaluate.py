@@ -37,11 +37,12 @@ FOOTPRINTS = {
     "macs": "MACs (batch 1)",
     "latency_b1": "Latency, batch 1 (ms)",
     "latency_bn": "Latency, large batch (ms)",
-    # measured only when asked (studio run --runtimes pte, RAM): the chart offers them once a run has them
+    # measured only when asked (studio run --runtimes pte tflite, RAM): the chart offers them once a run has them
     "latency_pte_b1": "Latency, batch 1, ExecuTorch XNNPACK (ms)",
+    "latency_tflite_b1": "Latency, batch 1, LiteRT XNNPACK (ms)",
     "ram_bytes": "RAM to run (bytes)",
 }
-OPTIONAL_FOOTPRINTS = ("latency_pte_b1", "ram_bytes")
+OPTIONAL_FOOTPRINTS = ("latency_pte_b1", "latency_tflite_b1", "ram_bytes")
 
 SNR_CAP_DB = 200.0  # identical outputs: no noise; float32 resolves ~150 dB, so this means "exact"
 QUALITY_LABELS = {
@@ -135,6 +136,10 @@ class Measurement:
     @property
     def latency_pte_b1(self) -> float | None:
         return self.runtime_ms.get("pte")
+
+    @property
+    def latency_tflite_b1(self) -> float | None:
+        return self.runtime_ms.get("tflite")
 
     @property
     def latency_bn(self) -> float | None:

@@ -61,6 +61,8 @@ def child_main(argv: list[str]) -> int:
     """In the child: load the feed, note the peak, create the session, run, note the peak."""
     if argv and argv[0] == "pte":
         return child_pte(argv[1:])
+    if argv and argv[0] == "tflite":
+        return child_tflite(argv[1:])
     model_path, feed_path, threads = argv[0], argv[1], int(argv[2])
     import onnxruntime as ort
 
@@ -96,6 +98,29 @@ def child_pte(argv: list[str]) -> int:
     method = runtime.load_program(Path(program_path)).load_method("forward")
     for _ in range(RUNS):
         method.execute(args)
+    print(json.dumps({"before": before, "peak": _peak_rss()}))
+    return 0
+
+
+def child_tflite(argv: list[str]) -> int:
+    """The same for a LiteRT file: the interpreter's module imported first, then from the reset
+    peak: create the interpreter (num_threads), allocate its tensors, run it RUNS times."""
+    model_path, feed_path, threads = argv[0], argv[1], int(argv[2])
+    from ai_edge_litert.interpreter import Interpreter
+
+    from .runtimes import _tflite_feed
+
+    with np.load(feed_path) as f:
+        arrays = [np.ascontiguousarray(f[f"a{i}"]) for i in range(len(f.files))]
+    before = _status("VmRSS") if _reset_peak() else None
+    before = before if before is not None else _peak_rss()
+    interpreter = Interpreter(model_path=model_path, num_threads=threads)
+    interpreter.allocate_tensors()
+    feed = _tflite_feed(interpreter, [SimpleNamespace(numpy=lambda a=a: a) for a in arrays])
+    for _ in range(RUNS):
+        for index, value in feed:
+            interpreter.set_tensor(index, value)
+        interpreter.invoke()
     print(json.dumps({"before": before, "peak": _peak_rss()}))
     return 0
 
@@ -138,6 +163,17 @@ def pte_ram(program: bytes, args, threads: int = 1) -> int | None:
         return None
     feed = {f"a{i}": a.detach().numpy() for i, a in enumerate(args)}
     return _measure_child(program, "model.pte", feed, threads, kind="pte")
+
+
+def runtime_ram(name: str, file: bytes, args, threads: int = 1) -> int | None:
+    """RAM of a stage's file in runtime `name` (core/runtimes.py: "pte" or "tflite"), measured
+    the same way in a fresh child; None where it cannot be."""
+    if name == "pte":
+        return pte_ram(file, args, threads)
+    if name == "tflite" and os.name == "posix":
+        feed = {f"a{i}": a.detach().numpy() for i, a in enumerate(args)}
+        return _measure_child(file, "model.tflite", feed, threads, kind="tflite")
+    return None
 
 
 def _measure_child(blob: bytes, name: str, feed: dict, threads: int, kind: str = "") -> int | None:

@@ -266,7 +266,7 @@ def run(
         with runtime_threads(others, threads):
             calls: dict[str, list] = {}
             if others and data is not None:
-                calls = yield from _runtime_calls(stages, data, others, k, stages_total, check)
+                calls = yield from _runtime_calls(stages, data, others, k, stages_total, check, threads)
                 k += 1
             protos = [s.onnx() for s in stages]
             gen = measure_latency_all(protos, model.input_shape, latency_batches, threads, latency_rounds, cancel=check,
@@ -294,7 +294,7 @@ def run(
                 if warning not in after.warnings:
                     after.warnings.append(warning)
     if ram_step:
-        from .memory import inference_ram, pte_ram
+        from .memory import inference_ram, runtime_ram
 
         for i, stage in enumerate(stages):
             check()
@@ -305,14 +305,14 @@ def run(
                 for name, loaded in files.items():
                     if loaded[i] is not None:
                         program, args = loaded[i]
-                        got = pte_ram(program, args, threads)
+                        got = runtime_ram(name, program, args, threads)
                         if got is not None:
                             stage.measurement.runtime_ram_bytes[name] = got
     return Run(uuid.uuid4().hex[:8], recipe, stages, data.name if data else "",
                runtimes=("ort", *others) if measure_stages else ("ort",))
 
 
-def _runtime_calls(stages: list[Stage], data: Data, others: list[str], k: int, total: int, check):
+def _runtime_calls(stages: list[Stage], data: Data, others: list[str], k: int, total: int, check, threads: int = 1):
     """Per runtime, per stage: a call running the stage once at batch 1 there, or None with a
     warning on the stage saying why it cannot reach that runtime."""
     from .runtimes import runner, title
@@ -325,7 +325,7 @@ def _runtime_calls(stages: list[Stage], data: Data, others: list[str], k: int, t
                            f"{title(name)}: exporting stage {i}")
             x1 = data.shaped(data.x_test[:1], stage.model.input_shape)
             try:
-                calls[name].append(runner(name, stage.model, x1))
+                calls[name].append(runner(name, stage.model, x1, threads))
             except Exception as exc:  # noqa: BLE001 - a converter failing its own way: one line, no number
                 calls[name].append(None)
                 why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

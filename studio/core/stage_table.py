@@ -137,7 +137,7 @@ def notes(run) -> list[str]:
             from .runtimes import title
 
             lines.append(f"RAM {r}: resident memory {title(r)} took to load the stage's batch-1 file and run it "
-                         f"{RAM_RUNS} times, in a fresh process per stage (torch and the runtime imported before it counts)")
+                         f"{RAM_RUNS} times, in a fresh process per stage (the runtime imported before it counts)")
     return lines
 
 

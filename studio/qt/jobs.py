@@ -41,13 +41,22 @@ class Jobs(QObject):
         self.cancel_event: threading.Event | None = None
         self.label = "job"  # what the running job is ("recipe run", "sensitivity analysis", "search")
         self.latency_batches: tuple[int, ...] = (1, 32)
-        self.runtimes: tuple[str, ...] = ("ort",)  # ("ort", "pte"): ExecuTorch too (exports each stage)
+        # where a run times latency: the recipe panel's Latency checkboxes, kept in the settings
+        saved = settings.value("runtimes", ["ort"]) if settings is not None else ["ort"]
+        recipe_panel.set_runtimes([saved] if isinstance(saved, str) else list(saved or []))
+        self.runtimes: tuple[str, ...] = recipe_panel.runtimes()  # ("ort", "pte"): ExecuTorch too (exports each stage)
+        recipe_panel.runtimes_changed.connect(self._runtimes_chosen)
         for view, run in ((recipe_panel, self.run_recipe), (sensitivity_view, self.run_sensitivity),
                           (search_view, self.run_search)):
             view.run_requested.connect(run)
             view.cancel_requested.connect(self.cancel)
             self.running_changed.connect(view.set_running)
             view.set_running(False)
+
+    def _runtimes_chosen(self) -> None:
+        self.runtimes = self.recipe_panel.runtimes()
+        if self.settings is not None:
+            self.settings.setValue("runtimes", list(self.runtimes))
 
     def running(self) -> bool:
         return self.tasks.running("run")

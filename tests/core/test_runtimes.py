@@ -71,13 +71,39 @@ def test_run_times_executorch_beside_onnxruntime_and_says_where_it_cannot(demo_m
     assert "pte b1: ExecuTorch (XNNPACK) latency at batch 1" in html
 
 
+def test_run_times_litert_beside_onnxruntime_with_its_ram_and_says_where_it_cannot(demo_mlp, digits_data):
+    # the torch original reaches LiteRT (litert-torch converts it, the interpreter runs it with the
+    # run's threads); the INT8 QDQ ONNX stage cannot (onnx2torch has no DequantizeLinear)
+    recipe = Recipe([RecipeStep("quantize.int8_static", {"calibration_samples": 32})])
+    run = drain(pipeline.run(demo_mlp, recipe, digits_data, latency_batches=(1,), latency_rounds=3,
+                             runtimes=("ort", "tflite"), measure_ram=True))
+    original, int8 = (s.measurement for s in run.stages)
+    assert 0 < original.runtime_ms["tflite"] < 50 * original.latency_ms[1]
+    assert 0 < original.runtime_ram_bytes["tflite"] < 200 * 2**20  # a fresh child: the interpreter and its weights
+    assert int8.runtime_ms == {} and int8.runtime_ram_bytes == {} and int8.latency_ms[1] > 0
+    why = [w for w in run.stages[1].warnings if w.startswith("LiteRT (XNNPACK) not measured: ")]
+    assert len(why) == 1 and "\n" not in why[0] and "DequantizeLinear" in why[0], run.stages[1].warnings
+    assert not any("LiteRT" in w for w in run.stages[0].warnings)
+    assert run.runtimes == ("ort", "tflite")
+
+    lines = stage_table.text(run).splitlines()
+    assert lines[0].split()[-6:] == ["ms", "b1", "x", "tflite", "b1", "x"], lines[0]
+    assert "RAM tflite" in lines[0]
+    assert lines[2].split()[-2:] == [f"{original.runtime_ms['tflite']:.3f}", "1.00x"]
+    assert lines[3].split()[-2:] == [stage_table.NONE, stage_table.NONE]
+    text = "\n".join(lines)
+    assert "tflite b1: LiteRT (XNNPACK) latency at batch 1" in text and "same interleaved rounds" in text
+    assert "RAM tflite: resident memory LiteRT (XNNPACK) took" in text
+
+
 def test_onnxruntime_only_unless_asked_and_unknown_runtimes_refused(demo_mlp, digits_data):
     run = drain(pipeline.run(demo_mlp, Recipe([]), digits_data, latency_batches=(1,), latency_rounds=2))
     assert run.runtimes == ("ort",) and run.stages[0].measurement.runtime_ms == {}
     assert "pte" not in stage_table.text(run).splitlines()[0]
     assert check(["pte"]) == ("ort", "pte") and check(None) == ("ort",)
-    with pytest.raises(StudioError, match="unknown runtime 'tflite'; choose from ort, pte"):
-        check(["tflite"])
+    assert check(["tflite", "pte"]) == ("ort", "tflite", "pte")
+    with pytest.raises(StudioError, match="unknown runtime 'coreml'; choose from ort, pte, tflite"):
+        check(["coreml"])
     with pytest.raises(StudioError, match="unknown runtime"):  # refused before any work
         drain(pipeline.run(demo_mlp, Recipe([]), digits_data, runtimes=("ort", "coreml")))
 
@@ -117,10 +143,10 @@ def test_studio_run_refuses_an_unknown_runtime_before_the_run(tmp_path, capsys):
 
     recipe = tmp_path / "none.yaml"
     recipe.write_text("studio_recipe: 1\npasses: []\n")
-    code = cli.main(["run", "demo:mlp", "--recipe", str(recipe), "--runtimes", "ort", "tflite",
+    code = cli.main(["run", "demo:mlp", "--recipe", str(recipe), "--runtimes", "ort", "coreml",
                      "--out", str(tmp_path / "refused"), "-q"])
     err = capsys.readouterr().err
-    assert code == 2 and "unknown runtime 'tflite'" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "unknown runtime 'coreml'" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "refused").exists()  # refused before the run
 
 
@@ -160,3 +186,19 @@ def test_executorch_ram_counts_the_weights_the_program_holds():
     loaded = runner("pte", model, np.zeros((1, n), np.float32))
     ram = pte_ram(loaded.file, loaded.args)  # a fresh process: torch and ExecuTorch imported before it counts
     assert ram is not None and 16 * 2**20 < ram < 5 * 16 * 2**20, ram  # resident, and not copied many times
+
+
+def test_litert_ram_counts_the_weights_the_interpreter_holds():
+    import torch
+
+    from studio.core.memory import runtime_ram
+    from studio.core.model import TORCH, Model
+    from studio.core.runtimes import runner
+
+    torch.manual_seed(0)
+    n = 2048  # 16 MiB of float32 weights
+    model = Model(torch.nn.Sequential(torch.nn.Linear(n, n)).eval(), TORCH, (1, n), name="linear")
+    loaded = runner("tflite", model, np.zeros((1, n), np.float32), threads=1)
+    loaded()  # runs again: inputs set, invoked
+    ram = runtime_ram("tflite", loaded.file, loaded.args)  # the file read, XNNPACK's packed copy, the arena
+    assert ram is not None and 16 * 2**20 < ram < 5 * 16 * 2**20, ram

@@ -55,6 +55,7 @@ def test_the_chart_offers_executorch_latency_and_ram_once_a_run_measured_them(qt
     qtbot.addWidget(chart)
     assert chart.axis.findData("latency_pte_b1") < 0 and chart.axis.findData("ram_bytes") < 0
     session.add_run(measured_run())
+    assert chart.axis.findData("latency_tflite_b1") < 0  # the run did not time LiteRT
     assert chart.axis.findData("zip_bytes") == chart.axis.currentIndex()  # the choice made stays
     chart.axis.setCurrentIndex(chart.axis.findData("latency_pte_b1"))
     assert [(x, idx) for x, _, _, idx, _ in chart.points] == [(1.5, 0)]  # the INT8 stage has no ExecuTorch number
@@ -63,3 +64,20 @@ def test_the_chart_offers_executorch_latency_and_ram_once_a_run_measured_them(qt
     chart.axis.setCurrentIndex(chart.axis.findData("ram_bytes"))
     assert sorted(idx for _, _, _, idx, _ in chart.points) == [0, 1]
     assert chart.plot.getAxis("bottom").labelText == "RAM to run (MiB)"
+
+
+def test_the_chart_offers_litert_latency_once_a_run_timed_it(qtbot):
+    from studio.qt.session import Session
+    from studio.qt.views.tradeoff import TradeoffChart
+
+    session = Session()
+    chart = TradeoffChart(session)
+    qtbot.addWidget(chart)
+    m = Measurement(accuracy=0.98, latency_ms={1: 2.0}, runtime_ms={"tflite": 0.8}, samples=360)
+    session.add_run(Run("r2", Recipe(), [Stage(0, "original", "0 original", None, measurement=m)],
+                        data_name="digits", runtimes=("ort", "tflite")))
+    assert chart.axis.findData("latency_pte_b1") < 0
+    chart.axis.setCurrentIndex(chart.axis.findData("latency_tflite_b1"))
+    assert [x for x, *_ in chart.points] == [0.8]
+    assert "LiteRT (XNNPACK), batch 1: 0.800 ms" in chart.points[0][4]
+    assert chart.plot.getAxis("bottom").labelText == "Latency, batch 1, LiteRT XNNPACK (ms)"

@@ -1,7 +1,7 @@
 """The recipe: passes from the registry, in order, each enabled or not, with its options as a
 form drawn from the pass's pydantic config schema. "Apply to selection" fills a pass's targets
-with the layers selected in the graph. Also where the evaluation data is chosen and the model's
-inputs are sized (inputs_panel.py)."""
+with the layers selected in the graph. Also where the evaluation data is chosen, the model's
+inputs are sized (inputs_panel.py) and the runtimes a run times latency on are ticked."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from PySide6.QtWidgets import (
 from studio.core import plugins
 from studio.core.passes import all_passes
 from studio.core.recipe import RecipeStep
+from studio.core.runtimes import RUNTIMES, SHORT, missing, title
 
 from ..compact import ElidedLabel, compact_combo
 from .inputs_panel import InputsPanel
@@ -120,6 +121,7 @@ class OptionsForm(QWidget):
 class RecipePanel(QWidget):
     run_requested = Signal()
     cancel_requested = Signal()
+    runtimes_changed = Signal()  # a runtime ticked or unticked (jobs.Jobs keeps the choice in the settings)
 
     def __init__(self, session, parent=None):
         super().__init__(parent)
@@ -173,6 +175,25 @@ class RecipePanel(QWidget):
         self.data_label = ElidedLabel("digits")
         self.inputs = InputsPanel()  # the model's inputs: sizes for dynamic dims, pinned constants
         job_controls(self, "Run  (Ctrl+R)")
+        # where a run times each stage: onnxruntime always; ExecuTorch and LiteRT export every
+        # stage first (seconds each), greyed with what to install where they are missing
+        self.runtime_boxes: dict[str, QCheckBox] = {}
+        for name in RUNTIMES:
+            box = QCheckBox(SHORT[name])
+            box.setObjectName(f"runtime_{name}")
+            why = missing(name) if name != "ort" else None
+            if name == "ort":
+                box.setChecked(True)
+                box.setEnabled(False)
+                box.setToolTip("onnxruntime's CPU provider: always measured")
+            elif why is not None:
+                box.setEnabled(False)
+                box.setToolTip(why)
+            else:
+                box.setToolTip(f"also time each stage at batch 1 in {title(name)}, in the same rounds "
+                               "(each stage is exported for it first: seconds per stage)")
+            box.toggled.connect(self._runtime_toggled)
+            self.runtime_boxes[name] = box
 
         row = QHBoxLayout()
         row.addWidget(self.add_box, 1)
@@ -183,6 +204,11 @@ class RecipePanel(QWidget):
         data = QHBoxLayout()
         data.addWidget(QLabel("Data"))
         data.addWidget(self.data_box, 1)
+        latency = QHBoxLayout()
+        latency.addWidget(QLabel("Latency"))
+        for box in self.runtime_boxes.values():
+            latency.addWidget(box)
+        latency.addStretch(1)
         runs = QHBoxLayout()
         runs.addWidget(self.run_button)
         runs.addWidget(self.cancel_button)
@@ -202,6 +228,7 @@ class RecipePanel(QWidget):
         shown.addWidget(self.inputs.status, 2)
         lay.addLayout(shown)
         lay.addWidget(self.inputs, 4)  # grows first (up to four inputs) when there is room
+        lay.addLayout(latency)
         lay.addLayout(runs)
         lay.addWidget(self.error)
         self._filling = False
@@ -343,6 +370,22 @@ class RecipePanel(QWidget):
         else:
             key = "npz" if spec.endswith(".npz") else "folder"
         self.data_box.setCurrentIndex(self.data_box.findData(key))
+
+    # -- the runtimes ----------------------------------------------------------------------
+    def runtimes(self) -> tuple[str, ...]:
+        """The runtimes ticked (installed ones only), onnxruntime first."""
+        return ("ort", *(n for n, b in self.runtime_boxes.items() if n != "ort" and b.isEnabled() and b.isChecked()))
+
+    def set_runtimes(self, names) -> None:
+        """Tick `names` (a runtime not installed, or unknown, stays unticked); no runtimes_changed."""
+        for name, box in self.runtime_boxes.items():
+            if name != "ort":
+                box.blockSignals(True)
+                box.setChecked(box.isEnabled() and name in names)
+                box.blockSignals(False)
+
+    def _runtime_toggled(self, _checked: bool) -> None:
+        self.runtimes_changed.emit()
 
     def set_running(self, running: bool) -> None:
         self.run_button.setEnabled(not running)
