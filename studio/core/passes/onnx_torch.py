@@ -210,15 +210,18 @@ def _register_newer_opsets() -> None:
     class Shape(torch.nn.Module):
         """Shape-15+ with start/end. onnx2torch's module exports itself as a Shape node with
         start/end, which torch's constant folding (re-exporting the converted model) folds to the
-        whole shape of the example input, batch included; `_shape_as_tensor` then a slice exports
-        as Shape + Slice and stays dynamic."""
+        whole shape of the example input, batch included; traced, `_shape_as_tensor` then a slice
+        exports as Shape + Slice and stays dynamic (torch.export cannot run `_shape_as_tensor`,
+        so it gets onnx2torch's tensor of the sizes)."""
 
         def __init__(self, start: int, end: int | None):
             super().__init__()
             self.start, self.end = start, end
 
         def forward(self, x):
-            return torch._shape_as_tensor(x)[self.start:self.end]
+            if torch.jit.is_tracing():  # the TorchScript-based exporter
+                return torch._shape_as_tensor(x)[self.start:self.end]
+            return torch.tensor(x.shape[self.start:self.end], device=x.device)
 
     def shape(node, graph):
         module = Shape(node.attributes.get("start", 0), node.attributes.get("end", None))
