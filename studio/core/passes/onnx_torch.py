@@ -13,7 +13,9 @@ the model with onnx's version converter: the version converter fails on the whol
 single op has no older form (Gelu-20 has none: tried on a dynamo export of a GELU MLP), while a
 converter per op keeps every other op convertible and names the one that is not. Most newer
 versions only add tensor types and reuse onnx2torch's converter for the previous version; the
-ones whose meaning changed get a small converter here."""
+ones whose meaning changed get a small converter here. onnx2torch has none for LSTM and GRU at
+any opset: ours builds an nn.LSTM / nn.GRU per node (see `_recurrent_converter`), so the passes
+that train or prune work on recurrent models too."""
 
 from __future__ import annotations
 
