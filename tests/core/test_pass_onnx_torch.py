@@ -56,3 +56,186 @@ def test_matmul_by_a_weight_becomes_linear_with_its_bias():
     assert trainable == [(6,), (6, 4)]
     x = model.example_input(5)
     assert np.abs(predict(converted, x) - predict(model, x)).max() < 1e-4
+
+
+# --- LSTM and GRU --------------------------------------------------------------------------------
+
+def _recurrent(op, direction="bidirectional", layout=0, outputs=None, states=True,
+                    linear_before_reset=1, sequence_lens=None):
+    """A model of one ONNX LSTM/GRU node (random weights and biases, initial states as inputs).
+    Its axis 0 is not a batch (it is the sequence, or layout=1 which onnxruntime refuses), so
+    the model has no input shape: the tests compare outputs themselves."""
+    rng = np.random.default_rng(1)
+    gates, hidden, size, seq, batch = (4 if op == "LSTM" else 3), 5, 3, 7, 2
+    dirs = 2 if direction == "bidirectional" else 1
+    w, r, b = (rng.standard_normal(s).astype(np.float32) * 0.5
+               for s in ((dirs, gates * hidden, size), (dirs, gates * hidden, hidden), (dirs, 2 * gates * hidden)))
+    inits = [helper.make_tensor(n, TensorProto.FLOAT, a.shape, a.ravel()) for n, a in (("W", w), ("R", r), ("B", b))]
+    x_shape, h_shape = ([batch, seq, size], [batch, dirs, hidden]) if layout else ([seq, batch, size], [dirs, batch, hidden])
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)]
+    names = ["x", "W", "R", "B", ""]
+    if sequence_lens is not None:
+        inits.append(helper.make_tensor("lens", TensorProto.INT32, [batch], sequence_lens))
+        names[4] = "lens"
+    if states:
+        for state in ("h0", "c0") if op == "LSTM" else ("h0",):
+            inputs.append(helper.make_tensor_value_info(state, TensorProto.FLOAT, h_shape))
+            names.append(state)
+    every = ["Y", "Y_h", "Y_c"][:gates - 1]
+    outputs = outputs or every
+    attrs = {"hidden_size": hidden, "direction": direction, "layout": layout}
+    if op == "GRU":
+        attrs["linear_before_reset"] = linear_before_reset
+    node = helper.make_node(op, names, [o if o in outputs else "" for o in every], name=f"the_{op.lower()}", **attrs)
+    graph = helper.make_graph([node], "g", inputs, [helper.make_tensor_value_info(o, TensorProto.FLOAT, None)
+                                                    for o in outputs], inits)
+    return Model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), ONNX, None, name=op)
+
+
+def _reference(proto, feeds, layout):
+    """onnxruntime's outputs; onnx's reference evaluator for layout=1, which onnxruntime refuses."""
+    from onnx.reference import ReferenceEvaluator
+
+    from studio.core.convert import session
+
+    if layout:
+        return ReferenceEvaluator(proto).run(None, feeds)
+    return session(proto).run(None, feeds)
+
+
+def _torch_outputs(model, feeds):
+    import torch
+
+    with torch.no_grad():
+        out = model.obj(*(torch.from_numpy(v) for v in feeds.values()))
+    return [o.numpy() for o in (out if isinstance(out, (tuple, list)) else (out,))]
+
+
+@pytest.mark.parametrize("op,direction,layout", [("LSTM", "bidirectional", 0), ("GRU", "bidirectional", 0),
+                                                 ("LSTM", "reverse", 1), ("GRU", "forward", 1)])
+def test_lstm_and_gru_convert_to_torch_layers_with_the_onnx_weights(op, direction, layout):
+    """ONNX's gate order ([i, o, f, c], [z, r, h]) becomes torch's, both directions, sequence-first
+    and batch-first layouts, initial states given: Y [seq, dirs, batch, hidden], Y_h and Y_c as
+    onnxruntime computes them, by an nn.LSTM / nn.GRU that trains."""
+    import torch
+
+
+    model = _recurrent(op, direction, layout)
+    converted = onnx_to_torch(model)
+    layers = [m for m in converted.obj.modules() if isinstance(m, (torch.nn.LSTM, torch.nn.GRU))]
+    assert len(layers) == 1 and type(layers[0]).__name__ == op and layers[0].bidirectional == (direction == "bidirectional")
+    assert all(p.requires_grad for p in layers[0].parameters())
+    rng = np.random.default_rng(0)
+    feeds = {i.name: rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
+             for i in model.obj.graph.input}
+    ours, ref = _torch_outputs(converted, feeds), _reference(model.obj, feeds, layout)
+    assert [o.shape for o in ours] == [o.shape for o in ref] and len(ref) == (3 if op == "LSTM" else 2)
+    assert max(float(np.abs(a - b).max()) for a, b in zip(ours, ref)) < 1e-5
+
+
+def test_only_the_final_state_as_graph_output():
+    """A graph output that is one of a node's several outputs (here Y_h alone, Y and Y_c unused,
+    no initial state) is that output, not the node's whole tuple."""
+
+    model = _recurrent("LSTM", "forward", outputs=["Y_h"], states=False)
+    converted = onnx_to_torch(model)
+    feeds = {"x": np.random.default_rng(0).standard_normal((7, 2, 3)).astype(np.float32)}
+    (ours,), (ref,) = _torch_outputs(converted, feeds), _reference(model.obj, feeds, 0)
+    assert ours.shape == ref.shape == (1, 2, 5) and np.abs(ours - ref).max() < 1e-5
+
+
+@pytest.mark.parametrize("kwargs,reason", [({"op": "GRU", "linear_before_reset": 0}, "linear_before_reset=0"),
+                                           ({"op": "LSTM", "sequence_lens": [7, 4]}, "sequence_lens")])
+def test_recurrent_forms_torch_lacks_are_refused_with_the_reason(kwargs, reason):
+
+    model = _recurrent(states=False, **kwargs)
+    with pytest.raises(StudioError, match=f"{kwargs['op']} \\(opset 20\\), node 'the_.*{reason}") as err:
+        onnx_to_torch(model)
+    assert "\n" not in str(err.value)
+
+
+def test_full_length_sequence_lens_is_accepted():
+    model = _recurrent("GRU", sequence_lens=[7, 7], states=False)
+    feeds = {"x": np.random.default_rng(0).standard_normal((7, 2, 3)).astype(np.float32)}
+    ours, ref = _torch_outputs(onnx_to_torch(model), feeds), _reference(model.obj, feeds, 0)
+    assert max(float(np.abs(a - b).max()) for a, b in zip(ours, ref)) < 1e-5
+
+
+def test_corpus_recurrent_models_convert_and_export_back(tmp_path):
+    """The corpus LSTM (two layers) and bidirectional GRU, exported by torch: converted, the
+    torch copy's ONNX export computes what the original does at another batch size."""
+    from studio.core import io
+    from studio.core.convert import run_session_all, session, to_onnx_proto
+    from tests.corpus.models import cases, write
+
+    for name in ("lstm", "gru_bidir"):
+        path = tmp_path / f"{name}.onnx"
+        write(cases()[name], "legacy", path)
+        model = io.load(path)
+        converted = onnx_to_torch(model)
+        x = model.example_inputs(5)
+        ours, ref = run_session_all(session(to_onnx_proto(converted)), x), run_session_all(session(model.obj), x)
+        assert max(float(np.abs(a - b).max()) for a, b in zip(ours, ref)) < 1e-5
+
+
+def test_shape_with_start_and_end_stays_dynamic_when_exported_back(tmp_path):
+    """Shape(x, end=1) (how torch's dynamo exporter takes the batch size for an initial state)
+    still follows the batch in the torch copy's ONNX export instead of the export example's."""
+    import onnx
+
+    from studio.core import io
+    from studio.core.convert import run_session_all, session, to_onnx_proto
+
+    nodes = [helper.make_node("Shape", ["x"], ["n"], end=1), helper.make_node("Concat", ["n", "four"], ["s"], axis=0),
+             helper.make_node("Expand", ["zero", "s"], ["z"]), helper.make_node("Add", ["x", "z"], ["y"])]
+    inits = [helper.make_tensor("four", TensorProto.INT64, [1], [4]), helper.make_tensor("zero", TensorProto.FLOAT, [], [1.0])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), tmp_path / "shape.onnx")
+    model = io.load(tmp_path / "shape.onnx")
+    converted = onnx_to_torch(model)
+    x = np.arange(20, dtype=np.float32).reshape(5, 4)
+    (y,) = run_session_all(session(to_onnx_proto(converted)), x)
+    assert np.array_equal(y, x + 1)
+
+
+def _rnn_net(cls):
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pre, self.rnn = nn.Linear(10, 64), cls(64, 32, batch_first=True, bidirectional=True)
+            self.mid, self.fc = nn.Linear(64, 48), nn.Linear(48, 4)
+
+        def forward(self, x):
+            y, _ = self.rnn(torch.relu(self.pre(x)))
+            return self.fc(torch.relu(self.mid(y[:, -1])))
+
+    torch.manual_seed(0)
+    return Net().eval()
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "GRU"])
+def test_structured_pruning_keeps_recurrent_layers_whole_and_prunes_the_rest(cls):
+    """On an ONNX model with a bidirectional LSTM/GRU between Linear layers: the recurrent layer
+    keeps its size (named in a warning), the layer after it shrinks, and the pruned model runs."""
+    from torch import nn
+
+    from studio.core.convert import run_session_all, session, to_onnx_proto
+    from studio.core.model import TORCH
+    from studio.core.passes.base import Context
+    from studio.core.passes.registry import create
+    from tests.core.test_pass_common import run
+
+    model = to_onnx_model(Model(_rnn_net(getattr(nn, cls)), TORCH, (1, 12, 10), name="rnn"))
+    result = run(create("prune.structured", ratio=0.5), model, Context())
+    rnn = next(m for m in result.model.obj.modules() if isinstance(m, getattr(nn, cls)))
+    assert rnn.hidden_size == 32 and any("recurrent layers kept whole" in w for w in result.warnings)
+    assert result.layers["mid/Gemm"]["out_channels"] < 48
+    if cls == "GRU":  # Torch-Pruning cannot follow channels into a GRU: the layer before it stays whole
+        assert rnn.input_size == 64 and any("feeding a GRU" in w for w in result.warnings)
+    x = model.example_inputs(3)
+    (y,) = run_session_all(session(to_onnx_proto(result.model)), x)
+    assert y.shape == (3, 4) and np.isfinite(y).all()

@@ -13,7 +13,9 @@ the model with onnx's version converter: the version converter fails on the whol
 single op has no older form (Gelu-20 has none: tried on a dynamo export of a GELU MLP), while a
 converter per op keeps every other op convertible and names the one that is not. Most newer
 versions only add tensor types and reuse onnx2torch's converter for the previous version; the
-ones whose meaning changed get a small converter here."""
+ones whose meaning changed get a small converter here. onnx2torch has none for LSTM and GRU at
+any opset: ours builds an nn.LSTM / nn.GRU per node (see `_recurrent_converter`), so the passes
+that train or prune work on recurrent models too."""
 
 from __future__ import annotations
 
@@ -52,7 +54,7 @@ def _import_onnx2torch():
 _SAME_AS = {
     "Cast": ((19, 21), 13), "Constant": ((19, 21), 13), "ConstantOfShape": ((20, 21), 9), "Equal": ((19,), 13),
     "Flatten": ((21,), 13), "Identity": ((19, 21), 16), "IsInf": ((20,), 10), "IsNaN": ((20,), 13),
-    "Shape": ((19, 21), 15), "Transpose": ((21,), 13), "Unsqueeze": ((21,), 13), "Squeeze": ((21,), 13),
+    "Transpose": ((21,), 13), "Unsqueeze": ((21,), 13), "Squeeze": ((21,), 13),
     "AveragePool": ((19, 22), 11), "Resize": ((18, 19), 13), "ScatterND": ((18,), 16), "Size": ((19, 21), 13),
     "GreaterOrEqual": ((16,), 12), "LessOrEqual": ((16,), 12), "Conv": ((22,), 11), "ConvTranspose": ((22,), 11),
     "MaxPool": ((22,), 12), "GlobalAveragePool": ((22,), 1), "Dropout": ((22,), 13), "InstanceNormalization": ((22,), 6),
@@ -207,6 +209,169 @@ def _register_newer_opsets() -> None:
 
     add("Gelu", 20, gelu)
 
+    class Shape(torch.nn.Module):
+        """Shape-15+ with start/end. onnx2torch's module exports itself as a Shape node with
+        start/end, which torch's constant folding (re-exporting the converted model) folds to the
+        whole shape of the example input, batch included; traced, `_shape_as_tensor` then a slice
+        exports as Shape + Slice and stays dynamic (torch.export cannot run `_shape_as_tensor`,
+        so it gets onnx2torch's tensor of the sizes)."""
+
+        def __init__(self, start: int, end: int | None):
+            super().__init__()
+            self.start, self.end = start, end
+
+        def forward(self, x):
+            if torch.jit.is_tracing():  # the TorchScript-based exporter
+                return torch._shape_as_tensor(x)[self.start:self.end]
+            return torch.tensor(x.shape[self.start:self.end], device=x.device)
+
+    def shape(node, graph):
+        module = Shape(node.attributes.get("start", 0), node.attributes.get("end", None))
+        return OperationConverterResult(torch_module=module, onnx_mapping=onnx_mapping_from_node(node=node))
+
+    for version in (19, 21):
+        add("Shape", version, shape)
+    registry._CONVERTER_REGISTRY[registry.OperationDescription("", "Shape", 15)] = shape
+    _register_recurrent(add)
+
+
+_RECURRENT = None
+
+
+def _recurrent_module():
+    """The module class, built once on first use (torch is imported only when converting)."""
+    global _RECURRENT
+    if _RECURRENT is not None:
+        return _RECURRENT
+    import torch
+
+    class OnnxRecurrent(torch.nn.Module):
+        """One ONNX LSTM or GRU node as a one-layer nn.LSTM / nn.GRU (sequence first), with the
+        ONNX node's input and output layouts: Y [seq, dirs, batch, hidden] (layout 0) or
+        [batch, seq, dirs, hidden] (layout 1), Y_h and Y_c [dirs, batch, hidden] (or batch first)."""
+
+        def __init__(self, rnn, layout: int, reverse: bool, outputs: int):
+            super().__init__()
+            self.rnn, self.layout, self.reverse, self.outputs = rnn, layout, reverse, outputs
+
+        def forward(self, x, initial_h=None, initial_c=None):
+            if self.layout:
+                x = x.transpose(0, 1)
+                initial_h = None if initial_h is None else initial_h.transpose(0, 1).contiguous()
+                initial_c = None if initial_c is None else initial_c.transpose(0, 1).contiguous()
+            if self.reverse:
+                x = x.flip(0)
+            state = None
+            if initial_h is not None or initial_c is not None:
+                dirs = 2 if self.rnn.bidirectional else 1
+                zeros = x.new_zeros(dirs, x.shape[1], self.rnn.hidden_size)
+                h = zeros if initial_h is None else initial_h
+                state = (h, zeros if initial_c is None else initial_c) if isinstance(self.rnn, torch.nn.LSTM) else h
+            y, state = self.rnn(x, state)
+            if self.reverse:
+                y = y.flip(0)
+            h, c = state if isinstance(state, tuple) else (state, None)
+            y = y.unflatten(2, (-1, self.rnn.hidden_size))  # [seq, batch, dirs, hidden]
+            if self.layout:
+                y, h = y.transpose(0, 1), h.transpose(0, 1)
+                c = None if c is None else c.transpose(0, 1)
+            else:
+                y = y.transpose(1, 2)
+            if self.outputs == 1:
+                return y
+            return (y, h, c)[:self.outputs]
+
+    _RECURRENT = OnnxRecurrent
+    return OnnxRecurrent
+
+
+# ONNX gate blocks in torch's order: LSTM ONNX [i, o, f, c] -> torch [i, f, g, o]; GRU ONNX
+# [z, r, h] -> torch [r, z, n]
+_GATES = {"LSTM": (4, (0, 2, 3, 1)), "GRU": (3, (1, 0, 2))}
+_ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"]}
+
+
+def _recurrent_converter(node, graph):
+    """ONNX LSTM / GRU (opset 7+) -> OnnxRecurrent holding an nn.LSTM / nn.GRU with the node's
+    weights. Refused with the reason: weights computed at run time, a sequence_lens that is not
+    the full length of every sequence, peepholes, clip, other activations, input_forget, and a
+    GRU with linear_before_reset=0 (torch's GRU applies the reset gate after the recurrent
+    product, which is linear_before_reset=1)."""
+    import torch
+    from onnx2torch.utils.common import OnnxMapping, OperationConverterResult, get_const_value
+
+    op = node.operation_type
+    a = node.attributes
+    gates, order = _GATES[op]
+    hidden = int(a["hidden_size"])
+    direction = _plain(a.get("direction", "forward"))
+    if direction not in ("forward", "reverse", "bidirectional"):
+        raise NotImplementedError(f"direction={direction!r}")
+    dirs = 2 if direction == "bidirectional" else 1
+    layout = int(a.get("layout", 0))
+    if "clip" in a:
+        raise NotImplementedError("clip is not supported (torch's recurrent layers do not clip)")
+    if op == "LSTM" and int(a.get("input_forget", 0)):
+        raise NotImplementedError("input_forget=1 is not supported (torch's LSTM has no coupled gate)")
+    if op == "GRU" and not int(a.get("linear_before_reset", 0)):
+        raise NotImplementedError("linear_before_reset=0 is not supported (torch's GRU computes linear_before_reset=1)")
+    if "activations" in a and [_plain(x).lower() for x in a["activations"]] != \
+            [x.lower() for x in _ACTIVATIONS[op]] * dirs:
+        raise NotImplementedError(f"activations {[_plain(x) for x in a['activations']]} are not supported "
+                                  f"(torch's {op} uses {', '.join(_ACTIVATIONS[op])})")
+    if "activation_alpha" in a or "activation_beta" in a:
+        raise NotImplementedError("activation_alpha/activation_beta are not supported")
+    inputs = list(node.input_values) + [""] * (8 - len(node.input_values))
+
+    def const(k: int, what: str):
+        try:
+            return get_const_value(inputs[k], graph)
+        except KeyError:
+            raise NotImplementedError(f"its {what} are computed at run time, not stored") from None
+
+    w, r = const(1, "input weights W"), const(2, "recurrent weights R")
+    b = const(3, "biases B") if inputs[3] else torch.zeros(dirs, 2 * gates * hidden, dtype=w.dtype)
+    if op == "LSTM" and inputs[7] and bool(torch.any(const(7, "peephole weights P") != 0)):
+        raise NotImplementedError("peephole weights P are not supported (torch's LSTM has none)")
+    if inputs[4]:
+        try:
+            lens = get_const_value(inputs[4], graph)
+        except KeyError:
+            raise NotImplementedError("sequence_lens computed at run time is not supported "
+                                      "(torch's layer runs every sequence to the full length)") from None
+        info = graph.value_info.get(inputs[0])
+        seq = None
+        if info is not None and info.type.tensor_type.HasField("shape"):
+            dim = info.type.tensor_type.shape.dim[1 if layout else 0]
+            seq = dim.dim_value if dim.HasField("dim_value") else None
+        if seq is None or bool(torch.any(torch.as_tensor(lens) != seq)):
+            raise NotImplementedError("sequence_lens other than the full length of every sequence is not supported")
+    cls = torch.nn.LSTM if op == "LSTM" else torch.nn.GRU
+    rnn = cls(w.shape[-1], hidden, bidirectional=dirs == 2, dtype=w.dtype)
+
+    def reorder(t):  # [gates * hidden, ...] in ONNX's gate order -> torch's
+        return torch.cat([t[g * hidden:(g + 1) * hidden] for g in order])
+
+    with torch.no_grad():
+        for d in range(dirs):
+            suffix = "_reverse" if d else ""
+            getattr(rnn, f"weight_ih_l0{suffix}").copy_(reorder(w[d]))
+            getattr(rnn, f"weight_hh_l0{suffix}").copy_(reorder(r[d]))
+            getattr(rnn, f"bias_ih_l0{suffix}").copy_(reorder(b[d][:gates * hidden]))
+            getattr(rnn, f"bias_hh_l0{suffix}").copy_(reorder(b[d][gates * hidden:]))
+    module = _recurrent_module()(rnn, layout, direction == "reverse", len(node.output_values))
+    state = (inputs[0], inputs[5]) + ((inputs[6],) if op == "LSTM" else ())
+    return OperationConverterResult(torch_module=module, onnx_mapping=OnnxMapping(inputs=state, outputs=node.output_values))
+
+
+def _register_recurrent(add) -> None:
+    from onnx import defs
+
+    for op in _GATES:
+        for version in sorted({s.since_version for s in defs.get_all_schemas_with_history()
+                               if s.name == op and s.domain == "" and s.since_version >= 7}):
+            add(op, version, _recurrent_converter)
+
 
 def _plain(value):
     """onnx gives a string default as bytes, onnx2torch the node's value as str."""
@@ -264,6 +429,49 @@ def weights_without_identity(proto):
                 n.input[k] = alias[name]
     del copy.graph.node[:]
     copy.graph.node.extend(keep)
+    return copy
+
+
+def outputs_for_onnx2torch(proto):
+    """`proto`, or a copy onnx2torch maps right: an unused output of a node (an LSTM's Y when
+    only Y_h is read) gets a name, since onnx2torch takes an empty output name for the empty
+    input name of a missing optional input (and fails); and each graph output that one output of
+    a several-output node gives passes through an Identity, since onnx2torch makes such a graph
+    output the node's whole tuple of outputs."""
+    import onnx
+
+    unnamed = any(not v for n in proto.graph.node if len(n.output) > 1 for v in n.output)
+    producer = {o: n for n in proto.graph.node for o in n.output if o}
+    multi = [o.name for o in proto.graph.output if o.name in producer and len(producer[o.name].output) > 1]
+    if not unnamed and not multi:
+        return proto
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    taken = {v for n in copy.graph.node for v in (*n.input, *n.output)} | {i.name for i in copy.graph.input}
+
+    def fresh(base: str) -> str:
+        name, k = base, 0
+        while name in taken:
+            k += 1
+            name = f"{base}{k}"
+        taken.add(name)
+        return name
+
+    for j, n in enumerate(copy.graph.node):
+        if len(n.output) > 1:
+            for k, v in enumerate(n.output):
+                if not v:
+                    n.output[k] = fresh(f"{n.name or n.op_type + str(j)}_unused_output{k}")
+    for name in multi:
+        inner = fresh(f"{name}_before_output")
+        for n in copy.graph.node:
+            for k, v in enumerate(n.output):
+                if v == name:
+                    n.output[k] = inner
+            for k, v in enumerate(n.input):
+                if v == name:
+                    n.input[k] = inner
+        copy.graph.node.append(onnx.helper.make_node("Identity", [inner], [name]))
     return copy
 
 
@@ -381,7 +589,7 @@ def onnx_to_torch(model: Model) -> Model:
 
     onnx2torch = _import_onnx2torch()
     try:
-        module = onnx2torch.convert(weights_without_identity(model.obj))
+        module = onnx2torch.convert(outputs_for_onnx2torch(weights_without_identity(model.obj)))
     except Exception as exc:  # noqa: BLE001 - unsupported op, opset, dynamic shapes, ...
         try:
             where = unconvertible(model.obj)

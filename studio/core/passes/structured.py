@@ -37,6 +37,52 @@ def _weight_layers(module):
     return [(n, m) for n, m in module.named_modules() if type(m).__name__ in KINDS]
 
 
+def recurrent_layers(module) -> set[str]:
+    """Names of the LSTM/GRU/RNN layers, left whole by structured pruning: Torch-Pruning's LSTM
+    pruner cuts bias_ih_l0 to the kept hidden units instead of four gates of them (the pruned
+    model no longer runs) and it has no GRU pruner. The layers around them are still pruned."""
+    import torch
+
+    return {n for n, m in module.named_modules() if isinstance(m, torch.nn.RNNBase)}
+
+
+def layers_feeding_gru(module, example) -> set[str]:
+    """Names of the Linear/Conv layers whose outputs reach a GRU's input through no other weight
+    layer. Torch-Pruning traces into a GRU (it has a pruner for LSTM only) and fails on the
+    group of any layer that feeds one (an index out of range), so those layers are kept whole."""
+    import torch
+
+    grus = [m for m in module.modules() if isinstance(m, torch.nn.GRU)]
+    if not grus:
+        return set()
+    produced, inputs = {}, []
+
+    def hook(o, n):
+        if isinstance(o, torch.Tensor):
+            produced[o.grad_fn if o.grad_fn is not None else id(o)] = n
+
+    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: hook(o, n)) for n, m in _weight_layers(module)]
+    hooks += [m.register_forward_pre_hook(lambda mod, i: inputs.append(i[0])) for m in grus]
+    try:
+        with torch.enable_grad():
+            module(*as_args(example))
+    finally:
+        for h in hooks:
+            h.remove()
+    names = {produced[id(x)] for x in inputs if id(x) in produced}
+    stack, seen = [x.grad_fn for x in inputs if isinstance(x, torch.Tensor) and x.grad_fn is not None], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if node in produced:
+            names.add(produced[node])
+            continue
+        stack.extend(nxt for nxt, _ in node.next_functions)
+    return names
+
+
 def as_args(example) -> tuple:
     """forward's positional inputs: one tensor, or a tuple of them (token ids + mask, ...)."""
     return tuple(example) if isinstance(example, (tuple, list)) else (example,)
@@ -236,7 +282,10 @@ def prune_module(module, example, ratio, importance="l2", scope="per_layer", rou
 
     names = {m: n for n, m in module.named_modules()}
     named = dict(module.named_modules())
-    ignored = [named[n] for n in ignored_names if n in named]
+    # recurrent layers are left whole (Torch-Pruning's LSTM pruner cuts the gates' biases wrongly and
+    # it has none for GRU), and so are the layers feeding a GRU
+    whole = set(ignored_names) | recurrent_layers(module) | layers_feeding_gru(module, example)
+    ignored = [named[n] for n in sorted(whole) if n in named]
     num_heads = {m: m.num_heads for m in module.modules() if isinstance(m, torch.nn.MultiheadAttention)}
     attention = [a for a in attention_modules(module) if not any(layer in ignored for layer, _ in a[2])]
     for m, attr, qkv in attention:
@@ -387,6 +436,7 @@ class StructuredPrune(Pass[StructuredConfig]):
         example = model_args(new)
         chosen = set(tg.select(tg.torch_layers(module, KINDS), cfg.targets, cfg.ignore))
         finals = final_layers(module, example)
+        before_gru = layers_feeding_gru(module, example) - finals
         ignored = {n for n, _ in _weight_layers(module) if n not in chosen} | finals
         before = shapes(module)
         yield 0.05, f"building the dependency graph ({len(chosen - finals)} layers may shrink)"
@@ -447,6 +497,14 @@ class StructuredPrune(Pass[StructuredConfig]):
             warnings.append(f"left out of pruning, kept whole ({len(left_out)} layer groups Torch-Pruning could not "
                             "prune here): " + "; ".join(f"{n} ({r})" for n, r in left_out[:4])
                             + (" ..." if len(left_out) > 4 else ""))
+        recurrent = sorted(recurrent_layers(module))
+        if recurrent:
+            warnings.append(f"recurrent layers kept whole ({', '.join(recurrent[:3])}{' ...' if len(recurrent) > 3 else ''}): "
+                            "structured pruning does not shrink LSTM/GRU layers; use prune.magnitude or prune.nm on them")
+        if before_gru & chosen:
+            feeding = sorted(before_gru & chosen)
+            warnings.append(f"layers feeding a GRU kept whole ({', '.join(feeding[:3])}{' ...' if len(feeding) > 3 else ''}): "
+                            "Torch-Pruning cannot follow their channels into a GRU")
         unchanged_attention = [n for n, r in record.items() if r["op"] == "MultiheadAttention" and r["removed_out"] == 0
                                and r["in_channels"] == r["in_channels_before"]]
         if unchanged_attention:
