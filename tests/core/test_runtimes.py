@@ -125,7 +125,8 @@ def test_other_runtimes_share_the_rounds_and_get_their_own_without_batch_1(demo_
     latencies, others = drain(measure_latency_all([proto, proto], demo_mlp.input_shape, (4,), rounds=3,
                                                   others={"slow": [two_ms, None]}))
     assert [sorted(lat) for lat in latencies] == [[4], [4]], "onnxruntime is not timed at a batch not asked"
-    assert 2.0 <= others[0]["slow"] < 4.0 and others[1] == {}
+    # at least the 2 ms the call spins, in milliseconds (not s or us); a busy machine adds to it
+    assert 2.0 <= others[0]["slow"] < 50.0 and others[1] == {}
     assert len(calls) >= 2 + 3  # warm-up, sizing, then every round
     # the table puts the column before the batch it has, ratio against the original on that runtime
     base = Measurement(latency_ms={4: 1.0}, runtime_ms={"pte": 2.0})
