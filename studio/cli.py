@@ -226,7 +226,8 @@ def cmd_run(args) -> int:
     model = ready_model(args)
     data = open_data(args.data, model.input_shape, signature=model.io)
     out = Path(args.out)
-    result = run_and_export(model, recipe, data, out, args.export, args, ProgressLine(enabled=not args.quiet),
+    formats = args.export if args.export is not None else (recipe.export or None)  # --export, else the recipe's
+    result = run_and_export(model, recipe, data, out, formats, args, ProgressLine(enabled=not args.quiet),
                             evaluator)
     write_report(out, result)
     print_result(result, out, args)
@@ -400,7 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="digits", help="digits, random, a .npz (x, y) or an image folder (default digits)")
     p.add_argument("--out", default="studio-out", help="folder for exports and report.json")
     p.add_argument("--export", nargs="+", default=None,
-                   help="formats to export the shipped stage as (the recipe's ship: last by default; onnx, and packed after clustering)")
+                   help="formats to export the shipped stage as (the recipe's ship: last by default); default: the recipe's "
+                        "export list, else onnx, and packed after clustering")
     p.add_argument("--metric", help="quality measure: an installed evaluator's name or module:function "
                                     "(fn(outputs, labels, reference) -> float, higher is better)")
     add_measure_args(p)

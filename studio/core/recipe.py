@@ -19,6 +19,9 @@ Which stage a run ships (`studio run` exports it) is the recipe's choice too:
     ship: fastest      # last (default), fastest or smallest of the measured stages
     max_drop: 1.0      # ... among those within this many points of the original's quality
 
+and `export: [onnx, tflite, pte]` the formats `studio run` writes it as (default: ONNX, plus the
+packed file after clustering; `--export` overrides the list).
+
 A later stage is not always better: INT8 after pruning can run slower than the pruned float
 stage it came from; `ship: fastest` then ships the pruned stage, measured, not assumed.
 
@@ -43,8 +46,9 @@ from .safe_yaml import show
 
 VERSION = 1
 RESERVED = {"id", "enabled"}
-KEYS = ("studio_recipe", "name", "passes", "evaluator", "ship", "max_drop")
+KEYS = ("studio_recipe", "name", "passes", "evaluator", "ship", "max_drop", "export")
 SHIP = ("last", "fastest", "smallest")
+FORMAT_NAME = re.compile(r"[a-z0-9_]{1,40}")  # which formats exist is export's to say, when the run starts
 MAX_BYTES = 1 << 20  # a recipe is well under 10 KiB; the bound keeps a hostile file from eating memory
 
 
@@ -106,6 +110,9 @@ class Recipe:
     evaluator: str = ""  # an installed evaluator's name (plugins.py); empty = the studio's own quality
     ship: str = "last"  # which measured stage `studio run` exports: last, fastest or smallest
     max_drop: float = 1.0  # quality budget for ship: points below the original's quality
+    # formats `studio run` writes the shipped stage as (studio.core.export.FORMATS; the run refuses an
+    # unknown one before it starts); empty: ONNX, plus the packed file after clustering
+    export: list[str] = field(default_factory=list)
 
     def build(self) -> list:
         """The enabled steps as configured Pass objects (options validated here)."""
@@ -130,6 +137,8 @@ class Recipe:
             data["evaluator"] = self.evaluator
         if self.ship != "last":
             data.update(ship=self.ship, max_drop=self.max_drop)
+        if self.export:
+            data["export"] = list(self.export)
         return data
 
     @classmethod
@@ -171,6 +180,11 @@ class Recipe:
         max_drop = data.get("max_drop", 1.0)
         if type(max_drop) not in (int, float) or not 0 <= max_drop <= 100:
             refuse(f"max_drop is points of quality between 0 and 100, as in 'max_drop: 1.0', not {show(max_drop)}")
+        export = data.get("export", [])
+        if not isinstance(export, list) or not all(isinstance(f, str) and FORMAT_NAME.fullmatch(f) for f in export):
+            refuse(f"export is a list of formats, as in 'export: [onnx, tflite]', not {show(export)}")
+        if len(set(export)) != len(export):
+            refuse(f"export names a format twice: {show(export)}")
         entries = data.get("passes")
         if entries is None:
             entries = []
@@ -193,7 +207,7 @@ class Recipe:
             if problem:
                 refuse(f"pass {i} ({pass_id}): {problem}")
             steps.append(RecipeStep(pass_id, options, enabled))
-        return cls(steps, name, evaluator, ship, float(max_drop))
+        return cls(steps, name, evaluator, ship, float(max_drop), list(export))
 
     @classmethod
     def load(cls, path: str | Path) -> Recipe:

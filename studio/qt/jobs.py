@@ -92,7 +92,7 @@ class Jobs(QObject):
         if self.running() or self._loading_refused(panel.error):
             return
         recipe = Recipe([type(st)(st.id, dict(st.options), st.enabled) for st in s.recipe.passes], s.recipe.name,
-                        s.recipe.evaluator, s.recipe.ship, s.recipe.max_drop)
+                        s.recipe.evaluator, s.recipe.ship, s.recipe.max_drop, list(s.recipe.export))
         if not recipe.enabled_steps():
             panel.error.setText("Add a pass to the recipe first.")
             return

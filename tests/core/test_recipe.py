@@ -229,3 +229,19 @@ def test_ship_choice_round_trips_and_is_checked(tmp_path):
         (tmp_path / "bad.yaml").write_text("studio_recipe: 1\n" + text + "passes: []\n")
         with pytest.raises(StudioError, match=message):
             Recipe.load(tmp_path / "bad.yaml")
+
+
+def test_export_list_round_trips_and_is_checked(tmp_path):
+    (tmp_path / "r.yaml").write_text("studio_recipe: 1\nexport: [onnx, tflite, pte_int8]\npasses: []\n")
+    recipe = Recipe.load(tmp_path / "r.yaml")
+    assert recipe.export == ["onnx", "tflite", "pte_int8"]
+    recipe.save(tmp_path / "again.yaml")
+    assert Recipe.load(tmp_path / "again.yaml").export == recipe.export
+    assert "export" not in demo_recipe().to_dict()  # the default (onnx, packed after clustering) is not written
+    for text, message in [("export: onnx\n", "export is a list of formats, as in 'export: \\[onnx, tflite\\]'"),
+                          ("export: [onnx, 1]\n", "export is a list of formats"),
+                          ("export: ['../x']\n", "export is a list of formats"),
+                          ("export: [onnx, onnx]\n", "export names a format twice")]:
+        (tmp_path / "bad.yaml").write_text("studio_recipe: 1\n" + text + "passes: []\n")
+        with pytest.raises(StudioError, match=message):
+            Recipe.load(tmp_path / "bad.yaml")

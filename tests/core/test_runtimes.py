@@ -203,3 +203,29 @@ def test_litert_ram_counts_the_weights_the_interpreter_holds():
     loaded()  # runs again: inputs set, invoked
     ram = runtime_ram("tflite", loaded.file, loaded.args)  # the file read, XNNPACK's packed copy, the arena
     assert ram is not None and 16 * 2**20 < ram < 5 * 16 * 2**20, ram
+
+
+@pytest.mark.slow
+def test_studio_run_writes_the_formats_the_recipe_lists(tmp_path, capsys):
+    """A recipe's `export:` list is what `studio run` writes (verified), unless --export says otherwise;
+    a format that does not exist is refused before the run."""
+    import json
+
+    from studio import cli
+
+    recipe = tmp_path / "edge.yaml"
+    recipe.write_text("studio_recipe: 1\nexport: [ort, pte]\npasses:\n  - id: prune.magnitude\n    sparsity: 0.5\n")
+    out = tmp_path / "out"
+    code = cli.main(["run", "demo:mlp", "--recipe", str(recipe), "--out", str(out), "--no-ram", "-q",
+                     "--batches", "1", "--rounds", "2"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert [(e["format"], e["verified"]) for e in report["exports"]] == [("ort", True), ("pte", True)]
+    assert sorted(p.suffix for p in out.iterdir() if p.suffix in (".ort", ".pte", ".onnx")) == [".ort", ".pte"]
+
+    recipe.write_text("studio_recipe: 1\nexport: [onnx, coreml]\npasses: []\n")
+    capsys.readouterr()
+    code = cli.main(["run", "demo:mlp", "--recipe", str(recipe), "--out", str(tmp_path / "refused"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown export format 'coreml'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "refused").exists()
