@@ -239,7 +239,8 @@ class StaticInt8(Pass[StaticConfig]):
                             min(cfg.calibration_samples, len(x_pool)))
             yield 0.2, f"calibrating on {first.samples} samples ({cfg.method})"
             span = 0.6 / cfg.max_tries  # each try's share of the bar: the remedies may follow
-            tries = [(yield from _reporting(lambda report: trial.run(first, "as configured", report), 0.2, span))]
+            tries = [(yield from _reporting(lambda report: trial.run(first, "as configured", report), 0.2, span,
+                                            context.check_cancelled))]
             best = tries[0]
             budget = cfg.max_tries - 1
             if cfg.remedies and not trial.meets(best, cfg):
@@ -254,7 +255,8 @@ class StaticInt8(Pass[StaticConfig]):
                     at = 0.2 + 0.6 * len(tries) / cfg.max_tries
                     yield at, f"{trial.shortfall(best, cfg)}; trying {label}"
                     tries.append((yield from _reporting(
-                        lambda report, s=setting, lb=label: trial.attempt(s, lb, report), at, span)))
+                        lambda report, s=setting, lb=label: trial.attempt(s, lb, report), at, span,
+                        context.check_cancelled)))
                     budget -= 1
                     if tries[-1]["score"] is not None and tries[-1]["score"] > best["score"] + 1e-12:  # the next remedy builds on the best
                         best.pop("proto")  # only the best model is kept in memory
@@ -449,12 +451,14 @@ def _keep_slow_float(trial: _Trial, best: dict, tries: list, cfg: StaticConfig, 
     return fastest, float_ms
 
 
-def _reporting(call, start: float, span: float):
+def _reporting(call, start: float, span: float, check=None):
     """Run call(report) (one quantize_static try) on a helper thread and yield progress while it
     runs: onnxruntime calibrates in one blocking call, which showed the same percentage for
     minutes. The calibration reader reports each batch it hands out; the fraction moves from
     `start` over `span`, the message says the batch and the time left at the rate measured so
-    far. Returns call's result; its exception is raised here. A cancel stops it at its next batch."""
+    far. Returns call's result; its exception is raised here. A cancel stops it at its next batch;
+    `check` (the context's check_cancelled) raises here at once, so no stale batch is reported
+    after a cancel (the helper thread may have run ahead of this generator)."""
     import queue
     import threading
 
@@ -486,6 +490,8 @@ def _reporting(call, start: float, span: float):
                 continue  # onnxruntime is inside one batch; its cancel check comes at the next
             if event is None:
                 break
+            if check is not None:
+                check()
             done, total = event
             if done is None:  # calibrated
                 yield start + 0.95 * span, f"comparing with the float stage on {total} samples"
