@@ -157,7 +157,7 @@ def cmd_inspect(args) -> int:
 def run_and_export(model, recipe, data, out: Path, formats, args, progress, evaluator=None) -> dict:
     from studio.core import edge, export, pipeline
     from studio.core import runtimes as rt
-    from studio.core.errors import StudioError
+    from studio.core.errors import Cancelled, StudioError
 
     for fmt in formats or ():  # refused before the run, not after it
         if fmt not in export.FORMATS:
@@ -178,8 +178,15 @@ def run_and_export(model, recipe, data, out: Path, formats, args, progress, eval
     exports = []
     for fmt in formats:
         target = out / export.default_name(final.model, fmt)
-        result = drive(export.export(final.model, target, fmt, data=data), progress)
-        exports.append(result.as_dict())
+        try:
+            result = drive(export.export(final.model, target, fmt, data=data), progress)
+        except Cancelled:
+            raise
+        except StudioError as exc:  # this stage cannot reach the format: the run and the other files stand
+            exports.append({"path": str(target), "format": fmt, "verified": False, "written": False,
+                            "max_abs_diff": None, "agreement": None, "size_bytes": 0, "message": str(exc)})
+            continue
+        exports.append({**result.as_dict(), "written": True})
     report = {"model": model.name, "source": str(model.source or model.name), **run.as_dict(), "exports": exports,
               "shipped": {"stage": final.index, "label": final.label, "why": why}}
     return {"run": run, "report": report}
@@ -208,7 +215,7 @@ def print_result(result: dict, out: Path, args) -> None:
     shipped = result["report"]["shipped"]
     print(f"shipped: stage {shipped['label']}, {shipped['why']}")
     for e in report["exports"]:
-        mark = "ok" if e["verified"] else "NOT VERIFIED"
+        mark = "ok" if e["verified"] else "NOT VERIFIED" if e["written"] else "NOT WRITTEN"
         print(f"export {e['format']:12} {mark:12} {e['path']}  ({fmt_bytes(e['size_bytes'])}; {e['message']})")
     print(f"report: {out / 'report.json'}")
 

@@ -4,6 +4,7 @@ side in the stage table; a stage that cannot reach ExecuTorch shows no number an
 
 import re
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -222,6 +223,21 @@ def test_studio_run_writes_the_formats_the_recipe_lists(tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     assert [(e["format"], e["verified"]) for e in report["exports"]] == [("ort", True), ("pte", True)]
     assert sorted(p.suffix for p in out.iterdir() if p.suffix in (".ort", ".pte", ".onnx")) == [".ort", ".pte"]
+
+    # a format the shipped stage cannot reach (INT8 QDQ -> torch for LiteRT): that file is not written,
+    # the run, its table and the other files stand, and the exit code says not everything shipped
+    recipe.write_text("studio_recipe: 1\nexport: [onnx, tflite]\npasses:\n  - id: quantize.int8_static\n"
+                      "    calibration_samples: 32\n    remedies: false\n")
+    capsys.readouterr()
+    code = cli.main(["run", "demo:mlp", "--recipe", str(recipe), "--out", str(tmp_path / "int8"), "--no-ram",
+                     "--batches", "1", "--rounds", "2", "-q"])
+    printed = capsys.readouterr().out
+    assert code == 1 and "1 quantize.int8_static" in printed
+    report = json.loads((tmp_path / "int8" / "report.json").read_text())
+    (onnx_file, tflite) = report["exports"]
+    assert onnx_file["verified"] and onnx_file["written"] and Path(onnx_file["path"]).is_file()
+    assert not tflite["written"] and "DequantizeLinear" in tflite["message"] and not Path(tflite["path"]).exists()
+    assert "export tflite       NOT WRITTEN" in printed
 
     recipe.write_text("studio_recipe: 1\nexport: [onnx, coreml]\npasses: []\n")
     capsys.readouterr()
