@@ -45,6 +45,8 @@ class Jobs(QObject):
         saved = settings.value("runtimes", ["ort"]) if settings is not None else ["ort"]
         recipe_panel.set_runtimes([saved] if isinstance(saved, str) else list(saved or []))
         self.runtimes: tuple[str, ...] = recipe_panel.runtimes()  # ("ort", "pte"): ExecuTorch too (exports each stage)
+        recipe_panel.set_measure_ram(settings is not None and settings.value("measure_ram", False, type=bool))
+        self.measure_ram = recipe_panel.measure_ram()  # RAM per stage and runtime, in fresh processes
         recipe_panel.runtimes_changed.connect(self._runtimes_chosen)
         for view, run in ((recipe_panel, self.run_recipe), (sensitivity_view, self.run_sensitivity),
                           (search_view, self.run_search)):
@@ -55,8 +57,10 @@ class Jobs(QObject):
 
     def _runtimes_chosen(self) -> None:
         self.runtimes = self.recipe_panel.runtimes()
+        self.measure_ram = self.recipe_panel.measure_ram()
         if self.settings is not None:
             self.settings.setValue("runtimes", list(self.runtimes))
+            self.settings.setValue("measure_ram", self.measure_ram)
 
     def running(self) -> bool:
         return self.tasks.running("run")
@@ -105,14 +109,14 @@ class Jobs(QObject):
         if model is None:
             return
         spec, previous = s.data_spec, s.previous_stages()
-        latency, runtimes = self.latency_batches, self.runtimes
+        latency, runtimes, ram = self.latency_batches, self.runtimes, self.measure_ram
 
         def job(cancel_event):
             from studio.core.pipeline import run
 
             data = self.data_for(spec, model.input_shape, model.signature)
             return (yield from run(model, recipe, data, latency_batches=latency, cancel_event=cancel_event,
-                                   previous=previous, runtimes=runtimes))
+                                   previous=previous, runtimes=runtimes, measure_ram=ram))
 
         def done(result):
             result.data_name = spec

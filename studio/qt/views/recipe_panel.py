@@ -121,7 +121,7 @@ class OptionsForm(QWidget):
 class RecipePanel(QWidget):
     run_requested = Signal()
     cancel_requested = Signal()
-    runtimes_changed = Signal()  # a runtime ticked or unticked (jobs.Jobs keeps the choice in the settings)
+    runtimes_changed = Signal()  # a runtime or RAM ticked or unticked (jobs.Jobs keeps the choice in the settings)
 
     def __init__(self, session, parent=None):
         super().__init__(parent)
@@ -194,6 +194,11 @@ class RecipePanel(QWidget):
                                "(each stage is exported for it first: seconds per stage)")
             box.toggled.connect(self._runtime_toggled)
             self.runtime_boxes[name] = box
+        self.ram_box = QCheckBox("RAM")
+        self.ram_box.setObjectName("measure_ram")
+        self.ram_box.setToolTip("also the RAM each stage takes to load and run one input on each ticked runtime, "
+                                "in a fresh process per stage (a second or two each)")
+        self.ram_box.toggled.connect(self._runtime_toggled)
 
         row = QHBoxLayout()
         row.addWidget(self.add_box, 1)
@@ -208,6 +213,7 @@ class RecipePanel(QWidget):
         latency.addWidget(QLabel("Latency"))
         for box in self.runtime_boxes.values():
             latency.addWidget(box)
+        latency.addWidget(self.ram_box)
         latency.addStretch(1)
         runs = QHBoxLayout()
         runs.addWidget(self.run_button)
@@ -383,6 +389,14 @@ class RecipePanel(QWidget):
                 box.blockSignals(True)
                 box.setChecked(box.isEnabled() and name in names)
                 box.blockSignals(False)
+
+    def measure_ram(self) -> bool:
+        return self.ram_box.isChecked()
+
+    def set_measure_ram(self, on: bool) -> None:
+        self.ram_box.blockSignals(True)
+        self.ram_box.setChecked(bool(on))
+        self.ram_box.blockSignals(False)
 
     def _runtime_toggled(self, _checked: bool) -> None:
         self.runtimes_changed.emit()
