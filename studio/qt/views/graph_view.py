@@ -265,6 +265,11 @@ class GraphCanvas(QGraphicsView):
         self.setDragMode(QGraphicsView.ScrollHandDrag)
         self.setTransformationAnchor(QGraphicsView.AnchorUnderMouse)
         self.setViewportUpdateMode(QGraphicsView.SmartViewportUpdate)
+        # scroll bars always shown: the view refits the graph when it is resized (auto_fit), and a
+        # scroll bar that appears and disappears with the fit resized it again, forever (a test
+        # window hung in that loop of Show/Hide events on the vertical bar)
+        self.setVerticalScrollBarPolicy(Qt.ScrollBarAlwaysOn)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOn)
         self.setBackgroundBrush(self.palette().base())
         self.auto_fit = True  # keep the graph fitted to the view until the user zooms or pans
         self.overview = OverviewMap(self)
