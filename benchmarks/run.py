@@ -5,7 +5,7 @@ benchmarks/results/results.json and results.md (and chart.png via chart.py).
 
     python -m benchmarks.run                                   # everything (see README.md for times)
     python -m benchmarks.run --models demo-cnn demo-mlp        # some models
-    python -m benchmarks.run --quick --models demo-cnn --out /tmp/bench   # smoke test
+    python -m benchmarks.run --quick --models demo-cnn --out bench-quick/   # smoke test
 
 Quality: accuracy on the digits held-out split (trained demo models) or top-1 agreement with the
 FP32 model on 256 random inputs (random-weight models). Latency: onnxruntime CPU, 1 thread, the
