@@ -70,16 +70,7 @@ def layers_feeding_gru(module, example) -> set[str]:
         for h in hooks:
             h.remove()
     names = {produced[id(x)] for x in inputs if id(x) in produced}
-    stack, seen = [x.grad_fn for x in inputs if isinstance(x, torch.Tensor) and x.grad_fn is not None], set()
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        if node in produced:
-            names.add(produced[node])
-            continue
-        stack.extend(nxt for nxt, _ in node.next_functions)
+    names |= _layers_behind([x for x in inputs if isinstance(x, torch.Tensor)], produced)
     return names
 
 
@@ -112,16 +103,7 @@ def final_layers(module, example) -> set[str]:
         for h in hooks:
             h.remove()
     names = {produced[id(o)] for o in outs if id(o) in produced}
-    stack, seen = [o.grad_fn for o in outs if o.grad_fn is not None], set()
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        if node in produced:
-            names.add(produced[node])
-            continue
-        stack.extend(nxt for nxt, _ in node.next_functions)
+    names |= _layers_behind(outs, produced)
     if not names:  # no gradient path (constant weights only): fall back to the last layer
         layers = _weight_layers(module)
         names = {layers[-1][0]} if layers else set()
@@ -514,3 +496,20 @@ class StructuredPrune(Pass[StructuredConfig]):
             warnings.append("no channel was removed: the chosen layers may all be coupled to the classifier or ignored")
         yield 1.0, summary
         return PassResult(new, record, summary, warnings)
+
+
+def _layers_behind(tensors, produced: dict) -> set:
+    """Names of the layers (`produced`: grad_fn -> name) the autograd graph reaches walking back
+    from `tensors`, stopping at each layer found."""
+    names: set = set()
+    stack, seen = [t.grad_fn for t in tensors if t.grad_fn is not None], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if node in produced:
+            names.add(produced[node])
+            continue
+        stack.extend(nxt for nxt, _ in node.next_functions)
+    return names
