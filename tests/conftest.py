@@ -1,3 +1,4 @@
+import faulthandler
 import os
 import shutil
 import subprocess
@@ -9,6 +10,35 @@ import pytest
 # Qt must never look for a screen in the tests; set before anything imports Qt.
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("QTWEBENGINE_CHROMIUM_FLAGS", "--no-sandbox")
+
+
+# ------------------------------------------------------------------ every test
+@pytest.fixture(autouse=True)
+def _hang_watchdog(request):
+    """End this worker if a test hangs where pytest-timeout cannot reach it.
+
+    pytest-timeout's thread method needs the GIL to act; a test stuck in C++ holding it (a Qt
+    deadlock hung a CI run for its whole 90 minutes) never lets it. faulthandler's watchdog is
+    a C thread: it prints every thread's stack and exits, xdist reports the worker lost and
+    the run goes on. It fires two minutes after the test's own timeout would have."""
+    marker = request.node.get_closest_marker("timeout")
+    limit = float(marker.args[0]) if marker and marker.args else float(request.config.getini("timeout") or 300)
+    faulthandler.dump_traceback_later(limit + 120, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
+
+
+@pytest.fixture(autouse=True)
+def _qt_garbage_on_main_thread():
+    """Once a test made a QApplication, cyclic garbage is collected on this (the GUI) thread only,
+    as the window does (studio/qt/compat.py says why); after each test, what is due."""
+    yield
+    qt = sys.modules.get("PySide6.QtWidgets")
+    if qt is not None and qt.QApplication.instance() is not None:
+        from studio.qt.compat import collect_due_garbage, collect_garbage_on_gui_thread
+
+        collect_garbage_on_gui_thread()
+        collect_due_garbage()
 
 
 # ------------------------------------------------------------------ the example plugin package

@@ -36,6 +36,9 @@ def create_app(argv=None, plots: bool = True):
     app.setDesktopFileName("studio")
     if ICON.is_file():
         app.setWindowIcon(QIcon(str(ICON)))
+    from .compat import collect_garbage_on_gui_thread
+
+    collect_garbage_on_gui_thread()  # never on a worker thread: see compat.py
     if plots:
         _plots_follow_palette(app)
     return app

@@ -10,11 +10,15 @@ PySide6 6.11.3 has neither bug; 6.12.0 is what pip picks today.
 
 If (and only if) a bug is detected, its object gets a very large reference count: what CPython
 3.12+ does for every immortal object. The real fix is a PySide6 without the bugs or Python
->= 3.12; this keeps the window alive until then."""
+>= 3.12; this keeps the window alive until then.
+
+And one PySide6 hazard on every version: cyclic garbage holding a Qt object must be collected
+on the GUI thread (`collect_garbage_on_gui_thread`)."""
 
 from __future__ import annotations
 
 import ctypes
+import gc
 import sys
 
 _applied = False
@@ -59,3 +63,39 @@ def guard_none_refcount() -> bool:
         _make_immortal(True)
         _applied = True
     return _applied
+
+
+_collector = None
+_THRESHOLD = gc.get_threshold()
+
+
+def collect_due_garbage() -> None:
+    """Collect the oldest generation that is due, as the automatic collector would."""
+    count = gc.get_count()
+    for generation in (2, 1, 0):
+        if all(count[g] > _THRESHOLD[g] for g in range(generation + 1)):
+            gc.collect(generation)
+            return
+
+
+def collect_garbage_on_gui_thread(interval_ms: int = 1000) -> None:
+    """Turn Python's automatic cyclic collection off and collect on a GUI-thread timer instead.
+
+    Why: the collector runs on whichever thread crosses its allocation threshold, and our jobs
+    allocate hard on worker threads. When it frees a cycle holding Qt objects there (a closed
+    dialog, a dropped window), Shiboken queues their C++ destructors for the main thread and
+    runs them at an arbitrary bytecode boundary there. In the test suite that deadlocked a
+    QMenu's destructor on a Qt mutex (seen with gdb) and hung CI; others report crashes.
+    pyqtgraph ships the same remedy (pyqtgraph.util.garbage_collector); this copy avoids importing
+    pyqtgraph before the window's first paint. Same thresholds, so the same amount of work."""
+    global _collector
+    if _collector is not None:
+        return
+    from PySide6.QtCore import QCoreApplication, QTimer
+
+    timer = QTimer(QCoreApplication.instance())
+    timer.setObjectName("studio-gc")
+    timer.timeout.connect(collect_due_garbage)
+    timer.start(interval_ms)
+    gc.disable()
+    _collector = timer
