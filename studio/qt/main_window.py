@@ -199,7 +199,7 @@ class MainWindow(QMainWindow):
         self.netron = None
 
         s = self.session
-        self.graph_view = GraphView(s)
+        self.graph_view = GraphView(s, self.tasks)
         self.chart = TradeoffChart(s)
         self.results = ResultsTable(s)
         self.histogram_options = HistogramOptions(self.settings, self)  # one pair of toggles for every histogram

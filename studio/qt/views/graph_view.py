@@ -376,9 +376,10 @@ class GraphCanvas(QGraphicsView):
 class GraphView(QWidget):
     layers_clicked = Signal(list)
 
-    def __init__(self, session, parent=None):
+    def __init__(self, session, tasks: Tasks, parent=None):
         super().__init__(parent)
         self.session = session
+        self.tasks = tasks  # the window's job runner: large re-layouts run on its workers
         self.items: dict[str, NodeItem] = {}  # the layers drawn as their own box
         self.groups: dict[str, GroupItem] = {}  # closed groups, by key (GROUP + dotted path)
         self.grouping: Grouping | None = None
@@ -386,7 +387,6 @@ class GraphView(QWidget):
         self._layouts: dict[frozenset, dict] = {}  # layouts of the current graph, by open groups
         self._graph = None
         self._last_expand: tuple[tuple, float] = ((), 0.0)  # the group a click opened, and when
-        self.tasks = Tasks(self)  # large re-layouts run on a worker
         self.canvas = GraphCanvas()
         self.search = QLineEdit(placeholderText="Find layer or weight (Enter: next match)")
         self.search.returnPressed.connect(self.find_next)
