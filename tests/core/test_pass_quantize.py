@@ -144,6 +144,100 @@ def test_weight_only_keeps_shared_and_branch_weights_valid():
         assert np.abs(ours - ref).max() < 0.05 * np.abs(ref).max()
 
 
+class GatedMLP(nn.Module):
+    """Linear layers as the TorchScript exporter writes them (Gemm, transB=1): one layer used
+    twice (two Gemms reading one weight) and, scripted, an If whose branches hold Gemms reading
+    main-graph weights."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.shared = nn.Linear(32, 64), nn.Linear(64, 64)
+        self.fc2, self.fc3 = nn.Linear(64, 16), nn.Linear(64, 16)
+
+    def forward(self, x):
+        h = self.shared(torch.relu(self.shared(torch.relu(self.fc1(x)))))
+        if bool(x.sum() > 0):
+            return self.fc2(h)
+        return self.fc3(h)
+
+
+def stored_bytes(proto):
+    from studio.core import onnx_weights as ow
+
+    return sum(ow.read(t).nbytes for t in ow.tensors(proto).values())
+
+
+def test_weight_only_gemm_rewrite_on_torch_export(tmp_path):
+    """The Gemm -> MatMul rewrite is onnxruntime's own: on a torch export the rewritten model
+    gives the same outputs in onnxruntime, keeps no untransposed copy of a weight, and the
+    MatMuls keep the Gemms' names, so an ignore entry "fc1" still keeps fc1 float."""
+    import onnx
+
+    from studio.core import io, onnx_weights as ow
+    from studio.core.convert import onnx_copy
+    from studio.core.passes.quant_extra import gemm_to_matmul
+
+    torch.manual_seed(0)
+    path = tmp_path / "gated.onnx"
+    torch.onnx.export(torch.jit.script(GatedMLP().eval()), (torch.randn(2, 32),), str(path), dynamo=False,
+                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}})
+    model = io.load(path)
+    gemms = {n.name for n, _ in ow.nodes(model.obj.graph) if n.op_type == "Gemm"}
+    assert gemms == {"/fc1/Gemm", "/shared/Gemm", "/shared_1/Gemm", "/fc2/Gemm", "/fc3/Gemm"}
+    proto = onnx_copy(model)
+    assert gemm_to_matmul(proto) == 5
+    onnx.checker.check_model(proto, full_check=True)
+    matmuls = {n.name for n, _ in ow.nodes(proto.graph) if n.op_type == "MatMul"}
+    assert matmuls == gemms and "Gemm" not in {n.op_type for n, _ in ow.nodes(proto.graph)}
+    read = {i for n, _ in ow.nodes(proto.graph) for i in n.input}
+    assert set(ow.tensors(proto)) <= read  # no weight left that nothing reads
+    assert stored_bytes(proto) == stored_bytes(model.obj)  # each weight once, transposed instead of as well
+    result = run(create("quantize.weight_only", bits=8, ignore=["fc1"]), model, Context())
+    out = result.model.obj
+    onnx.checker.check_model(out, full_check=True)
+    assert sorted(result.layers) == ["/fc2/Gemm_Q8", "/fc3/Gemm_Q8", "/shared/Gemm_Q8", "/shared_1/Gemm_Q8"]
+    fc1 = [n for n, _ in ow.nodes(out.graph) if n.name == "/fc1/Gemm"]
+    assert [n.op_type for n in fc1] == ["MatMul"] and ow.tensors(out)[fc1[0].input[1]].data_type == onnx.TensorProto.FLOAT
+    assert not run(create("quantize.weight_only", ignore=["Gemm"]), model, Context()).layers  # by op type, as exported
+    rng = np.random.default_rng(1)
+    for sign in (1, -1):  # both branches
+        x = sign * np.abs(rng.standard_normal((4, 32))).astype(np.float32)
+        ref = run_session(session(model.obj), x)
+        assert np.abs(run_session(session(proto), x) - ref).max() < 1e-5
+        assert np.abs(run_session(session(out), x) - ref).max() < 0.02 * np.abs(ref).max()
+
+
+def test_gemm_rewrite_empty_bias_and_shared_dynamic_weight():
+    """Two cases onnxruntime's rewrite alone gets wrong: an empty bias input ("") became an Add
+    reading "", and two Gemms transposing one graph input both wrote "<B>_Transposed"."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from studio.core.passes.quant_extra import gemm_to_matmul
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "W")
+    x, b = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 3] if n == "x" else [4, 3]) for n in "xB")
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])
+    empty_bias = helper.make_graph([helper.make_node("Gemm", ["x", "W", ""], ["y"], transB=1, name="g")], "g", [x],
+                                   [y], [w])
+    shared = helper.make_graph([helper.make_node("Gemm", ["x", "B"], ["h1"], transB=1, name="g1"),
+                                helper.make_node("Gemm", ["x", "B"], ["h2"], transB=1, name="g2"),
+                                helper.make_node("Add", ["h1", "h2"], ["y"])], "g", [x, b], [y])
+    feeds = {"x": rng.standard_normal((2, 3)).astype(np.float32), "B": rng.standard_normal((4, 3)).astype(np.float32)}
+    for graph in (empty_bias, shared):
+        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        ours = onnx.ModelProto()
+        ours.CopyFrom(proto)
+        assert gemm_to_matmul(ours) == len(graph.node) - (graph is shared)
+        onnx.checker.check_model(ours, full_check=True)
+        assert "Gemm" not in ops(ours)
+        names = {i.name for i in graph.input}
+        ref = session(proto).run(None, {k: v for k, v in feeds.items() if k in names})[0]
+        got = session(ours).run(None, {k: v for k, v in feeds.items() if k in names})[0]
+        assert np.abs(got - ref).max() < 1e-6
+
+
 def test_fold_batchnorm_resnet():
     model = resnet_model()
     before = state(model)

@@ -3,8 +3,8 @@ batch-norm folding.
 
 Weight-only uses onnxruntime's MatMulNBitsQuantizer: block-wise (block_size weights share one
 scale) INT4 or INT8 weights, dequantized inside the MatMulNBits kernel; activations stay float.
-It handles MatMul only, and torch's exporter writes Linear as Gemm, so Gemm nodes with a
-constant weight are first rewritten as MatMul + Add (the same arithmetic). Convs stay float.
+It handles MatMul only, and torch's exporter writes Linear as Gemm, so Gemm nodes are first
+rewritten as MatMul + Add (the same arithmetic) by onnxruntime's own rewrite. Convs stay float.
 """
 
 from __future__ import annotations
@@ -19,43 +19,42 @@ from .registry import register
 
 
 def gemm_to_matmul(proto) -> int:
-    """Rewrite Gemm(A, W, C) with constant W, alpha = beta = 1 and no transA as MatMul + Add,
-    in place; returns how many. MatMul nodes keep the Gemm's name so targets still match. A
-    weight several Gemms share gets one MatMul copy; weights only If/Loop branches read are kept."""
+    """onnxruntime's own Gemm -> MatMul (+ Add) rewrite (all graphs), in place; returns how many.
+    Wrapped for what it leaves to its caller: the MatMul gets back the Gemm's name (onnxruntime
+    appends "_MatMul") so targets and the result name the user's layers, the untransposed weights
+    nothing reads any more are dropped (reads in If/Loop branches count), and two of its slips
+    are avoided: an empty bias input ("") would become an Add of "", and Gemms sharing a
+    non-constant B each write a Transpose to the same "<B>_Transposed"."""
     import onnx
-    from onnx import helper, numpy_helper
+    from onnxruntime.quantization.onnx_model import ONNXModel
 
     from .. import onnx_weights as ow
 
-    inits = {i.name: i for i in proto.graph.initializer}
-    nodes = []
-    count = 0
-    made: dict[tuple[str, int], str] = {}  # (weight, transB) -> its MatMul copy
-    for node in proto.graph.node:
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if (node.op_type != "Gemm" or node.input[1] not in inits or attrs.get("transA", 0)
-                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
-            nodes.append(node)
-            continue
-        key = (node.input[1], int(attrs.get("transB", 0)))
-        if key not in made:
-            w = numpy_helper.to_array(inits[node.input[1]])
-            if key[1]:
-                w = np.ascontiguousarray(w.T)
-            made[key] = ow.unique_name(proto, node.input[1] + "_matmul")
-            proto.graph.initializer.append(numpy_helper.from_array(w, made[key]))
-        has_bias = len(node.input) > 2 and node.input[2]
-        mm_out = node.output[0] + "_matmul" if has_bias else node.output[0]
-        nodes.append(helper.make_node("MatMul", [node.input[0], made[key]], [mm_out], name=node.name))
-        if has_bias:
-            nodes.append(helper.make_node("Add", [mm_out, node.input[2]], [node.output[0]],
-                                          name=node.name and node.name + "_bias"))  # unnamed stays unnamed
-        count += 1
-    del proto.graph.node[:]
-    proto.graph.node.extend(nodes)
-    ow.drop_unused(proto)  # reads in every graph count: an If branch may use a main-graph weight
+    before = {n.name for n, _ in ow.nodes(proto.graph)}
+    gemms = [n for n, _ in ow.nodes(proto.graph) if n.op_type == "Gemm"]
+    for node in gemms:
+        if len(node.input) > 2 and not node.input[2]:
+            del node.input[2:]  # an empty optional input is an absent one
+    gemms = [n.name for n in gemms]
+    ONNXModel(proto).replace_gemm_with_matmul()
+    left = [n.name for n, _ in ow.nodes(proto.graph) if n.op_type == "Gemm"]  # alpha/beta != 1 or transA
+    renamed = set(gemms) - set(left)
+    for graph in ow.graphs(proto.graph):
+        written, kept = set(), []
+        for node in graph.node:
+            if node.op_type == "Transpose" and node.output[0] in written:
+                continue  # the same Transpose of the same B again
+            written.update(node.output)
+            kept.append(node)
+            if (node.op_type == "MatMul" and node.name.endswith("_MatMul") and node.name not in before
+                    and node.name[: -len("_MatMul")] in renamed):
+                node.name = node.name[: -len("_MatMul")]
+        if len(kept) != len(graph.node):
+            del graph.node[:]
+            graph.node.extend(kept)
+    ow.drop_unused(proto)
     onnx.checker.check_model(proto)
-    return count
+    return len(gemms) - len(left)
 
 
 class WeightOnlyConfig(PassConfig):
@@ -76,6 +75,7 @@ class WeightOnly(Pass[WeightOnlyConfig]):
     def apply(self, model, context: Context):
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+        from .. import onnx_weights as ow
         from .quantize import excluded_nodes
 
         cfg: WeightOnlyConfig = self.config
@@ -85,9 +85,9 @@ class WeightOnly(Pass[WeightOnlyConfig]):
             raise ValueError("quantize.weight_only: block_size must be a power of two")
         yield 0.05, "exporting to ONNX" if model.is_torch else "preparing"
         proto = onnx_copy(model)  # gemm_to_matmul and the quantizer change it in place
-        rewritten = gemm_to_matmul(proto)
+        excluded = excluded_nodes(proto, cfg, all_graphs=True)  # before the rewrite: an ignored "Gemm" matches
+        rewritten = gemm_to_matmul(proto)  # its MatMuls keep the Gemms' names, so the list still holds
         context.check_cancelled()
-        excluded = excluded_nodes(proto, cfg)
         yield 0.3, f"quantizing weights to INT{cfg.bits}"
         quantizer = MatMulNBitsQuantizer(proto, bits=cfg.bits, block_size=cfg.block_size, is_symmetric=cfg.symmetric,
                                          nodes_to_exclude=excluded)
@@ -101,8 +101,8 @@ class WeightOnly(Pass[WeightOnlyConfig]):
         finally:
             logger.setLevel(level)
         result = quantizer.model.model
-        layers = {n.name: {"op": "MatMulNBits", "dtype": f"int{cfg.bits}", "block_size": cfg.block_size}
-                  for n in result.graph.node if n.op_type == "MatMulNBits"}
+        layers = {ow.node_name(n): {"op": "MatMulNBits", "dtype": f"int{cfg.bits}", "block_size": cfg.block_size}
+                  for n, _ in ow.nodes(result.graph) if n.op_type == "MatMulNBits"}  # If/Loop branches too
         warnings = []
         if not layers:
             warnings.append("no MatMul/Gemm layer with a constant weight was quantized (weight-only covers MatMul only)")

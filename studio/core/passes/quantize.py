@@ -31,10 +31,15 @@ def onnx_layers(proto) -> list[tuple[str, str]]:
     return [(n.name, n.op_type) for n in proto.graph.node if n.op_type in QUANTIZABLE]
 
 
-def excluded_nodes(proto, config: PassConfig) -> list[str]:
+def excluded_nodes(proto, config: PassConfig, all_graphs: bool = False) -> list[str]:
     """ONNX node names the config leaves out. A torch layer name ("fc1") also matches the node
-    the exporter made from it ("/fc1/Gemm")."""
-    layers = onnx_layers(proto)
+    the exporter made from it ("/fc1/Gemm"). all_graphs: If/Loop branches' nodes too."""
+    if all_graphs:
+        from ..onnx_weights import nodes
+
+        layers = [(n.name, n.op_type) for n, _ in nodes(proto.graph) if n.op_type in QUANTIZABLE]
+    else:
+        layers = onnx_layers(proto)
     chosen = set()
     for name, op in layers:
         alias = name.strip("/").rsplit("/", 1)[0].replace("/", ".")
