@@ -239,3 +239,33 @@ def test_structured_pruning_keeps_recurrent_layers_whole_and_prunes_the_rest(cls
     x = model.example_inputs(3)
     (y,) = run_session_all(session(to_onnx_proto(result.model)), x)
     assert y.shape == (3, 4) and np.isfinite(y).all()
+
+
+@pytest.mark.parametrize("form", ["dynamo", "legacy"])
+def test_embedding_tables_of_onnx_become_trainable(tmp_path, form):
+    """An ONNX Gather from a stored table (the corpus recommender's user and item embeddings,
+    from both exporters) converts to an embedding layer: its table is a parameter that
+    fine-tuning changes, and the converted model still computes what onnxruntime computes."""
+    import torch
+
+    from studio.core import io
+    from studio.core.passes.onnx_torch import gathers_as_embedding
+    from tests.corpus.models import cases, write
+
+    path = tmp_path / f"recommender_{form}.onnx"
+    write(cases()["recommender"], form, path)
+    model = io.load(path)
+    converted = onnx_to_torch(model)  # compared with onnxruntime inside, on ids in range
+    tables = sorted(tuple(m.weight.shape) for m in converted.obj.modules() if isinstance(m, torch.nn.Embedding))
+    assert tables == [(40, 16), (60, 16)]
+    assert gathers_as_embedding(converted.obj) == 0  # nothing left to replace
+    ids = {"user": torch.tensor([3, 39, -1]), "item": torch.tensor([0, 59, -60])}  # negative ids count from the end
+    ref = converted.obj(ids["user"] % 40, ids["item"] % 60)
+    assert torch.allclose(converted.obj(ids["user"], ids["item"]), ref)
+    layers = [m for m in converted.obj.modules() if isinstance(m, torch.nn.Embedding)]
+    before = [m.weight.detach().clone() for m in layers]
+    optimizer = torch.optim.SGD(converted.obj.parameters(), lr=0.5)
+    out = converted.obj(torch.randint(0, 40, (64,)), torch.randint(0, 60, (64,)))
+    torch.nn.functional.mse_loss(out, torch.rand_like(out)).backward()
+    optimizer.step()
+    assert all(not torch.equal(m.weight, b) for m, b in zip(layers, before))

@@ -553,20 +553,83 @@ def matmuls_as_linear(module) -> int:
             graph.erase_node(add)
         replaced += 1
     if replaced:
-        graph.eliminate_dead_code()
-        used = {n.target for n in graph.nodes if n.op == "get_attr"}
-        used_modules = {n.target for n in graph.nodes if n.op == "call_module"}
-        holder = getattr(module, "initializers", None)
-        if holder is not None:
-            for name in [n for n, _ in holder.named_buffers(recurse=False)]:
-                if f"initializers.{name}" not in used:
-                    delattr(holder, name)
-        for name, _ in list(module.named_children()):
-            sub = getattr(module, name)
-            if type(sub).__name__ == "OnnxConstant" and name not in used_modules:
-                delattr(module, name)
-        module.recompile()
+        _drop_unused_constants(module)
     return replaced
+
+
+def _embedding_class():
+    import torch
+    from torch import nn
+
+    class OnnxEmbedding(nn.Embedding):
+        """An ONNX Gather from a stored table as a trainable embedding; like Gather (and unlike
+        nn.Embedding) a negative id counts from the end."""
+
+        def forward(self, ids):
+            ids = ids.long()
+            return super().forward(torch.where(ids < 0, ids + self.num_embeddings, ids))
+
+    return OnnxEmbedding
+
+
+def gathers_as_embedding(module) -> int:
+    """Turns the Gather-from-a-stored-table modules of an onnx2torch GraphModule (axis 0, a 2-D
+    float table, integer ids: a token or id embedding) into embedding layers, so fine-tuning and
+    distillation train them; onnx2torch keeps the table as a buffer. A table whose values another
+    constant also holds (a tied output layer: onnx2torch copies a weight for each reader) is left
+    as it is, as training would untie it. Returns how many were replaced."""
+    import hashlib
+    from collections import Counter
+
+    import torch
+    from onnx2torch.node_converters.gather import OnnxGather
+
+    graph = module.graph
+
+    def digest(t):
+        return hashlib.sha1(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest() + str(tuple(t.shape))
+
+    tables = Counter(digest(t) for n in graph.nodes if (t := _constant_tensor(module, n)) is not None)
+    embedding = _embedding_class()
+    replaced = 0
+    for node in list(graph.nodes):
+        if node.op != "call_module" or len(node.args) != 2 or node.kwargs:
+            continue
+        sub = module.get_submodule(node.target)
+        if not isinstance(sub, OnnxGather) or sub._axis != 0:
+            continue
+        table, ids = _constant_tensor(module, node.args[0]), node.args[1]
+        if (table is None or table.dim() != 2 or not table.is_floating_point()
+                or _constant_tensor(module, ids) is not None or tables[digest(table)] > 1):
+            continue
+        layer = embedding(table.shape[0], table.shape[1], dtype=table.dtype)
+        with torch.no_grad():
+            layer.weight.copy_(table)
+        parent, _, name = node.target.rpartition(".")
+        setattr(module.get_submodule(parent) if parent else module, name, layer)
+        node.args = (ids,)
+        replaced += 1
+    if replaced:
+        _drop_unused_constants(module)
+    return replaced
+
+
+def _drop_unused_constants(module) -> None:
+    """Removes the initializer buffers and Constant modules no graph node reads any more."""
+    graph = module.graph
+    graph.eliminate_dead_code()
+    used = {n.target for n in graph.nodes if n.op == "get_attr"}
+    used_modules = {n.target for n in graph.nodes if n.op == "call_module"}
+    holder = getattr(module, "initializers", None)
+    if holder is not None:
+        for name in [n for n, _ in holder.named_buffers(recurse=False)]:
+            if f"initializers.{name}" not in used:
+                delattr(holder, name)
+    for name, _ in list(module.named_children()):
+        sub = getattr(module, name)
+        if type(sub).__name__ == "OnnxConstant" and name not in used_modules:
+            delattr(module, name)
+    module.recompile()
 
 
 def constant_matmuls(module) -> list[str]:
@@ -600,6 +663,7 @@ def onnx_to_torch(model: Model) -> Model:
                           f"passes that need torch cannot run on it; {ONNX_NATIVE}") from None
     module.eval()
     matmuls_as_linear(module)
+    gathers_as_embedding(module)
     new = model.with_obj(module, TORCH, format="onnx2torch", meta=dict(model.meta, converted_from="onnx"))
     if new.input_shape is not None and not new.io.problems():  # a wrong conversion must not surface passes later
         from ..convert import predict_all, run_session_all, session
