@@ -102,3 +102,38 @@ def test_exported_bert_attention_output_shrinks_through_a_fixed_reshape():
     # 8 of the Gemm's output rows and 8 of the next layer's input columns (the exporter wrote no
     # bias for the projection: torch initialises it to zeros)
     assert after == params(module) == before - 2 * (8 * 16)
+
+
+@pytest.mark.parametrize("prune_heads", [False, True])
+def test_torch_multihead_attention_heads_or_head_dims(prune_heads):
+    """nn.MultiheadAttention in a torch model: head dimensions go alike in every head, or (with
+    prune_heads, which failed in Torch-Pruning for this layer) one whole head of two goes, its
+    rows in q, k and v and its columns of the output projection."""
+    import torch
+
+    from studio.core.model import TORCH, Model
+    from studio.core.signature import Signature, TensorSpec
+    from tests.core.multi_io_models import TinyBert
+    from tests.core.test_structured_real_graphs import check_pruned
+
+    torch.manual_seed(0)
+    module = TinyBert().eval()
+    sig = Signature([TensorSpec("input_ids", "int64", ("batch", 10), value_range=(0, 50)),
+                     TensorSpec("attention_mask", "int64", ("batch", 10), value_range=(0, 2))])
+    model = Model(module, TORCH, name="tiny_bert", signature=sig)
+    example = (torch.randint(0, 50, (1, 10)), torch.ones(1, 10, dtype=torch.long))
+    result = run(create("prune.structured", ratio=0.5, prune_heads=prune_heads, round_to=1), model, Context())
+    attn = result.model.obj.attn
+    assert (attn.embed_dim, attn.num_heads, attn.head_dim) == ((8, 1, 8) if prune_heads else (8, 2, 4))
+    assert not hasattr(attn, "out_features")
+    if prune_heads:  # the kept rows and columns are one head's block of the original
+        w, kept = module.attn.in_proj_weight.detach(), None
+        for h in range(2):
+            block = torch.arange(8 * h, 8 * h + 8)
+            if torch.equal(attn.in_proj_weight[:8], w[block][:, block]):
+                kept = block
+        assert kept is not None
+        assert torch.equal(attn.in_proj_weight[16:], w[32 + kept][:, kept])  # v
+        assert torch.equal(attn.out_proj.weight, module.attn.out_proj.weight[kept][:, kept])
+    params, _ = check_pruned(model, example, result)
+    assert params < 0.5

@@ -268,7 +268,15 @@ def prune_module(module, example, ratio, importance="l2", scope="per_layer", rou
     # it has none for GRU), and so are the layers feeding a GRU
     whole = set(ignored_names) | recurrent_layers(module) | layers_feeding_gru(module, example)
     ignored = [named[n] for n in sorted(whole) if n in named]
-    num_heads = {m: m.num_heads for m in module.modules() if isinstance(m, torch.nn.MultiheadAttention)}
+    mhas = [m for m in module.modules() if isinstance(m, torch.nn.MultiheadAttention)]
+    num_heads = {m: m.num_heads for m in mhas}
+    if prune_heads:
+        # Torch-Pruning sizes a head from a fused qkv layer's out_features (3 x the width) and
+        # MultiheadAttention has none (it failed with an AttributeError): it is lent one for the
+        # pruning. Its pruner removes the same indices from q, k, v and the output projection,
+        # so a head's slice goes whole; _sync_attention writes the head count back.
+        for m in mhas:
+            m.out_features = 3 * m.embed_dim
     attention = [a for a in attention_modules(module) if not any(layer in ignored for layer, _ in a[2])]
     for m, attr, qkv in attention:
         num_heads.update({layer: getattr(m, attr) for layer, _ in qkv})
@@ -320,6 +328,8 @@ def prune_module(module, example, ratio, importance="l2", scope="per_layer", rou
         pass
     for hook in reshapes:
         hook.remove()
+    for m in mhas:
+        vars(m).pop("out_features", None)
     module.zero_grad(set_to_none=True)
     return [(names.get(m, "?"), reason) for m, reason in pruner.skipped] + left_out
 
@@ -411,9 +421,11 @@ def _aligned(a: list[int], b: list[int]):
 def _sync_attention(module, attention, num_heads) -> None:
     import torch
 
-    # Torch-Pruning rewrites MHA's attributes; keep them consistent for the forward pass
+    # Torch-Pruning rewrites MHA's attributes but counts removed heads in its own table; keep
+    # them consistent for the forward pass
     for m in module.modules():
         if isinstance(m, torch.nn.MultiheadAttention):
+            m.num_heads = num_heads.get(m, m.num_heads)
             m.head_dim = m.embed_dim // m.num_heads
     _update_attention(attention, num_heads)
 
