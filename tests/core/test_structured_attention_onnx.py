@@ -74,6 +74,9 @@ def test_exported_vit_feed_forward_layers_shrink(form):
     # the layers that block the graph (fused qkv projections, the residual width) are named
     left = [n for n, r in layers.items() if "left_out" in r]
     assert left and all(n in next(w for w in result.warnings if "left out of pruning" in w) for n in left[:4])
+    qkv = [n for n, r in layers.items() if r["out_channels_before"] == 96]
+    assert len(qkv) == 2 and all(n in left for n in qkv)  # heads: see the warning
+    assert any("fused q/k/v projection" in w and qkv[0] in w for w in result.warnings)
     before = sum(r["out_channels_before"] * r["in_channels_before"] for r in layers.values() if r["op"] == "Linear")
     after = sum(r["out_channels"] * r["in_channels"] for r in layers.values() if r["op"] == "Linear")
     assert after == before - 2 * (32 * 32 + 32 * 32)

@@ -583,6 +583,13 @@ class StructuredPrune(Pass[StructuredConfig]):
             warnings.append(f"left out of pruning, kept whole ({len(left_out)} layer groups Torch-Pruning could not "
                             "prune here): " + "; ".join(f"{n} ({r})" for n, r in left_out[:4])
                             + (" ..." if len(left_out) > 4 else ""))
+            fused = [n for n, _ in left_out if type(named.get(n)).__name__ == "Linear"
+                     and named[n].out_features == 3 * named[n].in_features]
+            if model.is_onnx and fused:
+                warnings.append(f"{', '.join(fused[:3])}{' ...' if len(fused) > 3 else ''}: a fused q/k/v projection of "
+                                "the exported graph, split into heads by reshapes and slices of stored sizes that "
+                                "Torch-Pruning cannot follow, so the attention heads keep their size; prune the torch "
+                                "model to shrink heads (prune_heads)")
         recurrent = sorted(recurrent_layers(module))
         if recurrent:
             warnings.append(f"recurrent layers kept whole ({', '.join(recurrent[:3])}{' ...' if len(recurrent) > 3 else ''}): "
