@@ -140,3 +140,25 @@ def test_torch_multihead_attention_heads_or_head_dims(prune_heads):
         assert torch.equal(attn.out_proj.weight, module.attn.out_proj.weight[kept][:, kept])
     params, _ = check_pruned(model, example, result)
     assert params < 0.5
+
+
+def test_torch_transformer_encoder_feed_forward_shrinks():
+    """The corpus ViT as a torch model (nn.TransformerEncoder): each layer's feed-forward pair
+    shrinks; the attention keeps its width, which is the residual width tied to the class token
+    and positions (bare parameters), and the warning says so."""
+    import torch
+
+    from studio.core.model import TORCH, Model
+    from tests.core.test_structured_real_graphs import check_pruned
+    from tests.corpus.models import ViT
+
+    torch.manual_seed(0)
+    module = ViT().eval()
+    model = Model(module, TORCH, (1, 3, 16, 16), name="vit")
+    result = run(create("prune.structured", ratio=0.5), model, Context())
+    for layer in result.model.obj.encoder.layers:
+        assert (layer.linear1.out_features, layer.linear2.in_features) == (32, 32)
+        assert layer.self_attn.embed_dim == 32
+    assert any("attention layers kept their width" in w for w in result.warnings)
+    params, _ = check_pruned(model, (torch.randn(1, 3, 16, 16),), result)
+    assert params < 0.8
