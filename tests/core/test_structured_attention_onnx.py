@@ -2,8 +2,9 @@
 transformer can lose after the conversion to torch. The feed-forward layers of the ViT shrink
 (first Linear's outputs, second's inputs), and the tiny BERT's attention output projection
 shrinks with the layer after it although the exported graph reshapes between them to a shape
-that holds the width as a number (the reshape takes the new width). The pruned model is
-exported and run in onnxruntime."""
+that holds the width as a number (the reshape takes the new width). The same models as torch
+modules: nn.TransformerEncoder's feed-forward layers, nn.MultiheadAttention's head dims or whole
+heads. The pruned model is exported and run in onnxruntime."""
 
 from __future__ import annotations
 
