@@ -225,6 +225,10 @@ class ViT(nn.Module):
         self.pos = nn.Parameter(torch.randn(1, 17, d) * 0.02)
         layer = nn.TransformerEncoderLayer(d, 4, 64, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        # TransformerEncoder deep-copies one layer: equal weights, which both exporters store once
+        # (one shared weight). A trained ViT's layers differ, so each gets its own initial weights.
+        self.encoder.layers[1] = nn.TransformerEncoderLayer(d, 4, 64, dropout=0.0, activation="gelu", batch_first=True,
+                                                            norm_first=True)
         self.norm, self.head = nn.LayerNorm(d), nn.Linear(d, 10)
 
     def forward(self, x):

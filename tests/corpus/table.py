@@ -4,6 +4,7 @@ registered pass, against the expected outcomes in `expected.yaml`.
 A cell is
   `ok: N layers, P params`  inspect ran (layers = nodes with weights)
   `ok`                      the pass ran and its stage's ONNX runs in onnxruntime, every output finite
+  `ok: N channels removed`  the same, for prune.structured: how many output channels it removed
   `refused: TEXT`           a one-line StudioError; the expected TEXT is a substring of the message
   `xfail: REASON`           a known bug, counted but not failed on (it must still be a bug)
   `bug: MESSAGE`            a crash, a traceback, an internal error message, a non-finite output;
@@ -122,6 +123,15 @@ def check_stage(stage, model, data) -> None:
         raise StudioError("returned its input model")  # a pass must work on a copy
 
 
+def outcome(pass_id: str, stage) -> str:
+    """`ok`, or for structured pruning `ok: N channels removed` (the output channels removed
+    over every weight layer; a pass that ran but shrank nothing shows as `ok: 0 channels removed`)."""
+    if pass_id != "prune.structured":
+        return "ok"
+    removed = sum(r.get("removed_out", 0) for r in stage.record.values() if r.get("op") != "MultiheadAttention")
+    return f"ok: {removed} channels removed"
+
+
 def run_cells(name: str, form: str, done: dict[str, str] | None = None, starting=None) -> dict[str, str]:
     """Every cell of one (model, form) row: the model is loaded as the CLI loads it. Cells in
     `done` are kept (a row resumed after its process died); `starting(cell)` is told before each."""
@@ -171,7 +181,7 @@ def run_cells(name: str, form: str, done: dict[str, str] | None = None, starting
         try:
             run = drain(pipeline.run(model, recipe, data, measure_stages=False))
             check_stage(run.stages[-1], model, data)
-            cells[pass_id] = "ok"
+            cells[pass_id] = outcome(pass_id, run.stages[-1])
         except Exception as exc:  # noqa: BLE001
             cells[pass_id] = classify(exc, folder)
     return cells

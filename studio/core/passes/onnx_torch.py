@@ -110,13 +110,26 @@ def _register_newer_opsets() -> None:
     class Reshape(OnnxReshape):
         """onnx2torch's Reshape, plus allowzero=1: a 0 in the shape is then a real 0 (what
         torch.reshape does) instead of a copy of the input's axis. Re-exported to ONNX as a
-        Reshape with the same attribute, so a dynamic shape stays dynamic."""
+        Reshape with the same attribute, so a dynamic shape stays dynamic.
+
+        `shape_patch` {position: size} (set by structured pruning when channels a stored or
+        computed shape names by number shrank) replaces those entries of the shape, the others
+        (a dynamic batch) are kept; it is exported as a Concat of slices and constants."""
 
         def __init__(self, allowzero: int):
             super().__init__()
             self.allowzero = int(allowzero)
+            self.shape_patch = None
 
         def forward(self, x, shape):
+            patch = getattr(self, "shape_patch", None)
+            if patch:
+                parts, start = [], 0
+                for pos in sorted(patch):
+                    parts += [shape[start:pos], torch.tensor([patch[pos]], dtype=shape.dtype)]
+                    start = pos + 1
+                shape = torch.cat([*parts, shape[start:]])
+
             def _forward():
                 if self.allowzero:
                     return torch.reshape(x, [int(d) for d in shape])

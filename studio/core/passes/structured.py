@@ -268,13 +268,22 @@ def prune_module(module, example, ratio, importance="l2", scope="per_layer", rou
     # it has none for GRU), and so are the layers feeding a GRU
     whole = set(ignored_names) | recurrent_layers(module) | layers_feeding_gru(module, example)
     ignored = [named[n] for n in sorted(whole) if n in named]
-    num_heads = {m: m.num_heads for m in module.modules() if isinstance(m, torch.nn.MultiheadAttention)}
+    mhas = [m for m in module.modules() if isinstance(m, torch.nn.MultiheadAttention)]
+    num_heads = {m: m.num_heads for m in mhas}
+    if prune_heads:
+        # Torch-Pruning sizes a head from a fused qkv layer's out_features (3 x the width) and
+        # MultiheadAttention has none (it failed with an AttributeError): it is lent one for the
+        # pruning. Its pruner removes the same indices from q, k, v and the output projection,
+        # so a head's slice goes whole; _sync_attention writes the head count back.
+        for m in mhas:
+            m.out_features = 3 * m.embed_dim
     attention = [a for a in attention_modules(module) if not any(layer in ignored for layer, _ in a[2])]
     for m, attr, qkv in attention:
         num_heads.update({layer: getattr(m, attr) for layer, _ in qkv})
     if importance == "bn_scale" and not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules()):
         raise StudioError("prune.structured: importance 'bn_scale' needs batch-norm layers; this model has none")
     args = as_args(example)
+    reshapes = adaptive_reshapes(module, args)
     pruner = _pruner_class()(
         module, args, importance=importance_of(importance), pruning_ratio=ratio,
         global_pruning=scope == "global", ignored_layers=ignored, round_to=round_to if round_to > 1 else None,
@@ -312,16 +321,111 @@ def prune_module(module, example, ratio, importance="l2", scope="per_layer", rou
             continue
         heads_ok = dict(num_heads)
     _sync_attention(module, attention, num_heads)
+    try:  # the constant reshapes take their shapes after the last group
+        with torch.no_grad():
+            module(*args)
+    except Exception:  # noqa: BLE001 - prune_leaving_out runs it again and names the failure
+        pass
+    for hook in reshapes:
+        hook.remove()
+    for m in mhas:
+        vars(m).pop("out_features", None)
     module.zero_grad(set_to_none=True)
     return [(names.get(m, "?"), reason) for m, reason in pruner.skipped] + left_out
+
+
+def adaptive_reshapes(module, args) -> list:
+    """Hooks making the Reshapes of an onnx2torch graph follow pruned channels.
+
+    An exported transformer reshapes to shapes holding the channel count as a number (the
+    attention output [T * B, E] back to [T, B, E], E stored, or concatenated to the batch taken
+    from a Shape), which no longer fit once E shrinks. Each reshape's input, output and shape
+    on `args` are recorded; when its input changes later, the dims carried through one-to-one
+    (one input dim to one output dim of the same size, 1s aside) take the new size in its
+    `shape_patch`. A dim split or merged (heads x head size) is not guessed: that reshape keeps
+    failing and the group that shrank it is undone and left out."""
+    import torch
+
+    reshapes = [m for m in module.modules() if type(m).__name__ == "Reshape" and hasattr(m, "allowzero")]
+    if not reshapes:
+        return []
+    seen = {}
+
+    def record(mod, inputs, output):
+        seen.setdefault(mod, (tuple(inputs[0].shape), tuple(output.shape)))
+
+    hooks = [m.register_forward_hook(record) for m in reshapes]
+    try:
+        with torch.no_grad():
+            module(*args)
+    finally:
+        for h in hooks:
+            h.remove()
+
+    def follow(mod, inputs):
+        x, shape = inputs[0], inputs[1]
+        in_old, out_old = seen[mod]
+        mod.shape_patch = followed_shape(in_old, out_old, tuple(x.shape), [int(v) for v in shape.tolist()])
+
+    return [m.register_forward_pre_hook(follow) for m in seen]
+
+
+def followed_shape(in_old, out_old, in_new, shape) -> dict[int, int] | None:
+    """{position: size} to write into `shape` (a reshape's shape, -1 and 0 as ONNX reads them)
+    for an input now `in_new` instead of `in_old` (which gave `out_old`); None when the change
+    cannot be followed or needs no patch. Only dims carried through one-to-one take the new size."""
+    if tuple(in_new) == tuple(in_old) or len(in_new) != len(in_old) or len(shape) != len(out_old):
+        return None
+    groups = _aligned(list(in_old), list(out_old))
+    if groups is None:
+        return None
+    patch = {}
+    for ins, outs in groups:
+        if all(in_new[i] == in_old[i] for i in ins):
+            continue
+        carried_in = [i for i in ins if in_old[i] != 1 or in_new[i] != 1]
+        carried_out = [o for o in outs if out_old[o] != 1]
+        if len(carried_in) != 1 or len(carried_out) != 1 or in_old[carried_in[0]] != out_old[carried_out[0]]:
+            return None
+        o, size = carried_out[0], int(in_new[carried_in[0]])
+        if shape[o] > 0 and shape[o] != size:  # -1 (inferred) and 0 (copied from the input) follow by themselves
+            patch[o] = size
+    return patch or None
+
+
+def _aligned(a: list[int], b: list[int]):
+    """[(input dims, output dims)] of a reshape from shape `a` to `b`: the shortest runs whose
+    sizes multiply alike; None when they do not line up."""
+    groups, i, j = [], 0, 0
+    while i < len(a) or j < len(b):
+        ins, outs, pa, pb = [], [], 1, 1
+        if i < len(a):
+            ins.append(i)
+            pa, i = a[i], i + 1
+        if j < len(b):
+            outs.append(j)
+            pb, j = b[j], j + 1
+        while pa != pb:
+            if pa < pb and i < len(a):
+                ins.append(i)
+                pa, i = pa * a[i], i + 1
+            elif pb < pa and j < len(b):
+                outs.append(j)
+                pb, j = pb * b[j], j + 1
+            else:
+                return None
+        groups.append((ins, outs))
+    return groups
 
 
 def _sync_attention(module, attention, num_heads) -> None:
     import torch
 
-    # Torch-Pruning rewrites MHA's attributes; keep them consistent for the forward pass
+    # Torch-Pruning rewrites MHA's attributes but counts removed heads in its own table; keep
+    # them consistent for the forward pass
     for m in module.modules():
         if isinstance(m, torch.nn.MultiheadAttention):
+            m.num_heads = num_heads.get(m, m.num_heads)
             m.head_dim = m.embed_dim // m.num_heads
     _update_attention(attention, num_heads)
 
@@ -479,6 +583,13 @@ class StructuredPrune(Pass[StructuredConfig]):
             warnings.append(f"left out of pruning, kept whole ({len(left_out)} layer groups Torch-Pruning could not "
                             "prune here): " + "; ".join(f"{n} ({r})" for n, r in left_out[:4])
                             + (" ..." if len(left_out) > 4 else ""))
+            fused = [n for n, _ in left_out if type(named.get(n)).__name__ == "Linear"
+                     and named[n].out_features == 3 * named[n].in_features]
+            if model.is_onnx and fused:
+                warnings.append(f"{', '.join(fused[:3])}{' ...' if len(fused) > 3 else ''}: a fused q/k/v projection of "
+                                "the exported graph, split into heads by reshapes and slices of stored sizes that "
+                                "Torch-Pruning cannot follow, so the attention heads keep their size; prune the torch "
+                                "model to shrink heads (prune_heads)")
         recurrent = sorted(recurrent_layers(module))
         if recurrent:
             warnings.append(f"recurrent layers kept whole ({', '.join(recurrent[:3])}{' ...' if len(recurrent) > 3 else ''}): "
