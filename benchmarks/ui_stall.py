@@ -6,20 +6,31 @@ whole job a user does: open the demo model (graph, layout, stats), run the demo 
 (prune 90 % + fine-tune, static INT8, measurement, latency), show the INT8 stage.
 
     QT_QPA_PLATFORM=offscreen .venv/bin/python benchmarks/ui_stall.py
+
+`--open FILE` (or `--bert`: a BERT-base-sized encoder exported to ONNX first, 430 MB, as in
+graph_open.py) measures opening that file instead, twice (the second open also frees the
+first model), and names the steps that ran during each gap over 30 ms, on either thread:
+parse, tensor checks, graph, layout, statistics, and the UI thread's handling of the result.
+Writes results/ui_stall_open.json.
 """
 
 from __future__ import annotations
 
+import argparse
+import functools
+import importlib
 import json
 import os
 import platform
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("STUDIO_SETTINGS", str(Path(tempfile.mkdtemp()) / "settings.ini"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's studio, not an installed one
 OUT = Path(__file__).parent / "results" / "ui_stall.json"
 
 
@@ -28,6 +39,7 @@ class StallMeter:
         from PySide6.QtCore import QTimer
 
         self.gaps: list[float] = []
+        self.ticks: list[float] = []  # when each tick came (perf_counter)
         self.last = None
         self.where = None  # callable naming what the window is doing, for the worst gaps
         self.worst: list[tuple[float, str]] = []
@@ -37,6 +49,7 @@ class StallMeter:
 
     def _tick(self):
         now = time.perf_counter()
+        self.ticks.append(now)
         if self.last is not None:
             gap = (now - self.last) * 1000
             self.gaps.append(gap)
@@ -45,7 +58,7 @@ class StallMeter:
         self.last = now
 
     def start(self):
-        self.gaps, self.last, self.worst = [], None, []
+        self.gaps, self.ticks, self.last, self.worst = [], [], None, []
         self.timer.start()
 
     def stop(self) -> dict:
@@ -65,7 +78,98 @@ def wait(app, condition, timeout=600.0):
         time.sleep(0.001)
 
 
-def main() -> int:
+# what may hold the UI thread (or the GIL it needs) while a model opens: module, function
+OPEN_STEPS = [("onnx", "load_model"), ("studio.core.io.onnx_io", "check_tensors"),
+              ("studio.core.graph", "build_graph"), ("studio.qt.layout", "layout"),
+              ("studio.core.stats", "layer_stats"), ("studio.qt.main_window", "MainWindow._opened"),
+              ("studio.qt.session", "Session.set_model"), ("studio.qt.session", "Session.set_stats"),
+              ("studio.qt.compat", "collect_due_garbage")]
+
+
+class Steps:
+    """Wraps functions to record when each ran and on which thread (benchmark only)."""
+
+    def __init__(self, names):
+        self.spans: list[tuple[float, float, str]] = []
+        for module, attr in names:
+            owner = importlib.import_module(module)
+            *outer, name = attr.split(".")
+            for part in outer:
+                owner = getattr(owner, part)
+            setattr(owner, name, self._wrap(getattr(owner, name), attr))
+
+    def _wrap(self, func, label):
+        @functools.wraps(func)
+        def timed(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                where = "UI" if threading.current_thread() is threading.main_thread() else "worker"
+                self.spans.append((t, time.perf_counter(), f"{label} [{where}]"))
+        return timed
+
+    def during(self, start: float, end: float) -> list[str]:
+        return [f"{n} {(b - a) * 1000:.0f} ms" for a, b, n in self.spans if a < end and b > start]
+
+
+def open_file(path: str) -> int:
+    steps = Steps(OPEN_STEPS)  # before the app connects the collector and the window imports them
+    from studio.qt.app import create_app
+
+    app = create_app()
+    from studio.qt.main_window import MainWindow
+
+    meter = StallMeter()
+    w = MainWindow(warm_up=True)
+    w.resize(1280, 800)
+    w.show()
+    wait(app, lambda: not w.tasks.running())
+    opens = []
+    for k in range(2):
+        steps.spans.clear()
+        meter.start()
+        t = time.perf_counter()
+        generation = w.session.generation
+        w.open_path(path)
+        wait(app, lambda g=generation: w.session.generation != g and not w.tasks.running())
+        for _ in range(100):  # let the views repaint
+            app.processEvents()
+            time.sleep(0.002)
+        result = meter.stop()
+        ticks = meter.ticks
+        stalls = [{"at_ms": round((a - t) * 1000), "ms": round((b - a) * 1000, 1), "during": steps.during(a, b)}
+                  for a, b in zip(ticks, ticks[1:]) if b - a > 0.03]
+        opens.append({"open": k + 1, "seconds": round(time.perf_counter() - t, 2), "max_ms": result["max_ms"],
+                      "p99_ms": result["p99_ms"], "over_50ms": result["over_50ms"], "stalls_over_30ms": stalls,
+                      "steps": [{"step": n, "start_ms": round((a - t) * 1000), "ms": round((b - a) * 1000)}
+                                for a, b, n in sorted(steps.spans)]})
+    w.shutdown()
+    w.close()
+    worst = max(o["max_ms"] for o in opens)
+    result = {"benchmark": "ui_stall_open", "file": Path(path).name, "mb": round(Path(path).stat().st_size / 1e6, 1),
+              "goal_ms": 50, "longest_stall_ms": worst, "ok": worst < 50, "opens": opens,
+              "note": "a step on a worker shows in a stall when it holds the GIL (one long C call)",
+              "platform": platform.platform(), "python": sys.version.split()[0], "cpus": os.cpu_count(),
+              "qpa": os.environ["QT_QPA_PLATFORM"]}
+    out = OUT.with_name("ui_stall_open.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--open", metavar="FILE", help="measure opening this model file instead of the demo run")
+    parser.add_argument("--bert", action="store_true", help="measure opening a BERT-base-sized ONNX (exported first)")
+    args = parser.parse_args(argv)
+    if args.bert:
+        from benchmarks.graph_open import export
+
+        args.open = str(export("bert_base", Path(tempfile.mkdtemp(prefix="ui-stall-"))))
+    if args.open:
+        return open_file(args.open)
     from studio.core.recipe import demo_recipe
     from studio.qt.app import create_app
 

@@ -272,7 +272,10 @@ class MainWindow(QMainWindow):
         if data:
             s.set_data_spec(str(data))
         if warm_up:
-            self.tasks.start("warm-up", warm_up_job, on_error=lambda e: None)
+            from .compat import freeze_start_up
+
+            # warm: what start-up made lives to the end; full collections stop walking it
+            self.tasks.start("warm-up", warm_up_job, on_return=lambda _: freeze_start_up(), on_error=lambda e: None)
         self.ready = True
         for call in self._when_ready:
             call()

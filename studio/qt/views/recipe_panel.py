@@ -8,7 +8,7 @@ from __future__ import annotations
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
-    QLineEdit, QListWidget, QListWidgetItem, QPushButton, QScrollArea, QSpinBox, QVBoxLayout, QWidget,
+    QLineEdit, QListWidget, QListWidgetItem, QPushButton, QScrollArea, QSizePolicy, QSpinBox, QVBoxLayout, QWidget,
 )
 
 from studio.core import plugins
@@ -32,6 +32,18 @@ def _resolve(schema: dict, prop: dict) -> dict:
     return prop
 
 
+def gist(text: str, limit: int = 90) -> str:
+    """The first sentence of a pass's description, cut at a clause (', ', ': ', '; ', ' (')
+    outside brackets if longer than `limit` characters; '…' where something was left out."""
+    first, dot, _ = text.partition(". ")
+    if len(first) > limit:
+        cuts = [i for i in range(limit // 3, limit) if first[i:i + 2] in (", ", ": ", "; ", " (")
+                and first[:i].count("(") == first[:i].count(")")]
+        if cuts:
+            return first[:cuts[-1]] + " …"
+    return f"{first.rstrip('.')}. …" if dot else text
+
+
 class OptionsForm(QWidget):
     """One editor per config field, built from model_json_schema()."""
 
@@ -40,6 +52,10 @@ class OptionsForm(QWidget):
     def __init__(self, parent=None):
         super().__init__(parent)
         self.form = QFormLayout(self)
+        # narrow (a laptop, a large font, the dock dragged in): a label goes above its field
+        # instead of squeezing it or needing a horizontal scroll bar; fields take the width left
+        self.form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
+        self.form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         self.editors: dict[str, tuple[str, QWidget]] = {}
 
     def build(self, pass_cls, options: dict) -> None:
@@ -86,7 +102,10 @@ class OptionsForm(QWidget):
             w.setToolTip(prop.get("description", ""))
             w.setObjectName(f"option_{name}")
             self.editors[name] = (kind, w)
-            self.form.addRow(prop.get("title", name), w)
+            label = QLabel(prop.get("title", name))
+            label.setToolTip(prop.get("description", ""))
+            label.setBuddy(w)
+            self.form.addRow(label, w)
 
     def values(self) -> dict:
         out = {}
@@ -222,7 +241,7 @@ class RecipePanel(QWidget):
         lay.addLayout(row)
         lay.addWidget(self.list, 1)
         lay.addLayout(moves)
-        lay.addWidget(self.form_box, 2)
+        lay.addWidget(self.form_box, 5)  # the height past the minimums goes mostly to the options
         lay.addLayout(data)
         if self.quality_box.count() > 1:  # only where a plugin offers a choice
             quality = QHBoxLayout()
@@ -233,7 +252,10 @@ class RecipePanel(QWidget):
         shown.addWidget(self.data_label, 1)
         shown.addWidget(self.inputs.status, 2)
         lay.addLayout(shown)
-        lay.addWidget(self.inputs, 4)  # grows first (up to four inputs) when there is room
+        # grows first (up to four inputs) when there is room, and no further: blank rows would
+        # take the height the pass options need on a laptop
+        self.inputs.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
+        lay.addWidget(self.inputs, 4)
         lay.addLayout(latency)
         lay.addLayout(runs)
         lay.addWidget(self.error)
@@ -293,10 +315,13 @@ class RecipePanel(QWidget):
         if not 0 <= row < len(self.steps):
             self.form.build(type("Empty", (), {"Config": _Empty}), {})
             self.description.setText("")
+            self.description.setToolTip("")
             return
         step = self.steps[row]
         cls = self.passes[step.id]
-        self.description.setText(f"<b>{cls.title}</b>: {cls.description}")
+        # the gist only (a laptop's height goes to the options); the whole text is the tooltip
+        self.description.setText(f"<b>{cls.title}</b>: {gist(cls.description)}")
+        self.description.setToolTip(f"<b>{cls.title}</b>: {cls.description}")
         self._filling = True
         self.form.build(cls, step.options)
         self._filling = False
