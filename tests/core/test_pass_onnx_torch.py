@@ -58,15 +58,16 @@ def test_matmul_by_a_weight_becomes_linear_with_its_bias():
     assert np.abs(predict(converted, x) - predict(model, x)).max() < 1e-4
 
 
-# --- LSTM and GRU --------------------------------------------------------------------------------
+# --- LSTM, GRU and RNN ---------------------------------------------------------------------------
 
 def _recurrent(op, direction="bidirectional", layout=0, outputs=None, states=True,
-                    linear_before_reset=1, sequence_lens=None):
-    """A model of one ONNX LSTM/GRU node (random weights and biases, initial states as inputs).
-    Its axis 0 is not a batch (it is the sequence, or layout=1 which onnxruntime refuses), so
-    the model has no input shape: the tests compare outputs themselves."""
+               linear_before_reset=1, sequence_lens=None, **attrs):
+    """A model of one ONNX LSTM/GRU/RNN node (random weights and biases, initial states as
+    inputs, `attrs` such as activations added to the node). Its axis 0 is not a batch (it is
+    the sequence, or layout=1 which onnxruntime refuses), so the model has no input shape: the
+    tests compare outputs themselves."""
     rng = np.random.default_rng(1)
-    gates, hidden, size, seq, batch = (4 if op == "LSTM" else 3), 5, 3, 7, 2
+    gates, hidden, size, seq, batch = {"LSTM": 4, "GRU": 3, "RNN": 1}[op], 5, 3, 7, 2
     dirs = 2 if direction == "bidirectional" else 1
     w, r, b = (rng.standard_normal(s).astype(np.float32) * 0.5
                for s in ((dirs, gates * hidden, size), (dirs, gates * hidden, hidden), (dirs, 2 * gates * hidden)))
@@ -81,9 +82,9 @@ def _recurrent(op, direction="bidirectional", layout=0, outputs=None, states=Tru
         for state in ("h0", "c0") if op == "LSTM" else ("h0",):
             inputs.append(helper.make_tensor_value_info(state, TensorProto.FLOAT, h_shape))
             names.append(state)
-    every = ["Y", "Y_h", "Y_c"][:gates - 1]
+    every = ["Y", "Y_h", "Y_c"] if op == "LSTM" else ["Y", "Y_h"]
     outputs = outputs or every
-    attrs = {"hidden_size": hidden, "direction": direction, "layout": layout}
+    attrs.update(hidden_size=hidden, direction=direction, layout=layout)
     if op == "GRU":
         attrs["linear_before_reset"] = linear_before_reset
     node = helper.make_node(op, names, [o if o in outputs else "" for o in every], name=f"the_{op.lower()}", **attrs)
@@ -93,14 +94,30 @@ def _recurrent(op, direction="bidirectional", layout=0, outputs=None, states=Tru
 
 
 def _reference(proto, feeds, layout):
-    """onnxruntime's outputs; onnx's reference evaluator for layout=1, which onnxruntime refuses."""
+    """onnxruntime's outputs; onnx's reference evaluator for layout=1, which onnxruntime refuses,
+    or, for an RNN with Relu, which the reference evaluator does not know, onnxruntime running
+    the same node with layout=0 on the inputs transposed to sequence first (outputs transposed
+    back: Y [seq, dirs, batch, hidden] -> [batch, seq, dirs, hidden], Y_h [dirs, batch, hidden] ->
+    [batch, dirs, hidden])."""
+    import onnx
     from onnx.reference import ReferenceEvaluator
 
     from studio.core.convert import session
 
-    if layout:
+    (node,) = proto.graph.node
+    relu = any(a.name == "activations" and b"Relu" in a.strings for a in node.attribute)
+    if not layout:
+        return session(proto).run(None, feeds)
+    if not relu:
         return ReferenceEvaluator(proto).run(None, feeds)
-    return session(proto).run(None, feeds)
+    twin = onnx.ModelProto()
+    twin.CopyFrom(proto)
+    next(a for a in twin.graph.node[0].attribute if a.name == "layout").i = 0
+    for value in twin.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        dims[0].dim_value, dims[1].dim_value = dims[1].dim_value, dims[0].dim_value
+    out = session(twin).run(None, {k: np.ascontiguousarray(v.swapaxes(0, 1)) for k, v in feeds.items()})
+    return [o.transpose(2, 0, 1, 3) if o.ndim == 4 else o.transpose(1, 0, 2) for o in out]
 
 
 def _torch_outputs(model, feeds):
@@ -144,8 +161,39 @@ def test_only_the_final_state_as_graph_output():
     assert ours.shape == ref.shape == (1, 2, 5) and np.abs(ours - ref).max() < 1e-5
 
 
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("layout", [0, 1])
+@pytest.mark.parametrize("states", [True, False])
+@pytest.mark.parametrize("activation", [None, "Tanh", "Relu"])
+def test_plain_rnn_converts_to_torch_rnn_with_the_onnx_weights(direction, layout, states, activation):
+    """An ONNX RNN node (Tanh by default, or Relu) becomes an nn.RNN with that nonlinearity:
+    both directions, both layouts, with and without an initial state, Y and Y_h as onnxruntime
+    computes them."""
+    import torch
+
+    dirs = 2 if direction == "bidirectional" else 1
+    attrs = {} if activation is None else {"activations": [activation] * dirs}
+    model = _recurrent("RNN", direction, layout, states=states, **attrs)
+    converted = onnx_to_torch(model)
+    layers = [m for m in converted.obj.modules() if isinstance(m, torch.nn.RNNBase)]
+    assert len(layers) == 1 and type(layers[0]) is torch.nn.RNN and layers[0].bidirectional == (dirs == 2)
+    assert layers[0].nonlinearity == (activation or "Tanh").lower()
+    assert all(p.requires_grad for p in layers[0].parameters())
+    rng = np.random.default_rng(0)
+    feeds = {i.name: rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
+             for i in model.obj.graph.input}
+    ours, ref = _torch_outputs(converted, feeds), _reference(model.obj, feeds, layout)
+    assert [o.shape for o in ours] == [o.shape for o in ref] and len(ref) == 2
+    assert max(float(np.abs(a - b).max()) for a, b in zip(ours, ref)) < 1e-5
+
+
 @pytest.mark.parametrize("kwargs,reason", [({"op": "GRU", "linear_before_reset": 0}, "linear_before_reset=0"),
-                                           ({"op": "LSTM", "sequence_lens": [7, 4]}, "sequence_lens")])
+                                           ({"op": "LSTM", "sequence_lens": [7, 4]}, "sequence_lens"),
+                                           ({"op": "RNN", "sequence_lens": [7, 4]}, "sequence_lens"),
+                                           ({"op": "RNN", "activations": ["Tanh", "Relu"]},
+                                            "activations .* listed for each direction, the same in both"),
+                                           ({"op": "RNN", "activations": ["Sigmoid", "Sigmoid"]}, "Tanh or Relu"),
+                                           ({"op": "RNN", "clip": 3.0}, "clip")])
 def test_recurrent_forms_torch_lacks_are_refused_with_the_reason(kwargs, reason):
 
     model = _recurrent(states=False, **kwargs)
@@ -176,6 +224,39 @@ def test_corpus_recurrent_models_convert_and_export_back(tmp_path):
         x = model.example_inputs(5)
         ours, ref = run_session_all(session(to_onnx_proto(converted)), x), run_session_all(session(model.obj), x)
         assert max(float(np.abs(a - b).max()) for a, b in zip(ours, ref)) < 1e-5
+
+
+def test_torch_rnn_exported_by_the_legacy_exporter_converts_and_exports_back(tmp_path):
+    """A two-layer bidirectional Relu nn.RNN, batch first, written by torch's legacy exporter as
+    ONNX RNN nodes: it converts to nn.RNN layers with Relu (compared with onnxruntime inside) and
+    the torch copy's ONNX export computes what the original does at another batch size."""
+    import torch
+
+    from studio.core import io
+    from studio.core.convert import run_session_all, session, to_onnx_proto
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = torch.nn.RNN(6, 8, num_layers=2, nonlinearity="relu", batch_first=True, bidirectional=True)
+            self.fc = torch.nn.Linear(16, 3)
+
+        def forward(self, x):
+            y, h = self.rnn(x)
+            return self.fc(y[:, -1]) + h.sum(0)[:, :3]
+
+    torch.manual_seed(0)
+    path = tmp_path / "rnn.onnx"
+    torch.onnx.export(Net().eval(), (torch.randn(1, 9, 6),), path, dynamo=False, input_names=["input"],
+                      output_names=["output"], dynamic_axes={"input": {0: "N"}, "output": {0: "N"}})
+    model = io.load(path)
+    assert [n.op_type for n in model.obj.graph.node].count("RNN") == 2
+    converted = onnx_to_torch(model)
+    layers = [m for m in converted.obj.modules() if isinstance(m, torch.nn.RNNBase)]
+    assert len(layers) == 2 and all(type(m) is torch.nn.RNN and m.nonlinearity == "relu" for m in layers)
+    x = model.example_inputs(5)
+    ours, ref = run_session_all(session(to_onnx_proto(converted)), x), run_session_all(session(model.obj), x)
+    assert max(float(np.abs(a - b).max()) for a, b in zip(ours, ref)) < 1e-5
 
 
 def test_shape_with_start_and_end_stays_dynamic_when_exported_back(tmp_path):
@@ -217,10 +298,11 @@ def _rnn_net(cls):
     return Net().eval()
 
 
-@pytest.mark.parametrize("cls", ["LSTM", "GRU"])
+@pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN"])
 def test_structured_pruning_keeps_recurrent_layers_whole_and_prunes_the_rest(cls):
-    """On an ONNX model with a bidirectional LSTM/GRU between Linear layers: the recurrent layer
-    keeps its size (named in a warning), the layer after it shrinks, and the pruned model runs."""
+    """On an ONNX model with a bidirectional LSTM/GRU/RNN between Linear layers: the recurrent
+    layer keeps its size (named in a warning), the layer after it shrinks, and the pruned model
+    runs."""
     from torch import nn
 
     from studio.core.convert import run_session_all, session, to_onnx_proto
@@ -230,12 +312,13 @@ def test_structured_pruning_keeps_recurrent_layers_whole_and_prunes_the_rest(cls
     from tests.core.test_pass_common import run
 
     model = to_onnx_model(Model(_rnn_net(getattr(nn, cls)), TORCH, (1, 12, 10), name="rnn"))
+    assert cls in {n.op_type for n in model.obj.graph.node}  # the legacy exporter writes the ONNX op
     result = run(create("prune.structured", ratio=0.5), model, Context())
     rnn = next(m for m in result.model.obj.modules() if isinstance(m, getattr(nn, cls)))
     assert rnn.hidden_size == 32 and any("recurrent layers kept whole" in w for w in result.warnings)
     assert result.layers["mid/Gemm"]["out_channels"] < 48
-    if cls == "GRU":  # Torch-Pruning cannot follow channels into a GRU: the layer before it stays whole
-        assert rnn.input_size == 64 and any("feeding a GRU" in w for w in result.warnings)
+    if cls != "LSTM":  # Torch-Pruning cannot follow channels into a GRU or RNN: the layer before it stays whole
+        assert rnn.input_size == 64 and any("feeding a GRU/RNN kept whole (pre/MatMul)" in w for w in result.warnings)
     x = model.example_inputs(3)
     (y,) = run_session_all(session(to_onnx_proto(result.model)), x)
     assert y.shape == (3, 4) and np.isfinite(y).all()

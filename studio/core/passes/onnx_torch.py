@@ -13,9 +13,9 @@ the model with onnx's version converter: the version converter fails on the whol
 single op has no older form (Gelu-20 has none: tried on a dynamo export of a GELU MLP), while a
 converter per op keeps every other op convertible and names the one that is not. Most newer
 versions only add tensor types and reuse onnx2torch's converter for the previous version; the
-ones whose meaning changed get a small converter here. onnx2torch has none for LSTM and GRU at
-any opset: ours builds an nn.LSTM / nn.GRU per node (see `_recurrent_converter`), so the passes
-that train or prune work on recurrent models too."""
+ones whose meaning changed get a small converter here. onnx2torch has none for LSTM, GRU and
+RNN at any opset: ours builds an nn.LSTM / nn.GRU / nn.RNN per node (see `_recurrent_converter`),
+so the passes that train or prune work on recurrent models too."""
 
 from __future__ import annotations
 
@@ -259,8 +259,8 @@ def _recurrent_module():
     import torch
 
     class OnnxRecurrent(torch.nn.Module):
-        """One ONNX LSTM or GRU node as a one-layer nn.LSTM / nn.GRU (sequence first), with the
-        ONNX node's input and output layouts: Y [seq, dirs, batch, hidden] (layout 0) or
+        """One ONNX LSTM, GRU or RNN node as a one-layer nn.LSTM / nn.GRU / nn.RNN (sequence first),
+        with the ONNX node's input and output layouts: Y [seq, dirs, batch, hidden] (layout 0) or
         [batch, seq, dirs, hidden] (layout 1), Y_h and Y_c [dirs, batch, hidden] (or batch first)."""
 
         def __init__(self, rnn, layout: int, reverse: bool, outputs: int):
@@ -299,15 +299,18 @@ def _recurrent_module():
 
 
 # ONNX gate blocks in torch's order: LSTM ONNX [i, o, f, c] -> torch [i, f, g, o]; GRU ONNX
-# [z, r, h] -> torch [r, z, n]
-_GATES = {"LSTM": (4, (0, 2, 3, 1)), "GRU": (3, (1, 0, 2))}
-_ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"]}
+# [z, r, h] -> torch [r, z, n]; RNN has one block
+_GATES = {"LSTM": (4, (0, 2, 3, 1)), "GRU": (3, (1, 0, 2)), "RNN": (1, (0,))}
+# the activations (per direction) torch's layer can compute, the default first; an nn.RNN takes
+# the one it uses as its nonlinearity
+_ACTIVATIONS = {"LSTM": (["Sigmoid", "Tanh", "Tanh"],), "GRU": (["Sigmoid", "Tanh"],), "RNN": (["Tanh"], ["Relu"])}
 
 
 def _recurrent_converter(node, graph):
-    """ONNX LSTM / GRU (opset 7+) -> OnnxRecurrent holding an nn.LSTM / nn.GRU with the node's
-    weights. Refused with the reason: weights computed at run time, a sequence_lens that is not
-    the full length of every sequence, peepholes, clip, other activations, input_forget, and a
+    """ONNX LSTM / GRU / RNN (opset 7+) -> OnnxRecurrent holding an nn.LSTM / nn.GRU / nn.RNN
+    with the node's weights. Refused with the reason: weights computed at run time, a
+    sequence_lens that is not the full length of every sequence, peepholes, clip, other
+    activations (an RNN's Tanh or Relu, the same in both directions), input_forget, and a
     GRU with linear_before_reset=0 (torch's GRU applies the reset gate after the recurrent
     product, which is linear_before_reset=1)."""
     import torch
@@ -328,10 +331,13 @@ def _recurrent_converter(node, graph):
         raise NotImplementedError("input_forget=1 is not supported (torch's LSTM has no coupled gate)")
     if op == "GRU" and not int(a.get("linear_before_reset", 0)):
         raise NotImplementedError("linear_before_reset=0 is not supported (torch's GRU computes linear_before_reset=1)")
-    if "activations" in a and [_plain(x).lower() for x in a["activations"]] != \
-            [x.lower() for x in _ACTIVATIONS[op]] * dirs:
+    known = {tuple(x.lower() for x in acts * dirs): acts for acts in _ACTIVATIONS[op]}
+    activations = known.get(tuple(_plain(x).lower() for x in a["activations"])) if "activations" in a \
+        else _ACTIVATIONS[op][0]
+    if activations is None:
+        each = ", listed for each direction, the same in both" if dirs == 2 else ""
         raise NotImplementedError(f"activations {[_plain(x) for x in a['activations']]} are not supported "
-                                  f"(torch's {op} uses {', '.join(_ACTIVATIONS[op])})")
+                                  f"(torch's {op} uses {' or '.join(', '.join(x) for x in _ACTIVATIONS[op])}{each})")
     if "activation_alpha" in a or "activation_beta" in a:
         raise NotImplementedError("activation_alpha/activation_beta are not supported")
     inputs = list(node.input_values) + [""] * (8 - len(node.input_values))
@@ -359,8 +365,8 @@ def _recurrent_converter(node, graph):
             seq = dim.dim_value if dim.HasField("dim_value") else None
         if seq is None or bool(torch.any(torch.as_tensor(lens) != seq)):
             raise NotImplementedError("sequence_lens other than the full length of every sequence is not supported")
-    cls = torch.nn.LSTM if op == "LSTM" else torch.nn.GRU
-    rnn = cls(w.shape[-1], hidden, bidirectional=dirs == 2, dtype=w.dtype)
+    extra = {"nonlinearity": activations[0].lower()} if op == "RNN" else {}
+    rnn = getattr(torch.nn, op)(w.shape[-1], hidden, bidirectional=dirs == 2, dtype=w.dtype, **extra)
 
     def reorder(t):  # [gates * hidden, ...] in ONNX's gate order -> torch's
         return torch.cat([t[g * hidden:(g + 1) * hidden] for g in order])

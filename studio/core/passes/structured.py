@@ -46,14 +46,15 @@ def recurrent_layers(module) -> set[str]:
     return {n for n, m in module.named_modules() if isinstance(m, torch.nn.RNNBase)}
 
 
-def layers_feeding_gru(module, example) -> set[str]:
-    """Names of the Linear/Conv layers whose outputs reach a GRU's input through no other weight
-    layer. Torch-Pruning traces into a GRU (it has a pruner for LSTM only) and fails on the
-    group of any layer that feeds one (an index out of range), so those layers are kept whole."""
+def layers_feeding_gru_rnn(module, example) -> set[str]:
+    """Names of the Linear/Conv layers whose outputs reach a GRU's or plain RNN's input through no
+    other weight layer. Torch-Pruning has a pruner for LSTM only: it traces into a GRU and fails
+    on the group of any layer that feeds one (an index out of range), and finds no group for a
+    layer feeding an RNN, so those layers are kept whole (and named)."""
     import torch
 
-    grus = [m for m in module.modules() if isinstance(m, torch.nn.GRU)]
-    if not grus:
+    layers = [m for m in module.modules() if isinstance(m, (torch.nn.GRU, torch.nn.RNN))]
+    if not layers:
         return set()
     produced, inputs = {}, []
 
@@ -62,7 +63,7 @@ def layers_feeding_gru(module, example) -> set[str]:
             produced[o.grad_fn if o.grad_fn is not None else id(o)] = n
 
     hooks = [m.register_forward_hook(lambda mod, i, o, n=n: hook(o, n)) for n, m in _weight_layers(module)]
-    hooks += [m.register_forward_pre_hook(lambda mod, i: inputs.append(i[0])) for m in grus]
+    hooks += [m.register_forward_pre_hook(lambda mod, i: inputs.append(i[0])) for m in layers]
     try:
         with torch.enable_grad():
             module(*as_args(example))
@@ -265,8 +266,8 @@ def prune_module(module, example, ratio, importance="l2", scope="per_layer", rou
     names = {m: n for n, m in module.named_modules()}
     named = dict(module.named_modules())
     # recurrent layers are left whole (Torch-Pruning's LSTM pruner cuts the gates' biases wrongly and
-    # it has none for GRU), and so are the layers feeding a GRU
-    whole = set(ignored_names) | recurrent_layers(module) | layers_feeding_gru(module, example)
+    # it has none for GRU and RNN), and so are the layers feeding a GRU or RNN
+    whole = set(ignored_names) | recurrent_layers(module) | layers_feeding_gru_rnn(module, example)
     ignored = [named[n] for n in sorted(whole) if n in named]
     mhas = [m for m in module.modules() if isinstance(m, torch.nn.MultiheadAttention)]
     num_heads = {m: m.num_heads for m in mhas}
@@ -522,7 +523,7 @@ class StructuredPrune(Pass[StructuredConfig]):
         example = model_args(new)
         chosen = set(tg.select(tg.torch_layers(module, KINDS), cfg.targets, cfg.ignore))
         finals = final_layers(module, example)
-        before_gru = layers_feeding_gru(module, example) - finals
+        before_gru_rnn = layers_feeding_gru_rnn(module, example) - finals
         ignored = {n for n, _ in _weight_layers(module) if n not in chosen} | finals
         before = shapes(module)
         yield 0.05, f"building the dependency graph ({len(chosen - finals)} layers may shrink)"
@@ -593,11 +594,11 @@ class StructuredPrune(Pass[StructuredConfig]):
         recurrent = sorted(recurrent_layers(module))
         if recurrent:
             warnings.append(f"recurrent layers kept whole ({', '.join(recurrent[:3])}{' ...' if len(recurrent) > 3 else ''}): "
-                            "structured pruning does not shrink LSTM/GRU layers; use prune.magnitude or prune.nm on them")
-        if before_gru & chosen:
-            feeding = sorted(before_gru & chosen)
-            warnings.append(f"layers feeding a GRU kept whole ({', '.join(feeding[:3])}{' ...' if len(feeding) > 3 else ''}): "
-                            "Torch-Pruning cannot follow their channels into a GRU")
+                            "structured pruning does not shrink LSTM/GRU/RNN layers; use prune.magnitude or prune.nm on them")
+        if before_gru_rnn & chosen:
+            feeding = sorted(before_gru_rnn & chosen)
+            warnings.append(f"layers feeding a GRU/RNN kept whole ({', '.join(feeding[:3])}{' ...' if len(feeding) > 3 else ''}): "
+                            "Torch-Pruning cannot follow their channels into a GRU or RNN")
         unchanged_attention = [n for n, r in record.items() if r["op"] == "MultiheadAttention" and r["removed_out"] == 0
                                and r["in_channels"] == r["in_channels_before"]]
         if unchanged_attention:
