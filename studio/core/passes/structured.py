@@ -350,7 +350,7 @@ def adaptive_reshapes(module, args) -> list:
     reshapes = [m for m in module.modules() if type(m).__name__ == "Reshape" and hasattr(m, "allowzero")]
     if not reshapes:
         return []
-    seen = {}
+    seen: dict = {}  # reshape module -> (input shape, output shape) seen on the first call
 
     def record(mod, inputs, output):
         seen.setdefault(mod, (tuple(inputs[0].shape), tuple(output.shape)))

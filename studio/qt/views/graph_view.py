@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
     QLineEdit, QMenu, QPushButton, QStyleOptionGraphicsItem, QVBoxLayout, QWidget,
 )
 
+from studio.core.graph import Graph
 from studio.core.graph.groups import GROUP, Grouping, search_text, weight_module, module_of
 
 from ..compact import ElidedLabel, compact_combo
@@ -385,7 +386,7 @@ class GraphView(QWidget):
         self.grouping: Grouping | None = None
         self.expanded: set[tuple] = set()  # the open groups
         self._layouts: dict[frozenset, dict] = {}  # layouts of the current graph, by open groups
-        self._graph = None
+        self._graph: Graph | None = None
         self._last_expand: tuple[tuple, float] = ((), 0.0)  # the group a click opened, and when
         self.canvas = GraphCanvas()
         self.search = QLineEdit(placeholderText="Find layer or weight (Enter: next match)")
@@ -468,6 +469,7 @@ class GraphView(QWidget):
 
     def _draw(self, visible, pos, fit: bool, then) -> None:
         variant, graph = self.session.current, self._graph
+        assert graph is not None  # drawn only once a graph is set
         scene = self.canvas.scene()
         self._clear()
         big = len(visible.nodes) > 1500
@@ -643,7 +645,7 @@ class GraphView(QWidget):
 
     def reveal(self, name: str, then=None) -> bool:
         """Open every group around a node, then call then()."""
-        if self.grouping is None or name not in self._graph:
+        if self.grouping is None or self._graph is None or name not in self._graph:
             return False
         closed = [g for g in self.grouping.ancestors(name) if g not in self.expanded]
         if closed:
