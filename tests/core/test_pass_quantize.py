@@ -293,3 +293,23 @@ def test_fp16_keeps_resize_scales_and_range_float32(tmp_path):
     x = np.random.default_rng(0).standard_normal((3, 3, 8, 8)).astype(np.float32)
     ours, ref = run_session(session(out), x), run_session(session(model.obj), x)
     assert ours.shape == (3, 4, 16, 16) and np.abs(ours - ref).max() < 0.02
+
+
+def test_static_keeps_onnxruntimes_per_tensor_notes_off_the_terminal(caplog):
+    """onnxruntime warns on the root logger for each 1-D weight per-channel cannot apply to (a
+    LayerNorm's scale): 75 lines through the progress bar on a BERT. The pass drops those lines
+    only; the logger is as it was afterwards."""
+    import logging
+
+    from studio.core.data import random_inputs
+
+    model = transformer_model()
+    data = random_inputs(model.input_shape, count=64)
+    with caplog.at_level(logging.WARNING):
+        result = run(create("quantize.int8_static", calibration_samples=32, remedies=False, keep_slow_float=False),
+                     model, Context(data=data))
+    assert "QuantizeLinear" in ops(result.model.obj)
+    assert not [r for r in caplog.records if "out-of-range for weight" in r.getMessage()]
+    assert logging.getLogger().filters == []
+    logging.getLogger().warning("Axis 1 is out-of-range for weight 'w' with rank 1")  # the filter is gone
+    assert [r for r in caplog.records if "out-of-range for weight" in r.getMessage()]
