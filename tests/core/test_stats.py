@@ -104,3 +104,33 @@ def test_large_tensors_are_subsampled_but_keep_exact_counts():
     # the sample sees the zero pattern as it is (a stride of 30 would have seen only zeros)
     zero_bin = np.searchsorted(s.hist_edges, 0.0, side="right") - 1
     assert 0.32 < s.hist_counts[zero_bin] / 100_000 < 0.37
+
+
+def test_fp16_stage_of_a_paddle_style_export_counts_the_same_macs():
+    """Paddle writes a free batch as -1 and free sizes as "?"; the float16 converter copies that
+    shape onto the Cast it appends after the conv that reads it. Shape inference then stopped at
+    the Cast and every layer read as 1x1: the FP16 stage of PP-OCR's classifier showed 131.9x
+    fewer MACs than the original, and a warning about the saving."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from studio.core.passes.base import Context
+    from studio.core.passes.registry import create
+    from tests.core.test_pass_common import run
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["h"], pads=[1, 1, 1, 1], name="conv"),
+         helper.make_node("Relu", ["h"], ["y"], name="relu")],
+        "paddle_like",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 3, "?", "?"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, 8, "?", "?"])],
+        [weight])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    proto.ir_version = 7
+    model = Model(proto, "onnx", input_shape=(1, 3, 16, 16))
+    expected = 8 * 3 * 9 * 16 * 16
+    assert stats.count_macs(model) == expected
+    half = run(create("quantize.fp16"), model, Context()).model
+    assert [n.op_type for n in half.obj.graph.node][0] != "Cast"  # the converter's order, kept
+    assert stats.count_macs(half) == expected
