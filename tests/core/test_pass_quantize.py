@@ -313,3 +313,38 @@ def test_static_keeps_onnxruntimes_per_tensor_notes_off_the_terminal(caplog):
     assert logging.getLogger().filters == []
     logging.getLogger().warning("Axis 1 is out-of-range for weight 'w' with rank 1")  # the filter is gone
     assert [r for r in caplog.records if "out-of-range for weight" in r.getMessage()]
+
+
+def test_static_on_an_opset_11_model_writes_a_model_that_loads():
+    """PP-OCR's Paddle exports are opset 11: onnxruntime put per-channel DequantizeLinear nodes
+    (with `axis`, opset 13) into the opset 11 graph and the result did not load ("Unrecognized
+    attribute: axis for operator DequantizeLinear"). The pass converts to opset 13 first."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from studio.core.data import open_data
+    from studio.core.model import Model
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "b"),
+             numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "fc")]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["h"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+         helper.make_node("Flatten", ["p"], ["f"]),
+         helper.make_node("MatMul", ["f", "fc"], ["y"])],
+        "opset11", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    proto.ir_version = 7
+    model = Model(proto, "onnx", input_shape=(1, 3, 8, 8))
+    data = open_data("random", model.input_shape, signature=model.io)
+    result = run(create("quantize.int8_static", calibration_samples=32, remedies=False), model, Context(data=data))
+    out = result.model.obj
+    assert "DequantizeLinear" in ops(out)
+    assert any("opset 11: converted to opset 13" in w for w in result.warnings)
+    x = rng.standard_normal((5, 3, 8, 8)).astype(np.float32)
+    assert run_session(session(out), x).shape == (5, 4)  # it loads and runs
+    onnx.checker.check_model(out)

@@ -58,6 +58,30 @@ def _count(proto, ops) -> int:
     return sum(1 for n in proto.graph.node if n.op_type in ops)
 
 
+QDQ_OPSET = 13  # DequantizeLinear's per-channel `axis` attribute arrived in opset 13
+
+
+def _qdq_opset(proto):
+    """(the model at opset 13 or later, a note when it was converted). onnxruntime writes a
+    per-channel DequantizeLinear (with `axis`) into an opset 11 model as it is, and the file it
+    writes does not load ("Unrecognized attribute: axis"): Paddle's exports (PP-OCR) are opset 11."""
+    import onnx
+    from onnx import version_converter
+
+    version = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), QDQ_OPSET)
+    if version >= QDQ_OPSET:
+        return proto, None
+    try:
+        converted = version_converter.convert_version(proto, QDQ_OPSET)
+        onnx.checker.check_model(converted)
+    except Exception as exc:  # noqa: BLE001 - onnx names the op it cannot convert
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StudioError(f"the model is ONNX opset {version}; INT8 QDQ needs opset {QDQ_OPSET} and onnx cannot "
+                          f"convert it ({first}): re-export at opset {QDQ_OPSET} or later, or use "
+                          "quantize.int8_dynamic or quantize.fp16") from None
+    return converted, f"the model is ONNX opset {version}: converted to opset {QDQ_OPSET} for INT8 QDQ (per-channel scales)"
+
+
 def _save(proto, folder: Path, name: str) -> Path:
     import onnx
 
@@ -211,7 +235,7 @@ class StaticInt8(Pass[StaticConfig]):
         cfg: StaticConfig = self.config
         data = context.require_data(self.id)
         yield 0.05, "exporting to ONNX" if model.is_torch else "preparing"
-        proto = to_onnx_proto(model)
+        proto, upgraded = _qdq_opset(to_onnx_proto(model))
         x = data.shaped(data.x_train, model.input_shape)
         order = np.random.default_rng(context.seed).permutation(len(x))
         # calibration from the front, validation from the back: apart while the split allows;
@@ -275,7 +299,7 @@ class StaticInt8(Pass[StaticConfig]):
                 best, float_ms = yield from _keep_slow_float(trial, best, tries, cfg, model)
         for i, t in enumerate(tries, 1):
             t["try"], t["kept"] = i, t is best
-        warnings = []
+        warnings = [upgraded] if upgraded else []
         if not trial.meets(best, cfg):
             tried = (f"after {len(tries) - 1} remedies; kept the best: {best['change']}" if len(tries) > 1
                      else "with remedies off" if not cfg.remedies else "and no remedy applies")
