@@ -64,7 +64,7 @@ class TensorSpec:
                     f"give its value with --input {self.name}=VALUE")
         if self.missing_dims():
             dims = ", ".join(_dim_text(d, i) for i, d in enumerate(self.shape))
-            hint = ",".join(str(d) if isinstance(d, int) else "1" if i == 0 else _dim_text(d, i).upper()
+            hint = ",".join(str(d) if isinstance(d, int) else "1" if i == 0 else _placeholder(d, i)
                             for i, d in enumerate(self.shape))
             return f"input '{self.name}' has dynamic dims [{dims}]: give them with --input {self.name}:{hint} (numbers)"
         return None
@@ -105,6 +105,12 @@ class TensorSpec:
                 "shape": None if self.shape is None else [d if isinstance(d, int) else (d or "?") for d in self.shape],
                 "value_range": list(self.value_range) if self.value_range else None,
                 "value": None if self.value is None else np.asarray(self.value).tolist()}
+
+
+def _placeholder(d: Dim, i: int) -> str:
+    """What the --input hint shows for a dim to fill in: its name in capitals when it is a short
+    word (SEQ, H), else D<position>: Paddle names its dims "p2o.DynamicDimension.1", others "?"."""
+    return d.upper() if isinstance(d, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,15}", d) else f"D{i}"
 
 
 def _dim_text(d: Dim, i: int) -> str:

@@ -183,3 +183,14 @@ def test_a_state_with_a_fixed_first_dim_is_fed_whole_to_every_call():
     m = measure(model, data, run_session_all(session(proto), data.x_test))
     assert m.quality == pytest.approx(1.0) and set(m.fidelity) == {"y", "new_state"}
     assert m.fidelity["new_state"] == {"cosine": 1.0, "snr_db": 200.0, "max_abs": 0.0}
+
+
+def test_the_input_hint_names_unnamed_or_odd_dims_by_position():
+    """PP-OCR's inputs: [-1, 3, "?", "?"] and [-1, 3, "p2o.DynamicDimension.1", ...]: the hint
+    said x:1,3,?,? and x:1,3,P2O.DYNAMICDIMENSION.1,... ; now x:1,3,D2,D3."""
+    odd = helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 3, "?", "p2o.DynamicDimension.1"])
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, 3, "?", "p2o.DynamicDimension.1"])
+    proto = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [odd], [out]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    problem = from_onnx(proto).problems()[0]
+    assert problem.endswith("give them with --input x:1,3,D2,D3 (numbers)"), problem
