@@ -352,3 +352,17 @@ def test_embedding_tables_of_onnx_become_trainable(tmp_path, form):
     torch.nn.functional.mse_loss(out, torch.rand_like(out)).backward()
     optimizer.step()
     assert all(not torch.equal(m.weight, b) for m, b in zip(layers, before))
+
+
+def test_weights_in_constant_nodes_convert_like_initializers():
+    """Paddle's layout (PP-OCR det/rec/cls): every weight in a Constant node. onnx2torch found no
+    Conv weight among the initializers (KeyError 'conv1_weights'), so prune.structured, fine-tuning
+    and distillation refused these models."""
+    from tests.core.onnx_models import as_constants
+    from studio.core.convert import run_session, session
+
+    model = as_constants(to_onnx_model(resnet_model()))
+    assert not [i for i in model.obj.graph.initializer if i.data_type == TensorProto.FLOAT]
+    converted = onnx_to_torch(model)  # checks its outputs against onnxruntime's itself
+    x = np.random.default_rng(0).standard_normal((2, *model.input_shape[1:])).astype(np.float32)
+    assert np.allclose(predict(converted, x), run_session(session(model.obj), x), rtol=1e-3, atol=1e-4)

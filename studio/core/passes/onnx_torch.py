@@ -426,6 +426,33 @@ ONNX_NATIVE = ("prune.magnitude, prune.nm, lowrank.svd, cluster.kmeans, fold.bat
                "work on the ONNX model without converting it")
 
 
+def constants_as_initializers(proto):
+    """`proto`, or a copy in which the main graph's Constant nodes holding a tensor are
+    initializers: Paddle's exports (PP-OCR) keep every weight in a Constant node, and onnx2torch
+    only finds a Conv's weight among the initializers (it failed with KeyError 'conv1_weights')."""
+    import onnx
+
+    outputs = {o.name for o in proto.graph.output}
+    moved = [n for n in proto.graph.node if n.op_type == "Constant" and len(n.attribute) == 1
+             and n.attribute[0].name == "value" and n.output and n.output[0] not in outputs]
+    if not moved:
+        return proto
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    keep = []
+    for n in copy.graph.node:
+        if n.op_type == "Constant" and len(n.attribute) == 1 and n.attribute[0].name == "value" \
+                and n.output and n.output[0] not in outputs:
+            tensor = copy.graph.initializer.add()
+            tensor.CopyFrom(n.attribute[0].t)
+            tensor.name = n.output[0]
+        else:
+            keep.append(n)
+    del copy.graph.node[:]
+    copy.graph.node.extend(keep)
+    return copy
+
+
 def weights_without_identity(proto):
     """`proto`, or a copy in which nodes read initializers directly where the graph passed them
     through an Identity: torch's exporter writes one initializer and Identity copies when several
@@ -671,7 +698,7 @@ def onnx_to_torch(model: Model) -> Model:
 
     onnx2torch = _import_onnx2torch()
     try:
-        module = onnx2torch.convert(outputs_for_onnx2torch(weights_without_identity(model.obj)))
+        module = onnx2torch.convert(outputs_for_onnx2torch(weights_without_identity(constants_as_initializers(model.obj))))
     except Exception as exc:  # noqa: BLE001 - unsupported op, opset, dynamic shapes, ...
         try:
             where = unconvertible(model.obj)
