@@ -186,7 +186,29 @@ def _graph_facts(proto) -> _Graph:
     return _Graph(set(QDQRegistry) | set(QLinearOpsRegistry), attention, bool(ops & FLOAT_SENSITIVE or attention), groups)
 
 
-def _remedies(facts: _Graph, pool: int) -> list:
+HISTOGRAM_BYTES = 2 << 30  # what a percentile/entropy calibration may hold in memory
+
+
+def histogram_samples(proto, input_shape, budget: int = HISTOGRAM_BYTES) -> int:
+    """How many samples a percentile or entropy calibration can take within `budget` bytes.
+    onnxruntime's histogram calibrators keep every intermediate tensor of every sample before
+    they build the histograms (min-max keeps two numbers per tensor): PP-OCRv4's detector at
+    320x320 holds 166 MiB of activations per sample, and its static INT8 run was killed by the
+    kernel at 20 GB while 256 samples were being collected for the percentile remedy."""
+    from ..graph.from_onnx import _shapes
+
+    try:
+        shapes = _shapes(proto, input_shape)
+    except Exception:  # noqa: BLE001 - unknown: allow the usual sample count
+        return 1 << 30
+    from ..onnx_weights import tensors
+
+    weights = set(tensors(proto))
+    per_sample = 4 * sum(int(np.prod(shape)) for name, shape in shapes.items() if name not in weights)
+    return max(0, budget // max(per_sample, 1))
+
+
+def _remedies(facts: _Graph, pool: int, histogram: int = 1 << 30) -> list:
     """The known remedies, cheapest first (onnxruntime docs, "Quantization debugging"; the
     issue's measurements: MobileNetV3 92 % top-1 agreement with uint8 activations, 98.5 % with
     int8). Each takes the best setting so far (remedies add up) and gives (label, changed
@@ -210,11 +232,12 @@ def _remedies(facts: _Graph, pool: int) -> list:
     def granularity(s: Setting):
         return ("per-tensor weights" if s.per_channel else "per-channel weights"), replace(s, per_channel=not s.per_channel)
 
-    def calibration(method: str):
-        return lambda s: (f"{method} calibration", replace(s, method=method)) if s.method != method else None
+    def calibration(method: str):  # not when the histograms of its samples would not fit in memory
+        return lambda s: ((f"{method} calibration", replace(s, method=method))
+                          if s.method != method and s.samples <= histogram else None)
 
     def samples(s: Setting):
-        more = min(pool, s.samples * 4)
+        more = min(pool, s.samples * 4, *([histogram] if s.method != "minmax" else []))
         if more > s.samples:
             return f"{more} calibration samples", replace(s, samples=more)
 
@@ -274,7 +297,8 @@ class StaticInt8(Pass[StaticConfig]):
             best = tries[0]
             budget = cfg.max_tries - 1
             if cfg.remedies and not trial.meets(best, cfg):
-                for remedy in [*_remedies(facts, len(x_pool)), None]:  # None: the worst tensors in float
+                histogram = histogram_samples(pre_proto, model.input_shape)
+                for remedy in [*_remedies(facts, len(x_pool), histogram), None]:  # None: the worst tensors in float
                     if budget <= 0 or trial.meets(best, cfg):
                         break
                     step = remedy(best["setting"]) if remedy else trial.worst_tensors(best)
