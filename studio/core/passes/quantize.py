@@ -297,7 +297,7 @@ class StaticInt8(Pass[StaticConfig]):
             best = tries[0]
             budget = cfg.max_tries - 1
             if cfg.remedies and not trial.meets(best, cfg):
-                histogram = histogram_samples(pre_proto, model.input_shape)
+                histogram = trial.histogram = histogram_samples(pre_proto, model.input_shape)
                 for remedy in [*_remedies(facts, len(x_pool), histogram), None]:  # None: the worst tensors in float
                     if budget <= 0 or trial.meets(best, cfg):
                         break
@@ -378,6 +378,7 @@ class _Trial:
         self.proto, self.out, self.pre, self.pre_graph = proto, out, pre, pre_graph
         self.facts, self.user_excluded = facts, user_excluded
         self.x_pool, self.x_val, self.reference, self.pinned, self.context = x_pool, x_val, reference, pinned, context
+        self.histogram = 1 << 30  # samples whose every activation fits in memory (set by the pass)
         self.classifier = is_class_scores(reference[0])
         self.measure_name = "top-1 agreement" if self.classifier else "cosine similarity"
 
@@ -453,7 +454,10 @@ class _Trial:
         qdq, augmented = self.out.with_name("debug-qdq.onnx"), self.out.with_name("debug-augmented.onnx")
         onnx.save_model(t["proto"], str(qdq))
         modify_model_output_intermediate_tensors(str(qdq), str(augmented))
-        x = self._whole_batches(self.x_val[:64])
+        count = min(64, self.histogram // 2)  # every activation, float and INT8, is held
+        if count < 8:
+            return None  # they would not fit in memory (HISTOGRAM_BYTES)
+        x = self._whole_batches(self.x_val[:count])
         reader = calibration_reader(self.proto, x, self.pinned or 32, self.context)
         activations = collect_activations(str(augmented), reader)
         sqnr = {name: compute_signal_to_quantization_noice_ratio(m["pre_qdq"], m["post_qdq"])
