@@ -366,3 +366,20 @@ def test_weights_in_constant_nodes_convert_like_initializers():
     converted = onnx_to_torch(model)  # checks its outputs against onnxruntime's itself
     x = np.random.default_rng(0).standard_normal((2, *model.input_shape[1:])).astype(np.float32)
     assert np.allclose(predict(converted, x), run_session(session(model.obj), x), rtol=1e-3, atol=1e-4)
+
+
+def test_the_refusal_of_a_constant_weight_model_names_the_node_that_stops_the_conversion():
+    """PP-OCRv4 rec (weights in Constant nodes): the refusal named the first Conv and its weight
+    ('conv2d_10.w_0'), from a diagnosis of the file as loaded, while the conversion itself had got
+    past the Convs; it now diagnoses what onnx2torch was given and names the op it lacks."""
+    from onnx import numpy_helper
+
+    w = numpy_helper.from_array(np.ones((2, 1, 1, 1), np.float32), "w")
+    nodes = [helper.make_node("Constant", [], ["w"], value=w),
+             helper.make_node("Conv", ["input", "w"], ["h"], name="the_conv"),
+             helper.make_node("Hardmax", ["h"], ["output"], axis=1, name="the_hardmax")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 4, 4])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 2, 4, 4])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(StudioError, match="Hardmax .*the_hardmax"):
+        onnx_to_torch(Model(proto, ONNX, (1, 1, 4, 4), name="paddle_like"))

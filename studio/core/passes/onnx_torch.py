@@ -697,11 +697,12 @@ def onnx_to_torch(model: Model) -> Model:
     import numpy as np
 
     onnx2torch = _import_onnx2torch()
+    prepared = outputs_for_onnx2torch(weights_without_identity(constants_as_initializers(model.obj)))
     try:
-        module = onnx2torch.convert(outputs_for_onnx2torch(weights_without_identity(constants_as_initializers(model.obj))))
+        module = onnx2torch.convert(prepared)
     except Exception as exc:  # noqa: BLE001 - unsupported op, opset, dynamic shapes, ...
         try:
-            where = unconvertible(model.obj)
+            where = unconvertible(prepared)  # what onnx2torch was given: its weights where it looks
         except Exception:  # noqa: BLE001 - the diagnosis is a nicety; keep the original reason
             where = None
         first = where or (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
