@@ -215,3 +215,21 @@ def test_file_filter_lists_every_format():
     text = io.detect.file_filter()
     for suffix in (".onnx", ".pt2", ".safetensors", ".pth"):
         assert f"*{suffix}" in text
+
+
+def test_an_arch_file_inside_a_package_says_how_to_name_it(tmp_path):
+    """facenet-pytorch's models/mtcnn.py imports `.utils.detect_face`: given as a file path it fails
+    with Python's 'attempted relative import with no known parent package', which says nothing
+    about what to type instead."""
+    from studio.core.errors import LoadError
+    from studio.core.io.torch_io import resolve_arch
+
+    package = tmp_path / "facepkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "helpers.py").write_text("SIZE = 3\n")
+    (package / "nets.py").write_text("from torch import nn\nfrom .helpers import SIZE\n\n"
+                                     "class Net(nn.Module):\n    def __init__(self):\n"
+                                     "        super().__init__()\n        self.fc = nn.Linear(SIZE, 2)\n")
+    with pytest.raises(LoadError, match="relative import.*PYTHONPATH and give --arch package.module:Class"):
+        resolve_arch(f"{package / 'nets.py'}:Net")

@@ -38,7 +38,11 @@ def resolve_arch(arch: str):
     except LoadError:
         raise
     except Exception as exc:  # noqa: BLE001
-        raise LoadError(f"cannot import the architecture {arch}: {exc}") from None
+        hint = ""
+        if where.endswith(".py") and isinstance(exc, ImportError) and "relative import" in str(exc):
+            hint = ("; the file belongs to a package (it imports relatively): put the package's parent folder "
+                    "on PYTHONPATH and give --arch package.module:Class")
+        raise LoadError(f"cannot import the architecture {arch}: {exc}{hint}") from None
     try:
         return cls()
     except Exception as exc:  # noqa: BLE001
