@@ -367,3 +367,15 @@ def test_histogram_remedies_are_skipped_when_their_activations_would_not_fit():
     assert not any(step and "calibration" in step[0] and "samples" not in step[0] for step in labels)
     labels = [r(first) for r in _remedies(_graph_facts(proto), 1024)]
     assert any(step and step[0] == "percentile calibration" for step in labels)
+
+
+def test_calibration_calls_take_fewer_samples_when_their_activations_are_large():
+    """PP-OCRv4 det at 320x320 (166 MiB of activations a sample) peaked at 12 GB RSS calibrating
+    32 samples a call; a call now holds at most half the histogram budget. Small nets keep 32."""
+    from studio.core.passes.quantize import calibration_batch, histogram_samples
+
+    model = to_onnx_model(resnet_model())
+    per_gib = histogram_samples(model.obj, model.input_shape, budget=1 << 30)
+    assert calibration_batch(histogram_samples(model.obj, model.input_shape)) == 32
+    assert calibration_batch(histogram_samples(model.obj, model.input_shape, budget=(1 << 30) * 12 // per_gib)) == 6
+    assert calibration_batch(1) == 1 and calibration_batch(12, pinned=4) == 4
