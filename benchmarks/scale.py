@@ -154,9 +154,9 @@ def progress_figures(updates: list[tuple[float, int, str]], wall: float) -> dict
     still, step = max(((end - s[0], s) for s, end in zip(steps, ends, strict=True)), default=(0.0, None))
     return {"updates": len(updates), "distinct_percent_values": len({p for _, p, _ in updates}),
             "first_update_s": updates[0][0] if updates else None,
-            "longest_gap_between_updates_s": round(gap, 2),
+            "longest_gap_between_updates_s": round(gap, 3),
             "longest_gap_began_at": updates[i - 1][2] if i else "(process start, before the first update)",
-            "longest_percent_unchanged_s": round(still, 2),
+            "longest_percent_unchanged_s": round(still, 3),
             "longest_percent_unchanged_at": f"{step[1]}% {step[2]}" if step else None}
 
 
