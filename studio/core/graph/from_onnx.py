@@ -20,7 +20,7 @@ def _shapes(proto, input_shape=None) -> dict[str, tuple]:
     import onnx
 
     light = _light_copy(proto)
-    _drop_free_dims(light.graph)
+    _drop_free_dims(light)
     inits = {i.name for i in light.graph.initializer}
     real_inputs = [i for i in light.graph.input if i.name not in inits]
     for k, inp in enumerate(real_inputs):
@@ -49,7 +49,7 @@ def _shapes(proto, input_shape=None) -> dict[str, tuple]:
     return shapes
 
 
-def _drop_free_dims(graph) -> None:
+def _drop_free_dims(model) -> None:
     """Forget the recorded shapes that hold a free dim (a name, unknown or -1, as Paddle writes its
     batch): inference recomputes them from the pinned inputs. Kept, they clash with the pinned
     dims (the float16 converter copies an input's [-1, 3, ?, ?] onto its Cast; inference then stops
@@ -58,7 +58,8 @@ def _drop_free_dims(graph) -> None:
         tt = vi.type.tensor_type
         return not tt.HasField("shape") or all(d.HasField("dim_value") and d.dim_value > 0 for d in tt.shape.dim)
 
-    _sort_nodes(graph)  # the float16 converter appends the input Casts after their consumers
+    _sort_nodes(model)  # the float16 converter appends the input Casts after their consumers
+    graph = model.graph
     kept = [vi for vi in graph.value_info if concrete(vi)]
     del graph.value_info[:]
     graph.value_info.extend(kept)
@@ -70,32 +71,17 @@ def _drop_free_dims(graph) -> None:
                     dim.Clear()
 
 
-def _sort_nodes(graph) -> None:
+def _sort_nodes(model) -> None:
     """Put the nodes in an order where each comes after the producers of its inputs (shape
-    inference reads them in file order; onnxruntime sorts for itself, so files need not be)."""
-    nodes = list(graph.node)
-    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    order, pending = [], list(range(len(nodes)))
-    while pending:
-        waiting = []
-        for k in pending:
-            if all(i in ready for i in nodes[k].input):
-                order.append(k)
-                ready.update(nodes[k].output)
-            else:
-                waiting.append(k)
-        if len(waiting) == len(pending):  # inputs from outer scopes or a cycle: keep the rest as is
-            order.extend(waiting)
-            break
-        pending = waiting
-    if order != sorted(order):
-        copies = []
-        for k in order:
-            copy = type(nodes[k])()
-            copy.CopyFrom(nodes[k])
-            copies.append(copy)
-        del graph.node[:]
-        graph.node.extend(copies)
+    inference reads them in file order; onnxruntime sorts for itself, so files need not be).
+    onnxruntime's quantization tools sort the same way; a graph it cannot sort (a value nothing
+    produces, a cycle) is left in file order for inference to report."""
+    from onnxruntime.quantization.onnx_model import ONNXModel
+
+    try:
+        ONNXModel(model).topological_sort()
+    except AssertionError:  # "Graph is not a DAG": it has already cleared nothing, the order stands
+        pass
 
 
 def _light_copy(proto):
