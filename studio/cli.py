@@ -167,7 +167,7 @@ def run_and_export(model, recipe, data, out: Path, formats, args, progress, eval
     cancel = threading.Event()
     gen = pipeline.run(
         model, recipe, data, latency_batches=tuple(args.batches), threads=args.threads,
-        latency_rounds=args.rounds, cancel_event=cancel, evaluator=evaluator,
+        latency_rounds=args.rounds, latency_budget_s=getattr(args, "latency_budget", 60.0) or None, cancel_event=cancel, evaluator=evaluator,
         measure_ram=not getattr(args, "no_ram", False), runtimes=runtimes,
     )
     run = drive(gen, progress, scale=lambda p: (p.overall, p.message))
@@ -394,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--batches", type=int, nargs="+", default=[1, 32], help="batch sizes for latency (default 1 32)")
         p.add_argument("--threads", type=int, default=1, help="onnxruntime threads for latency (default 1)")
         p.add_argument("--rounds", type=int, default=7, help="interleaved latency rounds (default 7)")
+        p.add_argument("--latency-budget", type=float, default=60.0, metavar="SECONDS",
+                       help="seconds the rounds of one batch size may take; slower models get fewer rounds, "
+                            "never under 3 (default 60; 0 = always --rounds)")
         p.add_argument("--runtimes", nargs="+", default=["ort"], metavar="RUNTIME",
                        help="where to measure latency: ort (onnxruntime, always), pte (ExecuTorch XNNPACK), tflite "
                             "(LiteRT interpreter); both at batch 1, every stage exported first, seconds each (default ort)")

@@ -27,6 +27,7 @@ from .stats import count_parameters  # also imported from here by callers
 from .training import drain
 
 ZIP_LEVEL = 6  # moderate: level 9 takes minutes on big, mostly-zero files for ~1 % less
+MIN_ROUNDS = 3  # the fewest latency rounds a time budget leaves (a median of three)
 
 # the trade-off chart's x-axis choices: Measurement attribute -> label
 FOOTPRINTS = {
@@ -64,6 +65,7 @@ class Measurement:
     zip_bytes: int = 0
     macs: int = 0
     latency_ms: dict[int, float] = field(default_factory=dict)  # batch size -> median ms
+    latency_rounds: dict[int, int] = field(default_factory=dict)  # batch size -> rounds the median is of
     threads: int = 1
     samples: int = 0  # held-out samples the quality is measured on
     # labelled classifiers: macro precision/recall/F1 and the confusion matrix (rows = true class)
@@ -308,15 +310,16 @@ def measure_latency(
 ) -> Generator[tuple[float, str], None, list[dict[int, float]]]:
     """Median latency (ms) of each model at each batch size in onnxruntime: measure_latency_all
     without other runtimes."""
-    results, _ = yield from measure_latency_all(protos, input_shape, batches, threads, rounds, min_round_s,
-                                                cancel, signature)
+    results, _, _ = yield from measure_latency_all(protos, input_shape, batches, threads, rounds, min_round_s,
+                                                   cancel, signature)
     return results
 
 
 def measure_latency_all(
     protos: list, input_shape: tuple[int, ...], batches=(1, 32), threads: int = 1,
     rounds: int = 7, min_round_s: float = 0.02, cancel=None, signature=None, others=None,
-) -> Generator[tuple[float, str], None, tuple[list[dict[int, float]], list[dict[str, float]]]]:
+    budget_s: float | None = None,
+) -> Generator[tuple[float, str], None, tuple[list[dict[int, float]], list[dict[str, float]], dict[int, int]]]:
     """Median latency (ms) of each model at each batch size, in interleaved rounds (A B C A B C
     ...), so a drift of the machine touches every variant alike. Each round times enough runs to
     last `min_round_s`; the median over rounds is reported. A model whose batch axis is fixed (to
@@ -328,7 +331,11 @@ def measure_latency_all(
     that runs it once at batch 1 (core/runtimes.py). They are timed in the same rounds as
     onnxruntime's batch 1 (A B C, A' B' C', A B C, ...), warmed up and counted the same way; with
     no batch 1 among `batches`, in rounds of their own. Returns (per model: batch -> ms in
-    onnxruntime, per model: runtime -> ms at batch 1)."""
+    onnxruntime, per model: runtime -> ms at batch 1, batch -> the rounds timed).
+
+    `budget_s`: seconds the rounds of one batch size may take. Where one round of every model
+    takes longer than budget_s / rounds (BERT-base at batch 32: ~20 s a call on one thread),
+    fewer rounds are timed, never under MIN_ROUNDS; the count is returned and shown."""
     from .signature import feeds as feed_of
 
     others = {k: v for k, v in (others or {}).items() if any(f is not None for f in v)}
@@ -337,7 +344,7 @@ def measure_latency_all(
     sessions = [session(p, threads) for p in protos]
     pinned = [fixed_batch(s) for s in sessions]
     plan = list(batches) if 1 in batches or not others else [1, *batches]
-    steps = len(plan) * rounds
+    timed_rounds: dict[int, int] = {}
     for bi, batch in enumerate(plan):
         timed: list[tuple[tuple[int, str | None], Callable[[], object]]] = []  # ((model, runtime or None), call)
         if batch in batches:
@@ -361,14 +368,19 @@ def measure_latency_all(
                     if call is not None:
                         call()  # warm-up
                         timed.append(((i, name), call))
-        reps = []
+        reps, round_s = [], 0.0
         for _, call in timed:  # how many runs fill a round
             start = time.perf_counter()
             call()
             one = max(time.perf_counter() - start, 1e-6)
             reps.append(max(1, min(1000, int(min_round_s / one))))
+            round_s += reps[-1] * one
+        count = rounds
+        if budget_s is not None and round_s * rounds > budget_s:
+            count = min(rounds, max(MIN_ROUNDS, int(budget_s // round_s)))
+        timed_rounds[batch] = count
         samples: list[list[float]] = [[] for _ in timed]
-        for r in range(rounds):
+        for r in range(count):
             if cancel is not None:
                 cancel()
             for k, (_, call) in enumerate(timed):
@@ -376,13 +388,13 @@ def measure_latency_all(
                 for _ in range(reps[k]):
                     call()
                 samples[k].append((time.perf_counter() - start) / reps[k] * 1000.0)
-            yield (bi * rounds + r + 1) / steps, f"latency batch {batch}: round {r + 1}/{rounds}"
+            yield (bi + (r + 1) / count) / len(plan), f"latency batch {batch}: round {r + 1}/{count}"
         for ((i, name), _), got in zip(timed, samples):
             if name is None:
                 results[i][batch] = float(statistics.median(got))
             else:
                 extra[i][name] = float(statistics.median(got))
-    return results, extra
+    return results, extra, timed_rounds
 
 
 def _ort_calls(sess, feed, calls: int):

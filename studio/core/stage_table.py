@@ -115,12 +115,21 @@ def rows(run) -> list[dict[str, Cell]]:
     return [cells(s, base, sizes, runtimes(run)) for s in run.stages]
 
 
+def _rounds(m) -> str:
+    """'7 interleaved rounds', or per batch where a time budget cut some: '7 (batch 1) and 3
+    (batch 32) interleaved rounds'."""
+    counts = dict(sorted((m.latency_rounds if m is not None else {}).items()))
+    if len(set(counts.values())) > 1:
+        return " and ".join(f"{n} (batch {b})" for b, n in counts.items()) + " interleaved rounds"
+    return f"{next(iter(counts.values()))} interleaved rounds" if counts else "interleaved rounds"
+
+
 def notes(run) -> list[str]:
     """What the numbers mean: the quality measure, the data, how latency was timed."""
     base = run.stages[0].measurement
     lines = [f"{base.quality_label}: {base.quality_means}"] if base is not None else []
     lines.append(f"quality on {base.samples if base else 0} held-out samples of '{run.data_name}'; "
-                 f"latency: onnxruntime CPU, {base.threads if base else 1} thread(s), median of interleaved rounds; "
+                 f"latency: onnxruntime CPU, {base.threads if base else 1} thread(s), median of {_rounds(base)}; "
                  "x = times smaller / faster than the original")
     for r in runtimes(run):
         from .runtimes import title

@@ -33,6 +33,7 @@ def test_run_keeps_every_stage_and_measures_it(demo_mlp, digits_data):
     assert run.stages[2].model.framework == "onnx"
     for m in (orig, pruned, int8):
         assert set(m.latency_ms) == {1, 8} and all(v > 0 for v in m.latency_ms.values())
+        assert m.latency_rounds == {1: 2, 8: 2}  # the demo is far inside the time budget
         assert m.samples == len(digits_data.x_test)
 
 

@@ -123,7 +123,7 @@ def test_other_runtimes_share_the_rounds_and_get_their_own_without_batch_1(demo_
             pass
 
     proto = to_onnx_proto(demo_mlp)
-    latencies, others = drain(measure_latency_all([proto, proto], demo_mlp.input_shape, (4,), rounds=3,
+    latencies, others, _ = drain(measure_latency_all([proto, proto], demo_mlp.input_shape, (4,), rounds=3,
                                                   others={"slow": [two_ms, None]}))
     assert [sorted(lat) for lat in latencies] == [[4], [4]], "onnxruntime is not timed at a batch not asked"
     # at least the 2 ms the call spins, in milliseconds (not s or us); a busy machine adds to it
