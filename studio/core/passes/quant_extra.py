@@ -141,6 +141,24 @@ def conv_bn_pairs(module) -> list[tuple[str, str]]:
     return pairs
 
 
+def fold_torch(module) -> list[tuple[str, str]]:
+    """Fold each Conv -> BatchNorm pair of an eval-mode module into the conv, in place (the norm
+    becomes an Identity); returns the (conv, norm) names. Raises what torch.fx raises on a module
+    it cannot trace."""
+    from torch import nn
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    from .lowrank import _replace
+
+    module.eval()
+    pairs = conv_bn_pairs(module)
+    for conv_name, bn_name in pairs:
+        conv, bn = module.get_submodule(conv_name), module.get_submodule(bn_name)
+        _replace(module, conv_name, fuse_conv_bn_eval(conv, bn))
+        _replace(module, bn_name, nn.Identity())
+    return pairs
+
+
 def fold_onnx(proto) -> dict[str, dict]:
     """Fold every inference-mode BatchNormalization whose input is a Conv or Gemm with a constant
     weight (read by nothing else) into that layer, in place, in any graph: W' = W * g / sqrt(var +
@@ -219,26 +237,17 @@ class FoldBatchNorm(Pass[FoldConfig]):
                                                    "(exporters usually fold them already)"])
             yield 1.0, summary
             return PassResult(new, record, summary, warnings)
-        from torch import nn
-        from torch.nn.utils.fusion import fuse_conv_bn_eval
-
         from ..errors import StudioError
-        from .lowrank import _replace
 
         new = model.copy()
         module = new.obj.eval()
+        context.check_cancelled()
         try:
-            pairs = conv_bn_pairs(module)
+            pairs = fold_torch(module)
         except Exception as exc:  # noqa: BLE001 - data-dependent control flow defeats fx
             raise StudioError(f"fold.batchnorm: cannot trace the model with torch.fx ({str(exc).splitlines()[0]})") from None
-        record = {}
-        for i, (conv_name, bn_name) in enumerate(pairs):
-            context.check_cancelled()
-            conv, bn = module.get_submodule(conv_name), module.get_submodule(bn_name)
-            _replace(module, conv_name, fuse_conv_bn_eval(conv, bn))
-            _replace(module, bn_name, nn.Identity())
-            record[conv_name] = {"op": type(conv).__name__, "folded": bn_name}
-            yield (i + 1) / max(1, len(pairs)), f"{bn_name} -> {conv_name}"
+        record = {conv_name: {"op": type(module.get_submodule(conv_name)).__name__, "folded": bn_name}
+                  for conv_name, bn_name in pairs}
         summary = f"{len(pairs)} batch norms folded into convs"
         warnings = [] if pairs else ["nothing changed: no Conv -> BatchNorm pair found"]
         warnings.append("the ONNX export already folds eval-mode batch norms, so onnxruntime latency does not change; "
