@@ -100,3 +100,55 @@ def test_hostile_packed_files_refused(clustered, tmp_path):
     for name, reason in expected.items():
         with pytest.raises(LoadError, match=reason):
             io.load(tmp_path / f"{name}.packed")
+
+
+def test_sparse_clustered_tensors_are_stored_as_runs_smaller_and_bit_exact(clustered, tmp_path, monkeypatch):
+    """Pruned then clustered weights are stored as Deep Compression stores them (gaps between the
+    non-zero weights, then their indices): smaller than bit-packed indices, restored bit for bit,
+    and a version-1 file (bit-packed only) still loads."""
+    from onnx import numpy_helper
+
+    proto = to_onnx_proto(clustered)
+    blob, entries = packed.packed_bytes(proto)
+    assert any(e.get("coding") == "runs" for e in entries)
+    monkeypatch.setattr(packed, "RUNS_BELOW", 0.0)  # what version 1 wrote
+    old_blob, old_entries = packed.packed_bytes(proto)
+    monkeypatch.undo()
+    assert not any(e.get("coding") for e in old_entries)
+    assert len(blob) < 0.95 * len(old_blob)
+    want = {i.name: numpy_helper.to_array(i).tobytes() for i in proto.graph.initializer}
+    for name, data in (("v2", blob), ("v1", old_blob)):
+        (tmp_path / f"{name}.packed").write_bytes(data)
+        back = packed.unpack(tmp_path / f"{name}.packed")
+        assert {i.name: numpy_helper.to_array(i).tobytes() for i in back.graph.initializer} == want, name
+
+
+def test_hostile_runs_are_refused(clustered, tmp_path):
+    good = tmp_path / "good.packed"
+    packed.pack(clustered, good)
+    payload = lzma.decompress(good.read_bytes()[len(packed.MAGIC):])
+    (n,) = struct.unpack("<I", payload[:4])
+    header, body = json.loads(payload[4:4 + n]), payload[4 + n:]
+    sizes = header["sizes"]
+    offsets = np.cumsum([0, *sizes]).tolist()
+    sections = [body[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+    k = next(i for i, e in enumerate(header["tensors"]) if e.get("coding") == "runs")
+    runs = 2 + 2 * k
+    cases = {
+        # one non-zero entry more than the gaps say
+        "disagree": ({"nonzeros": header["tensors"][k]["nonzeros"] + 1}, sections[runs], "disagree|damaged"),
+        # gaps that run past the end of the tensor
+        "past end": ({}, bytes([254] * (len(sections[runs]) - header["tensors"][k]["nonzeros"]))
+                     + sections[runs][len(sections[runs]) - header["tensors"][k]["nonzeros"]:], "past the end|disagree"),
+        # a newer format
+        "version": ({}, sections[runs], "format version"),
+    }
+    for name, (change, data, reason) in cases.items():
+        entries = [dict(e) for e in header["tensors"]]
+        entries[k].update(change)
+        parts = list(sections)
+        parts[runs] = data
+        head = dict(header, tensors=entries, sizes=[len(p) for p in parts], version=9 if name == "version" else 2)
+        write_packed(tmp_path / "bad.packed", head, parts)
+        with pytest.raises(LoadError, match=reason):
+            packed.unpack(tmp_path / "bad.packed")
