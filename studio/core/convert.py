@@ -58,9 +58,15 @@ def to_onnx_proto(model: Model):
         out_names = [n if n else (OUTPUT_NAME if i == 0 else f"{OUTPUT_NAME}_{i}") for i, n in enumerate(names)]
         if len(set(out_names)) != len(out_names) or len(out_names) != len(flat):
             out_names = [OUTPUT_NAME if i == 0 else f"{OUTPUT_NAME}_{i}" for i in range(len(flat))]
-    dynamic = {n: {0: "batch"} for n, a in zip(in_names, args) if a.dim() >= 1 and a.shape[0] == 2}
-    dynamic.update({n: {0: "batch"} for n, o in zip(out_names, flat)
-                    if hasattr(o, "dim") and o.dim() >= 1 and o.shape[0] == 2})
+    axes = signature.batch_axes() if signature is not None and signature.multi else {}
+    dynamic = {n: {axes.get(n, 0): "batch"} for n, a in zip(in_names, args)
+               if a.dim() > axes.get(n, 0) and a.shape[axes.get(n, 0)] == 2}
+    state_shapes = {tuple(a.shape): axes[n] for n, a in zip(in_names, args) if n in axes}
+    for n, o in zip(out_names, flat):  # a next state is batched where its state input is
+        if hasattr(o, "dim") and o.dim() >= 1:
+            axis = state_shapes.get(tuple(o.shape), 0)
+            if o.shape[axis] == 2:
+                dynamic[n] = {axis: "batch"}
     buffer = io.BytesIO()
     # The TorchScript-based exporter (dynamo=False) takes ~0.2 s on the demo nets where the
     # dynamo exporter takes ~5 s, and the studio exports every stage to measure it. It is
@@ -304,7 +310,7 @@ def run_session_all(sess, x, batch_size: int = 256, cancel: threading.Event | No
 def iter_session_all(sess, x, batch_size: int = 256, cancel: threading.Event | None = None):
     """run_session_all as a generator: yields the fraction of samples done after each batch
     (a big model's evaluation shows progress instead of sitting at 0 %), returns the outputs."""
-    from .signature import feeds
+    from .signature import Inputs, feeds
 
     metas = sess.get_inputs()
     fixed = fixed_batch(sess)
@@ -319,6 +325,8 @@ def iter_session_all(sess, x, batch_size: int = 256, cancel: threading.Event | N
             parts = [[] for _ in outs]
         for j, out in enumerate(outs):
             out = np.atleast_1d(np.asarray(out))
+            if isinstance(x, Inputs) and x.axes:  # a next state [2, batch, 128]: samples to axis 0
+                out = x[i : i + step].samples_first(out)
             if fixed and n < fixed and out.shape[0] == fixed:
                 out = out[:n]
             parts[j].append(out.astype(np.float32, copy=False))
