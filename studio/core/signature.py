@@ -38,6 +38,7 @@ class TensorSpec:
     value_range: tuple[float, float] | None = None  # integers: [lo, hi)
     value: np.ndarray | None = None  # a pinned constant, fed as is
     batch_axis: int = 0  # where samples run when fed (a recurrent state [2, batch, 128]: 1)
+    python_scalar: bool = False  # a TorchScript `int`/`float`/`bool` argument: fed as a Python number
 
     @property
     def is_constant(self) -> bool:
@@ -356,10 +357,13 @@ def torch_args(x, signature: Signature | None) -> tuple:
     if not isinstance(x, Inputs):
         return (torch.from_numpy(np.ascontiguousarray(x)),)
     names = signature.names if signature is not None else x.names
+    scalars = {s.name for s in signature.inputs if s.python_scalar} if signature is not None else set()
     args = []
     for name in names:
         if name in x.arrays:
             args.append(torch.from_numpy(np.ascontiguousarray(x.fed(name, x.arrays[name]))))
+        elif name in scalars:  # forward(x: Tensor, sr: int) takes a number, not a tensor
+            args.append(np.asarray(x.constants[name]).item())
         elif name in x.constants:
             args.append(torch.as_tensor(np.asarray(x.constants[name])))
         else:
@@ -615,13 +619,55 @@ class _TracedInputsReader(pickle.Unpickler):
         return pid[1] if isinstance(pid, tuple) and len(pid) > 1 else "float32"
 
 
+SCRIPT_SCALARS = {"IntType": "int64", "FloatType": "float64", "BoolType": "bool"}
+
+
+def from_script_schema(module) -> Signature | None:
+    """A scripted (not traced) module records no shapes, but forward's schema gives every
+    argument's name and type (`forward(self, Tensor x, int sr)`): a Tensor is an input whose
+    shape the user gives (--input x:1,512), an int/float/bool a setting pinned with --input
+    sr=16000 and passed as a Python number. A scalar with a default starts pinned to it; an
+    argument of another type (lists, optionals) ends the signature there if it has a default
+    (forward uses it), else the module is left to the single-input path (None), as is a forward
+    of one tensor. Read from the
+    module torch already loaded (after the probe child): nothing in the file runs."""
+    try:
+        arguments = list(module.forward.schema.arguments)[1:]
+    except Exception:  # noqa: BLE001 - no scripted forward to read
+        return None
+    inputs = []
+    for arg in arguments:
+        kind = type(arg.type).__name__
+        default = arg.default_value if arg.has_default_value() else None
+        if kind == "TensorType" and default is None:
+            inputs.append(TensorSpec(arg.name, "float32", None))
+        elif kind in SCRIPT_SCALARS:
+            value = None if default is None else np.asarray(default).astype(SCRIPT_SCALARS[kind])
+            inputs.append(TensorSpec(arg.name, SCRIPT_SCALARS[kind], (), value=value, python_scalar=True))
+        elif arg.has_default_value():
+            break
+        else:
+            return None
+    if len(inputs) < 2 or not any(s.shape is None for s in inputs):
+        return None  # one tensor: the single-input path (--input-shape) already serves it
+    sig = Signature(inputs, [])
+    try:
+        _torch_ranges(sig, module, _script_embedding_sizes(module))
+    except Exception:  # noqa: BLE001 - ranges are a refinement
+        pass
+    return sig
+
+
 def from_torchscript(path, module) -> Signature | None:
     """A traced TorchScript file records the inputs it was traced with (shapes and dtypes, no
-    values) in traced_inputs.pkl; names come from forward's schema."""
+    values) in traced_inputs.pkl; names come from forward's schema. A scripted one has only its
+    schema (from_script_schema)."""
     try:
         with zipfile.ZipFile(path) as archive:
             member = next((n for n in archive.namelist() if n.endswith("/traced_inputs.pkl")), None)
-            if member is None or archive.getinfo(member).file_size > 1_000_000:
+            if member is None:
+                return from_script_schema(module)
+            if archive.getinfo(member).file_size > 1_000_000:
                 return None
             traced = _TracedInputsReader(io.BytesIO(archive.read(member))).load()
         tensors = traced.get("forward") if isinstance(traced, dict) else None
