@@ -371,6 +371,18 @@ def torch_args(x, signature: Signature | None) -> tuple:
     return tuple(args)
 
 
+def samples_first(outs: list, args: tuple, signature: Signature | None) -> list:
+    """A module's flattened outputs for positional `args` (as torch_args built them) with their
+    samples on axis 0: an output shaped like an argument fed on another axis (the next state) is
+    moved back, like Inputs.samples_first does for onnxruntime's outputs."""
+    axes = signature.batch_axes() if signature is not None else {}
+    fed = {tuple(a.shape): axes[n] for n, a in zip(signature.names, args) if n in axes and hasattr(a, "shape")} \
+        if axes else {}
+    if not fed:
+        return outs
+    return [o.movedim(fed[tuple(o.shape)], 0) if hasattr(o, "movedim") and tuple(o.shape) in fed else o for o in outs]
+
+
 def flatten_outputs(out) -> list:
     """A model's outputs as a flat list (tuples, lists and dicts, in order), like the ONNX
     exporter lays them out."""

@@ -320,6 +320,19 @@ class VadState(nn.Module):
         return torch.cond(sr == 16000, lambda t: self.enc16(t), lambda t: self.enc8(t), (audio,))
 
 
+class StateCell(nn.Module):
+    """VadState without the If: the state [2, batch, 16] (batch on axis 1) through an LSTM cell
+    that converts to torch, so the torch passes feed and gather the state along axis 1 too."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc, self.rnn, self.out = nn.Linear(64, 16), nn.LSTMCell(16, 16), nn.Linear(16, 3)
+
+    def forward(self, audio, state):
+        hx, cx = self.rnn(torch.relu(self.enc(audio)), (state[0], state[1]))
+        return self.out(hx), torch.stack([hx, cx])
+
+
 class Conv1dNet(nn.Module):
     """Audio-style Conv1d stack with GroupNorm and a dilated conv, global pool."""
 
@@ -436,6 +449,7 @@ def cases() -> dict[str, Case]:
     # the state's batch is its axis 1 (named like the audio's batch in the file)
     add("vad_state", VadState, (r(2, 64), torch.zeros(2, 2, 16), torch.tensor(16000)), ("audio", "state", "sr"),
         dynamic={"state": {1: "batch"}}, overrides=["sr=16000"], script=True)
+    add("state_cell", StateCell, (r(2, 64), torch.zeros(2, 2, 16)), ("audio", "state"), dynamic={"state": {1: "batch"}})
     return out
 
 
