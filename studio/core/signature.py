@@ -2,7 +2,8 @@
 (data sources, calibration, measurement, export and verification).
 
 A `TensorSpec` is a name, a dtype and a shape whose dims are ints, or names/None where they are
-dynamic. Dim 0 of an input is its batch (samples) axis; the studio picks batch sizes itself, but
+dynamic. Dim 0 of an input is its batch (samples) axis (`batch_axis` for a recurrent state
+[2, batch, 128], see find_batch_axes); the studio picks batch sizes itself, but
 any other dynamic dim must be given by the user (`--input x:1,3,320,320`): it is never taken as 1
 silently. An input may carry a value range (token ids: [0, vocab) from the embedding table) or a
 pinned constant (`--input sr=16000`), fed as is to every call.
@@ -641,8 +642,8 @@ def from_script_schema(module) -> Signature | None:
     sr=16000 and passed as a Python number. A scalar with a default starts pinned to it; an
     argument of another type (lists, optionals) ends the signature there if it has a default
     (forward uses it), else the module is left to the single-input path (None), as is a forward
-    of one tensor. Read from the
-    module torch already loaded (after the probe child): nothing in the file runs."""
+    of one tensor. Read from the module torch already loaded (after the probe child): nothing in
+    the file runs."""
     try:
         arguments = list(module.forward.schema.arguments)[1:]
     except Exception:  # noqa: BLE001 - no scripted forward to read
@@ -689,12 +690,21 @@ def from_torchscript(path, module) -> Signature | None:
     except Exception:  # noqa: BLE001 - a scripted (not traced) module, or an older layout
         return None
     inputs = []
+    traced_batch = None
     for i, t in enumerate(tensors):
         if not (isinstance(t, tuple) and t and t[0] == "tensor"):
             return None  # non-tensor arguments: leave the shape to the user
         _, dtype, shape = t
         name = names[i] if i < len(names) else f"input_{i}"
-        inputs.append(TensorSpec(name, dtype, ("batch", *shape[1:]) if shape else ()))
+        # a state traced as [2, B, 16] beside an input [B, 64]: its batch is where B is, when B
+        # is not also its dim 0 (traced at batch 2 it cannot be told and stays on axis 0)
+        axis = 0
+        if traced_batch is None and shape:
+            traced_batch = shape[0]
+        elif shape and shape[0] != traced_batch and list(shape).count(traced_batch) == 1:
+            axis = list(shape).index(traced_batch)
+        inputs.append(TensorSpec(name, dtype, tuple("batch" if j == axis else d for j, d in enumerate(shape)),
+                                 batch_axis=axis))
     sig = Signature(inputs, [])
     try:
         known = _script_embedding_sizes(module)
