@@ -47,7 +47,12 @@ def to_onnx_proto(model: Model):
     # batch 2: no batch-1 special cases get baked in
     args = torch_args(model.example_inputs(2), signature) if signature is not None and signature.multi \
         else (torch.from_numpy(model.example_input(2)),)
-    in_names = signature.names if signature is not None else [INPUT_NAME]
+    # a Python number (TorchScript `sr: int`) stays an input of a scripted graph (its If reads
+    # it); tracing an ordinary module bakes it in as a constant
+    scripted = isinstance(module, torch.jit.ScriptModule)
+    named = list(zip(signature.names if signature is not None else [INPUT_NAME], args))
+    in_names = [n for n, a in named if scripted or isinstance(a, torch.Tensor)]
+    tensors = [(n, a) for n, a in named if isinstance(a, torch.Tensor)]
     with torch.no_grad():
         out = module(*args)
     flat = flatten_outputs(out)
@@ -58,9 +63,15 @@ def to_onnx_proto(model: Model):
         out_names = [n if n else (OUTPUT_NAME if i == 0 else f"{OUTPUT_NAME}_{i}") for i, n in enumerate(names)]
         if len(set(out_names)) != len(out_names) or len(out_names) != len(flat):
             out_names = [OUTPUT_NAME if i == 0 else f"{OUTPUT_NAME}_{i}" for i in range(len(flat))]
-    dynamic = {n: {0: "batch"} for n, a in zip(in_names, args) if a.dim() >= 1 and a.shape[0] == 2}
-    dynamic.update({n: {0: "batch"} for n, o in zip(out_names, flat)
-                    if hasattr(o, "dim") and o.dim() >= 1 and o.shape[0] == 2})
+    axes = signature.batch_axes() if signature is not None and signature.multi else {}
+    dynamic = {n: {axes.get(n, 0): "batch"} for n, a in tensors
+               if a.dim() > axes.get(n, 0) and a.shape[axes.get(n, 0)] == 2}
+    state_shapes = {tuple(a.shape): axes[n] for n, a in tensors if n in axes}
+    for n, o in zip(out_names, flat):  # a next state is batched where its state input is
+        if hasattr(o, "dim") and o.dim() >= 1:
+            axis = state_shapes.get(tuple(o.shape), 0)
+            if o.shape[axis] == 2:
+                dynamic[n] = {axis: "batch"}
     buffer = io.BytesIO()
     # The TorchScript-based exporter (dynamo=False) takes ~0.2 s on the demo nets where the
     # dynamo exporter takes ~5 s, and the studio exports every stage to measure it. It is
@@ -85,8 +96,11 @@ def to_onnx_proto(model: Model):
                 proto = _export_dynamo(module, args, in_names, out_names)
         except Exception as exc:  # noqa: BLE001 - the exporter fails every which way: one line
             first = str(legacy_error).splitlines()[0] if str(legacy_error) else type(legacy_error).__name__
+            hint = ("; the studio measures and compresses through ONNX, and this TorchScript module's code does not "
+                    "convert: open an ONNX export of the model instead (torch.onnx.export of the eager module, or "
+                    "the .onnx its project ships)") if scripted else ""
             raise StudioError(f"{model.name}: ONNX export failed: {first}; "
-                              f"dynamo: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+                              f"dynamo: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}{hint}") from None
     return proto
 
 
@@ -304,7 +318,7 @@ def run_session_all(sess, x, batch_size: int = 256, cancel: threading.Event | No
 def iter_session_all(sess, x, batch_size: int = 256, cancel: threading.Event | None = None):
     """run_session_all as a generator: yields the fraction of samples done after each batch
     (a big model's evaluation shows progress instead of sitting at 0 %), returns the outputs."""
-    from .signature import feeds
+    from .signature import Inputs, feeds
 
     metas = sess.get_inputs()
     fixed = fixed_batch(sess)
@@ -319,6 +333,8 @@ def iter_session_all(sess, x, batch_size: int = 256, cancel: threading.Event | N
             parts = [[] for _ in outs]
         for j, out in enumerate(outs):
             out = np.atleast_1d(np.asarray(out))
+            if isinstance(x, Inputs) and x.axes:  # a next state [2, batch, 128]: samples to axis 0
+                out = x[i : i + step].samples_first(out)
             if fixed and n < fixed and out.shape[0] == fixed:
                 out = out[:n]
             parts[j].append(out.astype(np.float32, copy=False))

@@ -188,7 +188,7 @@ def from_npz_inputs(path: Path, arrays: dict, signature) -> Data:
         elif spec.value is None:
             raise StudioError(f"{path.name}: has no array '{spec.name}' (the model's inputs: "
                               f"{', '.join(signature.names)}); add it or pin it with --input {spec.name}=VALUE")
-    inputs = Inputs(x, signature.constants())
+    inputs = Inputs(x, signature.constants(), signature.batch_axes())  # a state's samples too on axis 0
     y = _labels(arrays, "y", path)
     if y is not None and len(y) != len(inputs):
         raise StudioError(f"{path.name}: the inputs have {len(inputs)} samples but 'y' has {len(y)}")

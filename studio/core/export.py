@@ -250,7 +250,7 @@ def _load_outputs(tmp: Path, fmt: str, x, model: Model) -> list[np.ndarray]:
     """Every output of the written file on x, flattened like the model's own."""
     import torch
 
-    from .signature import flatten_outputs
+    from .signature import flatten_outputs, samples_first
 
     if fmt.startswith("onnx"):
         return run_session_all(session(tmp), x)
@@ -267,7 +267,8 @@ def _load_outputs(tmp: Path, fmt: str, x, model: Model) -> list[np.ndarray]:
     if fmt in ("torchscript", "torch_export"):
         loaded = torch.jit.load(str(tmp)) if fmt == "torchscript" else torch.export.load(str(tmp)).module()
         with torch.no_grad():
-            outs = flatten_outputs(loaded(*_args(model, x)))
+            args = _args(model, x)
+            outs = samples_first(flatten_outputs(loaded(*args)), args, model.io)
         return [np.atleast_1d(o.detach().float().numpy()) for o in outs]
     from safetensors.torch import load_file
 

@@ -2,7 +2,8 @@
 (data sources, calibration, measurement, export and verification).
 
 A `TensorSpec` is a name, a dtype and a shape whose dims are ints, or names/None where they are
-dynamic. Dim 0 of an input is its batch (samples) axis; the studio picks batch sizes itself, but
+dynamic. Dim 0 of an input is its batch (samples) axis (`batch_axis` for a recurrent state
+[2, batch, 128], see find_batch_axes); the studio picks batch sizes itself, but
 any other dynamic dim must be given by the user (`--input x:1,3,320,320`): it is never taken as 1
 silently. An input may carry a value range (token ids: [0, vocab) from the embedding table) or a
 pinned constant (`--input sr=16000`), fed as is to every call.
@@ -37,6 +38,8 @@ class TensorSpec:
     shape: tuple[Dim, ...] | None = None  # None: rank unknown
     value_range: tuple[float, float] | None = None  # integers: [lo, hi)
     value: np.ndarray | None = None  # a pinned constant, fed as is
+    batch_axis: int = 0  # where samples run when fed (a recurrent state [2, batch, 128]: 1)
+    python_scalar: bool = False  # a TorchScript `int`/`float`/`bool` argument: fed as a Python number
 
     @property
     def is_constant(self) -> bool:
@@ -44,14 +47,14 @@ class TensorSpec:
 
     @property
     def batched(self) -> bool:
-        """Samples run along axis 0 (every input of rank >= 1 that is not a constant)."""
+        """Samples run along `batch_axis` (every input of rank >= 1 that is not a constant)."""
         return self.value is None and bool(self.shape)
 
     def missing_dims(self) -> list[int]:
         """Positions of dynamic dims the user has to give (the batch axis excepted)."""
         if self.value is not None or self.shape is None:
             return []
-        return [i for i, d in enumerate(self.shape) if not isinstance(d, int) and i > 0]
+        return [i for i, d in enumerate(self.shape) if not isinstance(d, int) and i != self.batch_axis]
 
     def needs_user(self) -> str | None:
         """Why this input cannot be fed yet, as the one-line error the CLI shows, or None."""
@@ -63,26 +66,34 @@ class TensorSpec:
             return (f"input '{self.name}' is a scalar {self.dtype} (a setting, not data): "
                     f"give its value with --input {self.name}=VALUE")
         if self.missing_dims():
-            dims = ", ".join(_dim_text(d, i) for i, d in enumerate(self.shape))
-            hint = ",".join(str(d) if isinstance(d, int) else "1" if i == 0 else _placeholder(d, i)
+            dims = ", ".join(_dim_text(d, i, self.batch_axis) for i, d in enumerate(self.shape))
+            hint = ",".join(str(d) if isinstance(d, int) else "1" if i == self.batch_axis else _placeholder(d, i)
                             for i, d in enumerate(self.shape))
             return f"input '{self.name}' has dynamic dims [{dims}]: give them with --input {self.name}:{hint} (numbers)"
         return None
 
     def concrete(self, batch: int) -> tuple[int, ...]:
-        """The shape of `batch` samples (a batch axis fixed in the file keeps its size)."""
+        """The shape of `batch` samples as fed (a batch axis fixed in the file keeps its size)."""
         problem = self.needs_user()
         if problem:
             raise StudioError(problem)
-        first = self.shape[0] if isinstance(self.shape[0], int) and self.shape[0] > 0 else batch
-        return (first, *(int(d) for d in self.shape[1:]))
+        a = self.batch_axis
+        size = self.shape[a] if isinstance(self.shape[a], int) and self.shape[a] > 0 else batch
+        return tuple(size if i == a else int(d) for i, d in enumerate(self.shape))
+
+    def sample_shape(self) -> tuple[int, ...]:
+        """One sample's shape: the fed shape without its batch axis (the studio keeps samples
+        along axis 0 whatever axis the model takes them on)."""
+        shape = list(self.concrete(1))
+        del shape[self.batch_axis]
+        return tuple(shape)
 
     def sample(self, count: int, rng: np.random.Generator) -> np.ndarray:
         """`count` random samples: token ids in the value range for integer inputs, standard
         normal (or uniform in the range) for float ones."""
         if self.value is not None:
             return self.value
-        shape = (count, *self.concrete(count)[1:])
+        shape = (count, *self.sample_shape())
         dtype = np.dtype(self.dtype)
         if dtype == np.bool_:
             return rng.integers(0, 2, size=shape).astype(bool)
@@ -96,7 +107,8 @@ class TensorSpec:
     def describe(self) -> str:
         if self.value is not None:
             return f"{self.name}: {self.dtype} = {np.asarray(self.value).tolist()}"
-        dims = "?" if self.shape is None else "[" + ", ".join(_dim_text(d, i) for i, d in enumerate(self.shape)) + "]"
+        dims = "?" if self.shape is None else \
+            "[" + ", ".join(_dim_text(d, i, self.batch_axis) for i, d in enumerate(self.shape)) + "]"
         rng = f" in [{self.value_range[0]:g}, {self.value_range[1]:g})" if self.value_range else ""
         return f"{self.name}: {self.dtype} {dims}{rng}"
 
@@ -113,10 +125,10 @@ def _placeholder(d: Dim, i: int) -> str:
     return d.upper() if isinstance(d, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,15}", d) else f"D{i}"
 
 
-def _dim_text(d: Dim, i: int) -> str:
+def _dim_text(d: Dim, i: int, batch_axis: int = 0) -> str:
     if isinstance(d, int):
         return str(d)
-    if i == 0:
+    if i == batch_axis:
         return "batch"
     return str(d) if d else "?"
 
@@ -165,8 +177,12 @@ class Signature:
     def unbatched(self, spec: TensorSpec) -> bool:
         """An input whose first dim the file fixes while another input's batch is free (a
         recurrent state [2, batch, 128]): one value fed to every call, not sliced."""
-        free = any(s.shape and not isinstance(s.shape[0], int) for s in self.inputs if s.value is None)
-        return free and bool(spec.shape) and isinstance(spec.shape[0], int)
+        free = any(s.shape and not isinstance(s.shape[s.batch_axis], int) for s in self.inputs if s.value is None)
+        return free and bool(spec.shape) and isinstance(spec.shape[spec.batch_axis], int)
+
+    def batch_axes(self) -> dict[str, int]:
+        """Inputs fed with their samples on an axis other than 0: name -> axis."""
+        return {s.name: s.batch_axis for s in self.inputs if s.batch_axis and s.value is None}
 
     def random(self, count: int, seed: int = 0) -> Inputs:
         """`count` random samples of every input; constants (and fixed-size inputs of a model
@@ -181,7 +197,7 @@ class Signature:
                 constants[s.name] = s.sample(s.shape[0], rng)
             elif s.batched:
                 arrays[s.name] = s.sample(count, rng)
-        return Inputs(arrays, constants)
+        return Inputs(arrays, constants, self.batch_axes())
 
     def constants(self) -> dict[str, np.ndarray]:
         return {s.name: s.value for s in self.inputs if s.value is not None}
@@ -218,15 +234,15 @@ class Signature:
             if spec.shape is not None and len(spec.shape) != len(dims):
                 raise StudioError(f"--input {item}: input '{name}' has {len(spec.shape)} dims, not {len(dims)}")
             old = spec.shape or (None,) * len(dims)
-            for d, new in zip(old, dims):
-                if isinstance(d, str) and d:
+            a = spec.batch_axis if dims else 0
+            for i, (d, new) in enumerate(zip(old, dims)):
+                if isinstance(d, str) and d and i != a:
                     symbols[d] = new
             # the batch axis stays free where the file leaves it free: the studio picks batch sizes
-            first = old[0] if dims and not isinstance(old[0], int) else dims[0] if dims else None
-            spec.shape = (first, *dims[1:]) if dims else ()
+            spec.shape = tuple(old[i] if i == a and not isinstance(old[i], int) else n for i, n in enumerate(dims))
         for spec in inputs:  # symbolic dims shared with an input the user sized
             if spec.shape:
-                spec.shape = tuple(symbols.get(d, d) if i > 0 and isinstance(d, str) else d
+                spec.shape = tuple(symbols.get(d, d) if i != spec.batch_axis and isinstance(d, str) else d
                                    for i, d in enumerate(spec.shape))
         return Signature(inputs, list(self.outputs))
 
@@ -240,11 +256,15 @@ class Signature:
 
 class Inputs:
     """Samples of a model's inputs: name -> array with samples along axis 0, plus constants fed
-    as they are. Indexing picks samples of every batched input at once."""
+    as they are. Indexing picks samples of every batched input at once. `axes` names the inputs
+    the model takes with their samples on another axis (a state [2, batch, 128]): they are kept
+    samples-first like the rest and moved to that axis only when fed (`fed`)."""
 
-    def __init__(self, arrays: dict[str, np.ndarray], constants: dict[str, np.ndarray] | None = None):
+    def __init__(self, arrays: dict[str, np.ndarray], constants: dict[str, np.ndarray] | None = None,
+                 axes: dict[str, int] | None = None):
         self.arrays = dict(arrays)
         self.constants = dict(constants or {})
+        self.axes = {k: a for k, a in (axes or {}).items() if a and k in self.arrays}
         counts = {len(a) for a in self.arrays.values()}
         if len(counts) > 1:
             sizes = ", ".join(f"{k}: {len(a)}" for k, a in self.arrays.items())
@@ -254,7 +274,27 @@ class Inputs:
         return len(next(iter(self.arrays.values()))) if self.arrays else 1
 
     def __getitem__(self, index) -> Inputs:
-        return Inputs({k: a[index] for k, a in self.arrays.items()}, self.constants)
+        return Inputs({k: a[index] for k, a in self.arrays.items()}, self.constants, self.axes)
+
+    def fed(self, name: str, arr):
+        """`arr` (samples of input `name` along axis 0, numpy or torch) with its samples moved to
+        the axis the model takes them on."""
+        axis = self.axes.get(name, 0)
+        if not axis:
+            return arr
+        return np.moveaxis(arr, 0, axis) if isinstance(arr, np.ndarray) else arr.movedim(0, axis)
+
+    def samples_first(self, out):
+        """An output of a call on these samples with its samples on axis 0: an output shaped like
+        an input fed on another axis (the next state of a recurrent model) has its samples there,
+        every other output on axis 0."""
+        shape = tuple(out.shape)
+        for name, axis in self.axes.items():
+            fed = list(self.arrays[name].shape)
+            fed.insert(axis, fed.pop(0))
+            if shape == tuple(fed):
+                return np.moveaxis(out, axis, 0) if isinstance(out, np.ndarray) else out.movedim(axis, 0)
+        return out
 
     @property
     def names(self) -> list[str]:
@@ -305,6 +345,8 @@ def feeds(sess_inputs, x, start: int, stop: int, pad_to: int | None = None) -> d
         arr = np.ascontiguousarray(arr).astype(dtype, copy=False)
         if pad_to and len(arr) < pad_to:
             arr = np.concatenate([arr, np.zeros((pad_to - len(arr), *arr.shape[1:]), dtype)])
+        if isinstance(x, Inputs):
+            arr = np.ascontiguousarray(x.fed(meta.name, arr))
         out[meta.name] = arr
     return out
 
@@ -316,15 +358,30 @@ def torch_args(x, signature: Signature | None) -> tuple:
     if not isinstance(x, Inputs):
         return (torch.from_numpy(np.ascontiguousarray(x)),)
     names = signature.names if signature is not None else x.names
+    scalars = {s.name for s in signature.inputs if s.python_scalar} if signature is not None else set()
     args = []
     for name in names:
         if name in x.arrays:
-            args.append(torch.from_numpy(np.ascontiguousarray(x.arrays[name])))
+            args.append(torch.from_numpy(np.ascontiguousarray(x.fed(name, x.arrays[name]))))
+        elif name in scalars:  # forward(x: Tensor, sr: int) takes a number, not a tensor
+            args.append(np.asarray(x.constants[name]).item())
         elif name in x.constants:
             args.append(torch.as_tensor(np.asarray(x.constants[name])))
         else:
             raise StudioError(f"no data for the model's input '{name}'")
     return tuple(args)
+
+
+def samples_first(outs: list, args: tuple, signature: Signature | None) -> list:
+    """A module's flattened outputs for positional `args` (as torch_args built them) with their
+    samples on axis 0: an output shaped like an argument fed on another axis (the next state) is
+    moved back, like Inputs.samples_first does for onnxruntime's outputs."""
+    axes = signature.batch_axes() if signature is not None else {}
+    fed = {tuple(a.shape): axes[n] for n, a in zip(signature.names, args) if n in axes and hasattr(a, "shape")} \
+        if axes else {}
+    if not fed:
+        return outs
+    return [o.movedim(fed[tuple(o.shape)], 0) if hasattr(o, "movedim") and tuple(o.shape) in fed else o for o in outs]
 
 
 def flatten_outputs(out) -> list:
@@ -380,7 +437,32 @@ def from_onnx(proto) -> Signature:
     for spec in inputs:
         if np.dtype(spec.dtype).kind in INT_KINDS and spec.name in vocab:
             spec.value_range = (0, vocab[spec.name])
+    find_batch_axes(inputs)
     return Signature(inputs, [_onnx_spec(o) for o in graph.output])
+
+
+def find_batch_axes(inputs: list[TensorSpec]) -> None:
+    """Set the batch axis of inputs that take their samples on an axis other than 0: a recurrent
+    state [layers, batch, hidden] (LSTM/GRU initial_h, silero VAD, streaming ASR caches). Such an
+    input has dim 0 fixed while another input's dim 0 is free; its batch axis is the dim that
+    shares that input's batch symbol, or, where the exporter named no dims, its one dynamic dim.
+    The samples are then sliced and fed along that axis like any other input, so every call
+    (calibration, measurement, verification, training) runs at the batch the studio picks; the
+    alternative, a batch-1 call for every sample, would make such models hundreds of times slower
+    to measure. A fixed-size input with no such dim stays one value fed to every call."""
+    free = [s for s in inputs if s.value is None and s.shape and not isinstance(s.shape[0], int)]
+    if not free:
+        return
+    symbols = {s.shape[0] for s in free if s.shape[0]}
+    for spec in inputs:
+        if spec.value is not None or not spec.shape or not isinstance(spec.shape[0], int):
+            continue
+        dynamic = [i for i, d in enumerate(spec.shape) if not isinstance(d, int)]
+        shared = [i for i in dynamic if spec.shape[i] in symbols]
+        if shared:
+            spec.batch_axis = shared[0]
+        elif len(dynamic) == 1 and not spec.shape[dynamic[0]]:
+            spec.batch_axis = dynamic[0]
 
 
 def embedding_sizes(proto) -> dict[str, int]:
@@ -550,13 +632,55 @@ class _TracedInputsReader(pickle.Unpickler):
         return pid[1] if isinstance(pid, tuple) and len(pid) > 1 else "float32"
 
 
+SCRIPT_SCALARS = {"IntType": "int64", "FloatType": "float64", "BoolType": "bool"}
+
+
+def from_script_schema(module) -> Signature | None:
+    """A scripted (not traced) module records no shapes, but forward's schema gives every
+    argument's name and type (`forward(self, Tensor x, int sr)`): a Tensor is an input whose
+    shape the user gives (--input x:1,512), an int/float/bool a setting pinned with --input
+    sr=16000 and passed as a Python number. A scalar with a default starts pinned to it; an
+    argument of another type (lists, optionals) ends the signature there if it has a default
+    (forward uses it), else the module is left to the single-input path (None), as is a forward
+    of one tensor. Read from the module torch already loaded (after the probe child): nothing in
+    the file runs."""
+    try:
+        arguments = list(module.forward.schema.arguments)[1:]
+    except Exception:  # noqa: BLE001 - no scripted forward to read
+        return None
+    inputs = []
+    for arg in arguments:
+        kind = type(arg.type).__name__
+        default = arg.default_value if arg.has_default_value() else None
+        if kind == "TensorType" and default is None:
+            inputs.append(TensorSpec(arg.name, "float32", None))
+        elif kind in SCRIPT_SCALARS:
+            value = None if default is None else np.asarray(default).astype(SCRIPT_SCALARS[kind])
+            inputs.append(TensorSpec(arg.name, SCRIPT_SCALARS[kind], (), value=value, python_scalar=True))
+        elif arg.has_default_value():
+            break
+        else:
+            return None
+    if len(inputs) < 2 or not any(s.shape is None for s in inputs):
+        return None  # one tensor: the single-input path (--input-shape) already serves it
+    sig = Signature(inputs, [])
+    try:
+        _torch_ranges(sig, module, _script_embedding_sizes(module))
+    except Exception:  # noqa: BLE001 - ranges are a refinement
+        pass
+    return sig
+
+
 def from_torchscript(path, module) -> Signature | None:
     """A traced TorchScript file records the inputs it was traced with (shapes and dtypes, no
-    values) in traced_inputs.pkl; names come from forward's schema."""
+    values) in traced_inputs.pkl; names come from forward's schema. A scripted one has only its
+    schema (from_script_schema)."""
     try:
         with zipfile.ZipFile(path) as archive:
             member = next((n for n in archive.namelist() if n.endswith("/traced_inputs.pkl")), None)
-            if member is None or archive.getinfo(member).file_size > 1_000_000:
+            if member is None:
+                return from_script_schema(module)
+            if archive.getinfo(member).file_size > 1_000_000:
                 return None
             traced = _TracedInputsReader(io.BytesIO(archive.read(member))).load()
         tensors = traced.get("forward") if isinstance(traced, dict) else None
@@ -566,12 +690,21 @@ def from_torchscript(path, module) -> Signature | None:
     except Exception:  # noqa: BLE001 - a scripted (not traced) module, or an older layout
         return None
     inputs = []
+    traced_batch = None
     for i, t in enumerate(tensors):
         if not (isinstance(t, tuple) and t and t[0] == "tensor"):
             return None  # non-tensor arguments: leave the shape to the user
         _, dtype, shape = t
         name = names[i] if i < len(names) else f"input_{i}"
-        inputs.append(TensorSpec(name, dtype, ("batch", *shape[1:]) if shape else ()))
+        # a state traced as [2, B, 16] beside an input [B, 64]: its batch is where B is, when B
+        # is not also its dim 0 (traced at batch 2 it cannot be told and stays on axis 0)
+        axis = 0
+        if traced_batch is None and shape:
+            traced_batch = shape[0]
+        elif shape and shape[0] != traced_batch and list(shape).count(traced_batch) == 1:
+            axis = list(shape).index(traced_batch)
+        inputs.append(TensorSpec(name, dtype, tuple("batch" if j == axis else d for j, d in enumerate(shape)),
+                                 batch_axis=axis))
     sig = Signature(inputs, [])
     try:
         known = _script_embedding_sizes(module)

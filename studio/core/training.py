@@ -168,9 +168,11 @@ def predict_outputs(module, x, signature=None, batch_size: int = 512) -> list[np
     parts: list[list[np.ndarray]] = []
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
-            outs = flatten_outputs(module(*torch_args(x[i : i + batch_size], signature)))
+            part = x[i : i + batch_size]
+            outs = flatten_outputs(module(*torch_args(part, signature)))
             if not parts:
                 parts = [[] for _ in outs]
             for j, out in enumerate(outs):
-                parts[j].append(np.atleast_1d(out.detach().float().numpy()))
+                out = np.atleast_1d(out.detach().float().numpy())
+                parts[j].append(part.samples_first(out) if hasattr(part, "samples_first") else out)
     return [np.concatenate(p) for p in parts]

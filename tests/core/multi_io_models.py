@@ -93,6 +93,12 @@ def cases():
     }
 
 
+def batch_axes(extra: dict) -> dict:
+    """An input's dynamic axes: the batch on axis 0 plus `extra`, or only `extra` where it puts
+    the batch elsewhere (a state [2, batch, 16])."""
+    return dict(extra) if "batch" in extra.values() else {0: "batch", **extra}
+
+
 def export_onnx(module, args, names, dynamic, path, dynamo: bool):
     """torch.onnx.export with a dynamic batch axis on every batched input (and the extra dynamic
     dims given)."""
@@ -108,14 +114,14 @@ def export_onnx(module, args, names, dynamic, path, dynamo: bool):
                 if a.dim() == 0:
                     shapes.append(None)
                     continue
-                dims = {0: batch}
-                for axis, label in dynamic.get(name, {}).items():
-                    dims[axis] = torch.export.Dim(label, min=4, max=512)
+                dims = {}
+                for axis, label in batch_axes(dynamic.get(name, {})).items():
+                    dims[axis] = batch if label == "batch" else torch.export.Dim(label, min=4, max=512)
                 shapes.append(dims)
             torch.onnx.export(module, args, str(path), dynamo=True, input_names=names,
                               dynamic_shapes=tuple(shapes), external_data=False, verbose=False)
         else:
-            axes = {n: {0: "batch", **dynamic.get(n, {})} for n, a in zip(names, args) if a.dim() >= 1}
+            axes = {n: batch_axes(dynamic.get(n, {})) for n, a in zip(names, args) if a.dim() >= 1}
             torch.onnx.export(module, args, str(path), dynamo=False, input_names=names, dynamic_axes=axes)
     return path
 

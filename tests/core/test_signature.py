@@ -165,8 +165,9 @@ def test_torch_export_program_signature(tmp_path):
     assert [s.shape for s in model.io.outputs] == [("batch", 6), ("batch", 2)]
 
 
-def test_a_state_with_a_fixed_first_dim_is_fed_whole_to_every_call():
-    """Like Silero VAD's state [2, batch, 128]: not sliced into samples; its batch dim is asked for."""
+def test_a_state_is_batched_along_the_axis_that_shares_the_batch_symbol():
+    """Like Silero VAD's state [2, batch, 128]: its samples run along axis 1, the axis named like
+    x's batch; nothing to ask for, and the next state comes back with its samples gathered."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])
     state = helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "n", 3])
     outs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4]),
@@ -176,10 +177,13 @@ def test_a_state_with_a_fixed_first_dim_is_fed_whole_to_every_call():
     proto = helper.make_model(helper.make_graph(nodes, "g", [x, state], outs, [one]),
                               opset_imports=[helper.make_opsetid("", 17)])
     sig = from_onnx(proto)
-    assert sig.problems() == ["input 'state' has dynamic dims [2, n, 3]: give them with --input state:2,N,3 (numbers)"]
+    assert sig.problems() == [] and sig.input("state").batch_axis == 1
     model = Model(proto, "onnx", name="vad", signature=sig.with_overrides(["state:2,1,3"]))
+    assert model.io.input("state").shape == (2, "n", 3)  # the given 1 is the batch: stays free
     data = open_data("random", model.input_shape, signature=model.io)
-    assert data.x_test.constants["state"].shape == (2, 1, 3) and data.x_test.arrays["x"].shape == (256, 4)
+    assert data.x_test.arrays["state"].shape == (256, 2, 3) and data.x_test.arrays["x"].shape == (256, 4)
+    outputs = run_session_all(session(proto), data.x_test, batch_size=100)
+    np.testing.assert_allclose(outputs[1], data.x_test.arrays["state"] + 1)  # samples first, in order
     m = measure(model, data, run_session_all(session(proto), data.x_test))
     assert m.quality == pytest.approx(1.0) and set(m.fidelity) == {"y", "new_state"}
     assert m.fidelity["new_state"] == {"cosine": 1.0, "snr_db": 200.0, "max_abs": 0.0}

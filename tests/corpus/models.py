@@ -297,6 +297,42 @@ class Gate(nn.Module):
         return torch.cond(x.mean() > 0, lambda t: self.a(t), lambda t: self.b(t), (x,))
 
 
+class VadState(nn.Module):
+    """Like Silero VAD: an audio chunk [batch, 64], a recurrent state [2, batch, 16] whose batch is
+    axis 1 (LSTM h and c), a scalar sample rate choosing the encoder inside an If node; speech
+    probability and the next state [2, batch, 16]."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc16, self.enc8 = nn.Linear(64, 16), nn.Linear(64, 16)
+        self.rnn, self.out = nn.LSTMCell(16, 16), nn.Linear(16, 1)
+
+    def forward(self, audio, state, sr):
+        if torch.jit.is_scripting():
+            h = self.enc16(audio) if bool(sr == 16000) else self.enc8(audio)
+        else:
+            h = self.cond(audio, sr)
+        hx, cx = self.rnn(torch.relu(h), (state[0], state[1]))
+        return torch.sigmoid(self.out(hx)), torch.stack([hx, cx])
+
+    @torch.jit.unused
+    def cond(self, audio, sr):
+        return torch.cond(sr == 16000, lambda t: self.enc16(t), lambda t: self.enc8(t), (audio,))
+
+
+class StateCell(nn.Module):
+    """VadState without the If: the state [2, batch, 16] (batch on axis 1) through an LSTM cell
+    that converts to torch, so the torch passes feed and gather the state along axis 1 too."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc, self.rnn, self.out = nn.Linear(64, 16), nn.LSTMCell(16, 16), nn.Linear(16, 3)
+
+    def forward(self, audio, state):
+        hx, cx = self.rnn(torch.relu(self.enc(audio)), (state[0], state[1]))
+        return self.out(hx), torch.stack([hx, cx])
+
+
 class Conv1dNet(nn.Module):
     """Audio-style Conv1d stack with GroupNorm and a dilated conv, global pool."""
 
@@ -410,6 +446,12 @@ def cases() -> dict[str, Case]:
     reuse("dict_outputs")
     reuse("dynamic_hw")
     reuse("audio_state")
+    # the state's batch is its axis 1 (named like the audio's batch in the file)
+    add("vad_state", VadState, (r(2, 64), torch.zeros(2, 2, 16), torch.tensor(16000)), ("audio", "state", "sr"),
+        dynamic={"state": {1: "batch"}}, overrides=["sr=16000"], script=True)
+    # batch 3: a trace at batch 2 could not tell the state's batch axis from its 2 layers
+    add("state_cell", StateCell, (r(3, 64), torch.zeros(2, 3, 16)), ("audio", "state"), dynamic={"state": {1: "batch"}},
+        forms=FORMS)
     return out
 
 
@@ -422,7 +464,7 @@ def write(case: Case, form: str, path) -> None:
     elif form == "legacy" and case.script:
         import warnings
 
-        axes = {n: {0: "batch", **case.dynamic.get(n, {})} for n in case.names}
+        axes = {n: mio.batch_axes(case.dynamic.get(n, {})) for n, a in zip(case.names, case.args) if a.dim()}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(torch.jit.script(module), case.args, str(path), dynamo=False, input_names=case.names,

@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import Field
 
 from ..errors import StudioError
-from ..signature import flatten_outputs
+from ..signature import flatten_outputs, samples_first
 from ..training import Batches, predict_outputs, train
 from .base import Context, Pass, PassConfig, PassResult, conversion_notes, is_torchscript
 from .registry import register
@@ -104,7 +104,8 @@ class Distill(Pass[DistillConfig]):
         sig = teacher.io  # several inputs: teacher and student get the same tuple, in this order
         with torch.no_grad():
             try:
-                probe = flatten_outputs(student(*Batches(x, sig)[torch.arange(min(2, len(x)))]))
+                args = Batches(x, sig)[torch.arange(min(2, len(x)))]
+                probe = samples_first(flatten_outputs(student(*args)), args, sig)
             except Exception:
                 if not sig.multi:
                     raise
@@ -129,7 +130,7 @@ class Distill(Pass[DistillConfig]):
         t = cfg.temperature
 
         def loss_fn(module, args, yb, idx):
-            outs = flatten_outputs(module(*args))
+            outs = samples_first(flatten_outputs(module(*args)), args, sig)  # like the teacher's
             loss = 0.0
             for out, target, kind, var in zip(outs, soft, kinds, scale):
                 target = target[idx]

@@ -342,8 +342,11 @@ class StaticInt8(Pass[StaticConfig]):
                             "with depthwise/HardSwish blocks in float (measured); a recipe with 'ship: fastest' ships "
                             "the faster stage")
         result = best["proto"]
-        new = model.with_obj(result, ONNX, format="onnx")
         layers = _quant_record(result, "int8")
+        if not layers:  # pre-processing alone is no INT8 stage (it grew Silero VAD 2.2 -> 3.2 MiB)
+            result = proto
+            warnings.append(_nothing_quantized(proto))
+        new = model.with_obj(result, ONNX, format="onnx")
         s = best["setting"]
         measure = trial.measure_name
         summary = (f"{len(layers)} layers in INT8 (QDQ, {s.describe()}); {measure} with the float stage "
@@ -354,6 +357,18 @@ class StaticInt8(Pass[StaticConfig]):
             summary += f"; {float_ms / best['latency_ms']:.2f}x the float stage's speed at batch 1 (measured)"
         yield 1.0, summary
         return PassResult(new, layers, summary, warnings, tries=[_row(t) for t in tries])
+
+
+def _nothing_quantized(proto) -> str:
+    """Why static INT8 quantized no layer, for a warning: onnxruntime's QDQ quantizer does not
+    enter If/Loop subgraphs, where exporters of models with control flow put every layer."""
+    from ..onnx_weights import nodes
+
+    inside = sum(1 for n, _ in nodes(proto.graph) if n.op_type in QUANTIZABLE) - _count(proto, QUANTIZABLE)
+    reason = (f"its {inside} Conv/Gemm/MatMul layers sit inside If/Loop subgraphs, which onnxruntime's static "
+              "quantizer does not enter" if inside else "it has no Conv, Gemm or MatMul layer to quantize")
+    return (f"no layer was quantized: {reason}; the stage is the float model, unchanged (quantize.fp16 and "
+            "prune.magnitude reach layers in subgraphs)")
 
 
 def _row(t: dict) -> dict:

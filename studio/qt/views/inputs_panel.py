@@ -149,7 +149,7 @@ class InputsPanel(QWidget):
             return "=VALUE"
         if not spec.missing_dims():
             return ""
-        return ",".join("1" if i == 0 else str(d) if isinstance(d, int) else str(d or "?").upper()
+        return ",".join("1" if i == spec.batch_axis else str(d) if isinstance(d, int) else str(d or "?").upper()
                         for i, d in enumerate(spec.shape))
 
     def texts(self) -> dict[str, str]:
@@ -262,7 +262,7 @@ class SizeDialog(QDialog):
             for axis, d in enumerate(spec.shape):
                 if isinstance(d, int):
                     dims.append(d)
-                elif axis == 0:
+                elif axis == spec.batch_axis:
                     dims.append(1)
                 else:
                     dims.append(self.dims[d or (spec.name, axis)].value())
