@@ -122,11 +122,24 @@ class CTCHead(nn.Module):
         return torch.softmax(self.fc(h), -1)
 
 
-@pytest.mark.parametrize("build,shape,label,output", [
-    (RNetLike, (2, 3, 12, 12), "agreement", 1), (CTCHead, (2, 1, 4, 16), "position agreement", 0)])
-def test_measure_on_real_onnx_models(tmp_path, build, shape, label, output):
+class TinyLM(nn.Module):
+    """A BERT-style masked-LM head: token ids -> token logits [N, T, vocab] (no softmax)."""
+
+    def __init__(self, vocab=40, d=16):
+        super().__init__()
+        self.emb, self.ff, self.head = nn.Embedding(vocab, d), nn.Linear(d, d), nn.Linear(d, vocab)
+
+    def forward(self, input_ids):
+        return self.head(torch.relu(self.ff(self.emb(input_ids))))
+
+
+@pytest.mark.parametrize("build,example,label,output", [
+    (RNetLike, lambda: torch.randn(2, 3, 12, 12), "agreement", 1),
+    (CTCHead, lambda: torch.randn(2, 1, 4, 16), "position agreement", 0),
+    (TinyLM, lambda: torch.randint(0, 40, (2, 6)), "position agreement", 0)])
+def test_measure_on_real_onnx_models(tmp_path, build, example, label, output):
     torch.manual_seed(0)
-    path = export_onnx(build(), (torch.randn(*shape),), ["x"], {}, tmp_path / "m.onnx", dynamo=False)
+    path = export_onnx(build(), (example(),), ["x"], {}, tmp_path / "m.onnx", dynamo=False)
     model = io.load(str(path))
     data = random_inputs(model.input_shape, count=128, signature=model.io)
     ref = run_session_all(session(model.obj), data.shaped(data.x_test, model.input_shape))
