@@ -320,7 +320,7 @@ def verify(model: Model, file: Path, fmt: str, x) -> ExportResult:
     if agreement is not None:
         what += f", top-1 agreement {agreement:.1%}" + (" per position" if choice.per_position else "")
         if len(got_all) > 1:
-            what += f" (output {choice.index}, the class scores; the others by cosine)"
+            what += f" (output {choice.index}, the class scores" + ("; the others by cosine)" if lossy else ")")
     elif lossy and worst_cos is not None:
         what += f", cosine {worst_cos:.4f} (worst output)"
     verdict = "verified" if ok else "NOT verified"

@@ -165,3 +165,5 @@ def test_the_stage_table_says_which_output_is_judged(tmp_path):
         assert m["quality_label"] == "agreement" and m["class_output"] == names[1]
         assert len(m["fidelity"]) == 2
     assert f"output '{names[1]}' of 2 (its rows are probability distributions)" in r.stdout
+    (export,) = report["exports"]  # ONNX is lossless: every output by max abs diff, the face decision's agreement told
+    assert export["verified"] and "top-1 agreement 100.0% (output 1, the class scores) on" in export["message"]
