@@ -143,7 +143,7 @@ class Measurement:
         text = QUALITY_LABELS[self.quality_label]
         if self.class_output and len(self.fidelity) > 1:
             text += f"; output '{self.class_output}' of {len(self.fidelity)} ({self.class_evidence})"
-        elif self.quality_label == "cosine" and self.class_evidence:
+        elif self.class_evidence and (self.quality_label == "cosine" or "labels" in self.class_evidence):
             text += f"; {self.class_evidence}"
         return text
 
@@ -356,6 +356,9 @@ def quality_from_outputs(m: Measurement, out, labels, reference, names=None, voc
     scores = outs[choice.index] if choice else None
     if labels is not None and choice is not None and not choice.per_position:
         classify(m, scores, labels)
+    elif labels is not None and len(labels):  # say so: the measure's words would say "no labels"
+        m.class_evidence = "; ".join(filter(None, [m.class_evidence, "the labels (one class per sample) fit no "
+                                                   "[batch, classes] output, so they are not used"]))
     if refs is None:
         return
     if choice is not None and choice.index < len(refs) and refs[choice.index].shape == scores.shape:

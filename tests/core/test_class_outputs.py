@@ -85,6 +85,10 @@ def test_sequence_class_scores_per_position():
     # token logits (not softmax) are class scores when their width is an input's vocabulary
     logits = RNG.standard_normal((16, 8, 50)).astype(np.float32)
     assert judged([logits], [logits], vocab={"input_ids": 50}).quality_label == "position agreement"
+    labelled = judged([got], [ref], labels=np.zeros(16, np.int64))  # one label per sample: not per position
+    assert labelled.quality_label == "position agreement" and labelled.accuracy is None
+    assert labelled.quality_means.endswith("the labels (one class per sample) fit no [batch, classes] output, "
+                                           "so they are not used")
     hidden = judged([logits], [logits])  # the same shape from an encoder's hidden states: no evidence
     assert hidden.quality_label == "cosine" and "could be class scores per position" in hidden.quality_means
 
