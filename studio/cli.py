@@ -130,7 +130,7 @@ def ready_model(args):
 # ---------------------------------------------------------------------------------- commands
 
 def cmd_inspect(args) -> int:
-    from studio.core.inspect import summary
+    from studio.core.inspect import free_dims, summary
 
     model = resolve_model(args)
     info = summary(model)
@@ -140,10 +140,15 @@ def cmd_inspect(args) -> int:
     print(f"{info['name']}  ({info['format']}, {info['framework']})")
     print(f"input shape {info.get('input_shape')}  parameters {info['parameters']:,}  "
           f"nonzeros {info.get('nonzeros', 0):,}  MACs {info.get('macs', 0):,}")
+    if info["macs_note"]:
+        print(f"note: {info['macs_note']}")
     for line in model.io.describe():
         print(line)
-    for problem in model.io.problems():
-        print(f"note: {problem}")
+    covered = set(free_dims(model)) if info["macs_note"] else set()  # the note above says how to size them
+    for spec in model.io.inputs:
+        problem = spec.needs_user()
+        if problem and spec.name not in covered:
+            print(f"note: {problem}")
     print(f"{'layer':40} {'op':18} {'params':>10} {'sparsity':>8}  output shape")
     for node in info["nodes"]:
         if node.get("parameters") or args.all:

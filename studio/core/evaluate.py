@@ -9,6 +9,7 @@ that file and of its zip, latency as the median of interleaved rounds with a fix
 from __future__ import annotations
 
 import io
+import re
 import statistics
 import time
 import zipfile
@@ -49,8 +50,14 @@ SNR_CAP_DB = 200.0  # identical outputs: no noise; float32 resolves ~150 dB, so 
 QUALITY_LABELS = {
     "accuracy": "top-1 accuracy on the labelled held-out split",
     "agreement": "top-1 agreement of the class scores with the original model (no labels)",
+    "position agreement": "top-1 agreement of the class scores at every position (argmax over the last axis, "
+                          "compared position by position, as for CTC or token logits) with the original model (no labels)",
     "cosine": "cosine similarity to the original's outputs (worst output; per-output SNR and max error kept)",
 }
+
+PERCENT_LABELS = ("accuracy", "agreement", "position agreement")
+# output names that say "class scores" (ONNX output names, dict keys)
+CLASS_NAMES = re.compile(r"logit|prob|score|class|cls|label", re.IGNORECASE)
 
 
 @dataclass
@@ -75,7 +82,10 @@ class Measurement:
     confusion: list[list[int]] | None = None
     # per output, against the original model: {"cosine", "snr_db", "max_abs"}
     fidelity: dict[str, dict[str, float]] = field(default_factory=dict)
-    classifier: bool = True  # the first output is class scores [batch, classes]
+    classifier: bool = True  # an output is class scores ([batch, classes] or [batch, positions, classes])
+    class_output: str = ""  # the output judged by top-1 (class_scores), "" when none is class scores
+    per_position: bool = False  # that output is [batch, positions, classes]: top-1 per position
+    class_evidence: str = ""  # why that output counts as class scores, or why none does
     # a user's evaluator (core/plugins.py): when set, it is the quality
     metric: float | None = None
     metric_name: str = ""
@@ -114,7 +124,7 @@ class Measurement:
         if self.accuracy is not None:
             return "accuracy"
         if self.agreement is not None or self.classifier:
-            return "agreement"
+            return "position agreement" if self.per_position else "agreement"
         return "cosine"
 
     @property
@@ -124,12 +134,20 @@ class Measurement:
         q = self.quality
         if q is None:
             return "-"
-        return f"{q:.2%}" if self.quality_label in ("accuracy", "agreement") else f"{q:.4f}"
+        return f"{q:.2%}" if self.quality_label in PERCENT_LABELS else f"{q:.4f}"
 
     @property
     def quality_means(self) -> str:
-        """What the quality number is, in words (under tables and in report.json)."""
-        return self.metric_means if self.metric is not None else QUALITY_LABELS[self.quality_label]
+        """What the quality number is, in words (under tables and in report.json): for a model
+        with several outputs, also which output is judged by top-1 and why, or why none is."""
+        if self.metric is not None:
+            return self.metric_means
+        text = QUALITY_LABELS[self.quality_label]
+        if self.class_output and len(self.fidelity) > 1:
+            text += f"; output '{self.class_output}' of {len(self.fidelity)} ({self.class_evidence})"
+        elif self.class_evidence and (self.quality_label == "cosine" or "labels" in self.class_evidence):
+            text += f"; {self.class_evidence}"
+        return text
 
     @property
     def latency_b1(self) -> float | None:
@@ -232,11 +250,11 @@ def measure_steps(model: Model, data: Data, reference=None, proto=None, cancel=N
             outs = stop.value
             break
         yield 0.3 + 0.7 * done, f"quality on {len(x):,} held-out samples"  # the bar shows how far
-    for labels in (data.y_train, data.y_test):  # only here is the number of classes known
-        check_labels_fit(labels, int(np.prod(outs[0].shape[1:])))
     m.samples = len(x)
     names = [o.name for o in sess.get_outputs()]
-    quality_from_outputs(m, outs, data.y_test, reference, names)
+    quality_from_outputs(m, outs, data.y_test, reference, names, vocab=embedding_vocab(model))
+    if m.classifier and not m.per_position:  # only here is the number of classes known
+        check_labels_fit(data.y_train, int(outs[names.index(m.class_output)].shape[1]))
     if evaluator is not None:
         m.metric = evaluator(outs, data.y_test, reference)
         m.metric_name, m.metric_means = evaluator.name, evaluator.description
@@ -244,30 +262,124 @@ def measure_steps(model: Model, data: Data, reference=None, proto=None, cancel=N
 
 
 def is_class_scores(out: np.ndarray) -> bool:
-    """A [batch, classes] output: the only kind top-1 agreement and accuracy mean something for."""
+    """A [batch, classes] array: the only shape top-1 agreement and accuracy per sample mean
+    something for (whether an output of that shape is class scores: class_scores)."""
     return out.ndim == 2 and out.shape[1] > 1
 
 
-def quality_from_outputs(m: Measurement, out, labels, reference, names=None) -> None:
+def _is_sequence_scores(out: np.ndarray) -> bool:
+    """A [batch, positions, classes] array: class scores per position (CTC, token logits) by shape."""
+    return out.ndim == 3 and out.shape[2] > 1
+
+
+def _rows_are_distributions(a: np.ndarray) -> bool:
+    """Every row along the last axis is a probability distribution (softmax output): >= 0, sums to
+    1 (within 0.05: an INT8 stage's dequantized softmax rows are sums of rounded steps)."""
+    if a.size == 0 or a.dtype.kind != "f" or not np.isfinite(a).all():
+        return False
+    return bool((a >= -1e-6).all() and np.allclose(a.sum(-1, dtype=np.float64), 1.0, rtol=0, atol=0.05))
+
+
+@dataclass(frozen=True)
+class ClassScores:
+    """The output that is class scores: its index, whether per position, and the evidence."""
+    index: int
+    per_position: bool
+    evidence: str
+
+
+def class_scores(outs: list, refs: list | None = None, labels=None, names=None,
+                 vocab: dict[str, int] | None = None) -> tuple[ClassScores | None, str]:
+    """Which output, if any, holds class scores, from evidence, never from shape alone when a
+    model has several outputs ([N, 4] box offsets look like 4-class logits): the model's only
+    output being [batch, C]; with labels, the one [batch, C] output whose width fits them (the
+    width equal to the label count first); rows that are probability distributions (softmax) in
+    the original's outputs; for [batch, positions, C], a width equal to the vocabulary of an
+    integer input's embedding (token logits); an output name saying logits/prob/scores/class.
+    Each kind of evidence narrows the candidates; one left wins. Returns (choice or None, why
+    none when none: the text under the table)."""
+    names = list(names or [f"output_{i}" for i in range(len(outs))])
+    basis = [r if refs is not None and i < len(refs) and np.shape(r) == np.shape(o) else o
+             for i, (o, r) in enumerate(zip(outs, refs if refs is not None else outs))]
+    pool = [i for i, o in enumerate(basis) if o.dtype.kind == "f" and (is_class_scores(o) or _is_sequence_scores(o))]
+    if not pool:
+        return None, ""
+    per_sample = [i for i in pool if basis[i].ndim == 2]
+
+    def chosen(i, why):
+        return ClassScores(i, basis[i].ndim == 3, why), ""
+
+    if labels is not None and len(labels) and per_sample:
+        top = int(labels.max())
+        fits = [i for i in per_sample if basis[i].shape[1] > top]
+        if not fits:  # a label no output can predict: accuracy would lie
+            check_labels_fit(labels, max(basis[i].shape[1] for i in per_sample))
+        exact = [i for i in fits if basis[i].shape[1] == top + 1]
+        if len(fits) == 1:
+            return chosen(fits[0], f"the only output whose width fits the labels 0..{top}")
+        if len(exact) == 1:
+            return chosen(exact[0], f"its width is the label count, {top + 1}")
+        pool = exact or fits
+    if len(outs) == 1 and pool == per_sample:
+        return chosen(pool[0], "the model's only output")
+    vocab = vocab or {}
+    tests = [
+        (lambda i: _rows_are_distributions(basis[i]), "its rows are probability distributions"),
+        (lambda i: basis[i].ndim == 3 and basis[i].shape[2] in vocab.values(),
+         "its width is the vocabulary of input " + ", ".join(f"'{k}'" for k in vocab)),
+        (lambda i: bool(CLASS_NAMES.search(names[i])), "its name says so"),
+    ]
+    for test, why in tests:
+        hits = [i for i in pool if test(i)]
+        if len(hits) == 1:
+            return chosen(hits[0], why)
+        if hits:
+            pool = hits
+    if len(pool) == 1 and len(outs) == 1:
+        return None, (f"the output {tuple(basis[pool[0]].shape[1:])} could be class scores per position, "
+                      "but nothing shows it (no softmax rows, vocabulary or name)")
+    shown = ", ".join(f"'{names[i]}' {list(basis[i].shape[1:])}" for i in pool)
+    return None, f"{len(pool)} outputs could be class scores ({shown}), nothing shows which"
+
+
+def quality_from_outputs(m: Measurement, out, labels, reference, names=None, vocab=None) -> None:
     """Fill m's quality from the model's outputs (one array or the list of every output):
-    accuracy (+ macro precision/recall/F1, confusion matrix) with labels, top-1 agreement where
-    the first output is class scores, and per-output fidelity against the reference."""
+    accuracy (+ macro precision/recall/F1, confusion matrix) with labels and top-1 agreement
+    where an output is class scores (class_scores: per sample, or per position for
+    [batch, positions, classes]), and per-output fidelity against the reference."""
     outs = out if isinstance(out, list) else [out]
     refs = None if reference is None else (reference if isinstance(reference, list) else [reference])
-    first = outs[0]
-    m.classifier = is_class_scores(first)
-    if labels is not None and m.classifier:
-        classify(m, first, labels)
+    names = names or [f"output_{i}" for i in range(len(outs))]
+    choice, why_not = class_scores(outs, refs, labels, names, vocab)
+    m.classifier = choice is not None
+    m.class_output = names[choice.index] if choice else ""
+    m.per_position = bool(choice and choice.per_position)
+    m.class_evidence = choice.evidence if choice else why_not
+    scores = outs[choice.index] if choice else None
+    if labels is not None and choice is not None and not choice.per_position:
+        classify(m, scores, labels)
+    elif labels is not None and len(labels):  # say so: the measure's words would say "no labels"
+        m.class_evidence = "; ".join(filter(None, [m.class_evidence, "the labels (one class per sample) fit no "
+                                                   "[batch, classes] output, so they are not used"]))
     if refs is None:
         return
-    ref = refs[0]
-    if m.classifier and ref.shape == first.shape:
-        m.agreement = float((first.argmax(1) == ref.argmax(1)).mean())
+    if choice is not None and choice.index < len(refs) and refs[choice.index].shape == scores.shape:
+        m.agreement = float((scores.argmax(-1) == refs[choice.index].argmax(-1)).mean())
+    first, ref = outs[0], refs[0]
     if ref.shape == first.shape:
         m.rel_error = float(np.linalg.norm(first - ref) / max(np.linalg.norm(ref), 1e-12))
-    names = names or [f"output_{i}" for i in range(len(outs))]
     for name, got, want in zip(names, outs, refs):
         m.fidelity[name] = fidelity(got, want)
+
+
+def embedding_vocab(model: Model) -> dict[str, int]:
+    """{integer input: its embedding's vocabulary} as the model's signature found it (token ids)."""
+    try:
+        inputs = model.io.inputs
+    except Exception:  # noqa: BLE001 - a model without a readable signature has no token ids here
+        return {}
+    return {s.name: int(s.value_range[1]) for s in inputs
+            if s.value_range is not None and np.dtype(s.dtype).kind in "iu"}
 
 
 def classify(m: Measurement, scores: np.ndarray, labels: np.ndarray) -> None:

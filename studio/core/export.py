@@ -279,9 +279,9 @@ def _load_outputs(tmp: Path, fmt: str, x, model: Model) -> list[np.ndarray]:
 
 def verify(model: Model, file: Path, fmt: str, x) -> ExportResult:
     """Load the written file back, run it on `x`, and compare every output with `model`'s own:
-    lossless formats must match closely; lossy ones (FP16, INT8) by top-1 agreement where the
-    first output is class scores, by cosine similarity elsewhere."""
-    from .evaluate import fidelity, is_class_scores
+    lossless formats must match closely; lossy ones (FP16, INT8) by top-1 agreement on the output
+    that is class scores (evaluate.class_scores), by cosine similarity elsewhere."""
+    from .evaluate import class_scores, embedding_vocab, fidelity
 
     size = file.stat().st_size
     try:
@@ -297,15 +297,18 @@ def verify(model: Model, file: Path, fmt: str, x) -> ExportResult:
             return ExportResult(str(file), fmt, False, None, None, size,
                                 f"output {i}: shape {got.shape} != {want.shape}")
     diff = max((float(np.max(np.abs(g - w))) if g.size else 0.0) for g, w in zip(got_all, want_all))
-    got, want = got_all[0], want_all[0]
-    agreement = float((got.argmax(1) == want.argmax(1)).mean()) if is_class_scores(want) else None
+    choice, _ = class_scores(want_all, want_all, vocab=embedding_vocab(model))
+    agreement = None
+    if choice is not None:
+        got, want = got_all[choice.index], want_all[choice.index]
+        agreement = float((got.argmax(-1) == want.argmax(-1)).mean())
     cosines = [fidelity(g, w)["cosine"] for g, w in zip(got_all, want_all)]
     worst_cos = min(cosines) if cosines else None
     lossy = fmt in LOSSY
     finite = all(bool(np.isfinite(g).all()) for g in got_all)
     if lossy:
         # class scores by agreement, every other output (a classifier's extra heads too) by cosine
-        others = cosines[1:] if agreement is not None else cosines
+        others = [c for i, c in enumerate(cosines) if choice is None or i != choice.index]
         ok = finite and (agreement is None or agreement >= LOSSY_AGREEMENT) and all(
             c is not None and c >= LOSSY_COSINE for c in others)
     else:
@@ -316,7 +319,9 @@ def verify(model: Model, file: Path, fmt: str, x) -> ExportResult:
     if len(got_all) > 1:
         what += f" over {len(got_all)} outputs"
     if agreement is not None:
-        what += f", top-1 agreement {agreement:.1%}"
+        what += f", top-1 agreement {agreement:.1%}" + (" per position" if choice.per_position else "")
+        if len(got_all) > 1:
+            what += f" (output {choice.index}, the class scores" + ("; the others by cosine)" if lossy else ")")
     elif lossy and worst_cos is not None:
         what += f", cosine {worst_cos:.4f} (worst output)"
     verdict = "verified" if ok else "NOT verified"

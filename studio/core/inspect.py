@@ -3,8 +3,35 @@
 from __future__ import annotations
 
 from .graph import build_graph
-from .model import Model
+from .model import ONNX, Model
 from .stats import parameter_count
+
+
+def free_dims(model: Model) -> dict[str, list[int]]:
+    """{input: positions of its dynamic dims beyond the batch that nothing sized} (--input sizes them)."""
+    return {s.name: s.missing_dims() for s in model.io.inputs if s.missing_dims()}
+
+
+def size_note(model: Model) -> str:
+    """One line when MACs and shapes were counted with dynamic dims taken as 1 (an ONNX graph's
+    free dims, unsized): which dims, the shape that means, and the --input that gives the size."""
+    free = free_dims(model)
+    if not free or model.framework != ONNX:
+        return ""
+    from .signature import _placeholder
+
+    parts, hints = [], []
+    for spec in model.io.inputs:
+        if spec.name not in free:
+            continue
+        at = [d if isinstance(d, int) else 1 for d in spec.shape]
+        dims = ", ".join(str(i) for i in free[spec.name])
+        parts.append(f"'{spec.name}' as {at} (dynamic dim{'s' if len(free[spec.name]) > 1 else ''} {dims} taken as 1)")
+        hint = ",".join(str(d) if isinstance(d, int) else "1" if i == 0 else _placeholder(d, i)
+                        for i, d in enumerate(spec.shape))
+        hints.append(f"--input {spec.name}:{hint}")
+    return (f"MACs and output shapes are counted with {', '.join(parts)}: give the size you run at "
+            f"with {' '.join(hints)} (numbers)")
 
 
 def summary(model: Model) -> dict:
@@ -20,6 +47,7 @@ def summary(model: Model) -> dict:
         "parameters": params,
         "nonzeros": nonzeros,
         "macs": graph.total_macs,
+        "macs_note": size_note(model),  # "" when every input dim is known
         "note": graph.note,
         "nodes": [
             {"name": n.name, "op": n.op, "parameters": n.parameters, "output_shape": list(n.output_shape) if n.output_shape else None,

@@ -89,7 +89,7 @@ def tries_rows(run) -> str:
         rows = ["<tr><th>try</th><th>change</th><th>setting</th><th>measured</th><th>ms, batch 1</th><th>kept</th></tr>"]
         for t in s.tries:
             score = (f"failed: {t.get('error', '')}" if t["score"] is None else f"{t['score']:.2%}"
-                     if t["measure"] == "top-1 agreement" else f"{t['score']:.4f}")
+                     if t["measure"].startswith("top-1 agreement") else f"{t['score']:.4f}")
             latency = _fmt(t.get("latency_ms"), "ms")
             rows.append(f"<tr><td>{t['try']}</td><td>{html.escape(t['change'])}</td><td>{html.escape(t['config'])}</td>"
                         f"<td>{html.escape(t['measure'])} {score}</td><td>{latency}</td><td>{'yes' if t['kept'] else ''}</td></tr>")

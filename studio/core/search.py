@@ -713,7 +713,10 @@ def _left(deadline: float) -> str:
 
 def _short(c: dict) -> str:
     lat = f", {c['latency_ms']:.3f} ms" if c.get("latency_ms") else ""
-    return (f"{c['quality_label']} {c['quality']:.2%} ({0.0 - c['quality_drop_points']:+.2f} points), "
+    from .evaluate import PERCENT_LABELS
+
+    q = f"{c['quality']:.2%}" if c["quality_label"] in PERCENT_LABELS else f"{c['quality']:.4f}"
+    return (f"{c['quality_label']} {q} ({0.0 - c['quality_drop_points']:+.2f} points), "
             f"{c['shipped_bytes']:,} bytes ({c['x_smaller']}x smaller){lat}, {c['macs']:,} MACs")
 
 

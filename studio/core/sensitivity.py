@@ -3,8 +3,8 @@ several ratios) or when only one layer is kept in float while the rest is INT8.
 
 Results are plain data (SensitivityResult) the window draws as a heatmap and as graph colours;
 `sensitive_layers` turns them into the ignore list of a recipe. Quality is measured on the
-held-out split with `convert.predict`: accuracy with labels, else top-1 agreement with the
-unchanged model."""
+held-out split on the output the stage table judges: accuracy with labels, else top-1 agreement
+with the unchanged model, or output fidelity (cosine) where no output is class scores."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .convert import predict
 from .data import Data
 from .data_checks import check_labels_fit
 from .errors import StudioError
@@ -58,25 +57,44 @@ class SensitivityResult:
         return self.baseline - self.quality
 
 
+def _output_names(model: Model) -> list[str] | None:
+    names = [o.name for o in model.io.outputs] if model.signature is not None else []
+    return names or None
+
+
 def _scorer(model: Model, data: Data):
-    """quality(model) on the held-out split, and the metric's name."""
+    """quality(model) on the held-out split, and the metric's name: measured on the output
+    that is class scores as the stage table judges it (evaluate.class_scores): accuracy with
+    labels, else top-1 agreement with the unchanged model (per position for [N, T, classes]);
+    where no output is class scores, the worst output's cosine similarity."""
+    from .convert import predict_all
+    from .evaluate import class_scores, embedding_vocab, fidelity
+
     x = data.shaped(data.x_test, model.input_shape)
-    if data.labelled:
+    ref = predict_all(model, x)
+    labels = data.y_test if data.labelled else None
+    choice, _ = class_scores(ref, ref, labels, _output_names(model), embedding_vocab(model))
+    if choice is None:
+        def cosine(m: Model) -> float:
+            return min(fidelity(g, w)["cosine"] for g, w in zip(predict_all(m, x), ref))
+
+        return cosine, "cosine", x
+    i = choice.index
+    if labels is not None and not choice.per_position:
         y = data.y_test
-        outputs = int(np.prod(predict(model, x[:1]).shape[1:]))
-        for labels in (data.y_train, y):
-            check_labels_fit(labels, outputs)  # a label the model cannot output: accuracy would lie
+        for given in (data.y_train, y):
+            check_labels_fit(given, ref[i].shape[1])  # a label the model cannot output: accuracy would lie
 
         def score(m: Model) -> float:
-            return float((predict(m, x).argmax(1) == y).mean())
+            return float((predict_all(m, x)[i].argmax(1) == y).mean())
 
         return score, "accuracy", x
-    reference = predict(model, x).argmax(1)
+    reference = ref[i].argmax(-1)
 
-    def score(m: Model) -> float:
-        return float((predict(m, x).argmax(1) == reference).mean())
+    def agree(m: Model) -> float:
+        return float((predict_all(m, x)[i].argmax(-1) == reference).mean())
 
-    return score, "agreement", x
+    return agree, "position agreement" if choice.per_position else "agreement", x
 
 
 def prune_sensitivity(model: Model, data: Data, layers: Sequence[str] | None = None,

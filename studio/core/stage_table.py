@@ -58,7 +58,8 @@ def runtime_columns(run) -> list[Column]:
 
 
 def columns(run) -> list[Column]:
-    cols = [Column("stage", "stage", "stage", 28), Column("quality", quality_label(run), quality_label(run), 9),
+    label = quality_label(run)
+    cols = [Column("stage", "stage", "stage", 28), Column("quality", label, label, max(9, len(label))),
             Column("parameters", "parameters", "params", 9), Column("nonzeros", "nonzeros", "nonzero", 9),
             Column("size", "file", "file", 10), Column("zipped", "zipped", "zipped", 10),
             Column("x_zip", "x smaller (zip)", "x zip", 6), Column("macs", "MACs", "MACs", 10)]

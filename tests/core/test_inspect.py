@@ -104,3 +104,43 @@ def test_cli_json_and_one_line_refusals(tmp_path, demo_mlp):
         assert result.returncode != 0
         assert result.stdout == ""
         assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+class ImageAndTokens(nn.Module):
+    """An image of free height and width, and a feature sequence of free length."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(8, 16)
+
+    def forward(self, x, z):
+        return self.conv(x), self.fc(z)
+
+
+def test_inspect_says_which_dynamic_dims_it_counted_as_one(tmp_path):
+    """PP-OCR det showed 4M MACs (560M at 320x320) with no word that its height and width were
+    taken as 1. Now one line names the dims and the --input that sizes them, and --input sizes
+    every input's MACs, not only the first one's."""
+    from tests.core.multi_io_models import export_onnx
+
+    path = export_onnx(ImageAndTokens(), (torch.randn(2, 3, 8, 8), torch.randn(2, 5, 8)), ["x", "z"],
+                       {"x": {2: "h", 3: "w"}, "z": {1: "seq"}}, tmp_path / "m.onnx", dynamo=False)
+
+    def inspect(*flags):
+        r = subprocess.run([sys.executable, "-m", "studio", "inspect", str(path), *flags],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    out = inspect()
+    notes = [line for line in out.splitlines() if line.startswith("note:")]
+    assert notes == ["note: MACs and output shapes are counted with 'x' as [1, 3, 1, 1] (dynamic dims 2, 3 taken as 1), "
+                     "'z' as [1, 1, 8] (dynamic dim 1 taken as 1): give the size you run at with --input x:1,3,H,W "
+                     "--input z:1,SEQ,8 (numbers)"]
+    conv, fc = 4 * 27, 16 * 8  # MACs per output position
+    assert f"MACs {conv + fc:,}" in out
+    model = io.load(str(path))
+    assert summary(model)["macs_note"] == notes[0][len("note: "):]
+    sized = model.with_signature(model.io.with_overrides(["x:1,3,20,10", "z:1,7,8"]))  # what --input does
+    info = summary(sized)
+    assert info["macs"] == conv * 200 + fc * 7 and info["macs_note"] == ""

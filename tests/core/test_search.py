@@ -183,3 +183,13 @@ def test_ray_runs_candidates_in_two_workers(tmp_path, tiny_onnx):
     assert summary["best"]["verified"]
     assert not ray.is_initialized()  # the studio started it and shut it down
     assert np.isfinite([c["latency_ms"] for c in summary["candidates"]]).all()
+
+
+def test_candidate_line_reads_cosine_as_a_similarity():
+    """A search on a model without class scores: 'cosine 0.9950', not 'cosine 99.50%'."""
+    from studio.core.search import _short
+
+    c = {"quality_label": "cosine", "quality": 0.995, "quality_drop_points": 0.5, "shipped_bytes": 1000,
+         "x_smaller": 2.0, "macs": 10}
+    assert _short(c).startswith("cosine 0.9950 (-0.50 points), 1,000 bytes")
+    assert _short(c | {"quality_label": "position agreement"}).startswith("position agreement 99.50%")

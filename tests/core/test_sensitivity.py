@@ -108,3 +108,33 @@ def test_int8_sensitivity_on_a_quantized_stage_says_what_to_do():
                              measure_stages=False))
     with pytest.raises(StudioError, match="already quantized.*float stage"):
         drain(sensitivity.quant_sensitivity(run.stages[1].model, data))
+
+
+def test_sensitivity_judges_the_output_the_table_judges(tmp_path):
+    """MTCNN R-Net-like (box offsets first, face probability last): agreement of the face
+    decision, as in the stage table; an autoencoder's two outputs: cosine, shown as a similarity."""
+    import torch
+
+    from studio.core import io
+    from studio.core.data import random_inputs
+    from studio.core.evaluate import Measurement, quality_from_outputs
+    from tests.core.multi_io_models import export_onnx
+    from tests.core.test_class_outputs import RNetLike
+    from tests.corpus.models import AutoEncoder
+
+    torch.manual_seed(0)
+    for build, example, metric in [(RNetLike, torch.randn(2, 3, 12, 12), "agreement"), (AutoEncoder, torch.randn(2, 32), "cosine")]:
+        path = export_onnx(build(), (example,), ["x"], {}, tmp_path / f"{build.__name__}.onnx", dynamo=False)
+        model = io.load(str(path))
+        data = random_inputs(model.input_shape, count=64, signature=model.io)
+        result = drain(prune_sensitivity(model, data, ratios=(0.9,)))
+        assert result.metric == metric and result.baseline == pytest.approx(1.0)
+        if metric == "agreement":  # the number is the face decision's: what the table shows for that stage
+            from studio.core.convert import predict_all
+
+            pruned = run(create("prune.magnitude", sparsity=0.9, scope="per_layer", targets=[result.layers[0]]),
+                         model, Context()).model
+            x = data.shaped(data.x_test, model.input_shape)
+            m = Measurement()
+            quality_from_outputs(m, predict_all(pruned, x), None, predict_all(model, x))
+            assert m.class_output == "output_1" and result.quality[0, 0] == pytest.approx(m.agreement)

@@ -54,11 +54,20 @@ class Graph:
         return [n for n in self.nodes if n.parameters]
 
 
+def input_sizes(model: Model) -> dict[str, tuple[int, ...]]:
+    """{input: its batch-1 shape} for every input whose dims are all known (the file's, or the
+    user's --input); the others' free dims count as 1 (see core.inspect.free_dims)."""
+    sig = model.signature
+    if sig is None:
+        return {}
+    return {s.name: s.concrete(1) for s in sig.inputs if s.value is None and s.shape and not s.needs_user()}
+
+
 def build_graph(model: Model) -> Graph:
     if model.framework == ONNX:
         from .from_onnx import graph_from_onnx
 
-        return graph_from_onnx(model.obj, model.input_shape)
+        return graph_from_onnx(model.obj, model.input_shape, input_sizes(model))
     from .from_torch import graph_from_torch
 
     examples, shape = None, model.input_shape

@@ -11,12 +11,14 @@ FOLDED = {"QuantizeLinear", "DequantizeLinear", "Identity"}
 WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul", "MatMulNBits", "Gather"}
 
 
-def _shapes(proto, input_shape=None) -> dict[str, tuple]:
+def _shapes(proto, input_shape=None, sizes=None) -> dict[str, tuple]:
     """Output shapes from ONNX shape inference, run on a light copy of the model: big float
     weights dropped (inference needs their dims, not their values; copying them made inference
     on ResNet-50 take seconds), and the graph inputs' free dims pinned to batch 1 / the model's
-    input shape, so inference with data propagation can compute the dims that Shape -> Reshape
-    chains produce (attention heads, sequence length) instead of leaving them symbolic."""
+    input shape (the first input) / `sizes` ({input: shape}, every input the user sized), so
+    inference with data propagation can compute the dims that Shape -> Reshape chains produce
+    (attention heads, sequence length) instead of leaving them symbolic. A free dim nothing
+    sizes stays symbolic and counts as 1."""
     import onnx
 
     light = _light_copy(proto)
@@ -27,13 +29,14 @@ def _shapes(proto, input_shape=None) -> dict[str, tuple]:
         tt = inp.type.tensor_type
         if not tt.HasField("shape"):
             continue
+        given = (sizes or {}).get(inp.name) or (input_shape if k == 0 else None)
         for j, dim in enumerate(tt.shape.dim):
             if dim.HasField("dim_value") and dim.dim_value > 0:
                 continue
             if j == 0:
                 dim.dim_value = 1
-            elif k == 0 and input_shape is not None and j < len(input_shape):
-                dim.dim_value = int(input_shape[j])
+            elif given is not None and j < len(given):
+                dim.dim_value = int(given[j])
     try:
         inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
     except Exception:  # noqa: BLE001 - shapes are a nicety; very large or odd models may not infer
@@ -188,15 +191,16 @@ def _macs(op: str, node, out_shape, in_shapes, weight_shape) -> int:
     return 0
 
 
-def graph_from_onnx(proto, input_shape=None) -> Graph:
+def graph_from_onnx(proto, input_shape=None, sizes=None) -> Graph:
     """The layers of the main graph and of If/Loop/Scan subgraphs (flattened: a subgraph's nodes
-    come before the node holding them, which takes their results as inputs)."""
+    come before the node holding them, which takes their results as inputs). Shapes and MACs at
+    batch 1, with the inputs' free dims as `input_shape`/`sizes` give them (see _shapes)."""
     from ..onnx_weights import nodes as all_nodes
     from ..onnx_weights import subgraphs, tensors
 
     inits = tensors(proto)
     every = [node for node, _ in all_nodes(proto.graph)]
-    shapes = _shapes(proto, input_shape)
+    shapes = _shapes(proto, input_shape, sizes)
     producer: dict[str, str] = {}  # tensor name -> node name that makes it
     alias: dict[str, str] = {}  # output of a folded node -> its source tensor
     weight_source: dict[str, str] = {}  # dequantized tensor -> initializer holding the int8 data

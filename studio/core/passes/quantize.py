@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import Field
 
 from ..convert import fixed_batch, onnx_copy, run_session_all, session, to_onnx_proto
-from ..evaluate import Measurement, is_class_scores, measure_latency, quality_from_outputs
+from ..evaluate import Measurement, class_scores, measure_latency, quality_from_outputs
 from ..model import ONNX
 from . import targets as tg
 from ..errors import Cancelled, StudioError
@@ -403,8 +403,15 @@ class _Trial:
         self.x_pool, self.x_val, self.reference, self.pinned, self.context = x_pool, x_val, reference, pinned, context
         self.histogram = 1 << 30  # samples whose every activation fits in memory (set by the pass)
         self.batch = pinned or 32  # samples a calibration call takes (set by the pass)
-        self.classifier = is_class_scores(reference[0])
-        self.measure_name = "top-1 agreement" if self.classifier else "cosine similarity"
+        from ..signature import embedding_sizes
+
+        # the output judged by top-1 is the one the stage table judges (evaluate.class_scores)
+        self.names = [o.name for o in proto.graph.output]
+        self.vocab = embedding_sizes(proto)
+        choice, _ = class_scores(reference, reference, None, self.names, self.vocab)
+        self.classifier = choice is not None
+        self.measure_name = ("cosine similarity" if choice is None else
+                             "top-1 agreement per position" if choice.per_position else "top-1 agreement")
 
     def run(self, s: Setting, change: str, report=None) -> dict:
         """report(done, total): called by the calibration reader after each batch (see _reporting)."""
@@ -438,7 +445,7 @@ class _Trial:
             report(None, len(self.x_val))  # calibrated: now the comparison with the float stage
         outs = run_session_all(session(proto), self.x_val, cancel=self.context.cancel_event)
         m = Measurement()
-        quality_from_outputs(m, outs, None, self.reference)
+        quality_from_outputs(m, outs, None, self.reference, self.names, self.vocab)
         score = m.agreement if self.classifier else m.cosine
         score = -1.0 if score is None or not np.isfinite(score) else float(score)
         first = next(iter(m.fidelity.values()), {})
@@ -509,7 +516,7 @@ class _Trial:
 
     def shortfall(self, t: dict, cfg: StaticConfig) -> str:
         if self.classifier:
-            return f"loses {(1.0 - t['score']) * 100:.1f} points of top-1 agreement (allowed {cfg.max_drop:g})"
+            return f"loses {(1.0 - t['score']) * 100:.1f} points of {self.measure_name} (allowed {cfg.max_drop:g})"
         return f"reaches cosine {t['score']:.4f} (needed {cfg.min_cosine:g})"
 
 

@@ -99,6 +99,8 @@ class ResultsTable(QWidget):
                     _item(" → ".join(st.label() for st in s.steps) or "original"),
                     *(_cell(c, col.key) for col in extra),
                 ]
+                if m is not None:
+                    row[2].setToolTip(m.quality_means)  # which measure, and on a model with several outputs which one
                 row[0].setData((run.id, s.index), Qt.UserRole + 2)
                 self.model.appendRow(row)
         self._show_confusion(self._selected())

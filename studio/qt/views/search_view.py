@@ -188,8 +188,10 @@ class SearchView(QWidget):
             return ""
         c = data
         ms = f"{c['latency_ms']:.3f} ms" if c.get("latency_ms") else "-"
-        return (f"candidate {c['trial']}: {c['recipe']['name']}\n{c.get('quality_label', 'quality')} "
-                f"{c['quality']:.2%} ({0.0 - c['quality_drop_points']:+.2f} points)\nshipped "
+        label = c.get("quality_label", "quality")
+        q = f"{c['quality']:.4f}" if label == "cosine" else f"{c['quality']:.2%}"
+        return (f"candidate {c['trial']}: {c['recipe']['name']}\n{label} "
+                f"{q} ({0.0 - c['quality_drop_points']:+.2f} points)\nshipped "
                 f"{fmt_bytes(c['shipped_bytes'])} ({c['x_smaller']}x smaller)\nlatency {ms} · MACs {c['macs']:,}\n"
                 "click: put its recipe in the recipe panel")
 

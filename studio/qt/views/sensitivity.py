@@ -84,6 +84,13 @@ def parse_ratios(text: str) -> list[float]:
     return sorted(set(ratios))
 
 
+
+def _q(r, value: float) -> str:
+    """A quality as its measure reads: a percentage for accuracy/agreement, a similarity for cosine."""
+    from studio.core.evaluate import PERCENT_LABELS
+
+    return f"{value:.2%}" if r.metric in PERCENT_LABELS else f"{value:.4f}"
+
 class HeatmapImage(pg.ImageItem):
     """The cells: hovering shows a cell's numbers as the plot's tool tip (as ScatterPlotItem
     does), a left click selects the row's layer."""
@@ -258,7 +265,7 @@ class SensitivityView(QWidget):
                 self.texts.append(t)
         self.plot.getPlotItem().getViewBox().setRange(xRange=(0, drops.shape[1]), yRange=(0, drops.shape[0]),
                                                       padding=0)
-        base = f"{r.metric} {r.baseline:.2%}" + (" (all INT8)" if r.kind == "quant" else "")
+        base = f"{r.metric} {_q(r, r.baseline)}" + (" (all INT8)" if r.kind == "quant" else "")
         what = r.meta.get("variant", "")
         data = r.meta.get("data", "")
         self.summary.setText(
@@ -287,7 +294,7 @@ class SensitivityView(QWidget):
             setting = "kept in float, the rest INT8"
         else:
             setting = f"pruned {r.ratios[col]:.0%} ({r.method})"
-        return (f"{r.layers[row]}\n{setting}\n{r.metric} {q:.2%} (baseline {r.baseline:.2%})\n"
+        return (f"{r.layers[row]}\n{setting}\n{r.metric} {_q(r, q)} (baseline {_q(r, r.baseline)})\n"
                 f"drop {d:+.2f} points")
 
     def select_row(self, row: int) -> None:

@@ -35,7 +35,8 @@ def stage_points(runs, key: str):
             if x is None:
                 continue
             steps = " → ".join(s.label() for s in stage.steps) or "original"
-            tip = (f"{titles[run.id]} · stage {stage.label}\n{steps}\n{m.quality_label} {m.quality_text}\n"
+            judged = f" of output '{m.class_output}'" if m.class_output and len(m.fidelity) > 1 else ""
+            tip = (f"{titles[run.id]} · stage {stage.label}\n{steps}\n{m.quality_label}{judged} {m.quality_text}\n"
                    f"file {fmt_bytes(m.size_bytes)} · zipped {fmt_bytes(m.zip_bytes)}\nparameters {m.parameters:,} · "
                    f"nonzeros {m.nonzeros:,}\nMACs {m.macs:,}\n"
                    + " · ".join(f"batch {b}: {ms:.3f} ms" for b, ms in sorted(m.latency_ms.items()))
