@@ -356,14 +356,14 @@ def quality_from_outputs(m: Measurement, out, labels, reference, names=None, voc
     m.per_position = bool(choice and choice.per_position)
     m.class_evidence = choice.evidence if choice else why_not
     scores = outs[choice.index] if choice else None
-    if labels is not None and choice is not None and not choice.per_position:
+    if labels is not None and choice is not None and scores is not None and not choice.per_position:
         classify(m, scores, labels)
     elif labels is not None and len(labels):  # say so: the measure's words would say "no labels"
         m.class_evidence = "; ".join(filter(None, [m.class_evidence, "the labels (one class per sample) fit no "
                                                    "[batch, classes] output, so they are not used"]))
     if refs is None:
         return
-    if choice is not None and choice.index < len(refs) and refs[choice.index].shape == scores.shape:
+    if scores is not None and choice is not None and choice.index < len(refs) and refs[choice.index].shape == scores.shape:
         m.agreement = float((scores.argmax(-1) == refs[choice.index].argmax(-1)).mean())
     first, ref = outs[0], refs[0]
     if ref.shape == first.shape:

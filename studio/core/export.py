@@ -303,7 +303,8 @@ def verify(model: Model, file: Path, fmt: str, x) -> ExportResult:
         got, want = got_all[choice.index], want_all[choice.index]
         agreement = float((got.argmax(-1) == want.argmax(-1)).mean())
     cosines = [fidelity(g, w)["cosine"] for g, w in zip(got_all, want_all)]
-    worst_cos = min(cosines) if cosines else None
+    known = [c for c in cosines if c is not None]
+    worst_cos = min(known) if known else None
     lossy = fmt in LOSSY
     finite = all(bool(np.isfinite(g).all()) for g in got_all)
     if lossy:
@@ -318,7 +319,7 @@ def verify(model: Model, file: Path, fmt: str, x) -> ExportResult:
     what = f"max abs diff {diff:.2e}"
     if len(got_all) > 1:
         what += f" over {len(got_all)} outputs"
-    if agreement is not None:
+    if agreement is not None and choice is not None:
         what += f", top-1 agreement {agreement:.1%}" + (" per position" if choice.per_position else "")
         if len(got_all) > 1:
             what += f" (output {choice.index}, the class scores" + ("; the others by cosine)" if lossy else ")")

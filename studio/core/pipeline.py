@@ -291,10 +291,12 @@ def run(
                     files[name] = [(r.file, r.args) if r is not None else None for r in runners]
                 calls.clear()
         for stage, lat, more in zip(stages, latencies, on_others):
-            stage.measurement.latency_ms = lat
-            stage.measurement.latency_rounds = dict(rounds_timed)
-            stage.measurement.runtime_ms = more
-            stage.measurement.threads = threads
+            measured = stage.measurement
+            assert measured is not None  # every stage was measured before its latency
+            measured.latency_ms = lat
+            measured.latency_rounds = dict(rounds_timed)
+            measured.runtime_ms = more
+            measured.threads = threads
         for before, after in zip(stages, stages[1:]):
             for warning in speed_warnings(before.measurement, after.measurement):
                 if warning not in after.warnings:

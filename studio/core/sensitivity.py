@@ -76,7 +76,8 @@ def _scorer(model: Model, data: Data):
     choice, _ = class_scores(ref, ref, labels, _output_names(model), embedding_vocab(model))
     if choice is None:
         def cosine(m: Model) -> float:
-            return min(fidelity(g, w)["cosine"] for g, w in zip(predict_all(m, x), ref))
+            return min(c if c is not None else float("nan")
+                       for c in (fidelity(g, w)["cosine"] for g, w in zip(predict_all(m, x), ref)))
 
         return cosine, "cosine", x
     i = choice.index
@@ -192,9 +193,9 @@ def quant_sensitivity(model: Model, data: Data, layers: Sequence[str] | None = N
 
     score, metric, _ = _scorer(model, data)
     proto = to_onnx_proto(model)
-    quantized = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
-                 "MatMulInteger", "MatMulNBits"}
-    if any(node.op_type in quantized for node in proto.graph.node):
+    quantized_ops = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
+                     "MatMulInteger", "MatMulNBits"}
+    if any(node.op_type in quantized_ops for node in proto.graph.node):
         raise StudioError("this stage is already quantized: run the INT8 sensitivity on a float stage "
                           "(the original, or the stage before the quantize pass)")
     chosen = list(layers) if layers else [name for name, _ in onnx_layers(proto)]

@@ -77,9 +77,10 @@ class TensorSpec:
         problem = self.needs_user()
         if problem:
             raise StudioError(problem)
-        a = self.batch_axis
-        size = self.shape[a] if isinstance(self.shape[a], int) and self.shape[a] > 0 else batch
-        return tuple(size if i == a else int(d) for i, d in enumerate(self.shape))
+        a, shape = self.batch_axis, self.shape or ()
+        fixed = shape[a]
+        size = fixed if isinstance(fixed, int) and fixed > 0 else batch
+        return tuple(size if i == a else int(d) for i, d in enumerate(shape))  # type: ignore[arg-type]
 
     def sample_shape(self) -> tuple[int, ...]:
         """One sample's shape: the fed shape without its batch axis (the studio keeps samples
@@ -378,7 +379,7 @@ def samples_first(outs: list, args: tuple, signature: Signature | None) -> list:
     moved back, like Inputs.samples_first does for onnxruntime's outputs."""
     axes = signature.batch_axes() if signature is not None else {}
     fed = {tuple(a.shape): axes[n] for n, a in zip(signature.names, args) if n in axes and hasattr(a, "shape")} \
-        if axes else {}
+        if axes and signature is not None else {}
     if not fed:
         return outs
     return [o.movedim(fed[tuple(o.shape)], 0) if hasattr(o, "movedim") and tuple(o.shape) in fed else o for o in outs]
