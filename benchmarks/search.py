@@ -44,7 +44,7 @@ def retime(cands: list[dict]) -> list[dict]:
     return drain(measure_latency(protos, zoo.load("cnn").input_shape, LATENCY_BATCHES, 1, rounds=9))
 
 
-def run_search(out: Path, minutes: float, workers: int, objective: str, batch: int) -> dict:
+def run_search(out: Path, minutes: float, workers: int, objective: str, batch: int, record: bool = True) -> dict:
     settings = search.Settings(search.Source.of("demo:cnn", "digits"), out, objectives=tuple(objective.split(",")),
                                max_drop=0.5, seconds=minutes * 60, workers=workers, batch=batch)
     started = datetime.now()  # naive local time, as Optuna stamps its trials
@@ -62,9 +62,20 @@ def run_search(out: Path, minutes: float, workers: int, objective: str, batch: i
             load.append(os.getloadavg()[0])
             last = time.monotonic()
     load.append(os.getloadavg()[0])
-    summary["benchmark"] = {"started_at": started.isoformat(), "load_1min": {
+    if not record:
+        return summary
+    bench = {"started_at": started.isoformat(), "load_1min": {
         "samples": len(load), "min": min(load), "median": statistics.median(load), "max": max(load)}}
-    for c in summary["candidates"]:  # since the benchmark called the search (Ray's start included)
+    (out / "benchmark.json").write_text(json.dumps(bench))  # for --summarize: the search's clock and load
+    return with_clock(summary, bench)
+
+
+def with_clock(summary: dict, bench: dict) -> dict:
+    """Each candidate's landing in seconds since the benchmark called the search (Ray's start
+    included), and the load the search ran under."""
+    started = datetime.fromisoformat(bench["started_at"])
+    summary["benchmark"] = bench
+    for c in summary["candidates"]:
         c["since_start_s"] = round((datetime.fromisoformat(c["landed_at"]) - started).total_seconds(), 1)
     return summary
 
@@ -187,11 +198,12 @@ def main() -> None:
     if args.summarize:  # read back in-process (no new candidate), the executor as the search ran
         path = Path(args.summarize) / "search.json"
         ran = json.loads(path.read_text())
-        summary = run_search(Path(args.summarize), 0, 1, args.objective, args.batch)
+        clock = Path(args.summarize) / "benchmark.json"  # the search's own clock and load, not this read-back's
+        bench = json.loads(clock.read_text()) if clock.is_file() else None
+        summary = run_search(Path(args.summarize), 0, 1, args.objective, args.batch, record=False)
         summary.update(executor=ran["executor"], workers=ran["workers"], seconds=ran["seconds"])
-        summary.pop("benchmark", None)  # this read-back's clock and load are not the search's
-        for c in summary["candidates"]:
-            c.pop("since_start_s", None)
+        if bench is not None:
+            summary = with_clock(summary, bench)
         path.write_text(json.dumps(summary, indent=2, default=str))  # as the search ran, not this read-back
     else:
         summary = run_search(Path(args.out), args.minutes, args.workers, args.objective, args.batch)

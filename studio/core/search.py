@@ -810,15 +810,22 @@ def _summarize(study, settings: Settings, store: Store, measured: int, reused: i
     candidates, failed = [], []
     trials = study.get_trials(deepcopy=False)
     first = min((t.datetime_start for t in trials if t.datetime_start), default=None)
-    for trial in trials:
+    by_key: dict = {}  # a recipe the sampler proposed again is the same candidate: one entry, its trials listed
+    for trial in sorted(trials, key=lambda t: (t.datetime_complete is None, t.datetime_complete or 0, t.number)):
         key = trial.user_attrs.get("key")
-        if trial.state == TrialState.COMPLETE and key and (result := store.load(key)) is not None:
-            candidates.append(_candidate(trial.number, key, result, store, False) | {
+        if trial.state == TrialState.COMPLETE and key and key in by_key:
+            by_key[key]["trials"].append(trial.number)
+            by_key[key]["warm_start"] = by_key[key]["warm_start"] or trial.user_attrs.get("warm_start")
+        elif trial.state == TrialState.COMPLETE and key and (result := store.load(key)) is not None:
+            by_key[key] = _candidate(trial.number, key, result, store, False) | {
+                "trials": [trial.number],
                 "warm_start": trial.user_attrs.get("warm_start"),  # the shipped recipe it is, if any
                 "landed_s": round((trial.datetime_complete - first).total_seconds(), 1),  # since the study began
-                "landed_at": trial.datetime_complete.isoformat()})
+                "landed_at": trial.datetime_complete.isoformat()}
+            candidates.append(by_key[key])
         elif trial.state == TrialState.FAIL and not trial.user_attrs.get("interrupted"):
             failed.append({"trial": trial.number, "params": trial.params, "error": trial.user_attrs.get("error")})
+    candidates.sort(key=lambda c: c["trial"])
     metric = {"size": "shipped_bytes", "latency": "latency_ratio", "macs": "macs"}
     points = [(c["quality_drop_points"], *[c[metric[o]] for o in settings.objectives]) for c in candidates]
     for c, flag in zip(candidates, pareto_flags(points)):

@@ -137,7 +137,8 @@ def test_killed_search_resumes_without_measuring_again_and_best_replays(tmp_path
     interrupted = [t for t in after.trials if t.user_attrs.get("interrupted")]
     assert summary["measured_this_run"] + summary["reused_this_run"] <= 1 + len(interrupted)
     assert summary["measured_this_run"] >= 1
-    assert len(summary["candidates"]) == len(done) + summary["measured_this_run"] + summary["reused_this_run"]
+    trials = [n for c in summary["candidates"] for n in c["trials"]]
+    assert len(trials) == len(set(trials)) == len(done) + summary["measured_this_run"] + summary["reused_this_run"]
 
     assert summary["executor"] == "local" and summary["sampler"] == "TPE"
     for c in summary["candidates"]:
@@ -259,3 +260,19 @@ def test_a_search_for_size_times_only_its_front(tmp_path, tiny_onnx):
         result = json.loads((Path(c["folder"]) / "result.json").read_text())
         assert result["latency_ms"] is None and all(not st.get("latency_ms") for st in result["stages"])
         assert result["seconds_passes"] >= 0 and result["seconds_export"] > 0
+
+
+def test_a_recipe_proposed_again_is_one_candidate_with_its_trials(tmp_path, tiny_onnx):
+    """A space of four recipes (no INT8, or INT8 with one of three calibrations) and six trials:
+    the sampler proposes some recipe again; it is read back, not measured again, and the summary
+    lists it once, with every trial that proposed it."""
+    summary = run_search(settings(tiny_onnx, tmp_path / "out", passes=("quantize.int8_static",), trials=6,
+                                  warm_start=False, seed=7))
+    study = optuna.load_study(study_name=settings(tiny_onnx, tmp_path / "out", passes=("quantize.int8_static",)).study_name,
+                              storage=f"sqlite:///{tmp_path / 'out' / 'search.db'}")
+    done = [t.number for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    keys = [c["key"] for c in summary["candidates"]]
+    assert len(done) == 6 and len(keys) == len(set(keys)) <= 4
+    assert summary["measured_this_run"] == len(keys) and summary["reused_this_run"] == 6 - len(keys)
+    assert sorted(n for c in summary["candidates"] for n in c["trials"]) == done
+    assert all(c["trial"] == min(c["trials"]) for c in summary["candidates"])
