@@ -633,8 +633,13 @@ def search(settings: Settings, cancel_event: threading.Event | None = None) -> G
             yield Event(0.0, note)
 
         def counted() -> int:
-            return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+            return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL,
+                                                                           TrialState.PRUNED))
                        if not t.user_attrs.get("interrupted"))
+
+        measured_by = {}  # key -> the study's trial that holds the candidate's values
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            measured_by.setdefault(t.user_attrs.get("key"), t.number)
 
         def budget_left() -> bool:
             nonlocal stopped
@@ -659,6 +664,15 @@ def search(settings: Settings, cancel_event: threading.Event | None = None) -> G
             else:
                 reused += 1
             trial.set_user_attr("key", key)
+            if was_reused and key in measured_by and "error" not in result:
+                # proposed again: the same candidate, not a new observation. Told as PRUNED, which
+                # TPE counts with the poor trials, so it moves away from what it has measured;
+                # told COMPLETE with the same values, each repeat weighed the point once more (a
+                # 30-minute run proposed one recipe 782 times, a free worker waiting each time)
+                trial.set_user_attr("duplicate_of", measured_by[key])
+                study.tell(trial, state=TrialState.PRUNED)
+                return Event(fraction(), f"candidate {trial.number}: the recipe of candidate {measured_by[key]} "
+                                         "again, not measured again", detail=True)
             if "error" in result:
                 trial.set_user_attr("error", result["error"])
                 study.tell(trial, state=TrialState.FAIL)
@@ -673,6 +687,7 @@ def search(settings: Settings, cancel_event: threading.Event | None = None) -> G
                 return Event(fraction(), f"candidate {trial.number}: {trial.user_attrs['error']}")
             trial.set_constraint("quality_drop", result["quality_drop_points"] - settings.max_drop)  # <= 0: within
             study.tell(trial, values)
+            measured_by.setdefault(key, trial.number)
             candidate = _candidate(trial.number, key, result, store, was_reused) | {"reused": was_reused}
             word = "reused" if was_reused else f"{result['seconds']:.0f} s"
             return Event(fraction(), f"candidate {trial.number} ({word}): {result['recipe']['name']}: "
@@ -813,7 +828,7 @@ def _summarize(study, settings: Settings, store: Store, measured: int, reused: i
     by_key: dict = {}  # a recipe the sampler proposed again is the same candidate: one entry, its trials listed
     for trial in sorted(trials, key=lambda t: (t.datetime_complete is None, t.datetime_complete or 0, t.number)):
         key = trial.user_attrs.get("key")
-        if trial.state == TrialState.COMPLETE and key and key in by_key:
+        if trial.state in (TrialState.COMPLETE, TrialState.PRUNED) and key and key in by_key:
             by_key[key]["trials"].append(trial.number)
             by_key[key]["warm_start"] = by_key[key]["warm_start"] or trial.user_attrs.get("warm_start")
         elif trial.state == TrialState.COMPLETE and key and (result := store.load(key)) is not None:

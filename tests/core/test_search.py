@@ -264,15 +264,19 @@ def test_a_search_for_size_times_only_its_front(tmp_path, tiny_onnx):
 
 def test_a_recipe_proposed_again_is_one_candidate_with_its_trials(tmp_path, tiny_onnx):
     """A space of four recipes (no INT8, or INT8 with one of three calibrations) and six trials:
-    the sampler proposes some recipe again; it is read back, not measured again, and the summary
-    lists it once, with every trial that proposed it."""
+    the sampler proposes some recipe again; it is read back, not measured again, told to Optuna
+    as PRUNED, and the summary lists it once, with every trial that proposed it."""
     summary = run_search(settings(tiny_onnx, tmp_path / "out", passes=("quantize.int8_static",), trials=6,
                                   warm_start=False, seed=7))
     study = optuna.load_study(study_name=settings(tiny_onnx, tmp_path / "out", passes=("quantize.int8_static",)).study_name,
                               storage=f"sqlite:///{tmp_path / 'out' / 'search.db'}")
     done = [t.number for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    again = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
     keys = [c["key"] for c in summary["candidates"]]
-    assert len(done) == 6 and len(keys) == len(set(keys)) <= 4
+    assert len(study.trials) == 6 and len(keys) == len(set(keys)) == len(done) <= 4
     assert summary["measured_this_run"] == len(keys) and summary["reused_this_run"] == 6 - len(keys)
-    assert sorted(n for c in summary["candidates"] for n in c["trials"]) == done
+    assert sorted(n for c in summary["candidates"] for n in c["trials"]) == list(range(6))
     assert all(c["trial"] == min(c["trials"]) for c in summary["candidates"])
+    # a repeat is not a new observation for the sampler: PRUNED (TPE weighs it with the poor
+    # trials), naming the trial that holds the values
+    assert len(again) == 6 - len(keys) and all(t.user_attrs["duplicate_of"] in done for t in again)
