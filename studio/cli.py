@@ -447,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     p.add_argument("--data", default="digits", help="digits, random, a .npz (x, y) or an image folder (default digits)")
     p.add_argument("--objective", default="size",
-                   help="size, latency or macs; several comma-separated (size,latency) for NSGA-II (default size)")
+                   help="size, latency or macs; several comma-separated (size,latency) for multi-objective TPE (default size)")
     p.add_argument("--max-drop", type=float, default=0.5, help="quality points a candidate may lose (default 0.5)")
     p.add_argument("--time", type=float, default=600, help="seconds; no new candidate starts after (default 600)")
     p.add_argument("--trials", type=int, help="at most this many candidates in the search (earlier runs count)")

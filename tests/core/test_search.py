@@ -137,12 +137,14 @@ def test_killed_search_resumes_without_measuring_again_and_best_replays(tmp_path
     interrupted = [t for t in after.trials if t.user_attrs.get("interrupted")]
     assert summary["measured_this_run"] + summary["reused_this_run"] <= 1 + len(interrupted)
     assert summary["measured_this_run"] >= 1
-    assert len(summary["candidates"]) == len(done) + summary["measured_this_run"] + summary["reused_this_run"]
+    trials = [n for c in summary["candidates"] for n in c["trials"]]
+    assert len(trials) == len(set(trials)) == len(done) + summary["measured_this_run"] + summary["reused_this_run"]
 
     assert summary["executor"] == "local" and summary["sampler"] == "TPE"
     for c in summary["candidates"]:
         assert {"recipe", "quality", "quality_drop_points", "shipped_bytes", "latency_ms", "macs", "pareto"} <= set(c)
-        assert c["shipped_bytes"] > 0 and c["macs"] > 0 and c["latency_ms"] > 0
+        assert c["shipped_bytes"] > 0 and c["macs"] > 0
+        assert (c["latency_ms"] > 0) if c["pareto"] else c["latency_ms"] is None  # size search: the front is timed
         folder = Path(c["folder"])
         assert (folder / "model.onnx").is_file() and (folder / "recipe.yaml").is_file()
         Recipe.load(folder / "recipe.yaml")
@@ -174,7 +176,8 @@ def test_ray_runs_candidates_in_two_workers(tmp_path, tiny_onnx):
     """A local Ray with two workers: the candidates run in other processes, the JSON says ray."""
     import ray  # the search extra, installed by make setup: a missing Ray fails here, not skips
 
-    s = settings(tiny_onnx, tmp_path / "out", workers=2, trials=2, passes=("quantize.int8_static",), warm_start=False)
+    s = settings(tiny_onnx, tmp_path / "out", workers=2, trials=2, passes=("quantize.int8_static",), warm_start=False,
+                 objectives=("size", "latency"))  # latency an objective: timed on the workers
     summary = run_search(s)
     assert summary["executor"] == "ray" and summary["workers"] == 2
     assert len(summary["candidates"]) == 2 and summary["measured_this_run"] == 2
@@ -193,3 +196,97 @@ def test_candidate_line_reads_cosine_as_a_similarity():
          "x_smaller": 2.0, "macs": 10}
     assert _short(c).startswith("cosine 0.9950 (-0.50 points), 1,000 bytes")
     assert _short(c | {"quality_label": "position agreement"}).startswith("position agreement 99.50%")
+
+
+def test_epochs_are_a_ladder_capped_by_max_epochs_and_cheap_shipped_recipes_come_first(tmp_path):
+    """Training epochs (what a candidate costs) are drawn from a ladder that holds the shipped
+    recipes' counts, capped by --max-epochs; the warm start queues the shipped recipes cheapest
+    first, so the first candidates land quickly."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    drawn = set()
+    for _ in range(120):
+        trial = study.ask()
+        search.suggest_recipe(trial)
+        drawn.update(v for k, v in trial.params.items() if k.endswith("epochs"))
+    assert drawn <= set(search.LADDER) and 30 in drawn and 0 in drawn
+    assert sum(search.LADDER) / len(search.LADDER) < 10  # was 15 (uniform 0-30)
+    capped = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=2))
+    for _ in range(60):
+        trial = capped.ask()
+        search.suggest_recipe(trial, max_epochs=4)
+        assert all(v <= 4 for k, v in trial.params.items() if k.endswith("fine_tune_epochs"))
+        assert "distill.kd.epochs" not in trial.params  # distillation needs at least 5
+
+    storage = f"sqlite:///{tmp_path / 'warm.db'}"
+    warm = optuna.create_study(storage=storage, study_name="warm", directions=["minimize", "minimize"])
+    fake = search.Settings(search.Source("demo:cnn", ident="demo:cnn|digits"), tmp_path, objectives=("size", "latency"))
+    search._prepare(warm, fake)
+    queued = [t.user_attrs["warm_start"] for t in warm.get_trials(deepcopy=False)]
+    shipped = {r.name: r for r in search.shipped_recipes()}
+    assert len(queued) >= 4 and "smallest: prune 93% + 4-bit clusters" in queued
+    costs = [search.training_epochs(shipped[name]) for name in queued]
+    assert costs == sorted(costs) and costs[0] == 0 and costs[-1] == 22  # INT8 first, smallest (20 + 2) last
+
+
+def test_two_objectives_use_multi_objective_tpe_and_name_each_objectives_best(tmp_path, tiny_onnx):
+    """--objective size,latency: Optuna's TPE (multi-objective; the space is define-by-run) on
+    SQLite, the quality budget a constraint; every candidate timed on its worker (latency is an
+    objective); `best` is the first objective's, `best_by_objective` names each one's. A search
+    for size alone in the same folder afterwards takes those candidates as they are."""
+    s = settings(tiny_onnx, tmp_path / "out", objectives=("size", "latency"), trials=4, seed=3)
+    summary = run_search(s)
+    assert summary["sampler"] == "TPE (multi-objective)"
+    study = optuna.load_study(study_name=s.study_name, storage=s.storage_url)
+    assert len(study.directions) == 2
+    assert isinstance(search.sampler(optuna, 0, 2), optuna.samplers.TPESampler)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == len(summary["candidates"]) >= 3
+    assert all(len(t.values) == 2 and "quality_drop" in t.constraints for t in done)
+    assert all(c["latency_ms"] > 0 for c in summary["candidates"])
+    within = [c for c in summary["candidates"] if c["within_budget"]]
+    by = summary["best_by_objective"]
+    assert set(by) == {"size", "latency"} and summary["best"]["trial"] == by["size"]
+    assert by["size"] == min(within, key=lambda c: (c["shipped_bytes"], c["quality_drop_points"]))["trial"]
+    fastest = next(c for c in summary["candidates"] if c["trial"] == by["latency"])
+    assert fastest["latency_remeasured"] and fastest["pareto"]
+
+    again = run_search(settings(tiny_onnx, tmp_path / "out", objectives=("size",), trials=len(done), seed=3,
+                                warm_start=False))
+    assert again["measured_this_run"] + again["reused_this_run"] == len(done)
+    assert again["reused_this_run"] >= 1  # the same recipes, already measured with latency
+
+
+def test_a_search_for_size_times_only_its_front(tmp_path, tiny_onnx):
+    """No objective is latency: workers do not time candidates (skipped until a candidate is on
+    the front); the front is timed once it is known, in-process, with the original."""
+    summary = run_search(settings(tiny_onnx, tmp_path / "out", trials=4, seed=5))
+    assert summary["latency"]["on_workers"] is False
+    front = [c for c in summary["candidates"] if c["pareto"]]
+    rest = [c for c in summary["candidates"] if not c["pareto"]]
+    assert front and rest
+    assert all(c["latency_remeasured"] and c["latency_ms"] > 0 for c in front)
+    assert all(c["latency_ms"] is None and not c["latency_remeasured"] for c in rest)
+    for c in summary["candidates"]:
+        result = json.loads((Path(c["folder"]) / "result.json").read_text())
+        assert result["latency_ms"] is None and all(not st.get("latency_ms") for st in result["stages"])
+        assert result["seconds_passes"] >= 0 and result["seconds_export"] > 0
+
+
+def test_a_recipe_proposed_again_is_one_candidate_with_its_trials(tmp_path, tiny_onnx):
+    """A space of four recipes (no INT8, or INT8 with one of three calibrations) and six trials:
+    the sampler proposes some recipe again; it is read back, not measured again, told to Optuna
+    as PRUNED, and the summary lists it once, with every trial that proposed it."""
+    summary = run_search(settings(tiny_onnx, tmp_path / "out", passes=("quantize.int8_static",), trials=6,
+                                  warm_start=False, seed=7))
+    study = optuna.load_study(study_name=settings(tiny_onnx, tmp_path / "out", passes=("quantize.int8_static",)).study_name,
+                              storage=f"sqlite:///{tmp_path / 'out' / 'search.db'}")
+    done = [t.number for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    again = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    keys = [c["key"] for c in summary["candidates"]]
+    assert len(study.trials) == 6 and len(keys) == len(set(keys)) == len(done) <= 4
+    assert summary["measured_this_run"] == len(keys) and summary["reused_this_run"] == 6 - len(keys)
+    assert sorted(n for c in summary["candidates"] for n in c["trials"]) == list(range(6))
+    assert all(c["trial"] == min(c["trials"]) for c in summary["candidates"])
+    # a repeat is not a new observation for the sampler: PRUNED (TPE weighs it with the poor
+    # trials), naming the trial that holds the values
+    assert len(again) == 6 - len(keys) and all(t.user_attrs["duplicate_of"] in done for t in again)

@@ -24,7 +24,7 @@ OBJECTIVES = {  # combo label -> objectives
     "Smallest shipped file": ("size",),
     "Fastest (latency)": ("latency",),
     "Fewest MACs": ("macs",),
-    "Size and latency (NSGA-II)": ("size", "latency"),
+    "Size and latency (multi-objective TPE)": ("size", "latency"),
 }
 X_OF = {"size": ("shipped_bytes", "shipped file (bytes)"), "latency": ("latency_ms", "latency (ms)"),
         "macs": ("macs", "MACs (batch 1)")}
