@@ -637,7 +637,7 @@ def search(settings: Settings, cancel_event: threading.Event | None = None) -> G
                                                                            TrialState.PRUNED))
                        if not t.user_attrs.get("interrupted"))
 
-        measured_by = {}  # key -> the study's trial that holds the candidate's values
+        measured_by: dict[str, int] = {}  # key -> the study's trial that holds the candidate's values
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             measured_by.setdefault(t.user_attrs.get("key"), t.number)
 
@@ -858,8 +858,10 @@ def _summarize(study, settings: Settings, store: Store, measured: int, reused: i
     within = [c for c in candidates if c["within_budget"]]
     # several objectives: each has its best within the budget (on the front, so its latency is the
     # one timed again); `best`, the one shipped as best.yaml, is the first objective's
-    bests = {o: min(within, key=lambda c, o=o: (key_of[o](c), c["quality_drop_points"])) if within else None
-             for o in settings.objectives}
+    def best_for(objective: str):
+        return min(within, key=lambda c: (key_of[objective](c), c["quality_drop_points"])) if within else None
+
+    bests = {o: best_for(o) for o in settings.objectives}
     best = bests[settings.objectives[0]]
     if best is not None:
         best = yield from _ship_best(best, settings, store, cancel_event)
