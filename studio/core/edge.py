@@ -163,12 +163,16 @@ def pte_outputs(file: Path, model: Model, x) -> list[np.ndarray]:
     """Every output of the .pte file on x, run sample by sample in ExecuTorch's runtime."""
     from executorch.runtime import Runtime
 
-    method = Runtime.get().load_program(Path(file)).load_method("forward")
+    # the program must outlive its method: a method of a freed program reads freed memory
+    # (a SIGSEGV in method.execute, seen in a CI run)
+    program = Runtime.get().load_program(Path(file))
+    method = program.load_method("forward")
     rows: list[list[np.ndarray]] = []
     for i in range(len(x)):
         outs = method.execute(list(_sample_args(x[i:i + 1], model)))
         rows.append([np.atleast_1d(np.asarray(o.detach().float().numpy() if hasattr(o, "numpy") else o,
                                               dtype=np.float32)) for o in outs])
+    del method, program  # the method first
     return [np.concatenate([r[j] for r in rows]) for j in range(len(rows[0]))] if rows else []
 
 

@@ -95,7 +95,8 @@ def child_pte(argv: list[str]) -> int:
         args = [torch.from_numpy(np.ascontiguousarray(f[f"a{i}"])) for i in range(len(f.files))]
     before = _status("VmRSS") if _reset_peak() else None
     before = before if before is not None else _peak_rss()
-    method = runtime.load_program(Path(program_path)).load_method("forward")
+    program = runtime.load_program(Path(program_path))  # it must outlive its method
+    method = program.load_method("forward")
     for _ in range(RUNS):
         method.execute(args)
     print(json.dumps({"before": before, "peak": _peak_rss()}))

@@ -78,8 +78,12 @@ def pte_outputs(path, x):
     import torch
     from executorch.runtime import Runtime
 
-    method = Runtime.get().load_program(path.read_bytes()).load_method("forward")
-    return np.concatenate([method.execute([torch.tensor(x[i:i + 1])])[0].numpy() for i in range(len(x))])
+    data = path.read_bytes()  # the buffer and the program must outlive the method
+    program = Runtime.get().load_program(data)
+    method = program.load_method("forward")
+    out = np.concatenate([method.execute([torch.tensor(x[i:i + 1])])[0].numpy() for i in range(len(x))])
+    del method, program
+    return out
 
 
 @pytest.mark.slow  # two lowerings to XNNPACK

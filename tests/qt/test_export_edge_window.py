@@ -45,7 +45,9 @@ def test_export_dialog_writes_verified_ort_and_pte_files(demo, qtbot, tmp_path):
 
         target = tmp_path / "board.pte"
         export_with(dialog, qtbot, "pte", target)
-        method = Runtime.get().load_program(target.read_bytes()).load_method("forward")
+        data = target.read_bytes()  # the buffer and the program must outlive the method (SIGSEGV in a CI run)
+        program = Runtime.get().load_program(data)
+        method = program.load_method("forward")
         x = demo.session.current.model.example_input(1)
         want = sess.run(None, {sess.get_inputs()[0].name: x})[0]
         assert np.abs(method.execute([torch.tensor(x)])[0].numpy() - want).max() < 1e-4
