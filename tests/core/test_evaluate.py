@@ -60,8 +60,6 @@ def test_a_latency_budget_times_a_slow_model_in_fewer_rounds_never_under_three()
     """BERT-base at batch 32 takes ~20 s a call on one thread: seven rounds of two stages were
     minutes of a 5-minute goal. A budget cuts the rounds of a slow batch size (not under three)
     and leaves a fast one's alone; the counts come back to be shown beside the numbers."""
-    import time
-
     from studio.core.evaluate import MIN_ROUNDS, measure_latency_all
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 256])
@@ -70,13 +68,11 @@ def test_a_latency_budget_times_a_slow_model_in_fewer_rounds_never_under_three()
     nodes = [helper.make_node("MatMul", ["x" if i == 0 else f"h{i}", "w"], [f"h{i + 1}" if i < 39 else "y"])
              for i in range(40)]
     proto = helper.make_model(helper.make_graph(nodes, "g", [x], [y], [w]), opset_imports=[helper.make_opsetid("", 17)])
-    start = time.perf_counter()
     _, _, rounds = drain(measure_latency_all([proto], (1, 256), batches=(1, 512), rounds=9, budget_s=0.05))
     assert rounds[512] == MIN_ROUNDS  # 40 MatMuls of 512x256x256: far over 0.05 s a round
     assert min(rounds.values()) >= MIN_ROUNDS
     _, _, unbounded = drain(measure_latency_all([proto], (1, 256), batches=(512,), rounds=9))
     assert unbounded == {512: 9}
-    assert time.perf_counter() - start < 60
 
 
 def test_the_stage_table_says_how_many_rounds_each_batch_was_timed_in():
