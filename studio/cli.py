@@ -349,27 +349,53 @@ def _drive_search(gen, progress, args) -> dict:
 
 
 def search_table(summary: dict) -> str:
-    """The candidates, best first within the budget, the Pareto front marked."""
+    """The candidates, best first within the budget, the Pareto front marked: each one's quality
+    on the selection half (what the search chose by) and, for the front and the best, on the
+    confirmation half (what it reports)."""
+    from studio.core.search import quality_text
+
     order = sorted(summary["candidates"], key=lambda c: (not c["within_budget"], c["shipped_bytes"]))
-    lines = [(f"{'':2} {'trial':>5} {'quality':>8} {'drop':>6} {'shipped':>10} {'x smaller':>9} {'ms':>8} "
-              f"{'MACs':>10}  recipe")]
+    lines = [(f"{'':3} {'trial':>5} {'quality':>8} {'drop':>6} {'sel.q':>8} {'sel.drop':>8} {'shipped':>10} "
+              f"{'x smaller':>9} {'ms':>8} {'MACs':>10}  recipe")]
     for c in order:
-        mark = ("*" if c["pareto"] else " ") + ("!" if not c["within_budget"] else " ")
+        mark = (("*" if c["pareto"] else " ") + ("!" if not c["within_budget"] else " ")
+                + ("?" if c.get("confirmed_within_budget") is False else " "))
         ms = f"{c['latency_ms']:.3f}" + ("" if c["latency_remeasured"] else "~") if c["latency_ms"] else "-"
-        lines.append(f"{mark} {c['trial']:>5} {c['quality']:>8.2%} {c['quality_drop_points']:>6.2f} "
+        label = c["quality_label"]
+        drop = "-" if c["quality_drop_points"] is None else f"{c['quality_drop_points']:.2f}"
+        lines.append(f"{mark} {c['trial']:>5} {quality_text(label, c['quality']):>8} {drop:>6} "
+                     f"{quality_text(label, c['selection_quality']):>8} {c['selection_drop_points']:>8.2f} "
                      f"{fmt_bytes(c['shipped_bytes']):>10} {c['x_smaller']:>8}x {ms:>8} {c['macs']:>10,}  "
                      f"{c['recipe']['name']}")
-    lines.append(f"* = Pareto front (quality drop vs {', '.join(summary['objectives'])}); ! = over the "
-                 f"{summary['max_drop_points']}-point budget; ms~ = measured on a worker beside others, the front's "
+    held = summary.get("held_out") or {}
+    if held.get("split"):
+        lines.append(f"quality, drop: on the confirmation half ({held['confirmation']} held-out samples no trial "
+                     f"decision looked at), for the front and the best; sel.q, sel.drop: on the selection half "
+                     f"({held['selection']} samples), what the search chose by (optimistic for the winners)")
+    elif held:
+        lines.append(f"NOT CONFIRMED: {held['note']}")
+    lines.append(f"* = Pareto front (selection drop vs {', '.join(summary['objectives'])}); ! = over the "
+                 f"{summary['max_drop_points']}-point budget on the selection half; ? = over it on the confirmation "
+                 f"half; ms~ = measured on a worker beside others, the front's "
                  f"ms measured again in-process ({summary['latency']['threads']} thread(s), batch {summary['latency']['batch']})")
     lines.append(f"{len(summary['candidates'])} candidates ({summary['measured_this_run']} measured in this run, "
                  f"{len(summary['failed'])} failed), executor {summary['executor']}, stopped by {summary['stopped']}")
     best = summary["best"]
     if best:
         files = ", ".join(f"{e['path']} ({'verified' if e['verified'] else 'NOT VERIFIED'})" for e in best["exports"])
-        lines.append(f"best: trial {best['trial']}, recipe {best['recipe_file']}; {files}")
+        label = best["quality_label"]
+        confirmed = (f"{label} {quality_text(label, best['quality'])} ({0.0 - best['quality_drop_points']:+.2f} points) "
+                     f"confirmed, {quality_text(label, best['selection_quality'])} "
+                     f"({0.0 - best['selection_drop_points']:+.2f}) on the selection half" if best["confirmed"]
+                     else f"{label} {quality_text(label, best['selection_quality'])} (not confirmed)")
+        lines.append(f"best: trial {best['trial']}, {confirmed}, recipe {best['recipe_file']}; {files}")
     else:
-        lines.append(f"best: no candidate within {summary['max_drop_points']} points yet")
+        lines.append(f"best: no candidate within {summary['max_drop_points']} points yet"
+                     + (" (on both halves)" if (summary.get("held_out") or {}).get("split") else ""))
+    if summary.get("failed_confirmation"):
+        lines.append("within the budget on the selection half but not on the confirmation half (not best): trials "
+                     + ", ".join(f"{f['trial']} ({0.0 - f['quality_drop_points']:+.2f})"
+                                 for f in summary["failed_confirmation"]))
     lines.append(f"all candidates: {summary['out']}/candidates/; summary: {summary['out']}/search.json")
     return "\n".join(lines)
 

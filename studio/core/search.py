@@ -12,6 +12,9 @@ the candidate's recipe, measurements and model file under `OUT/candidates/<key>/
 Optuna the result. The key hashes the model, the data and the recipe, so a rerun (after a crash
 or a kill) finds every measured candidate on disk and never measures it again; trials a killed
 run left RUNNING are run again.
+
+Candidates are measured and chosen on one half of the held-out data; the front and the best are
+confirmed on the other half, which no trial decision sees (held_out_split says why).
 """
 
 from __future__ import annotations
@@ -244,6 +247,7 @@ class Source:
         return cls(model, data, ident=f"{ident}|{data_ident}", **kw)
 
     def load(self):
+        """(model, the data as opened: its whole held-out split; _loaded halves it)."""
         from .data import open_data
 
         if self.model.startswith("demo:"):
@@ -260,20 +264,72 @@ class Source:
         return model, open_data(self.data, model.input_shape, signature=model.io)
 
 
-_LOADED: dict = {}  # per process: Source -> (model, data, original stage), so a worker loads once
+# ------------------------------------------------------------------- the held-out split in two
+# Why: the search picks its candidates (the Pareto front, `best`) by their quality on held-out
+# data. Over hundreds of trials, the ones that look best there are partly the ones the noise of
+# those particular samples favoured (the winner's curse), so their quality on the same samples
+# is optimistic. The held-out split is therefore split again, once, deterministically: every
+# trial is measured on the SELECTION part (what the optimizer sees, what the front and `best`
+# are chosen by), and the CONFIRMATION part is never looked at by any trial decision. The front
+# and `best` are measured again on it (in the driver, see _Confirmer), and that is the quality
+# the search reports (`quality`, `quality_drop_points`; `selection_quality` and
+# `selection_drop_points` are the numbers it chose by). A held-out set too small to halve
+# (fewer than MIN_SPLIT samples: each half would move in steps of more than 2 points) is not
+# split: candidates are measured on all of it, and the result says their quality is unconfirmed.
+MIN_SPLIT = 100
+SPLIT_SEED = 1  # not data.SEED: this split is independent of the train/held-out one
+HELD_OUT = "selection-half-v1"  # in every study name and candidate key: numbers measured before the split differ
+
+
+def held_out_split(data) -> tuple:
+    """(selection data, confirmation data or None, note): the held-out samples halved, stratified
+    by label when every class has two samples, the same halves every time. Both keep the training
+    part (calibration and fine-tuning see only that)."""
+    import copy
+
+    import numpy as np
+
+    from .data import stratified_split
+
+    n = len(data.x_test)
+    if n < MIN_SPLIT:
+        note = {"split": False, "held_out": n, "selection": n, "confirmation": 0,
+                "note": f"the held-out set has {n} samples, fewer than {MIN_SPLIT}: not split; every candidate's "
+                        "quality is measured on the samples the search selected by, so the front's and best's "
+                        "quality are not confirmed (optimistic)"}
+        return data, None, note
+    x_sel, x_conf, y_sel, y_conf = stratified_split(data.x_test, data.y_test, 0.5, SPLIT_SEED)
+    selection, confirmation = copy.copy(data), copy.copy(data)
+    selection.x_test, selection.y_test = x_sel, y_sel
+    confirmation.x_test, confirmation.y_test = x_conf, y_conf
+    # data.stratified_split's own rule: by label when every class up to the largest has two samples
+    stratified = data.y_test is not None and int(np.bincount(data.y_test).min(initial=2)) >= 2
+    note = {"split": True, "held_out": n, "selection": len(x_sel), "confirmation": len(x_conf),
+            "stratified": bool(stratified),
+            "note": f"the held-out set ({n} samples) halved once{' by label' if stratified else ''}: trials are "
+                    f"measured and chosen on {len(x_sel)} (selection), the front and best measured again on the "
+                    f"other {len(x_conf)} (confirmation), which no trial decision looks at"}
+    return selection, confirmation, note
+
+
+# per process: Source -> [model, selection data, original stage, confirmation data, split note],
+# so a worker loads once. Candidates are measured on the selection data only.
+_LOADED: dict = {}
 
 
 def _loaded(source: Source):
     if source not in _LOADED:
         _LOADED.clear()
         model, data = source.load()
-        _LOADED[source] = [model, data, None]
+        selection, confirmation, note = held_out_split(data)
+        _LOADED[source] = [model, selection, None, confirmation, note]
     return _LOADED[source]
 
 
 def candidate_key(source: Source, recipe_dict: dict, batch: int | None) -> str:
     """batch None: a candidate measured without latency (a search whose objectives do not need it)."""
-    text = json.dumps({"source": source.ident, "passes": recipe_dict["passes"], "batch": batch}, sort_keys=True)
+    text = json.dumps({"source": source.ident, "passes": recipe_dict["passes"], "batch": batch, "held_out": HELD_OUT},
+                      sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -293,7 +349,7 @@ def evaluate_steps(source: Source, recipe_dict: dict, batch: int | None = 1, rou
     start = time.perf_counter()
     recipe = Recipe.from_dict(recipe_dict, "candidate")
     cached = _loaded(source)
-    model, data, original = cached
+    model, data, original = cached[:3]
     run = yield from _pipeline(pipeline.run(
         model, recipe, data, latency_batches=(batch,) if batch else (), threads=threads, latency_rounds=rounds,
         cancel_event=cancel_event, previous=[original] if original is not None else None))
@@ -446,7 +502,8 @@ class Settings:
     @property
     def study_name(self) -> str:
         # a rerun of the same command continues the same study
-        name = f"{self.source.ident}|{'+'.join(self.objectives)}|max_drop={self.max_drop:g}|batch={self.batch}"
+        name = (f"{self.source.ident}|{'+'.join(self.objectives)}|max_drop={self.max_drop:g}|batch={self.batch}"
+                f"|{HELD_OUT}")
         if self.passes is not None:
             name += f"|passes={','.join(sorted(self.passes))}"
         if self.max_epochs is not None:
@@ -472,6 +529,7 @@ class Event:
     message: str
     candidate: dict | None = None
     detail: bool = False  # a step within a candidate (a log may leave it out)
+    earlier: list | None = None  # at the start: every candidate earlier runs of this search measured
 
 
 def _open_study(settings: Settings):
@@ -605,6 +663,107 @@ class _RayPool:
             self.ray.shutdown()
 
 
+class _Confirmer:
+    """The confirmation half's measurements, taken in the driver and never shown to the optimizer
+    (why: see held_out_split). The original's quality there once, then a candidate's stored
+    model.onnx when it is on the front or a best. Each is kept in the study's user attrs
+    (`confirmed:<key>`; a finished trial's own attrs cannot change), so a rerun after a kill
+    measures none of them again."""
+
+    PREFIX = "confirmed:"
+
+    def __init__(self, study, settings: Settings):
+        self.study, self.settings = study, settings
+        self.done = {k[len(self.PREFIX):]: v for k, v in study.user_attrs.items() if k.startswith(self.PREFIX)}
+        self.reference = None  # the original's outputs on the confirmation half (agreement needs them)
+        self.measured = 0  # candidates confirmed by this run (a rerun confirms none twice)
+        cached = _loaded(settings.source)
+        self.model, self.data, self.note = cached[0], cached[3], cached[4]
+
+    @property
+    def split(self) -> bool:
+        return self.data is not None
+
+    def _outputs(self, proto, cancel_event):
+        from .convert import iter_session_all, session
+
+        sess = session(proto)
+        x = self.data.shaped(self.data.x_test, self.model.input_shape)
+        steps = iter_session_all(sess, x, cancel=cancel_event)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as stop:
+                return stop.value, [o.name for o in sess.get_outputs()]
+
+    def _quality(self, proto, cancel_event) -> float | None:
+        from .evaluate import Measurement, embedding_vocab, quality_from_outputs
+
+        outs, names = self._outputs(proto, cancel_event)
+        m = Measurement()
+        quality_from_outputs(m, outs, self.data.y_test, self.reference, names, vocab=embedding_vocab(self.model))
+        return m.quality
+
+    def _original(self, cancel_event) -> float | None:
+        if self.reference is None:
+            self.reference, _ = self._outputs(_original_proto(), cancel_event)
+        if "original" not in self.done:
+            q0 = self._quality(_original_proto(), cancel_event)
+            self.done["original"] = {"quality": q0}
+            self.study.set_user_attr(self.PREFIX + "original", self.done["original"])
+        return self.done["original"]["quality"]
+
+    def measure(self, c: dict, cancel_event=None) -> bool:
+        """Confirm candidate c (measured once, ever) and fill in its numbers; False when the
+        held-out set was not split (nothing to confirm on)."""
+        import onnx
+
+        if not self.split:
+            return False
+        if c["key"] not in self.done:
+            q0 = self._original(cancel_event)
+            q = self._quality(onnx.load(str(Path(c["folder"]) / "model.onnx")), cancel_event)
+            value = {"quality": q, "quality_drop_points": None if q is None or q0 is None else round((q0 - q) * 100, 4),
+                     "samples": len(self.data.x_test)}
+            self.done[c["key"]] = value
+            self.measured += 1
+            self.study.set_user_attr(self.PREFIX + c["key"], value)
+        self.apply(c)
+        return True
+
+    def apply(self, c: dict) -> dict:
+        """c's reported quality: confirmed if it was; unconfirmed (None) if not; the selection
+        numbers, flagged unconfirmed, when the held-out set was too small to split."""
+        value = self.done.get(c["key"])
+        if value is not None:
+            c.update(quality=value["quality"], quality_drop_points=value["quality_drop_points"], confirmed=True,
+                     confirmed_within_budget=value["quality_drop_points"] is not None
+                     and value["quality_drop_points"] <= self.settings.max_drop)
+        elif not self.split:
+            c.update(quality=c["selection_quality"], quality_drop_points=c["selection_drop_points"], confirmed=False,
+                     confirmed_within_budget=None)
+        return c
+
+
+def confirmer(settings: Settings, cancel_event=None):
+    """confirm(candidate): a finished search's candidate measured on the confirmation half (once,
+    ever: kept in the study) and its `quality` / `quality_drop_points` filled in; for a caller
+    that picks among candidates after the search (benchmarks/search.py) and must judge its pick
+    on data it did not pick by."""
+    done = _Confirmer(_open_study(settings), settings)
+
+    def confirm(c: dict) -> dict:
+        done.measure(c, cancel_event) or done.apply(c)
+        return c
+
+    return confirm
+
+
+def _on_front(point: tuple, others) -> bool:
+    """No other point (all coordinates minimized) dominates this one."""
+    return not any(all(a <= b for a, b in zip(q, point)) and any(a < b for a, b in zip(q, point)) for q in others)
+
+
 def _attrs(result: dict) -> dict:
     """The numbers kept in Optuna's storage beside the trial (the whole record is in the store)."""
     keys = ("quality", "quality_drop_points", "shipped_bytes", "latency_ms", "latency_ratio", "macs", "x_smaller")
@@ -631,6 +790,15 @@ def search(settings: Settings, cancel_event: threading.Event | None = None) -> G
         study = _open_study(settings)
         for note in _prepare(study, settings):
             yield Event(0.0, note)
+        confirmer = _Confirmer(study, settings)
+        yield Event(0.0, confirmer.note["note"])
+        earlier, _failed = _collect(study, settings, store, confirmer)
+        if earlier:  # on the chart before anything new lands
+            yield Event(0.0, f"{len(earlier)} candidate(s) from earlier runs of this search, kept", earlier=earlier)
+        # the front so far (selection half): key -> (drop, *objective values); a candidate that
+        # lands on it is confirmed at once (a point can leave the front, never join it later)
+        points = {c["key"]: (c["selection_drop_points"], *[c[OBJECTIVES[o]] for o in settings.objectives])
+                  for c in earlier}
 
         def counted() -> int:
             return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL,
@@ -689,6 +857,14 @@ def search(settings: Settings, cancel_event: threading.Event | None = None) -> G
             study.tell(trial, values)
             measured_by.setdefault(key, trial.number)
             candidate = _candidate(trial.number, key, result, store, was_reused) | {"reused": was_reused}
+            point = (result["quality_drop_points"], *values)
+            candidate["pareto"] = _on_front(point, [p for k, p in points.items() if k != key])
+            points[key] = point
+            candidate["within_budget"] = result["quality_drop_points"] <= settings.max_drop
+            if candidate["pareto"]:
+                confirmer.measure(candidate, cancel_event)
+            else:
+                confirmer.apply(candidate)
             word = "reused" if was_reused else f"{result['seconds']:.0f} s"
             return Event(fraction(), f"candidate {trial.number} ({word}): {result['recipe']['name']}: "
                                      f"{_short(candidate)}", candidate)
@@ -775,7 +951,8 @@ def search(settings: Settings, cancel_event: threading.Event | None = None) -> G
             pool.close()
         lock.release()
     yield Event(0.99, "measuring the Pareto front's latency again, in-process, fixed threads")
-    summary = yield from _summarize(study, settings, store, measured, reused, stopped, started, cancel_event)
+    summary = yield from _summarize(study, settings, store, measured, reused, stopped, started, cancel_event,
+                                    confirmer)
     return summary
 
 
@@ -783,31 +960,47 @@ def _left(deadline: float) -> str:
     return f"({max(0, deadline - time.monotonic()):.0f} s left)"
 
 
-def _short(c: dict) -> str:
-    lat = f", {c['latency_ms']:.3f} ms" if c.get("latency_ms") else ""
+def quality_text(label: str, q: float | None) -> str:
     from .evaluate import PERCENT_LABELS
 
-    q = f"{c['quality']:.2%}" if c["quality_label"] in PERCENT_LABELS else f"{c['quality']:.4f}"
-    return (f"{c['quality_label']} {q} ({0.0 - c['quality_drop_points']:+.2f} points), "
-            f"{c['shipped_bytes']:,} bytes ({c['x_smaller']}x smaller){lat}, {c['macs']:,} MACs")
+    if q is None:
+        return "-"
+    return f"{q:.2%}" if label in PERCENT_LABELS else f"{q:.4f}"
+
+
+def _short(c: dict) -> str:
+    """A candidate in one line: its quality on the selection half, and on the confirmation half
+    once it is confirmed (on the front)."""
+    lat = f", {c['latency_ms']:.3f} ms" if c.get("latency_ms") else ""
+    label = c["quality_label"]
+    text = f"{label} {quality_text(label, c['selection_quality'])} ({0.0 - c['selection_drop_points']:+.2f} points)"
+    if c.get("confirmed"):
+        text += f", confirmed {quality_text(label, c['quality'])} ({0.0 - c['quality_drop_points']:+.2f})"
+    return f"{text}, {c['shipped_bytes']:,} bytes ({c['x_smaller']}x smaller){lat}, {c['macs']:,} MACs"
 
 
 def _original_proto():
     """The original model's ONNX form (the one this process's last candidate exported, if any)."""
     from .pipeline import Stage
 
-    model, _data, stage = next(iter(_LOADED.values()))
+    model, _data, stage = next(iter(_LOADED.values()))[:3]
     if stage is None:
         stage = _LOADED[next(iter(_LOADED))][2] = Stage(0, "original", "0 original", model)
     return stage.onnx()
 
 
 def _candidate(number: int, key: str, result: dict, store: Store, was_reused: bool) -> dict:
-    keys = ("recipe", "quality", "quality_label", "quality_drop_points", "shipped_bytes", "shipped_file",
+    """A candidate as the search reports it. `selection_quality` / `selection_drop_points` are its
+    numbers on the selection half (what it was chosen by); `quality` / `quality_drop_points` the
+    confirmed ones (the confirmation half), None until it is confirmed (_Confirmer.apply)."""
+    keys = ("recipe", "quality_label", "shipped_bytes", "shipped_file",
             "x_smaller", "onnx_bytes", "zip_bytes", "latency_ms", "latency_ratio", "latency_batch", "macs",
             "parameters", "nonzeros", "seconds")
-    c = {"trial": number, "key": key, **{k: result.get(k) for k in keys}}
-    c.update(folder=str(store.folder(key)), latency_remeasured=False, pareto=False)
+    c = {"trial": number, "key": key, "quality": None, "quality_drop_points": None,
+         "selection_quality": result.get("quality"), "selection_drop_points": result.get("quality_drop_points"),
+         **{k: result.get(k) for k in keys}}
+    c.update(folder=str(store.folder(key)), latency_remeasured=False, pareto=False, confirmed=False,
+             confirmed_within_budget=None)
     return c
 
 
@@ -821,14 +1014,16 @@ def pareto_flags(points: list[tuple]) -> list[bool]:
     return flags
 
 
-def _summarize(study, settings: Settings, store: Store, measured: int, reused: int, stopped: str, started: float,
-               cancel_event) -> Generator[Event, None, dict]:
+def _collect(study, settings: Settings, store: Store, confirmer: _Confirmer) -> tuple[list, list]:
+    """(candidates, failed) of the whole study, earlier runs too: one entry per candidate (a
+    recipe the sampler proposed again is the same candidate, its trials listed), in trial order,
+    the Pareto front (on the selection half) flagged, confirmed numbers where there are some."""
     from optuna.trial import TrialState
 
     candidates, failed = [], []
     trials = study.get_trials(deepcopy=False)
     first = min((t.datetime_start for t in trials if t.datetime_start), default=None)
-    by_key: dict = {}  # a recipe the sampler proposed again is the same candidate: one entry, its trials listed
+    by_key: dict = {}
     for trial in sorted(trials, key=lambda t: (t.datetime_complete is None, t.datetime_complete or 0, t.number)):
         key = trial.user_attrs.get("key")
         if trial.state in (TrialState.COMPLETE, TrialState.PRUNED) and key and key in by_key:
@@ -844,24 +1039,35 @@ def _summarize(study, settings: Settings, store: Store, measured: int, reused: i
         elif trial.state == TrialState.FAIL and not trial.user_attrs.get("interrupted"):
             failed.append({"trial": trial.number, "params": trial.params, "error": trial.user_attrs.get("error")})
     candidates.sort(key=lambda c: c["trial"])
-    metric = {"size": "shipped_bytes", "latency": "latency_ratio", "macs": "macs"}
-    points = [(c["quality_drop_points"], *[c[metric[o]] for o in settings.objectives]) for c in candidates]
+    points = [(c["selection_drop_points"], *[c[OBJECTIVES[o]] for o in settings.objectives]) for c in candidates]
     for c, flag in zip(candidates, pareto_flags(points)):
         c["pareto"] = flag
-        c["within_budget"] = c["quality_drop_points"] <= settings.max_drop
+        c["within_budget"] = c["selection_drop_points"] <= settings.max_drop  # as the search saw it
+        confirmer.apply(c)
+    return candidates, failed
+
+
+def _summarize(study, settings: Settings, store: Store, measured: int, reused: int, stopped: str, started: float,
+               cancel_event, confirmer: _Confirmer) -> Generator[Event, None, dict]:
+    candidates, failed = _collect(study, settings, store, confirmer)
     original = {}
     front = [c for c in candidates if c["pareto"]]
+    for i, c in enumerate(front):  # confirmed as they landed; a kill between landing and confirming: now
+        if c["key"] not in confirmer.done and confirmer.split:
+            yield Event(0.99, f"confirming the front on the confirmation half ({i + 1}/{len(front)})")
+        confirmer.measure(c, cancel_event)
     if front:
         original = yield from _remeasure(front, settings, cancel_event)
-    key_of = {"size": lambda c: c["shipped_bytes"], "macs": lambda c: c["macs"],
-              "latency": lambda c: c["latency_ms"] if c["latency_remeasured"] else float("inf")}
     within = [c for c in candidates if c["within_budget"]]
-    # several objectives: each has its best within the budget (on the front, so its latency is the
-    # one timed again); `best`, the one shipped as best.yaml, is the first objective's
-    def best_for(objective: str):
-        return min(within, key=lambda c: (key_of[objective](c), c["quality_drop_points"])) if within else None
-
-    bests = {o: best_for(o) for o in settings.objectives}
+    rejected: dict = {}
+    bests = {}
+    for o in settings.objectives:
+        bests[o], failed_here = yield from pick_best(within, o, lambda c: confirmer.measure(c, cancel_event),
+                                                     confirmer.split)
+        rejected.update({c["trial"]: c["quality_drop_points"] for c in failed_here})
+    late = [c for c in bests.values() if c is not None and not c["latency_remeasured"]]
+    if late:  # a best off the front (its front neighbours failed confirmation): timed like the front
+        yield from _remeasure(list({c["key"]: c for c in late}.values()), settings, cancel_event)
     best = bests[settings.objectives[0]]
     if best is not None:
         best = yield from _ship_best(best, settings, store, cancel_event)
@@ -872,7 +1078,7 @@ def _summarize(study, settings: Settings, store: Store, measured: int, reused: i
         "objectives": list(settings.objectives), "max_drop_points": settings.max_drop,
         "sampler": sampler_name(settings.objectives),
         "stopped": stopped, "seconds": round(time.monotonic() - started, 1),
-        "measured_this_run": measured, "reused_this_run": reused,
+        "measured_this_run": measured, "reused_this_run": reused, "confirmed_this_run": confirmer.measured,
         "original": original,
         "latency": {"remeasured": "the Pareto front, in-process after the search, with the original, in interleaved "
                                   "rounds; other candidates keep the latency measured on their worker"
@@ -880,15 +1086,41 @@ def _summarize(study, settings: Settings, store: Store, measured: int, reused: i
                                      "do not time candidates; latency_ms is null off the front)"),
                     "on_workers": bool(settings.timed_batch),
                     "batch": settings.batch, "threads": settings.threads, "rounds": 7},
+        "held_out": confirmer.note,
         "candidates": candidates, "failed": failed, "best": best,
         "best_by_objective": {o: None if c is None else c["trial"] for o, c in bests.items()},
-        "best_rule": f"the smallest {settings.objectives[0]} within the budget (ties: the smaller drop); "
-                     "best_by_objective names each objective's",
+        "best_rule": f"the smallest {settings.objectives[0]} within the budget on the selection half (ties: the "
+                     "smaller drop), kept only if within the budget on the confirmation half too (else the next "
+                     "that is); best_by_objective names each objective's",
+        "failed_confirmation": [{"trial": t, "quality_drop_points": d} for t, d in rejected.items()],
     }
     from .fileio import atomic_write_text
 
     atomic_write_text(settings.out / "search.json", json.dumps(summary, indent=2, default=str))
     return summary
+
+
+BEST_ORDER = {"size": lambda c: (c["shipped_bytes"],), "macs": lambda c: (c["macs"],),
+              # the front's latency timed again in-process first, then the rest by their workers' ratio
+              "latency": lambda c: (0, c["latency_ms"]) if c["latency_remeasured"]
+              else (1, c["latency_ratio"] if c["latency_ratio"] is not None else float("inf"))}
+
+
+def pick_best(within: list[dict], objective: str, confirm, split: bool = True) -> Generator[Event, None, tuple]:
+    """(best, the ones that failed confirmation before it): an objective's best among the
+    candidates within the budget on the selection half, in the objective's order (ties: the
+    smaller selection drop), kept only if its confirmed drop (confirm(c) measures it once) is
+    within the budget too; a selection winner that fails gives way to the next that passes.
+    Without a split (too few held-out samples) the selection winner, unconfirmed."""
+    failed: list[dict] = []
+    for c in sorted(within, key=lambda c: (*BEST_ORDER[objective](c), c["selection_drop_points"])):
+        if split and not c["confirmed"]:
+            yield Event(0.99, f"confirming the best {objective} candidate so far (trial {c['trial']})")
+        confirm(c)
+        if not split or c["confirmed_within_budget"]:
+            return c, failed
+        failed.append(c)
+    return None, failed
 
 
 def _remeasure(front: list[dict], settings: Settings, cancel_event) -> Generator[Event, None, dict]:
@@ -898,7 +1130,7 @@ def _remeasure(front: list[dict], settings: Settings, cancel_event) -> Generator
 
     from .evaluate import measure_latency
 
-    model, _data, _ = _loaded(settings.source)
+    model = _loaded(settings.source)[0]
     protos = [_original_proto()] + [onnx.load(str(Path(c["folder"]) / "model.onnx")) for c in front]
 
     def check():
@@ -934,7 +1166,7 @@ def _ship_best(best: dict, settings: Settings, store: Store, cancel_event) -> Ge
     from .recipe import Recipe
 
     yield Event(0.995, "exporting the best candidate and verifying it")
-    model, data, _ = _loaded(settings.source)
+    model, data = _loaded(settings.source)[:2]
     recipe = Recipe.from_dict(best["recipe"], "best")
     recipe.save(settings.out / "best.yaml")
     folder = Path(best["folder"])
@@ -952,5 +1184,7 @@ def _ship_best(best: dict, settings: Settings, store: Store, cancel_event) -> Ge
     reference = drain(reference_steps(model, data, None, _original_proto()))
     again = measure(shipped, data, reference, proto=proto).quality
     return {**best, "recipe_file": str(settings.out / "best.yaml"), "exports": exports,
-            "quality_of_written_file": again, "verified": all(e["verified"] for e in exports) and again is not None
-            and best["quality"] is not None and abs(again - best["quality"]) < 1e-9}
+            # measured on the selection half, as the candidate was: the written file is the one measured
+            "selection_quality_of_written_file": again,
+            "verified": all(e["verified"] for e in exports) and again is not None
+            and best["selection_quality"] is not None and abs(again - best["selection_quality"]) < 1e-9}

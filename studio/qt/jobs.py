@@ -214,6 +214,8 @@ class Jobs(QObject):
 
         def landed(event):
             self.log_panel.progress((event.fraction, event.message))
+            if event.earlier:
+                view.add_candidates(event.earlier)
             if event.candidate is not None:
                 view.add_candidate(event.candidate)
 

@@ -152,9 +152,15 @@ def test_killed_search_resumes_without_measuring_again_and_best_replays(tmp_path
     assert front and all(c["latency_remeasured"] for c in front)
     assert not any(c["latency_remeasured"] for c in summary["candidates"] if not c["pareto"])
     best = summary["best"]
-    assert best is not None and best["quality_drop_points"] <= 1.0 and best["verified"]
-    within = [c for c in summary["candidates"] if c["quality_drop_points"] <= 1.0]
-    assert best["shipped_bytes"] == min(c["shipped_bytes"] for c in within)
+    assert best is not None and best["verified"] and best["confirmed"]
+    assert best["selection_drop_points"] <= 1.0 and best["quality_drop_points"] <= 1.0  # within on both halves
+    # the smallest within the budget on the selection half that is within it on the confirmation
+    # half too: those before it in size order failed confirmation
+    within = sorted((c for c in summary["candidates"] if c["selection_drop_points"] <= 1.0),
+                    key=lambda c: (c["shipped_bytes"], c["selection_drop_points"]))
+    before = within[:[c["trial"] for c in within].index(best["trial"])]
+    assert [f["trial"] for f in summary["failed_confirmation"]] == [c["trial"] for c in before]
+    assert all(c["confirmed"] and c["quality_drop_points"] > 1.0 for c in before)
     shipped = Path(best["exports"][-1]["path"])
     assert shipped.is_file() and shipped.stat().st_size == best["shipped_bytes"]
     assert json.loads((out / "search.json").read_text())["best"]["trial"] == best["trial"]
@@ -166,7 +172,10 @@ def test_killed_search_resumes_without_measuring_again_and_best_replays(tmp_path
     assert code == 0, captured.err
     report = json.loads(captured.out)
     final = report["stages"][-1]
-    assert final["quality"] == pytest.approx(best["quality"], abs=1e-9)
+    # `studio run` measures on the whole held-out split: the two halves together
+    held = summary["held_out"]
+    whole = (best["selection_quality"] * held["selection"] + best["quality"] * held["confirmation"]) / held["held_out"]
+    assert final["quality"] == pytest.approx(whole, abs=1e-9)
     exported = {e["format"]: e["size_bytes"] for e in report["exports"]}
     assert exported.get("packed", exported["onnx"]) == best["shipped_bytes"]
 
@@ -192,10 +201,12 @@ def test_candidate_line_reads_cosine_as_a_similarity():
     """A search on a model without class scores: 'cosine 0.9950', not 'cosine 99.50%'."""
     from studio.core.search import _short
 
-    c = {"quality_label": "cosine", "quality": 0.995, "quality_drop_points": 0.5, "shipped_bytes": 1000,
+    c = {"quality_label": "cosine", "selection_quality": 0.995, "selection_drop_points": 0.5, "shipped_bytes": 1000,
          "x_smaller": 2.0, "macs": 10}
     assert _short(c).startswith("cosine 0.9950 (-0.50 points), 1,000 bytes")
     assert _short(c | {"quality_label": "position agreement"}).startswith("position agreement 99.50%")
+    confirmed = c | {"confirmed": True, "quality": 0.99, "quality_drop_points": 1.0}
+    assert _short(confirmed).startswith("cosine 0.9950 (-0.50 points), confirmed 0.9900 (-1.00), 1,000 bytes")
 
 
 def test_epochs_are_a_ladder_capped_by_max_epochs_and_cheap_shipped_recipes_come_first(tmp_path):
@@ -290,3 +301,82 @@ def test_a_recipe_proposed_again_is_one_candidate_with_its_trials(tmp_path, tiny
     # a repeat is not a new observation for the sampler: PRUNED (TPE weighs it with the poor
     # trials), naming the trial that holds the values
     assert len(again) == 6 - len(keys) and all(t.user_attrs["duplicate_of"] in done for t in again)
+
+
+def test_held_out_split_is_deterministic_stratified_and_disjoint():
+    """The selection and confirmation halves: the same every time, by label when there are
+    labels, together exactly the held-out set; unlabelled data halved too; a held-out set under
+    MIN_SPLIT samples not split, and the note says so."""
+    from studio.core.data import digits, random_inputs
+
+    data = digits()
+    sel, conf, note = search.held_out_split(data)
+    again = search.held_out_split(digits())[0]
+    assert np.array_equal(sel.x_test, again.x_test) and np.array_equal(sel.y_test, again.y_test)
+    assert note["split"] and note["stratified"] and note["selection"] + note["confirmation"] == len(data.x_test) == 360
+    both = np.concatenate([sel.x_test, conf.x_test]).reshape(360, -1)
+    assert len({r.tobytes() for r in both}) == len({r.tobytes() for r in data.x_test.reshape(360, -1)})
+    assert np.abs(np.bincount(sel.y_test) - np.bincount(conf.y_test)).max() <= 1  # by label
+    assert sel.x_train is data.x_train and conf.x_train is data.x_train  # the passes' part untouched
+
+    random = random_inputs((1, 64))
+    sel, conf, note = search.held_out_split(random)
+    assert note["split"] and not note["stratified"] and conf.y_test is None
+    assert len(sel.x_test) + len(conf.x_test) == len(random.x_test)
+
+    tiny = random_inputs((1, 64), count=200)  # 40 held out
+    sel, conf, note = search.held_out_split(tiny)
+    assert sel is tiny and conf is None and not note["split"] and "not split" in note["note"]
+
+
+def test_unlabelled_search_confirms_agreement_and_a_tiny_held_out_set_says_unconfirmed(tmp_path, tiny_onnx):
+    """Random inputs (no labels): the front is confirmed by agreement with the original on the
+    confirmation half. A .npz of 150 samples (30 held out): no split; every candidate's quality
+    is its selection number, marked unconfirmed, and the result says why."""
+
+    s = settings(tiny_onnx, tmp_path / "random", passes=("quantize.int8_static",), trials=2, warm_start=False)
+    s = search.Settings(search.Source.of(str(tiny_onnx), "random", input_shape=(1, 64)), s.out, **{
+        k: getattr(s, k) for k in ("passes", "max_epochs", "seconds", "max_drop", "trials", "warm_start")})
+    summary = run_search(s)
+    assert summary["held_out"]["split"] and not summary["held_out"]["stratified"]
+    best = summary["best"]
+    assert best["quality_label"] == "agreement" and best["confirmed"] and 0 < best["quality"] <= 1
+    assert all(c["confirmed"] for c in summary["candidates"] if c["pareto"])
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "small.npz", x=rng.standard_normal((150, 64)).astype(np.float32), y=rng.integers(0, 10, 150))
+    small = search.Settings(search.Source.of(str(tiny_onnx), str(tmp_path / "small.npz")), tmp_path / "small",
+                            passes=("quantize.int8_static",), max_epochs=0, trials=2, warm_start=False, max_drop=100)
+    summary = run_search(small)
+    held = summary["held_out"]
+    assert not held["split"] and held["held_out"] == 30 and "not split" in held["note"]
+    assert summary["confirmed_this_run"] == 0
+    for c in summary["candidates"]:
+        assert not c["confirmed"] and c["quality"] == c["selection_quality"]
+    from studio.cli import search_table
+
+    assert "NOT CONFIRMED" in search_table(summary)
+
+
+def test_best_is_the_selection_winner_that_passes_confirmation():
+    """Chosen in the objective's order on the selection half; a winner over the budget on the
+    confirmation half gives way to the next that is within it; each is confirmed once, in order,
+    and no further. Without a split, the selection winner as it is."""
+    from studio.core.training import drain
+
+    confirmed_drop = {1: 2.5, 2: 0.9, 3: 0.0}  # trial -> its drop on the confirmation half
+    within = [{"trial": t, "shipped_bytes": size, "selection_drop_points": 0.2, "confirmed": False,
+               "confirmed_within_budget": None} for t, size in ((3, 900), (1, 500), (2, 700))]
+    asked = []
+
+    def confirm(c):
+        asked.append(c["trial"])
+        c.update(confirmed=True, quality_drop_points=confirmed_drop[c["trial"]],
+                 confirmed_within_budget=confirmed_drop[c["trial"]] <= 1.0)
+
+    best, failed = drain(search.pick_best(within, "size", confirm))
+    assert best["trial"] == 2 and [c["trial"] for c in failed] == [1] and asked == [1, 2]
+    assert drain(search.pick_best([], "size", confirm)) == (None, [])
+    unsplit = [dict(c, confirmed=False, confirmed_within_budget=None) for c in within]
+    best, failed = drain(search.pick_best(unsplit, "size", lambda c: None, split=False))
+    assert best["trial"] == 1 and failed == []

@@ -1,8 +1,11 @@
 """The Search tab: studio.core.search over the open model. Its settings (objective, quality
 budget, time, workers, output folder), Start / Cancel on the window's one job runner, and a chart
 where each candidate lands as a point as soon as it is measured (quality against the objective's
-footprint), the Pareto front dashed, the best ringed. A click on a point puts its recipe in the
-recipe panel. The search itself runs in jobs.Jobs.run_search."""
+footprint), the Pareto front dashed, the best ringed. A point's height is its quality on the
+selection half of the held-out data (what the search chose by); a candidate re-measured on the
+confirmation half (the front, the best) also gets a cross at that confirmed quality, joined to
+its point, and its tooltip says both. A click on a point puts its recipe in the recipe panel.
+The search itself runs in jobs.Jobs.run_search."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from PySide6.QtWidgets import (
     QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QSpinBox, QVBoxLayout, QWidget,
 )
 
+from studio.core.search import quality_text
 from studio.core.units import byte_unit, fmt_bytes
 
 from .job_controls import job_controls
@@ -97,7 +101,7 @@ class SearchView(QWidget):
         buttons.addWidget(self.error, 1)
 
         self.plot = pg.PlotWidget(axisItems={"left": PercentAxis("left")})
-        self.plot.setLabel("left", "quality (held-out)")
+        self.plot.setLabel("left", "quality (● selection, × confirmed)")
         self.plot.getAxis("left").enableAutoSIPrefix(False)
         self.front = self.plot.plot([], [], pen=pg.mkPen("#888888", width=1.5, style=pg.QtCore.Qt.DashLine))
         self.scatter = pg.ScatterPlotItem(hoverable=True, size=11, tip=self._tip, hoverPen=pg.mkPen("k", width=2),
@@ -106,6 +110,11 @@ class SearchView(QWidget):
         self.plot.addItem(self.scatter)
         self.best_mark = pg.ScatterPlotItem(size=20, brush=None, pen=pg.mkPen("#2ca02c", width=3))
         self.plot.addItem(self.best_mark)
+        # confirmed quality: a cross per confirmed candidate, a thin line from its selection point
+        self.confirmed_links = self.plot.plot([], [], pen=pg.mkPen("#d62728", width=1), connect="pairs")
+        self.confirmed = pg.ScatterPlotItem(symbol="x", size=11, pen=pg.mkPen("#d62728", width=1.5),
+                                            brush=pg.mkBrush("#d62728"), hoverable=True, tip=self._tip)
+        self.plot.addItem(self.confirmed)
         lay = QVBoxLayout(self)
         lay.addLayout(form)
         lay.addLayout(buttons)
@@ -140,6 +149,12 @@ class SearchView(QWidget):
         self.candidates, self.best = [], None
         self.refresh()
 
+    def add_candidates(self, candidates: list[dict]) -> None:
+        """Candidates earlier runs of this search measured: on the chart before new ones land."""
+        trials = {c["trial"] for c in candidates}
+        self.candidates = [c for c in self.candidates if c["trial"] not in trials] + list(candidates)
+        self.refresh()
+
     def add_candidate(self, candidate: dict) -> None:
         """A candidate just measured: a point at once (the front is redrawn with it)."""
         self.candidates = [c for c in self.candidates if c["trial"] != candidate["trial"]] + [candidate]
@@ -153,13 +168,27 @@ class SearchView(QWidget):
         n, measured = len(self.candidates), summary["measured_this_run"]
         text = f"{n} candidates ({measured} measured now, the rest kept from earlier runs), executor " \
                f"{summary['executor']}, stopped by {summary['stopped']}. "
+        held = summary.get("held_out") or {}
         if self.best:
             b = self.best
-            text += (f"Best: {b['recipe']['name']}: {b['quality']:.2%} ({0.0 - b['quality_drop_points']:+.2f} points), "
+            label = b.get("quality_label", "quality")
+            if b["confirmed"]:
+                q = (f"{quality_text(label, b['quality'])} ({0.0 - b['quality_drop_points']:+.2f} points) confirmed on "
+                     f"{held.get('confirmation')} held-out samples the search never chose by; "
+                     f"{quality_text(label, b['selection_quality'])} ({0.0 - b['selection_drop_points']:+.2f}) on "
+                     "the selection half")
+            else:
+                q = f"{quality_text(label, b['selection_quality'])} ({0.0 - b['selection_drop_points']:+.2f} points)"
+            text += (f"Best: {b['recipe']['name']}: {q}, "
                      f"{fmt_bytes(b['shipped_bytes'])} ({b['x_smaller']}x smaller); {b['recipe_file']} "
                      f"{'verified' if b['verified'] else 'NOT verified'}.")
         else:
             text += f"No candidate within {summary['max_drop_points']} points yet."
+        if held and not held.get("split"):
+            text += f" Not confirmed: {held['note']}."
+        elif summary.get("failed_confirmation"):
+            text += (f" Within the budget on the selection half only (not best): trials "
+                     f"{', '.join(str(f['trial']) for f in summary['failed_confirmation'])}.")
         self.summary.setText(text)
 
     def _x(self, c: dict):
@@ -168,20 +197,28 @@ class SearchView(QWidget):
 
     def refresh(self) -> None:
         key, label = X_OF[self.objectives()[0]]
-        shown = [c for c in self.candidates if c.get(key) is not None and c.get("quality") is not None]
+        shown = [c for c in self.candidates if c.get(key) is not None and c.get("selection_quality") is not None]
         scale = 1
         if key == "shipped_bytes":  # in the unit of the largest point, as on the trade-off chart
             unit, scale = byte_unit(max((c[key] for c in shown), default=0))
             label = f"shipped file ({unit})"
         self.plot.setLabel("bottom", label, units=None)
-        spots = [{"pos": (c[key] / scale, float(c["quality"])), "data": c,
-                  "brush": pg.mkBrush("#1f77b4" if c["quality_drop_points"] <= self.max_drop.value() else "#bbbbbb")}
+        spots = [{"pos": (c[key] / scale, float(c["selection_quality"])), "data": c,
+                  "brush": pg.mkBrush("#1f77b4" if c["selection_drop_points"] <= self.max_drop.value() else "#bbbbbb")}
                  for c in shown]
         self.scatter.setData(spots)
-        front = pareto_front([(c[key] / scale, float(c["quality"])) for c in shown])
+        front = pareto_front([(c[key] / scale, float(c["selection_quality"])) for c in shown])
         self.front.setData([p[0] for p in front], [p[1] for p in front])
+        confirmed = [c for c in shown if c.get("confirmed") and c.get("quality") is not None]
+        self.confirmed.setData([{"pos": (c[key] / scale, float(c["quality"])), "data": c} for c in confirmed])
+        xs, ys = [], []
+        for c in confirmed:
+            xs += [c[key] / scale] * 2
+            ys += [float(c["selection_quality"]), float(c["quality"])]
+        self.confirmed_links.setData(xs, ys)
         best = self.best
-        self.best_mark.setData(pos=[(best[key] / scale, float(best["quality"]))] if best and best.get(key) else [])
+        self.best_mark.setData(pos=[(best[key] / scale, float(best["selection_quality"]))]
+                               if best and best.get(key) else [])
 
     def _tip(self, x, y, data):
         if not isinstance(data, dict):
@@ -189,9 +226,16 @@ class SearchView(QWidget):
         c = data
         ms = f"{c['latency_ms']:.3f} ms" if c.get("latency_ms") else "-"
         label = c.get("quality_label", "quality")
-        q = f"{c['quality']:.4f}" if label == "cosine" else f"{c['quality']:.2%}"
-        return (f"candidate {c['trial']}: {c['recipe']['name']}\n{label} "
-                f"{q} ({0.0 - c['quality_drop_points']:+.2f} points)\nshipped "
+        q = (f"{label} {quality_text(label, c['selection_quality'])} ({0.0 - c['selection_drop_points']:+.2f} points) "
+             "on the selection half")
+        if c.get("confirmed"):
+            q = (f"{label} {quality_text(label, c['quality'])} ({0.0 - c['quality_drop_points']:+.2f} points) "
+                 f"confirmed\n{q}")
+        elif c.get("confirmed_within_budget") is None and c.get("quality") is not None:
+            q += " (not confirmed: too few held-out samples to split)"
+        else:
+            q += " (not confirmed: off the front)"
+        return (f"candidate {c['trial']}: {c['recipe']['name']}\n{q}\nshipped "
                 f"{fmt_bytes(c['shipped_bytes'])} ({c['x_smaller']}x smaller)\nlatency {ms} · MACs {c['macs']:,}\n"
                 "click: put its recipe in the recipe panel")
 
