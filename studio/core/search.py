@@ -1080,8 +1080,8 @@ def _summarize(study, settings: Settings, store: Store, measured: int, reused: i
         "stopped": stopped, "seconds": round(time.monotonic() - started, 1),
         "measured_this_run": measured, "reused_this_run": reused, "confirmed_this_run": confirmer.measured,
         "original": original,
-        "latency": {"remeasured": "the Pareto front, in-process after the search, with the original, in interleaved "
-                                  "rounds; other candidates keep the latency measured on their worker"
+        "latency": {"remeasured": "the Pareto front (and a best off it), in-process after the search, with the "
+                                  "original, in interleaved rounds; other candidates keep the latency measured on their worker"
                                   + ("" if settings.timed_batch else " (none: no objective is latency, so workers "
                                      "do not time candidates; latency_ms is null off the front)"),
                     "on_workers": bool(settings.timed_batch),
