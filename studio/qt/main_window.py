@@ -101,7 +101,7 @@ def prepare_variant(model, run_id=None, index=0, stats: bool | None = None) -> V
 def load_job(path: str, trust: bool):
     from studio.core import io
 
-    return prepare_variant(io.load(path, trust=trust))
+    return prepare_variant(io.load(path, trust=trust, isolate=True))
 
 
 def demo_job(name: str):
@@ -114,6 +114,9 @@ def warm_up_job():
     """First use of torch's training path, onnxruntime and the digits loader pays one-off costs
     (imports, lazy initialisation) that hold the GIL for a few hundred ms. Paid here, right after
     start-up, they do not stall the window in the middle of the user's first run."""
+    from studio.core.io.onnx_child import PARSER
+
+    PARSER.start()  # the child that parses ONNX files for the window: its imports run beside these
     import torch
 
     import onnxruntime  # noqa: F401

@@ -266,7 +266,9 @@ def input_shape_of(proto) -> tuple[tuple[int, ...] | None, str]:
     return None, "float32"
 
 
-def load_onnx(path: Path) -> Model:
+def parse_checked(path: Path):
+    """(proto with its external data loaded, whether it had any): parsed without external data,
+    every tensor and sidecar path checked, then the data read."""
     import onnx
     from google.protobuf.message import DecodeError
 
@@ -285,6 +287,17 @@ def load_onnx(path: Path) -> Model:
             load_external_data_for_model(proto, str(path.parent))
         except Exception as exc:  # noqa: BLE001
             raise LoadError(f"{path.name}: cannot read its external data ({exc})") from None
+    return proto, external
+
+
+def load_onnx(path: Path, isolate: bool = False) -> Model:
+    """`isolate`: parse in the warm child process (onnx_child), as the window does."""
+    if isolate:
+        from .onnx_child import load_isolated
+
+        proto, external = load_isolated(path)
+    else:
+        proto, external = parse_checked(path)
     return _onnx_model(proto, path, "onnx", external)
 
 
