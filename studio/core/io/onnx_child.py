@@ -80,7 +80,8 @@ class Parser:
         """Ask the child to parse `path` and write its split copy into `out`; the child's reply."""
         with self.lock:
             proc = self._ensure()
-            watchdog = threading.Timer(timeout, proc.kill)
+            late = threading.Event()
+            watchdog = threading.Timer(timeout, lambda: (late.set(), proc.kill()))
             watchdog.start()
             try:
                 proc.stdin.write(json.dumps({"path": str(path), "out": str(out)}) + "\n")
@@ -94,7 +95,7 @@ class Parser:
                 return json.loads(line)
             code = proc.wait()
             self.proc = None
-            if watchdog.finished.is_set() and code == -signal.SIGKILL:
+            if late.is_set():
                 raise LoadError(f"{path.name}: parsing it took over {timeout:.0f} s; refused")
             try:
                 how = signal.Signals(-code).name if code < 0 else f"exit {code}"
@@ -119,9 +120,9 @@ def load_isolated(path: Path):
             raise LoadError(reply["refused"])
         graph = out / GRAPH
         proto = onnx.load_model(str(graph), load_external_data=False)  # the graph alone: small
-        # the copy is checked like any file before a byte of it is read
-        size = graph.stat().st_size + ((out / DATA).stat().st_size if (out / DATA).exists() else 0)
-        check_tensors(proto, out, path.name, size)
+        # the copy is checked like any file before a byte of it is read (the bytes the child did
+        # not count: the tensors it left in the graph, and the split ones against their file)
+        check_tensors(proto, out, path.name, path.stat().st_size)
         check_structure(proto, path.name)
         _read_tensors(proto, out / DATA)
         return proto, bool(reply.get("external"))
@@ -149,18 +150,23 @@ def _read_tensors(proto, data: Path) -> None:
 
 
 def split(proto, out: Path) -> None:
-    """Write `proto` into `out`: tensors over SPLIT_BYTES as external data in one file, in order."""
+    """Write `proto` into `out`: tensors over SPLIT_BYTES as external data in one file, in order.
+    A tensor whose bytes disagree with its dims stays in the graph, for the parent's check_tensors
+    to refuse in the words the in-process load uses."""
     from onnx import TensorProto
 
-    from .onnx_io import _all_tensors
+    from .onnx_io import _all_tensors, _itemsize
 
     offset = 0
     with open(out / DATA, "wb") as f:
         for t in _all_tensors(proto.graph):
             if t.data_location == TensorProto.EXTERNAL or not t.HasField("raw_data"):
                 continue
-            raw = t.raw_data
-            if len(raw) <= SPLIT_BYTES:
+            raw, size = t.raw_data, _itemsize(t.data_type)
+            count = 1
+            for d in t.dims:
+                count *= d
+            if len(raw) <= SPLIT_BYTES or size is None or len(raw) not in (count * size, (count + 1) // 2 if size == 1 else -1):
                 continue
             pad = -offset % 64  # aligned, as onnx writes them
             f.write(b"\0" * pad)
@@ -190,8 +196,11 @@ def serve(requests=sys.stdin) -> int:
         path, out = Path(request["path"]), Path(request["out"])
         proto = None
         try:
-            proto, external = parse_checked(path)
-            split(proto, out)
+            proto, external = parse_checked(path, inline=False)  # the parent checks those bytes
+            try:
+                split(proto, out)
+            except OSError as exc:  # a full or read-only temporary folder: not the file's fault
+                raise LoadError(f"{path.name}: cannot write its temporary copy in {out.parent} ({exc.strerror or exc})") from None
             reply = {"external": external}
         except LoadError as exc:
             reply = {"refused": one_line(exc)}

@@ -59,9 +59,10 @@ def _known_types() -> set[int]:
     return set(TensorProto.DataType.values()) - {TensorProto.UNDEFINED}
 
 
-def check_tensors(proto, folder: Path, name: str, file_size: int = 0) -> bool:
+def check_tensors(proto, folder: Path, name: str, file_size: int = 0, inline: bool = True) -> bool:
     """Refuse tensors whose dims claim more than their bytes hold; returns whether external data
-    is used. Nothing is allocated from the claims."""
+    is used. Nothing is allocated from the claims. `inline=False` leaves out the bytes held in the
+    file itself (counting them copies each tensor): onnx_child checks those in its split copy."""
     from onnx import TensorProto
 
     external = False
@@ -104,6 +105,8 @@ def check_tensors(proto, folder: Path, name: str, file_size: int = 0) -> bool:
             if need is not None and read != need and not (size == 1 and read == (count + 1) // 2):
                 raise LoadError(f"{name}: tensor '{t.name}' claims dims {list(t.dims)} but its external data "
                                 f"holds {read:,} bytes; refused")
+            continue
+        if not inline:
             continue
         if t.data_type == TensorProto.STRING and not t.HasField("raw_data"):
             if len(t.string_data) != count:
@@ -266,9 +269,9 @@ def input_shape_of(proto) -> tuple[tuple[int, ...] | None, str]:
     return None, "float32"
 
 
-def parse_checked(path: Path):
+def parse_checked(path: Path, inline: bool = True):
     """(proto with its external data loaded, whether it had any): parsed without external data,
-    every tensor and sidecar path checked, then the data read."""
+    every tensor and sidecar path checked (see check_tensors for `inline`), then the data read."""
     import onnx
     from google.protobuf.message import DecodeError
 
@@ -278,7 +281,7 @@ def parse_checked(path: Path):
         raise LoadError(f"{path.name}: not a readable ONNX file ({str(exc).splitlines()[0][:120] or 'parse error'})") from None
     if not proto.graph.node and not proto.graph.output:
         raise LoadError(f"{path.name}: not a readable ONNX file (no graph)")
-    external = check_tensors(proto, path.parent, path.name, path.stat().st_size)
+    external = check_tensors(proto, path.parent, path.name, path.stat().st_size, inline)
     check_structure(proto, path.name)
     if external:
         from onnx.external_data_helper import load_external_data_for_model
