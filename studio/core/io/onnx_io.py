@@ -281,15 +281,20 @@ def parse_checked(path: Path, inline: bool = True):
         raise LoadError(f"{path.name}: not a readable ONNX file ({str(exc).splitlines()[0][:120] or 'parse error'})") from None
     if not proto.graph.node and not proto.graph.output:
         raise LoadError(f"{path.name}: not a readable ONNX file (no graph)")
-    external = check_tensors(proto, path.parent, path.name, path.stat().st_size, inline)
-    check_structure(proto, path.name)
-    if external:
-        from onnx.external_data_helper import load_external_data_for_model
+    try:
+        external = check_tensors(proto, path.parent, path.name, path.stat().st_size, inline)
+        check_structure(proto, path.name)
+        if external:
+            from onnx.external_data_helper import load_external_data_for_model
 
-        try:
-            load_external_data_for_model(proto, str(path.parent))
-        except Exception as exc:  # noqa: BLE001
-            raise LoadError(f"{path.name}: cannot read its external data ({exc})") from None
+            try:
+                load_external_data_for_model(proto, str(path.parent))
+            except Exception as exc:  # noqa: BLE001
+                raise LoadError(f"{path.name}: cannot read its external data ({exc})") from None
+    except LoadError:
+        if not inline:  # refused all the same: name the problem the full check finds first
+            check_tensors(proto, path.parent, path.name, path.stat().st_size)
+        raise
     return proto, external
 
 
