@@ -132,3 +132,21 @@ def test_a_parse_over_its_time_budget_is_refused(tmp_path, private_tmp):
     with pytest.raises(LoadError, match=r"^chain.onnx: parsing it took over 0 s; refused$"):
         PARSER.split(path, private_tmp, timeout=0.05)
     assert PARSER.pid() is None  # killed; the next request starts another
+
+
+def test_copies_left_by_a_studio_that_died_are_removed_and_a_live_ones_kept(tmp_path):
+    import subprocess
+    import sys
+
+    from studio.core.io.onnx_child import sweep
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = tmp_path / f"studio-open-{dead.pid}-abc"
+    mine = tmp_path / f"studio-open-{os.getpid()}-def"
+    other = tmp_path / "studio-open-notes"
+    for folder in (left, mine, other):
+        folder.mkdir()
+        (folder / "model.data").write_bytes(b"x")
+    sweep(str(tmp_path))
+    assert not left.exists() and mine.exists() and other.exists()

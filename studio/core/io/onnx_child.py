@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ..errors import LoadError
 
-SPLIT_BYTES = 4096  # tensors bigger than this are read one by one in the parent
+SPLIT_BYTES = 1024  # tensors bigger than this are read one by one in the parent (onnx's own threshold)
 TIMEOUT_S = float(os.environ.get("STUDIO_PROBE_TIMEOUT", "180"))
 GRAPH, DATA = "model.onnx", "model.data"
 
@@ -61,6 +61,7 @@ class Parser:
             if not self.registered:
                 atexit.register(self.stop)
                 self.registered = True
+                sweep()
             self.proc = subprocess.Popen(_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONWARNINGS": "ignore"},
                                          text=True, encoding="utf-8", bufsize=1)
@@ -105,6 +106,24 @@ class Parser:
 
 
 PARSER = Parser()
+PREFIX = "studio-open-"
+
+
+def sweep(root: str | None = None) -> None:
+    """Remove the private copies a studio that died during an open left behind (their folder
+    names hold the pid of the process that made them; a live process's are left alone)."""
+    root = root or tempfile.gettempdir()
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(root):
+            pid = entry.name[len(PREFIX):].split("-")[0]
+            if not (entry.name.startswith(PREFIX) and pid.isdigit() and entry.is_dir(follow_symlinks=False)):
+                continue
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                shutil.rmtree(entry.path, ignore_errors=True)
+            except (OSError, OverflowError):  # another user's process, or no such pid at all
+                continue
 
 
 def load_isolated(path: Path):
@@ -113,7 +132,7 @@ def load_isolated(path: Path):
     import onnx
     from .onnx_io import check_structure, check_tensors
 
-    out = Path(tempfile.mkdtemp(prefix="studio-open-"))
+    out = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
     try:
         reply = PARSER.split(path, out)
         if "refused" in reply:
