@@ -111,7 +111,7 @@ def test_mutants_open_or_are_refused_in_one_line(fmt, first, count, tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_onnx_mutants_get_the_same_outcome_in_the_windows_child(tmp_path):
-    """The window parses ONNX in a child process and reads back a split copy (io/onnx_child.py):
+    """The window parses ONNX in a child process and reads the big weights from the file (io/onnx_child.py):
     each mutant opens, or is refused with the same one line, exactly as in-process."""
     outcomes = []
     for name, env in (("direct", {}), ("isolated", {"STUDIO_FUZZ_ISOLATE": "1"})):

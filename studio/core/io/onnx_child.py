@@ -5,11 +5,14 @@ protobuf parses a file in one C call that holds the GIL (BERT-base, 440 MB: ~0.6
 on the window's worker thread froze the window for as long. Here a child process kept warm
 (`studio _probe onnx_server`, started when the window warms up) parses the user's file with the
 same checks as the in-process load (`onnx_io.parse_checked`: sidecar paths inside the model's
-folder, every tensor's claimed size against its bytes, graph size and cycles), loads the user's
-external data, and writes a copy whose tensors over SPLIT_BYTES are external data in one file,
-into a private temporary folder (never the user's folder). The parent parses the small graph,
-checks that copy again like any file, reads the tensors one at a time (each read a separate
-call, so the window gets the GIL between them) and removes the folder.
+folder, every tensor's claimed size against its bytes, graph size and cycles) and finds where
+each big initializer's bytes lie in the file itself (a walk over protobuf's wire format:
+ModelProto.graph -> GraphProto.initializer -> TensorProto.raw_data). It sends back the model
+without those bytes, each such tensor pointing into the user's own file as external data does
+(location: the file's name, offset, length). Nothing is written anywhere. The parent checks that
+small model as any file (every offset and length against the file's size) and reads the tensors'
+bytes, and those of the file's own sidecars, one tensor at a time: each read is a separate call,
+so the window gets the GIL between them.
 
 A child that crashes (C++ in protobuf or onnx) or outlives its time budget refuses the file in
 one line; the next open starts a new child.
@@ -20,12 +23,11 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import mmap
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
@@ -33,7 +35,7 @@ from ..errors import LoadError
 
 SPLIT_BYTES = 1024  # tensors bigger than this are read one by one in the parent (onnx's own threshold)
 TIMEOUT_S = float(os.environ.get("STUDIO_PROBE_TIMEOUT", "180"))
-GRAPH, DATA = "model.onnx", "model.data"
+MAX_FIELDS = 5_000_000  # the wire walk gives up past this many fields (the tensors then come inline)
 
 
 def _command() -> list[str]:
@@ -61,10 +63,8 @@ class Parser:
             if not self.registered:
                 atexit.register(self.stop)
                 self.registered = True
-                sweep()
             self.proc = subprocess.Popen(_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONWARNINGS": "ignore"},
-                                         text=True, encoding="utf-8", bufsize=1)
+                                         stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONWARNINGS": "ignore"})
         return self.proc
 
     def stop(self) -> None:
@@ -77,23 +77,26 @@ class Parser:
     def pid(self) -> int | None:
         return None if self.proc is None or self.proc.poll() is not None else self.proc.pid
 
-    def split(self, path: Path, out: Path, timeout: float = TIMEOUT_S) -> dict:
-        """Ask the child to parse `path` and write its split copy into `out`; the child's reply."""
+    def parse(self, path: Path, timeout: float = TIMEOUT_S) -> tuple[dict, bytes]:
+        """Ask the child to parse `path`: its reply ({"external", "located"} or {"refused"}) and
+        the model's bytes without the located tensors' bytes."""
         with self.lock:
             proc = self._ensure()
             late = threading.Event()
             watchdog = threading.Timer(timeout, lambda: (late.set(), proc.kill()))
             watchdog.start()
             try:
-                proc.stdin.write(json.dumps({"path": str(path), "out": str(out)}) + "\n")
+                proc.stdin.write(json.dumps({"path": str(path)}).encode() + b"\n")
                 proc.stdin.flush()
                 line = proc.stdout.readline()
+                reply = json.loads(line) if line else None
+                body = proc.stdout.read(reply.get("bytes", 0)) if reply else b""
             except OSError:  # the child died before it read the request
-                line = ""
+                reply, body = None, b""
             finally:
                 watchdog.cancel()
-            if line:
-                return json.loads(line)
+            if reply is not None and len(body) == reply.get("bytes", 0):
+                return reply, body
             code = proc.wait()
             self.proc = None
             if late.is_set():
@@ -106,129 +109,242 @@ class Parser:
 
 
 PARSER = Parser()
-PREFIX = "studio-open-"
-
-
-def sweep(root: str | None = None) -> None:
-    """Remove the private copies a studio that died during an open left behind (their folder
-    names hold the pid of the process that made them; a live process's are left alone)."""
-    root = root or tempfile.gettempdir()
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(root):
-            pid = entry.name[len(PREFIX):].split("-")[0]
-            if not (entry.name.startswith(PREFIX) and pid.isdigit() and entry.is_dir(follow_symlinks=False)):
-                continue
-            try:
-                os.kill(int(pid), 0)
-            except ProcessLookupError:
-                shutil.rmtree(entry.path, ignore_errors=True)
-            except (OSError, OverflowError):  # another user's process, or no such pid at all
-                continue
 
 
 def load_isolated(path: Path):
     """(proto with every tensor loaded, whether the user's file used external data): parsed and
-    checked in the child, read here a tensor at a time."""
+    checked in the child, the tensors' bytes read here one at a time."""
+    return from_reply(path, *PARSER.parse(path))
+
+
+def from_reply(path: Path, reply: dict, body: bytes):
+    """load_isolated's part in this process: the child's reply checked and its tensors read."""
     import onnx
-    from .onnx_io import check_structure, check_tensors
 
-    out = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
+    from .onnx_io import check_structure, check_tensors, load_external
+
+    if "refused" in reply:
+        raise LoadError(reply["refused"])
+    proto = onnx.ModelProto()
+    proto.ParseFromString(body)  # the graph and the small tensors: a few MB at most
+    del body
+    located = {i: (offset, length) for i, offset, length in reply["located"]}
+    # checked like any file before a byte is read: the small tensors the child did not count
+    # (the located ones are checked against the file as they are read)
+    check_tensors(proto, path.parent, path.name, path.stat().st_size, located=located)
+    check_structure(proto, path.name)
+    _read_located(proto, path, located)
+    load_external(proto, path)  # the file's own sidecars, if any
+    return proto, bool(reply["external"])
+
+
+def _read_located(proto, path: Path, located: dict) -> None:
+    """Each located tensor's bytes read from the user's file into it, one tensor per call: the
+    read itself lets the GIL go, the copy into the proto holds it only for that tensor."""
+    from .onnx_io import _itemsize
+
+    if not located:
+        return
+    inits = proto.graph.initializer
     try:
-        reply = PARSER.split(path, out)
-        if "refused" in reply:
-            raise LoadError(reply["refused"])
-        graph = out / GRAPH
-        proto = onnx.load_model(str(graph), load_external_data=False)  # the graph alone: small
-        # the copy is checked like any file before a byte of it is read (the bytes the child did
-        # not count: the tensors it left in the graph, and the split ones against their file)
-        check_tensors(proto, out, path.name, path.stat().st_size)
-        check_structure(proto, path.name)
-        _read_tensors(proto, out / DATA)
-        return proto, bool(reply.get("external"))
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
+        with open(path, "rb", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
+            for i, (offset, length) in located.items():
+                t = inits[i]
+                count = 1
+                for d in t.dims:
+                    count *= d
+                item = _itemsize(t.data_type)
+                if item is None or length not in (count * item, (count + 1) // 2 if item == 1 else -1) or offset + length > size:
+                    raise OSError(f"tensor '{t.name}' is not where it was")  # the file changed meanwhile
+                f.seek(offset)
+                raw = f.read(length)
+                if len(raw) != length:
+                    raise OSError(f"tensor '{t.name}' is not where it was")
+                t.raw_data = raw
+                del raw
+    except OSError as exc:  # the file changed or went away since the child parsed it
+        raise LoadError(f"{path.name}: cannot read it ({exc.strerror or exc})") from None
 
 
-def _read_tensors(proto, data: Path) -> None:
-    """Each external tensor's bytes read into it, one tensor per call: the read itself lets the
-    GIL go, the copy into the proto holds it only for that tensor (BERT-base's largest, the
-    token embedding, 94 MB: tens of ms, mostly first-touch page faults of the new buffer)."""
+def _varint(buf, pos: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise ValueError("truncated varint")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+class _Walk:
+    """protobuf's wire format, walked over a byte range: (field, wire type, tag start, tag end,
+    payload start, end) of each field. Raises ValueError on anything but plain fields (groups,
+    a truncated field, more than MAX_FIELDS fields): the caller then leaves it to protobuf."""
+
+    def __init__(self, buf):
+        self.buf, self.fields = buf, 0
+
+    def fields_of(self, pos: int, end: int):
+        buf = self.buf
+        while pos < end:
+            self.fields += 1
+            if self.fields > MAX_FIELDS:
+                raise ValueError("too many fields")
+            tag = pos
+            key, pos = _varint(buf, pos, end)
+            field, wire, key_end = key >> 3, key & 7, pos
+            if wire == 0:
+                _, pos = _varint(buf, pos, end)
+            elif wire == 2:
+                size, pos = _varint(buf, pos, end)
+                pos += size
+            elif wire in (1, 5):
+                pos += 8 if wire == 1 else 4
+            else:
+                raise ValueError(f"wire type {wire}")
+            if pos > end or field == 0:
+                raise ValueError("malformed field")
+            yield field, wire, tag, key_end, pos - size if wire == 2 else key_end, pos
+
+
+def reduced(buf) -> tuple[bytes, list[tuple[int, int] | None]]:
+    """The model's bytes without the raw_data of the main graph's initializers over SPLIT_BYTES
+    (ModelProto.graph(7) -> GraphProto.initializer(5) -> TensorProto.raw_data(9)), and for each
+    initializer, in the order protobuf parses them, the (offset, length) in `buf` of the raw_data
+    left out (None: kept). protobuf's rules: a repeated `graph` field merges (their initializers
+    follow each other), of a repeated raw_data the last counts. Everything else is copied as it
+    is, for protobuf to parse (and refuse) as it would the whole file."""
+    walk, out, ranges = _Walk(buf), [], []
+    for field, wire, tag, key_end, start, end in walk.fields_of(0, len(buf)):
+        if field != 7 or wire != 2:
+            out.append(buf[tag:end])
+            continue
+        graph = []
+        for gfield, gwire, gtag, gkey_end, gstart, gend in walk.fields_of(start, end):
+            if gfield != 5 or gwire != 2:
+                graph.append(buf[gtag:gend])
+                continue
+            raws = [(tstart, tend) for tfield, twire, _, _, tstart, tend in walk.fields_of(gstart, gend)
+                    if tfield == 9 and twire == 2]
+            if not raws or raws[-1][1] - raws[-1][0] <= SPLIT_BYTES:
+                ranges.append(None)
+                graph.append(buf[gtag:gend])
+                continue
+            ranges.append((raws[-1][0], raws[-1][1] - raws[-1][0]))
+            tensor = [buf[ttag:tend] for tfield, twire, ttag, _, _, tend in walk.fields_of(gstart, gend)
+                      if not (tfield == 9 and twire == 2)]
+            body = b"".join(tensor)
+            graph.append(buf[gtag:gkey_end] + _encode_varint(len(body)) + body)
+        body = b"".join(graph)
+        out.append(buf[tag:key_end] + _encode_varint(len(body)) + body)
+    return b"".join(out), ranges
+
+
+def parse_reduced(path: Path):
+    """(model without its big initializers' bytes, their ranges in the file), or None when the
+    file is not plain protobuf to the walk or its reduced bytes do not parse: protobuf then
+    parses (or refuses) the whole file."""
+    import onnx
+
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            if len(buf) >= 2**31:  # over protobuf's limit: its refusal, in its own words
+                return None
+            body, ranges = reduced(buf)
+        proto = onnx.ModelProto()
+        if proto.ParseFromString(body) != len(body):
+            return None
+    except Exception:  # noqa: BLE001 - an empty file (mmap), a walk or a parse that failed: the full parse
+        return None
+    if len(ranges) != len(proto.graph.initializer):
+        return None
+    return proto, ranges
+
+
+def locate(proto, path: Path, ranges) -> list[tuple[int, int, int]]:
+    """(index, offset, length) of each initializer whose bytes were left out, for the parent to
+    read. One whose bytes disagree with its dims, or that claims external data of its own, gets
+    its bytes back from the file: the parent's check refuses it in the words of the in-process
+    load, or its external data replaces them as it does in-process."""
     from onnx import TensorProto
 
-    from .onnx_io import _all_tensors, _external_info
+    from .onnx_io import _itemsize
 
-    with open(data, "rb", buffering=0) as f:
-        for t in _all_tensors(proto.graph):
-            if t.data_location != TensorProto.EXTERNAL:
+    located = []
+    with open(path, "rb", buffering=0) as f:
+        for i, (t, where) in enumerate(zip(proto.graph.initializer, ranges)):
+            if where is None:
                 continue
-            info = _external_info(t)  # checked by check_tensors: inside `out`, within the file
-            f.seek(int(info.get("offset", 0)))
-            t.raw_data = f.read(int(info["length"]))
-            del t.external_data[:]
-            t.ClearField("data_location")
-
-
-def split(proto, out: Path) -> None:
-    """Write `proto` into `out`: tensors over SPLIT_BYTES as external data in one file, in order.
-    A tensor whose bytes disagree with its dims stays in the graph, for the parent's check_tensors
-    to refuse in the words the in-process load uses."""
-    from onnx import TensorProto
-
-    from .onnx_io import _all_tensors, _itemsize
-
-    offset = 0
-    with open(out / DATA, "wb") as f:
-        for t in _all_tensors(proto.graph):
-            if t.data_location == TensorProto.EXTERNAL or not t.HasField("raw_data"):
-                continue
-            raw, size = t.raw_data, _itemsize(t.data_type)
+            offset, length = where
+            size = _itemsize(t.data_type)
             count = 1
             for d in t.dims:
                 count *= d
-            if len(raw) <= SPLIT_BYTES or size is None or len(raw) not in (count * size, (count + 1) // 2 if size == 1 else -1):
+            if (t.data_location == TensorProto.EXTERNAL or size is None
+                    or length not in (count * size, (count + 1) // 2 if size == 1 else -1)):
+                f.seek(offset)
+                t.raw_data = f.read(length)
                 continue
-            pad = -offset % 64  # aligned, as onnx writes them
-            f.write(b"\0" * pad)
-            offset += pad
-            f.write(raw)
-            t.ClearField("raw_data")
-            t.data_location = TensorProto.EXTERNAL
-            for key, value in (("location", DATA), ("offset", str(offset)), ("length", str(len(raw)))):
-                entry = t.external_data.add()
-                entry.key, entry.value = key, value
-            offset += len(raw)
-    (out / GRAPH).write_bytes(proto.SerializeToString())
+            located.append((i, offset, length))
+    return located
 
 
-def serve(requests=sys.stdin) -> int:
-    """`studio _probe onnx_server`: one JSON request a line ({"path", "out"}), one JSON reply a line
-    ({"external"} or {"refused": one line}); exits when its input closes."""
+def serve(requests=None) -> int:
+    """`studio _probe onnx_server`: one JSON request a line ({"path"}); one JSON reply a line
+    ({"external", "located", "bytes"} followed by that many bytes of the model, or {"refused": one
+    line}); exits when its input closes."""
     from ..errors import one_line
     from .onnx_io import parse_checked
 
-    replies = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
+    requests = requests or sys.stdin.buffer
+    replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # a library's print never mixes with the replies
     import onnx  # noqa: F401 - paid once, before the first request
 
     for line in requests:
-        request = json.loads(line)
-        path, out = Path(request["path"]), Path(request["out"])
-        proto = None
+        path = Path(json.loads(line)["path"])
+        proto, body = None, b""
         try:
-            proto, external = parse_checked(path, inline=False)  # the parent checks those bytes
+            reduced_ = parse_reduced(path)
+            proto, ranges = reduced_ if reduced_ else (None, [])
+            # the user's external data stays where it is: the parent reads it; so do the bytes
+            # held in the file itself (checked in the parent)
             try:
-                split(proto, out)
-            except OSError as exc:  # a full or read-only temporary folder: not the file's fault
-                raise LoadError(f"{path.name}: cannot write its temporary copy in {out.parent} ({exc.strerror or exc})") from None
-            reply = {"external": external}
+                proto, external = parse_checked(path, inline=False, load=False, proto=proto)
+            except LoadError:
+                if proto is None:
+                    raise
+                # refused: in the in-process load's words, which count the bytes left out
+                proto = None
+                parse_checked(path, inline=False, load=False)
+                raise
+            located = locate(proto, path, ranges) if ranges else []
+            body = proto.SerializeToString()
+            reply = {"external": external, "located": located, "bytes": len(body)}
         except LoadError as exc:
             reply = {"refused": one_line(exc)}
         except Exception as exc:  # noqa: BLE001 - the file, not the studio: one line to the user
             reply = {"refused": one_line(f"{path.name}: not a readable ONNX file ({exc})")}
         del proto
         try:
-            replies.write(json.dumps(reply) + "\n")
-        except OSError:  # the window went away: leave nothing behind
-            shutil.rmtree(out, ignore_errors=True)
+            replies.write(json.dumps(reply).encode() + b"\n" + body)
+            replies.flush()
+        except OSError:  # the window went away
             return 0
     return 0
