@@ -147,7 +147,7 @@ def _read_located(proto, path: Path, located: dict) -> None:
         return
     inits = proto.graph.initializer
     try:
-        with open(path, "rb", buffering=0) as f:
+        with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             for i, (offset, length) in located.items():
                 t = inits[i]
@@ -287,7 +287,7 @@ def locate(proto, path: Path, ranges) -> list[tuple[int, int, int]]:
     from .onnx_io import _itemsize
 
     located = []
-    with open(path, "rb", buffering=0) as f:
+    with open(path, "rb") as f:
         for i, (t, where) in enumerate(zip(proto.graph.initializer, ranges)):
             if where is None:
                 continue
