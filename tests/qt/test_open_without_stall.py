@@ -83,3 +83,23 @@ def test_a_crashing_parse_is_refused_in_one_line_and_the_window_goes_on(window, 
     assert window.session.model is None and list(private_tmp.iterdir()) == []
     window.open_path(str(chain(tmp_path, name="small.onnx")))  # a new child opens the next file
     qtbot.waitUntil(lambda: window.session.model is not None and not window.tasks.running(), timeout=60_000)
+
+
+@pytest.mark.slow
+def test_statistics_stop_when_another_model_is_opened_and_resume_if_it_is_refused(window, qtbot, tmp_path):
+    """A big model's weight statistics (seconds of copies that hold the GIL on a worker) stop when
+    another file is opened; if that file is refused, they start again for the model still shown."""
+    path = chain(tmp_path, layers=48, width=1024)  # 48 weights of 4 MB: statistics on a worker
+    window.open_path(str(path))
+    qtbot.waitUntil(lambda: window.session.model is not None
+                    and window.tasks.running(f"stats {window.session.current.key}"), timeout=120_000)
+    first, cancel = window.session.current, window._stats_cancel
+    (tmp_path / "broken.onnx").write_bytes(b"\x08\x07not onnx at all")
+    window.open_path(str(tmp_path / "broken.onnx"))
+    assert cancel.is_set()
+    qtbot.waitUntil(lambda: window.error_box is not None and window.error_box.isVisible(), timeout=60_000)
+    window.error_box.done(0)
+    assert window.session.current is first and window._stats_cancel not in (None, cancel)  # started again
+    qtbot.waitUntil(lambda: not first.stats_pending, timeout=120_000)
+    assert {s.tensor for s in first.stats} >= {f"w{k}" for k in range(48)}
+    assert "weight statistics failed" not in window.log_panel.text.toPlainText()  # the stopped run says nothing
