@@ -64,6 +64,7 @@ def main() -> int:
     app = create_app()
     from studio.qt.main_window import MainWindow
 
+    load_before = [round(x, 2) for x in os.getloadavg()]  # a shared machine: how busy it was
     folder = Path(tempfile.mkdtemp())
     w = MainWindow()
     w.resize(1280, 800)
@@ -117,7 +118,8 @@ def main() -> int:
     w.shutdown()
     w.close()
     result = {"benchmark": "graph_open", "goal_s": 2.0, "models": rows, "cpus": os.cpu_count(),
-              "qpa": os.environ["QT_QPA_PLATFORM"]}
+              "qpa": os.environ["QT_QPA_PLATFORM"], "load_before": load_before,
+              "load_after": [round(x, 2) for x in os.getloadavg()]}
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -126,12 +126,26 @@ def _dequantize(q, node, inits) -> np.ndarray:
     return (q.astype(np.float32) - zp) * scale
 
 
-def weights(model: Model):
-    return _onnx_weights(model.obj) if model.framework == ONNX else _torch_weights(model.obj)
+def weights(model: Model, cancel=None):
+    """`cancel`: an Event checked before each weight is read (Cancelled when it is set)."""
+    from .errors import Cancelled
+
+    def go_on():
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("weight statistics cancelled")
+
+    go_on()
+    for item in _onnx_weights(model.obj) if model.framework == ONNX else _torch_weights(model.obj):
+        yield item
+        go_on()
 
 
-def layer_stats(model: Model, bins: int = 64, max_samples: int = 1_000_000) -> list[LayerStats]:
-    return [_stats(layer, tensor, op, arr, dtype, bins, max_samples) for layer, tensor, op, arr, dtype in weights(model)]
+def layer_stats(model: Model, bins: int = 64, max_samples: int = 1_000_000, cancel=None) -> list[LayerStats]:
+    """Statistics of every layer's weight; `cancel`: see weights."""
+    out = []
+    for layer, tensor, op, arr, dtype in weights(model, cancel):
+        out.append(_stats(layer, tensor, op, arr, dtype, bins, max_samples))
+    return out
 
 
 def weight_matrix(model: Model, layer_name: str) -> np.ndarray:

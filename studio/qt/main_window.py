@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import traceback
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from PySide6.QtWidgets import (
 )
 
 from studio.core import plugins
-from studio.core.errors import LoadError, StudioError, TrustRequired
+from studio.core.errors import Cancelled, LoadError, StudioError, TrustRequired
 
 
 def _load_views() -> None:
@@ -80,6 +81,9 @@ def settings() -> QSettings:
 STATS_INLINE_PARAMS = 5_000_000
 
 
+STATS_DELAY_MS = 150  # from a big model's graph on screen to its statistics' start
+
+
 def prepare_variant(model, run_id=None, index=0, stats: bool | None = None) -> Variant:
     """Graph, layout and (small models, or stats=True) statistics of a model: worker-thread work.
     Without statistics the variant is `stats_pending`: MainWindow.fill_stats computes them."""
@@ -101,7 +105,7 @@ def prepare_variant(model, run_id=None, index=0, stats: bool | None = None) -> V
 def load_job(path: str, trust: bool):
     from studio.core import io
 
-    return prepare_variant(io.load(path, trust=trust))
+    return prepare_variant(io.load(path, trust=trust, isolate=True))
 
 
 def demo_job(name: str):
@@ -114,6 +118,9 @@ def warm_up_job():
     """First use of torch's training path, onnxruntime and the digits loader pays one-off costs
     (imports, lazy initialisation) that hold the GIL for a few hundred ms. Paid here, right after
     start-up, they do not stall the window in the middle of the user's first run."""
+    from studio.core.io.onnx_child import PARSER
+
+    PARSER.start()  # the child that parses ONNX files for the window: its imports run beside these
     import torch
 
     import onnxruntime  # noqa: F401
@@ -408,6 +415,7 @@ class MainWindow(QMainWindow):
             return
         self.log_panel.begin(f"opening {path}", job=False)
         self.remember_folder("open", str(Path(path).parent))
+        self._stop_stats()
         self.tasks.start("load", load_job, path, trust,
                          on_return=lambda v: self._opened(v, path),
                          on_error=lambda e: self._open_failed(e, path))
@@ -416,6 +424,7 @@ class MainWindow(QMainWindow):
         if self._open_refused(f"the demo model '{name}'"):
             return
         self.log_panel.begin(f"opening the demo model '{name}'", job=False)
+        self._stop_stats()
         self.tasks.start("load", demo_job, name, on_return=lambda v: self._opened(v, None),
                          on_error=lambda e: self._open_failed(e, f"demo {name}"))
 
@@ -424,7 +433,13 @@ class MainWindow(QMainWindow):
             return  # a job started while this was loading (Run waits for loads: should not happen)
         self.variants = {variant.key: variant}
         self.session.set_model(variant)
-        self.fill_stats(variant)
+        # after the views have painted and the window has handled its events: the statistics'
+        # first copy of a big tensor holds the GIL (BERT-base's 94 MB embedding: ~50 ms); started
+        # on the next turn of the event loop it still followed this handler's own time in one stall
+        # (not if another model is being opened by then: _open_failed starts them if that fails)
+        generation = self.session.generation
+        QTimer.singleShot(STATS_DELAY_MS, self, lambda: self.session.generation == generation
+                          and not self.tasks.running("load") and self.fill_stats(variant))
         if path:
             self._add_recent(path)
         m = variant.model
@@ -432,7 +447,17 @@ class MainWindow(QMainWindow):
         self.log_panel.end(f"opened {m.name} ({m.framework}, {m.format}): {len(variant.graph.nodes)} nodes, "
                            f"{variant.graph.total_parameters:,} parameters")
 
+    def _stop_stats(self) -> None:
+        """Stop the statistics of the model shown (another one is being opened)."""
+        cancel = getattr(self, "_stats_cancel", None)
+        if cancel is not None:
+            cancel.set()
+            self._stats_cancel = None
+
     def _open_failed(self, exc: Exception, what: str) -> None:
+        current = self.session.current
+        if current is not None and current.stats_pending:
+            self.fill_stats(current)  # the model still shown: its statistics, stopped for this open
         if isinstance(exc, TrustRequired):
             self.log_panel.end(f"{what}: asks for trust")
             self.ask_trust(what, str(exc))
@@ -607,7 +632,7 @@ class MainWindow(QMainWindow):
 
     def fill_stats(self, variant: Variant) -> None:
         """A large model's graph is on screen: its weight statistics follow from a worker."""
-        if not variant.stats_pending:
+        if not variant.stats_pending or self.stopping:
             return
         from studio.core.stats import layer_stats
 
@@ -617,8 +642,15 @@ class MainWindow(QMainWindow):
             if generation == self.session.generation:
                 self.session.set_stats(variant, stats)
 
-        self.tasks.start(f"stats {variant.key}", layer_stats, variant.model, on_return=done,
-                         on_error=lambda e: self.log_panel.append(f"weight statistics failed: {e}"))
+        def failed(exc):
+            if not isinstance(exc, Cancelled):
+                self.log_panel.append(f"weight statistics failed: {exc}")
+
+        # a model opened next stops them: their copies of big tensors would hold the GIL while
+        # that model's own load does (two threads taking turns: the window waited for both)
+        self._stats_cancel = cancel = threading.Event()
+        self.tasks.start(f"stats {variant.key}", layer_stats, variant.model, cancel=cancel, _cancel=cancel,
+                         on_return=done, on_error=failed)
 
     def _show(self, variant: Variant) -> None:
         """Show a variant; the selected layers follow to their counterparts in it."""
@@ -746,10 +778,13 @@ class MainWindow(QMainWindow):
         Returns whether every worker finished."""
         if not self.ready:  # closed before its views were built: no worker was started
             return True
+        self.stopping = True  # nothing new starts (a model's statistics wait STATS_DELAY_MS)
         self.jobs.stop()
         if self.netron is not None:
             self.netron.stop()
         return self.tasks.wait(timeout)
+
+    stopping = False  # shut down: no new worker
 
     # Quitting: None waits for every worker (tests); the application sets a budget in seconds.
     quit_budget_s: float | None = None

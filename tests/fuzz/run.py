@@ -40,8 +40,10 @@ def opener(fmt: str):
 
     from .seeds import ARCH
 
-    # what `studio inspect` and the window's Open do: load, then build the graph and the stats
-    return lambda path: summary(io.load(path, arch=ARCH))
+    # what `studio inspect` and the window's Open do: load, then build the graph and the stats;
+    # STUDIO_FUZZ_ISOLATE=1: ONNX as the window loads it (parsed in its child, io/onnx_child.py)
+    isolate = fmt == "onnx" and os.environ.get("STUDIO_FUZZ_ISOLATE") == "1"
+    return lambda path: summary(io.load(path, arch=ARCH, isolate=isolate))
 
 
 def mutant_of(fmt: str, seeds: list[Path], seed: int, index: int) -> tuple[bytes, str, Path]:

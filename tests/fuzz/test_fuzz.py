@@ -108,6 +108,23 @@ def test_mutants_open_or_are_refused_in_one_line(fmt, first, count, tmp_path):
     assert outcomes == {"opened", "refused"}, outcomes
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_onnx_mutants_get_the_same_outcome_in_the_windows_child(tmp_path):
+    """The window parses ONNX in a child process and reads the big weights from the file (io/onnx_child.py):
+    each mutant opens, or is refused with the same one line, exactly as in-process."""
+    outcomes = []
+    for name, env in (("direct", {}), ("isolated", {"STUDIO_FUZZ_ISOLATE": "1"})):
+        (tmp_path / name).mkdir()
+        results, problems = _run("onnx", tmp_path / name, count=100, env=env)
+        assert not problems and len(results) == 100, problems
+        outcomes.append({r["index"]: (r["outcome"], r.get("message")) for r in results})
+    direct, isolated = outcomes
+    differ = [f"mutant {i}: {direct[i]} in-process, {isolated[i]} in the child" for i in direct if direct[i] != isolated[i]]
+    assert not differ, "\n".join(differ)
+    assert {o for o, _ in isolated.values()} == {"opened", "refused"}
+
+
 @pytest.mark.parametrize("trouble", ["CRASH", pytest.param("HANG", marks=pytest.mark.slow)])
 def test_a_crash_or_hang_in_a_child_names_the_mutant(trouble, tmp_path):
     """The harness itself: a child killed by SIGSEGV, or stuck, is reported with the mutant it was on."""

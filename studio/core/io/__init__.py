@@ -24,16 +24,18 @@ from .detect import FORMATS, detect_format
 __all__ = ["load", "detect_format", "FORMATS", "LoadError", "TrustRequired"]
 
 
-def load(path, *, arch: str | None = None, trust: bool = False, input_shape: tuple | None = None) -> Model:
-    """Load a model file; raises LoadError with a one-line reason."""
+def load(path, *, arch: str | None = None, trust: bool = False, input_shape: tuple | None = None,
+         isolate: bool = False) -> Model:
+    """Load a model file; raises LoadError with a one-line reason. `isolate`: an ONNX file is parsed
+    in a child process and its tensors read one at a time (the window: no long GIL hold)."""
     try:
-        return _load(Path(path), arch, trust, input_shape)
+        return _load(Path(path), arch, trust, input_shape, isolate)
     except LoadError as exc:  # one line always, even when a file's own names hold line breaks
         exc.args = (one_line(exc),)
         raise
 
 
-def _load(path: Path, arch: str | None, trust: bool, input_shape: tuple | None) -> Model:
+def _load(path: Path, arch: str | None, trust: bool, input_shape: tuple | None, isolate: bool) -> Model:
     if not path.exists():
         raise LoadError(f"{path}: no such file")
     if path.is_dir():
@@ -45,7 +47,7 @@ def _load(path: Path, arch: str | None, trust: bool, input_shape: tuple | None) 
     if fmt == "onnx":
         from .onnx_io import load_onnx
 
-        model = load_onnx(path)
+        model = load_onnx(path, isolate)
     elif fmt == "packed":
         from .onnx_io import load_packed
 

@@ -59,14 +59,20 @@ def _known_types() -> set[int]:
     return set(TensorProto.DataType.values()) - {TensorProto.UNDEFINED}
 
 
-def check_tensors(proto, folder: Path, name: str, file_size: int = 0) -> bool:
+def check_tensors(proto, folder: Path, name: str, file_size: int = 0, inline: bool = True,
+                  located=()) -> bool:
     """Refuse tensors whose dims claim more than their bytes hold; returns whether external data
-    is used. Nothing is allocated from the claims."""
+    is used. Nothing is allocated from the claims. `inline=False` leaves out the bytes held in the
+    file itself (counting them copies each tensor): onnx_child's parent checks those. `located`:
+    indices of main-graph initializers whose bytes are not there yet (onnx_child: they lie in the
+    file, checked against it as they are read)."""
     from onnx import TensorProto
 
     external = False
     known = _known_types()
-    for t in _all_tensors(proto.graph):
+    for k, t in enumerate(_all_tensors(proto.graph)):  # (the main graph's initializers come first)
+        if k in located:
+            continue
         count = 1
         for d in t.dims:
             if d < 0:
@@ -104,6 +110,8 @@ def check_tensors(proto, folder: Path, name: str, file_size: int = 0) -> bool:
             if need is not None and read != need and not (size == 1 and read == (count + 1) // 2):
                 raise LoadError(f"{name}: tensor '{t.name}' claims dims {list(t.dims)} but its external data "
                                 f"holds {read:,} bytes; refused")
+            continue
+        if not inline:
             continue
         if t.data_type == TensorProto.STRING and not t.HasField("raw_data"):
             if len(t.string_data) != count:
@@ -266,25 +274,53 @@ def input_shape_of(proto) -> tuple[tuple[int, ...] | None, str]:
     return None, "float32"
 
 
-def load_onnx(path: Path) -> Model:
+def parse_checked(path: Path, inline: bool = True, load: bool = True, proto=None):
+    """(proto, whether it has external data): parsed without external data (unless `proto` is
+    given, parsed already), every tensor and sidecar path checked (see check_tensors for
+    `inline`), then, with `load`, the data read."""
     import onnx
     from google.protobuf.message import DecodeError
 
     try:
-        proto = onnx.load_model(str(path), load_external_data=False)
+        if proto is None:
+            proto = onnx.load_model(str(path), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, OSError) as exc:
         raise LoadError(f"{path.name}: not a readable ONNX file ({str(exc).splitlines()[0][:120] or 'parse error'})") from None
     if not proto.graph.node and not proto.graph.output:
         raise LoadError(f"{path.name}: not a readable ONNX file (no graph)")
-    external = check_tensors(proto, path.parent, path.name, path.stat().st_size)
-    check_structure(proto, path.name)
-    if external:
-        from onnx.external_data_helper import load_external_data_for_model
+    try:
+        external = check_tensors(proto, path.parent, path.name, path.stat().st_size, inline)
+        check_structure(proto, path.name)
+        if external and load:
+            load_external(proto, path)
+    except LoadError:
+        if not inline:  # refused all the same: name the problem the full check finds first
+            check_tensors(proto, path.parent, path.name, path.stat().st_size)
+        raise
+    return proto, external
 
-        try:
-            load_external_data_for_model(proto, str(path.parent))
-        except Exception as exc:  # noqa: BLE001
-            raise LoadError(f"{path.name}: cannot read its external data ({exc})") from None
+
+def load_external(proto, path: Path, tensors=None) -> None:
+    """The external data of `tensors` (default: every tensor of the model) read into them, one
+    tensor at a time, by onnx's own reader; refused in one line if it fails."""
+    from onnx.external_data_helper import _get_all_tensors, load_external_data_for_tensor, uses_external_data
+
+    try:
+        for tensor in _get_all_tensors(proto) if tensors is None else tensors:
+            if uses_external_data(tensor):
+                load_external_data_for_tensor(tensor, str(path.parent))
+    except Exception as exc:  # noqa: BLE001
+        raise LoadError(f"{path.name}: cannot read its external data ({exc})") from None
+
+
+def load_onnx(path: Path, isolate: bool = False) -> Model:
+    """`isolate`: parse in the warm child process (onnx_child), as the window does."""
+    if isolate:
+        from .onnx_child import load_isolated
+
+        proto, external = load_isolated(path)
+    else:
+        proto, external = parse_checked(path)
     return _onnx_model(proto, path, "onnx", external)
 
 

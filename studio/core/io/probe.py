@@ -47,6 +47,10 @@ def probe(fmt: str, path: Path, timeout: float = TIMEOUT_S, what: str = "torch")
 
 def child_main(argv: list[str]) -> int:
     """`studio _probe FORMAT PATH`: the parse alone; exit 0 parsed, 3 a parse error, killed if it crashes."""
+    if argv == ["onnx_server"]:  # the window's warm ONNX parser (onnx_child)
+        from .onnx_child import serve
+
+        return serve()
     fmt, path = argv
     try:
         if fmt == "torchscript":
