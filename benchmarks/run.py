@@ -194,9 +194,9 @@ def bert_small(quick: bool) -> Bench:
 def add_variants(bench: Bench, epochs: int, rounds: int) -> None:
     """Every peer at its best, alone and stacked by hand, then the studio's shipped recipes. The
     pruning peers get the studio's budget: Torch-Pruning 65 % of channels with round_to 8, which
-    rounds kept channels down and so removes about the 75 % the fastest recipe asks (rounded to
-    the nearest; each row says the share really removed), and its fine-tune epochs; the smallest
-    recipe's 93 % unstructured with its epochs."""
+    rounds kept channels down and so removes 66-75 % (the fastest recipe asks 75 %, rounded to
+    the nearest; each row says the share really removed), with its fine-tune epochs; the
+    smallest recipe's 93 % unstructured with its epochs."""
     import torch
 
     d = bench.data
@@ -247,8 +247,7 @@ def add_variants(bench: Bench, epochs: int, rounds: int) -> None:
                     v.seconds += tp.seconds
                     v.settings = f"{tp.settings}; then {v.settings}"
         if bench.trained:
-            up_epochs = epochs * recipe_epochs("smallest.yaml", "prune.magnitude") // DEFAULT_EPOCHS
-            up = peer("torch prune 93% + ft", lambda: peers.torch_prune_unstructured(bench.model.obj, x, y, 0.93, up_epochs),
+            up = peer("torch prune 93% + ft", lambda: peers.torch_prune_unstructured(bench.model.obj, x, y, 0.93, epochs),
                       wrap=lambda m: torch_model(bench, m))
             if up is not None:
                 up_proto = to_onnx_proto(up.model)
@@ -264,16 +263,6 @@ def add_variants(bench: Bench, epochs: int, rounds: int) -> None:
         except Exception as exc:  # noqa: BLE001 - a missing pass is a result to report, not a crash
             print(f"  {bench.name}: {label} failed: {exc}")
             bench.variants.append(Variant(label, "studio", bench.model, note=f"FAILED: {exc}"))
-
-
-DEFAULT_EPOCHS = 20  # --epochs: the fastest recipe's fine-tune budget
-
-
-def recipe_epochs(recipe_file: str, pass_id: str) -> int:
-    """The fine-tune epochs a shipped recipe gives `pass_id`'s steps in all (the smallest recipe
-    prunes in two steps of 20): the by-hand peer doing the same work gets as many."""
-    recipe = Recipe.load(RECIPES / recipe_file)
-    return sum(s.build().config.fine_tune_epochs for s in recipe.enabled_steps() if s.id == pass_id)
 
 
 def recipes_for(bench: Bench):
@@ -512,9 +501,8 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(BENCHES), choices=list(BENCHES))
     parser.add_argument("--rounds", type=int, default=9, help="interleaved latency rounds")
-    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
-                        help="fine-tune epochs of the structured pruning rows (the fastest recipe's budget: 20); the "
-                             "unstructured rows get the smallest recipe's epochs, scaled alike (40 at 20)")
+    parser.add_argument("--epochs", type=int, default=20,
+                        help="fine-tune epochs for every pruning row (the shipped recipes' budget: 20)")
     parser.add_argument("--out", default=str(RESULTS), help="folder for results.json / results.md")
     parser.add_argument("--no-overhead", action="store_true")
     parser.add_argument("--quick", action="store_true",
