@@ -194,7 +194,7 @@ def bert_small(quick: bool) -> Bench:
 def add_variants(bench: Bench, epochs: int, rounds: int) -> None:
     """Every peer at its best, alone and stacked by hand, then the studio's shipped recipes. The
     pruning peers get the studio's budget: Torch-Pruning 65 % of channels with round_to 8, which
-    rounds kept channels down and so removes 66-75 % (the fastest recipe asks 75 %, rounded to
+    rounds kept channels down and so removes 66-71 % (the fastest recipe asks 75 %, rounded to
     the nearest; each row says the share really removed), with its fine-tune epochs; the
     smallest recipe's 93 % unstructured with its epochs."""
     import torch
