@@ -63,6 +63,11 @@ def torch_prune_unstructured(module, x, y, sparsity: float, epochs: int, lr: flo
     return module.eval(), time.perf_counter() - start, settings
 
 
+def _out_channels(module, classifier) -> dict:
+    """Output channels of every Linear/Conv layer but the classifier (the layers that may shrink)."""
+    return {id(m): m.weight.shape[0] for m in _layers(module) if m is not classifier}
+
+
 def torch_pruning_channels(module, example, x, y, ratio: float, epochs: int, lr: float = 1e-3, round_to: int = 8):
     """Torch-Pruning by hand, with the studio's ratio, importance, rounding and fine-tune budget:
     L2 magnitude per group, the same ratio in every layer, the classifier kept, kept channels
@@ -76,11 +81,14 @@ def torch_pruning_channels(module, example, x, y, ratio: float, epochs: int, lr:
         module, example, importance=tp.importance.GroupMagnitudeImportance(p=2), pruning_ratio=ratio,
         ignored_layers=[classifier], round_to=round_to,
     )
+    before = _out_channels(module, classifier)
     pruner.step()
+    after = _out_channels(module, classifier)
+    removed = 1 - sum(after.values()) / max(1, sum(before.values()))
     if epochs and y is not None:
         drain(train(module, x, y, epochs, lr))
-    settings = (f"MetaPruner, L2 group magnitude, {ratio:.0%} of channels per layer, round_to {round_to} "
-                f"(its rounding: down), {epochs} epochs fine-tune (Adam, lr {lr:g})")
+    settings = (f"MetaPruner, L2 group magnitude, {ratio:.0%} of channels per layer asked, round_to {round_to} "
+                f"(its rounding: down; {removed:.0%} really removed), {epochs} epochs fine-tune (Adam, lr {lr:g})")
     return module.eval(), time.perf_counter() - start, settings
 
 
