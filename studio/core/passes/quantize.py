@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from ..convert import fixed_batch, iter_session_all, onnx_copy, run_session_all, session, to_onnx_proto
+from ..convert import fixed_batch, iter_session_all, onnx_copy, session, to_onnx_proto
 from ..evaluate import Measurement, class_scores, measure_latency, quality_from_outputs
 from ..model import ONNX
 from . import targets as tg
@@ -311,13 +311,13 @@ class StaticInt8(Pass[StaticConfig]):
             tmp = Path(tmp)
             src = _save(proto, tmp, "fp32.onnx")
             pre = tmp / "pre.onnx"
-            yield 0.1, "pre-processing (fusions)"
+            yield 0.08, "pre-processing (fusions)"
             pre, pre_proto = _pre_process(src, pre)
             facts = _graph_facts(pre_proto)
             user_excluded = excluded_nodes(pre_proto, cfg)
             # from the file just written: a session from the ModelProto would serialize another copy
             what = f"running the float model on {len(x_val)} validation samples"
-            yield 0.15, what
+            yield 0.1, what
             steps = iter_session_all(session(str(src)), x_val, cancel=context.cancel_event)
             while True:
                 try:
@@ -325,7 +325,7 @@ class StaticInt8(Pass[StaticConfig]):
                 except StopIteration as stop:
                     reference = stop.value
                     break
-                yield 0.15 + 0.05 * done, what
+                yield 0.1 + 0.1 * done, f"{what}: {done:.0%}"  # BERT-base: minutes, the bar shows how far
             trial = _Trial(proto, tmp / "int8.onnx", pre, pre_proto.graph, facts, user_excluded, x_pool, x_val,
                            reference, pinned, context)
             trial.histogram = histogram_samples(pre_proto, model.input_shape)
@@ -520,7 +520,15 @@ class _Trial:
         proto = _load(self.out)
         if report is not None:
             report(None, len(self.x_val))  # calibrated: now the comparison with the float stage
-        outs = run_session_all(session(proto), self.x_val, cancel=self.context.cancel_event)
+        steps = iter_session_all(session(proto), self.x_val, cancel=self.context.cancel_event)
+        while True:  # BERT-base: over a minute; the bar says how far
+            try:
+                done = next(steps)
+            except StopIteration as stop:
+                outs = stop.value
+                break
+            if report is not None:
+                report(f"comparing with the float stage on {len(self.x_val)} samples: {done:.0%}", None)
         m = Measurement()
         quality_from_outputs(m, outs, None, self.reference, self.names, self.vocab)
         score = m.agreement if self.classifier else m.cosine
@@ -710,8 +718,8 @@ def _reporting(call, start: float, span: float, check=None):
             if check is not None:
                 check()
             done, total = event
-            if isinstance(done, str):  # a step without batches (ranges reused): its own message
-                yield start + 0.9 * span, done
+            if isinstance(done, str):  # ranges reused, or the comparison's progress: its own message
+                yield start + (0.95 if done.startswith("comparing") else 0.9) * span, done
                 continue
             if done is None:  # calibrated
                 yield start + 0.95 * span, f"comparing with the float stage on {total} samples"
