@@ -105,12 +105,14 @@ def watch(cmd: list[str], env: dict, terminal: bool, timeout: float) -> dict:
                else threading.Thread(target=drain, args=(proc.stderr, "err"), daemon=True)]
     for r in readers:
         r.start()
-    peak, samples, killed = 0, 0, False
+    peak, samples, killed, timeline = 0, 0, False, []
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
-        peak = max(peak, tree_rss(proc.pid))
+        now = tree_rss(proc.pid)
+        peak = max(peak, now)
+        timeline.append((time.perf_counter() - t0, now))
         samples += 1
         if time.perf_counter() - t0 > timeout and not killed:
             proc.kill()  # our own child, by its id
@@ -136,6 +138,7 @@ def watch(cmd: list[str], env: dict, terminal: bool, timeout: float) -> dict:
                 elif piece.strip():
                     other.append(piece.strip())
         result["updates"], result["stderr"] = updates, "\n".join(other)
+        result["timeline"] = timeline
     else:
         result["stderr"] = b"".join(chunks["err"]).decode(errors="replace")
     return result
@@ -158,6 +161,39 @@ def progress_figures(updates: list[tuple[float, int, str]], wall: float) -> dict
             "longest_gap_began_at": updates[i - 1][2] if i else "(process start, before the first update)",
             "longest_percent_unchanged_s": round(still, 3),
             "longest_percent_unchanged_at": f"{step[1]}% {step[2]}" if step else None}
+
+
+def phase_of(message: str) -> str:
+    """The step a progress message belongs to: its text before the first colon ('measuring the original
+    model', 'latency batch 32'); a pass's steps by the pass and its own first part ('quantize.int8_static:
+    calibrating', batch counts and time left dropped); the RAM children and the export's steps as one each."""
+    parts = [p.strip() for p in message.split(":")]
+    head = parts[0]
+    if head.startswith("RAM of stage"):
+        return "RAM of each stage (a fresh process each)"
+    if head.startswith(("writing ", "verif")):
+        return "export: writing and verifying the file"
+    if "." in head and " " not in head and len(parts) > 1:  # a pass id
+        sub = re.sub(r"\s*\([^)]*\)", "", parts[1].split(" · ")[0]).strip()
+        return f"{head}: {sub[:60]}"
+    return head
+
+
+def phases(updates: list[tuple[float, int, str]], timeline: list[tuple[float, int]], wall: float) -> list[dict]:
+    """Per step, in order: seconds from its first progress update to the next step's first (the
+    time before the first update goes to 'start'), and the process tree's peak resident memory
+    sampled in that time."""
+    marks: list[tuple[float, str]] = [(0.0, "start: the process until its first progress update")]
+    for t, _, message in updates:
+        name = phase_of(message)
+        if name != marks[-1][1]:
+            marks.append((t, name))
+    rows: dict[str, dict] = {}
+    for (begin, name), end in zip(marks, [t for t, _ in marks[1:]] + [wall], strict=True):
+        row = rows.setdefault(name, {"step": name, "seconds": 0.0, "peak_rss_bytes": 0})
+        row["seconds"] = round(row["seconds"] + end - begin, 2)
+        row["peak_rss_bytes"] = max([row["peak_rss_bytes"]] + [r for t, r in timeline if begin <= t <= end])
+    return list(rows.values())
 
 
 def inspect(path: Path, env: dict, runs: int) -> dict:
@@ -195,6 +231,7 @@ def run(path: Path, env: dict, out: Path) -> dict:
             "peak_rss_largest_process_bytes": row["peak_rss_largest_process_bytes"],
             "rss_samples": row["rss_samples"], "peak_rss_bytes": peak, "met_memory": peak <= budget,
             "progress": {**moved, "moved": moved["distinct_percent_values"] > 1},
+            "phases": phases(row["updates"], row["timeline"], row["wall_s"]),
             # what else the user's terminal showed beside the bar (warnings of the libraries, say)
             "other_stderr_lines": len(row["stderr"].splitlines()),
             "other_stderr_distinct": sorted(set(row["stderr"].splitlines()))[:5],
@@ -253,6 +290,10 @@ def markdown(r: dict) -> str:
     for file, (seconds, date) in r["resnet50_drawn_quoted"].items():
         lines.append(f"| ResNet-50 ONNX opened to drawn in the window (quoted from `{file}`, {date}; not re-measured "
                      f"here) | <= 2 s | {seconds:.2f} s | {yes[seconds <= 2.0]} |")
+    if run_.get("phases"):
+        lines += ["", "Where the run's time and memory went (from its progress messages; the process tree's resident "
+                  "memory sampled every 50 ms):", "", "| step | seconds | peak memory |", "|---|---|---|"]
+        lines += [f"| {p_['step']} | {p_['seconds']:.1f} | {mb(p_['peak_rss_bytes'])} |" for p_ in run_["phases"]]
     exports = "; ".join(f"{e['format']} {'verified' if e['verified'] else 'NOT verified'} {mb(e['size_bytes'])}"
                         for e in run_["exports"])
     notes = ["", f"Exports: {exports}. Stages: {', '.join(map(str, run_['stages']))}."]

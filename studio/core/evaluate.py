@@ -9,12 +9,15 @@ that file and of its zip, latency as the median of interleaved rounds with a fix
 from __future__ import annotations
 
 import io
+import os
 import re
+import tempfile
 import statistics
 import time
 import zipfile
 from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -23,6 +26,7 @@ from .convert import (
 )
 from .data import Data
 from .data_checks import check_labels_fit
+from .errors import Cancelled
 from .model import Model
 from .stats import count_parameters  # also imported from here by callers
 from .training import drain
@@ -182,12 +186,103 @@ def onnx_bytes(proto) -> bytes:
     return proto.SerializeToString()
 
 
-def zipped_size(blob: bytes) -> int:
-    """Bytes of a zip archive holding the file (deflate, level 6)."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=ZIP_LEVEL) as archive:
-        archive.writestr("model.onnx", blob)
-    return buffer.tell()
+class _CountingSink(io.RawIOBase):
+    """A seekable file that keeps no bytes, only where they would end: zipfile rewrites the
+    local header after the data as on a real file, so the size is the archive's to the byte."""
+
+    def __init__(self):
+        super().__init__()
+        self.position = self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        n = len(b)
+        self.position += n
+        self.size = max(self.size, self.position)
+        return n
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.position = offset if whence == 0 else self.position + offset if whence == 1 else self.size + offset
+        return self.position
+
+
+ZIP_CHUNK = 16 << 20
+
+
+def zipped_size(blob, progress: Callable[[float], None] | None = None) -> int:
+    """Bytes of a zip archive holding the file (its bytes, or its path; deflate, level 6), as
+    ZipFile.writestr writes it, compressed in chunks (the same bytes out) into a sink that keeps
+    none of them: the archive of a 440 MB model of random weights was another 400 MB in memory.
+    progress(fraction) after each chunk may raise to stop it."""
+    if not isinstance(blob, (bytes, bytearray, memoryview)):
+        with open(blob, "rb") as f:
+            return _zipped(os.fstat(f.fileno()).st_size, lambda: f.read(ZIP_CHUNK), progress)
+    view = memoryview(blob)
+    chunks = iter(range(0, len(blob), ZIP_CHUNK))
+    return _zipped(len(blob), lambda: view[next(chunks, len(blob)):][:ZIP_CHUNK], progress)
+
+
+def _zipped(size: int, read: Callable[[], bytes], progress) -> int:
+    sink = _CountingSink()
+    with zipfile.ZipFile(sink, "w", zipfile.ZIP_DEFLATED, compresslevel=ZIP_LEVEL) as archive:
+        info = zipfile.ZipInfo("model.onnx", date_time=time.localtime(time.time())[:6])
+        info.compress_type, info.external_attr, info.file_size = zipfile.ZIP_DEFLATED, 0o600 << 16, size
+        info._compresslevel = ZIP_LEVEL  # what writestr sets from the archive's level
+        with archive.open(info, mode="w") as dest:
+            done = 0
+            while chunk := read():
+                dest.write(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(min(1.0, done / max(1, size)))
+    return sink.size
+
+
+class _Zipping:
+    """zipped_size on a helper thread (zlib lets go of the GIL: the second core compresses while
+    onnxruntime runs the model on the first); result() waits for it; stop() ends it at its next
+    chunk."""
+
+    def __init__(self, blob):
+        import threading
+
+        self.fraction, self.size, self.error = 0.0, None, None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(blob,), name="studio-zip", daemon=True)
+        self._thread.start()
+
+    def _run(self, blob):
+        def progress(fraction):
+            self.fraction = fraction
+            if self._stop.is_set():
+                raise Cancelled()
+
+        try:
+            self.size = zipped_size(blob, progress)
+        except BaseException as exc:  # noqa: BLE001 - raised in the waiting thread
+            self.error = exc
+
+    def wait(self, seconds: float) -> bool:
+        """True once it is done."""
+        self._thread.join(seconds)
+        return not self._thread.is_alive()
+
+    def result(self) -> int:
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.size
+
+    def stop(self):
+        self._stop.set()
 
 
 def count_macs(model: Model) -> int:
@@ -224,34 +319,66 @@ def measure(model: Model, data: Data, reference=None, proto=None, cancel=None, e
     return drain(measure_steps(model, data, reference, proto, cancel, evaluator))
 
 
-def measure_steps(model: Model, data: Data, reference=None, proto=None, cancel=None, evaluator=None):
+def measure_steps(model: Model, data: Data, reference=None, proto=None, cancel=None, evaluator=None, outputs=None,
+                  keep: dict | None = None, is_reference: bool = False):
     """measure() as a generator of (fraction, message) for each phase and batch; returns the
-    Measurement."""
+    Measurement. The model is written to a scratch file once: its size, its zip (made on another
+    core while the model runs: zlib lets go of the GIL) and the session are of that file, so no
+    other copy of a 440 MB model is held. `outputs`: this very model's outputs on them, computed the same way
+    (then it does not run). `keep`: a dict that gets the outputs under "outputs"; `is_reference`:
+    they are the reference too (the original's: the pipeline ran BERT-base on them twice, 100 s
+    each)."""
     if proto is None:
         yield 0.0, "exporting to ONNX"
         proto = to_onnx_proto(model)
     yield 0.05, "file size and zipped size"
-    blob = onnx_bytes(proto)
-    params, nonzeros = count_parameters(proto)
-    m = Measurement(parameters=params, nonzeros=nonzeros, size_bytes=len(blob), zip_bytes=zipped_size(blob))
-    yield 0.2, "counting MACs"
+    folder = tempfile.TemporaryDirectory(prefix="studio-measure-")
+    zipping = None
     try:
-        m.macs = count_macs(model)
-    except Exception:  # noqa: BLE001 - MACs of exotic graphs may be unknown; 0 means unknown
-        m.macs = 0
-    x = data.shaped(data.x_test, model.input_shape)
-    yield 0.3, f"quality on {len(x):,} held-out samples"
-    sess = session(proto)
-    steps = iter_session_all(sess, x, cancel=cancel)
-    while True:
+        # the file, once: its size, its zip (read back in chunks on another core) and the session
+        # (from a file onnxruntime holds one copy of the model, from bytes three at its peak)
+        path = Path(folder.name) / "model.onnx"
+        path.write_bytes(onnx_bytes(proto))
+        params, nonzeros = count_parameters(proto)
+        m = Measurement(parameters=params, nonzeros=nonzeros, size_bytes=path.stat().st_size)
+        zipping = _Zipping(path)  # while the MACs are counted and the model runs
+        yield 0.2, "counting MACs"
         try:
-            done = next(steps)
-        except StopIteration as stop:
-            outs = stop.value
-            break
-        yield 0.3 + 0.7 * done, f"quality on {len(x):,} held-out samples"  # the bar shows how far
+            m.macs = count_macs(model)
+        except Exception:  # noqa: BLE001 - MACs of exotic graphs may be unknown; 0 means unknown
+            m.macs = 0
+        x = data.shaped(data.x_test, model.input_shape)
+        yield 0.3, f"quality on {len(x):,} held-out samples"
+        names = [o.name for o in proto.graph.output]
+        if outputs is not None:
+            outs = outputs
+        else:
+            sess = session(path)
+            names = [o.name for o in sess.get_outputs()]
+            steps = iter_session_all(sess, x, cancel=cancel)
+            while True:
+                try:
+                    done = next(steps)
+                except StopIteration as stop:
+                    outs = stop.value
+                    break
+                yield 0.3 + 0.6 * done, f"quality on {len(x):,} held-out samples"  # the bar shows how far
+            del sess
+        while not zipping.wait(0.5):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled()
+            yield 0.9 + 0.1 * zipping.fraction, f"zipped size ({zipping.fraction:.0%})"
+        m.zip_bytes = zipping.result()
+    finally:
+        if zipping is not None:
+            zipping.stop()
+            zipping.wait(60)
+        folder.cleanup()
     m.samples = len(x)
-    names = [o.name for o in sess.get_outputs()]
+    if keep is not None:
+        keep["outputs"] = outs
+    if is_reference:
+        reference = outs
     quality_from_outputs(m, outs, data.y_test, reference, names, vocab=embedding_vocab(model))
     if m.classifier and not m.per_position:  # only here is the number of classes known
         check_labels_fit(data.y_train, int(outs[names.index(m.class_output)].shape[1]))

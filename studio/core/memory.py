@@ -154,7 +154,8 @@ def inference_ram(proto, x, threads: int = 1) -> int | None:
     if proto.ByteSize() > 2**31 - 1:
         return None  # one protobuf file cannot hold it; such a model is measured on its own files
     feed = feeds(_input_metas(proto), x, 0, 1, pad_to=fixed_batch(proto))
-    return _measure_child(proto.SerializeToString(), "model.onnx", feed, threads)
+    # the serialized copy lives only while it is written: not beside the child that loads the file
+    return _measure_child(lambda path: path.write_bytes(proto.SerializeToString()), "model.onnx", feed, threads)
 
 
 def pte_ram(program: bytes, args, threads: int = 1) -> int | None:
@@ -177,10 +178,14 @@ def runtime_ram(name: str, file: bytes, args, threads: int = 1) -> int | None:
     return None
 
 
-def _measure_child(blob: bytes, name: str, feed: dict, threads: int, kind: str = "") -> int | None:
+def _measure_child(blob, name: str, feed: dict, threads: int, kind: str = "") -> int | None:
+    """blob: the file's bytes, or a call that writes the file to the path it is given."""
     with tempfile.TemporaryDirectory(prefix="studio-ram-") as folder:
         model_path, feed_path = Path(folder) / name, Path(folder) / "feed.npz"
-        model_path.write_bytes(blob)
+        if callable(blob):
+            blob(model_path)
+        else:
+            model_path.write_bytes(blob)
         np.savez(feed_path, **feed)
         try:
             done = subprocess.run(_command(model_path, feed_path, threads, kind), capture_output=True, text=True,

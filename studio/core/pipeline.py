@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from .convert import to_onnx_proto
 from .data import Data
 from .errors import Cancelled, StudioError
-from .evaluate import Measurement, measure_latency_all, measure_steps, reference_steps
+from .evaluate import Measurement, measure_latency_all, measure_steps
 from .model import Model
 from .passes.base import Context
 from .recipe import Recipe, RecipeStep
@@ -205,10 +205,13 @@ def run(
             original._onnx = previous[0]._onnx
         what = "measuring the original model: "
         yield Progress(0, stages_total, 0.0, what + "exporting to ONNX")
-        reference = yield from _mapped(reference_steps(model, data, cancel_event, original.onnx()),
-                                       0, stages_total, 0.05, 0.5, what)
+        # the reference outputs are the original's quality outputs (the same session settings on
+        # the same inputs): the original runs on them once, measured and kept in one step
+        box: dict = {}
         original.measurement = yield from _mapped(
-            measure_steps(model, data, reference, original.onnx(), cancel_event, evaluator), 0, stages_total, 0.5, 1.0, what)
+            measure_steps(model, data, None, original.onnx(), cancel_event, evaluator, keep=box, is_reference=True),
+            0, stages_total, 0.0, 1.0, what)
+        reference = box["outputs"]
     check()
 
     current = model

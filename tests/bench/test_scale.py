@@ -33,5 +33,11 @@ def test_scale_quick_writes_every_figure(tmp_path):
     assert 0 < progress["longest_percent_unchanged_s"] < run["wall_s"]
     assert run["exports"] == [{"format": "onnx", "verified": True, "size_bytes": run["exports"][0]["size_bytes"]}]
     assert run["exports"][0]["size_bytes"] < run["model_bytes"] / 2  # INT8 weights
+    steps = {p["step"]: p for p in run["phases"]}
+    assert "quantize.int8_static: calibrating" in steps and "measuring the original model" in steps
+    assert all(p["seconds"] >= 0 and p["peak_rss_bytes"] <= run["peak_rss_tree_sampled_bytes"] for p in run["phases"])
+    assert sum(p["seconds"] for p in run["phases"]) == pytest.approx(run["wall_s"], abs=0.5)
+    assert run["other_stderr_lines"] == 0  # onnxruntime's per-weight notes are in the try's record, not here
     md = (tmp_path / "scale.md").read_text()
+    assert "| quantize.int8_static: calibrating |" in md
     assert "QUICK" in md and "| <= 10 s |" in md and "| <= 5 min |" in md and "ResNet-50" in md

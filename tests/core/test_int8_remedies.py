@@ -177,3 +177,72 @@ def test_cancel_during_remedies_leaves_the_input():
     # yields: export, pre-processing, first calibration, first remedy; the cancel lands in a remedy
     assert_cancel_leaves_input(create("quantize.int8_static", calibration_samples=8, validation_samples=128,
                                       max_drop=0.0), model, context, after_yields=4)
+
+
+def test_remedies_reuse_the_ranges_of_one_calibration_and_quantize_as_a_fresh_one_would(tmp_path):
+    """A remedy that changes how the model is quantized (activation type, 7-bit or per-tensor
+    weights, ops kept float) and not how it is calibrated reuses the first try's activation
+    ranges (onnxruntime's calibration cache) instead of calibrating again: BERT-base took 4-5 min
+    per calibration. The model a reused try writes is the one onnxruntime's quantize_static
+    writes when it calibrates by itself with that setting, byte for byte."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from studio.core.passes.quantize import FLOAT_SENSITIVE, _pre_process, calibration_reader
+
+    model = vit_model(seed=0)  # loses agreement in INT8 (the test above)
+    data = random_inputs(model.input_shape, 400)
+    calls = []
+    result = run(create("quantize.int8_static", calibration_samples=8, validation_samples=128, max_drop=0.0,
+                        max_tries=5, keep_slow_float=False), model, Context(data=data))
+    tries = result.tries
+    assert [t["change"] for t in tries][1:4] == ["int8 activations", "7-bit weights (reduce_range)",
+                                                 "LayerNorm/Softmax/GELU, element-wise and attention MatMuls in float"]
+    assert [t["calibration"]["reused"] for t in tries] == [False, True, True, True, True]
+    assert {t["calibration"]["samples"] for t in tries} == {8}
+
+    # a try with the sensitive ops float (fewer op types, attention MatMuls excluded) on the ranges
+    # of the first try's calibration, against quantize_static calibrating by itself for it
+    from dataclasses import replace
+
+    from studio.core.passes.quantize import Setting, _graph_facts, _Trial
+
+    proto = to_onnx_proto(model)
+    onnx.save_model(proto, str(tmp_path / "fp32.onnx"))
+    pre, pre_proto = _pre_process(tmp_path / "fp32.onnx", tmp_path / "pre.onnx")
+    facts = _graph_facts(pre_proto)
+    x = data.shaped(data.x_train, model.input_shape)
+    x_pool, x_val = x[:128], x[128:]
+    reference = run_session_all(session(proto), x_val)
+    trial = _Trial(proto, tmp_path / "int8.onnx", pre, pre_proto.graph, facts, [], x_pool, x_val, reference, None,
+                   Context(data=data))
+    first = Setting("uint8", True, "minmax", 32)
+    trial.run(first, "first")
+    sensitive = trial.run(replace(first, float_sensitive=True), "sensitive")
+    assert sensitive["calibration"]["reused"]
+    ours = (tmp_path / "int8.onnx").read_bytes()
+
+    class Counting:
+        def check_cancelled(self):
+            calls.append(1)
+
+    quantize_static(str(pre), str(tmp_path / "fresh.onnx"), calibration_reader(proto, x_pool[:32], 32, Counting()),
+                    quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, op_types_to_quantize=sorted(facts.quantizable - FLOAT_SENSITIVE),
+                    nodes_to_exclude=list(facts.attention), calibrate_method=CalibrationMethod.MinMax,
+                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    assert calls  # it calibrated by itself
+    assert (tmp_path / "fresh.onnx").read_bytes() == ours
+
+
+def test_onnxruntimes_per_tensor_notes_are_one_line_in_the_try_record():
+    """onnxruntime's per-weight 'Axis 1 is out-of-range for weight' warnings (one per 1-D weight,
+    per-channel falling back to per tensor as meant) stay off the terminal and are said once,
+    in the try's record, with their count and the weights they name."""
+    from tests.core.test_pass_common import transformer_model
+
+    model = transformer_model()
+    result = run(create("quantize.int8_static", calibration_samples=32, remedies=False, keep_slow_float=False),
+                 model, Context(data=random_inputs(model.input_shape, 64)))
+    notes = result.tries[0]["notes"]
+    assert len(notes) == 1 and "per-channel does not apply to" in notes[0] and "'block.norm1.weight'" in notes[0]
+    assert "kept off the terminal" in notes[0]

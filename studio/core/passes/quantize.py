@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import re
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -17,7 +18,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from ..convert import fixed_batch, onnx_copy, run_session_all, session, to_onnx_proto
+from ..convert import fixed_batch, iter_session_all, onnx_copy, session, to_onnx_proto
 from ..evaluate import Measurement, class_scores, measure_latency, quality_from_outputs
 from ..model import ONNX
 from . import targets as tg
@@ -80,6 +81,38 @@ def _qdq_opset(proto):
                           f"convert it ({first}): re-export at opset {QDQ_OPSET} or later, or use "
                           "quantize.int8_dynamic or quantize.fp16") from None
     return converted, f"the model is ONNX opset {version}: converted to opset {QDQ_OPSET} for INT8 QDQ (per-channel scales)"
+
+
+def _pre_process(src: Path, pre: Path):
+    """onnxruntime's quantization pre-processing of the saved float model: (the file
+    quantize_static reads, its graph without the weights). What quant_pre_process does with
+    skip_symbolic_shape and skip_onnx_shape, without its copies: onnxruntime's graph optimizer
+    (basic level: constant folding, redundant nodes) writes the optimized model with its weights
+    in a sidecar, and the graph is tagged as pre-processed. Skipped: onnxruntime's symbolic shape
+    inference (when incomplete it saves "sym_shape_infer_temp.onnx" and a sidecar into the
+    current folder, the user's, before it raises) and onnx's shape inference (quantize_static and
+    its calibrator run it again where they load the model). quant_pre_process also loads the
+    whole model first and again after the optimizer: on BERT-base (440 MB) two copies beside the
+    studio's own and the optimizer's, for 69 s. The graph is read without the weights: the pass
+    holds one copy of the model, not two."""
+    try:
+        import onnx
+        import onnxruntime as ort
+        from onnxruntime.quantization.quant_utils import add_pre_process_metadata
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        opts.optimized_model_filepath = str(pre)
+        opts.log_severity_level = 3
+        opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", pre.name + ".data")
+        opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+        ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
+        graph = _load(pre, weights=False)
+        add_pre_process_metadata(graph)
+        onnx.save_model(graph, str(pre))  # the weights stay where the optimizer wrote them
+        return pre, graph
+    except Exception:  # noqa: BLE001 - pre-processing is an optimisation, not required
+        return src, _load(src, weights=False)
 
 
 def _save(proto, folder: Path, name: str) -> Path:
@@ -278,20 +311,21 @@ class StaticInt8(Pass[StaticConfig]):
             tmp = Path(tmp)
             src = _save(proto, tmp, "fp32.onnx")
             pre = tmp / "pre.onnx"
-            yield 0.1, "pre-processing (shape inference, fusions)"
-            try:
-                from onnxruntime.quantization.shape_inference import quant_pre_process
-
-                # skip_symbolic_shape: when onnxruntime's symbolic shape inference is incomplete it
-                # saves "sym_shape_infer_temp.onnx" and a sidecar into the current folder (the
-                # user's), before it raises; onnx's own shape inference still runs
-                quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-            except Exception:  # noqa: BLE001 - pre-processing is an optimisation, not required
-                pre = src
-            pre_proto = _load(pre)
+            yield 0.08, "pre-processing (fusions)"
+            pre, pre_proto = _pre_process(src, pre)
             facts = _graph_facts(pre_proto)
             user_excluded = excluded_nodes(pre_proto, cfg)
-            reference = run_session_all(session(proto), x_val, cancel=context.cancel_event)
+            # from the file just written: a session from the ModelProto would serialize another copy
+            what = f"running the float model on {len(x_val)} validation samples"
+            yield 0.1, what
+            steps = iter_session_all(session(str(src)), x_val, cancel=context.cancel_event)
+            while True:
+                try:
+                    done = next(steps)
+                except StopIteration as stop:
+                    reference = stop.value
+                    break
+                yield 0.1 + 0.1 * done, f"{what}: {done:.0%}"  # BERT-base: minutes, the bar shows how far
             trial = _Trial(proto, tmp / "int8.onnx", pre, pre_proto.graph, facts, user_excluded, x_pool, x_val,
                            reference, pinned, context)
             trial.histogram = histogram_samples(pre_proto, model.input_shape)
@@ -380,17 +414,57 @@ def _row(t: dict) -> dict:
     return {**{k: v for k, v in t.items() if k not in ("proto", "setting")}, "setting": setting}
 
 
+def _calibrator(pre: Path, op_types: list[str], augmented: Path, method: str):
+    """onnxruntime's calibrator for `method` with create_calibrator's defaults, built in its steps
+    so that its copy of the model goes before the session that runs it is made: create_calibrator
+    holds both (on BERT-base 440 MB beside the session's, with the studio's own copy). The
+    augmented model's weights go to a sidecar, so saving it does not serialize them in memory."""
+    from onnxruntime.quantization.calibrate import EntropyCalibrater, MinMaxCalibrater, PercentileCalibrater
+
+    if method == "minmax":
+        calibrator = MinMaxCalibrater(pre, op_types, str(augmented), use_external_data_format=True)
+    elif method == "entropy":
+        calibrator = EntropyCalibrater(pre, op_types, str(augmented), use_external_data_format=True)
+    else:
+        calibrator = PercentileCalibrater(pre, op_types, str(augmented), use_external_data_format=True,
+                                          symmetric=True, num_bins=2048, percentile=99.999)
+    calibrator.augment_graph()
+    calibrator.model = None  # read by augment_graph only (and the ranges are taken from the session's outputs)
+    calibrator.create_inference_session()
+    return calibrator
+
+
+def _method(name: str):
+    """onnxruntime's CalibrationMethod for the config's name."""
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile}[name]
+
+
 class _PerTensorNotes(logging.Filter):
     """onnxruntime's QDQ quantizer warns on the root logger, once per 1-D weight (a LayerNorm's
     scale, say), that per-channel does not apply and the weight is quantized per tensor: what
-    is meant, and on a BERT 75 lines through the user's progress bar. Those lines only."""
+    is meant, and on a BERT 75 lines through the user's progress bar. Those lines are kept off
+    the terminal and counted; the try's record says it in one line (line())."""
+
+    NOTE = re.compile(r"Axis \d+ is out-of-range for weight '(.*)' with rank \d+")
+
+    def __init__(self):
+        super().__init__()
+        self.weights: list[str] = []
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not (message.startswith("Axis ") and "is out-of-range for weight" in message)
+        found = self.NOTE.match(record.getMessage())
+        if found:
+            self.weights.append(found.group(1))
+        return found is None
 
-
-_PER_TENSOR_NOTES = _PerTensorNotes()
+    def line(self) -> str:
+        names = list(dict.fromkeys(self.weights))
+        shown = ", ".join(f"'{n}'" for n in names[:3]) + (", ..." if len(names) > 3 else "")
+        return (f"onnxruntime: per-channel does not apply to {len(names)} 1-D weights ({shown}); they are quantized "
+                f"per tensor ({len(self.weights)} warnings, kept off the terminal)")
 
 
 class _Trial:
@@ -403,6 +477,7 @@ class _Trial:
         self.x_pool, self.x_val, self.reference, self.pinned, self.context = x_pool, x_val, reference, pinned, context
         self.histogram = 1 << 30  # samples whose every activation fits in memory (set by the pass)
         self.batch = pinned or 32  # samples a calibration call takes (set by the pass)
+        self.calibrated: dict[tuple, dict] = {}  # (method, samples) -> how its ranges were made (ranges())
         from ..signature import embedding_sizes
 
         # the output judged by top-1 is the one the stage table judges (evaluate.class_scores)
@@ -415,10 +490,11 @@ class _Trial:
 
     def run(self, s: Setting, change: str, report=None) -> dict:
         """report(done, total): called by the calibration reader after each batch (see _reporting)."""
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
         start = time.perf_counter()
-        x = self._whole_batches(self.x_pool[: s.samples])
+        reused = (s.method, s.samples) in self.calibrated
+        ranges = self.ranges(s, report)
         exclude = list(self.user_excluded)
         op_types = None
         if s.float_sensitive:
@@ -427,31 +503,74 @@ class _Trial:
         for group in s.float_groups:
             exclude += self.facts.groups.get(group, [])
         exclude += s.float_nodes
-        logging.getLogger().addFilter(_PER_TENSOR_NOTES)
+        notes = _PerTensorNotes()
+        logging.getLogger().addFilter(notes)
         try:
             quantize_static(
-                str(self.pre), str(self.out), calibration_reader(self.proto, x, self.batch, self.context, report),
+                str(self.pre), str(self.out), None,
                 quant_format=QuantFormat.QDQ, per_channel=s.per_channel, reduce_range=s.reduce_range,
                 activation_type=QuantType.QUInt8 if s.activations == "uint8" else QuantType.QInt8,
                 weight_type=QuantType.QInt8, op_types_to_quantize=op_types, nodes_to_exclude=list(dict.fromkeys(exclude)),
-                calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                                  "percentile": CalibrationMethod.Percentile}[s.method],
+                calibrate_method=_method(s.method),
                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+                calibration_cache_path=str(ranges),
             )
         finally:
-            logging.getLogger().removeFilter(_PER_TENSOR_NOTES)
+            logging.getLogger().removeFilter(notes)
         proto = _load(self.out)
         if report is not None:
             report(None, len(self.x_val))  # calibrated: now the comparison with the float stage
-        outs = run_session_all(session(proto), self.x_val, cancel=self.context.cancel_event)
+        steps = iter_session_all(session(proto), self.x_val, cancel=self.context.cancel_event)
+        while True:  # BERT-base: over a minute; the bar says how far
+            try:
+                done = next(steps)
+            except StopIteration as stop:
+                outs = stop.value
+                break
+            if report is not None:
+                report(f"comparing with the float stage on {len(self.x_val)} samples: {done:.0%}", None)
         m = Measurement()
         quality_from_outputs(m, outs, None, self.reference, self.names, self.vocab)
         score = m.agreement if self.classifier else m.cosine
         score = -1.0 if score is None or not np.isfinite(score) else float(score)
         first = next(iter(m.fidelity.values()), {})
-        return {"try": 0, "change": change, "setting": s, "proto": proto, "config": s.describe(),
-                "measure": self.measure_name, "score": score, "snr_db": first.get("snr_db"),
-                "seconds": round(time.perf_counter() - start, 3)}
+        row = {"try": 0, "change": change, "setting": s, "proto": proto, "config": s.describe(),
+               "measure": self.measure_name, "score": score, "snr_db": first.get("snr_db"),
+               "seconds": round(time.perf_counter() - start, 3), "calibration": {**self.calibrated[(s.method, s.samples)], "reused": reused}}
+        if notes.weights:
+            row["notes"] = [notes.line()]
+        return row
+
+    def ranges(self, s: Setting, report=None) -> Path:
+        """The activation ranges for the setting's calibration method and samples: onnxruntime's
+        calibration cache file (its own format, read by quantize_static), made once and reused by
+        every try with the same method and samples. Ranges are those of the float model's tensors,
+        whatever a try quantizes, keeps float or how it rounds: the remedies that change only the
+        activation type, 7-bit weights, per-tensor weights or the ops kept float took a new
+        calibration each (on BERT-base 4 to 5 min each). Every quantizable op type's tensors are
+        calibrated, so a try that quantizes fewer ops finds its ranges among them."""
+        from onnxruntime.quantization.calibrate import save_tensors_data
+
+        key = (s.method, s.samples)
+        path = self.out.with_name(f"ranges-{s.method}-{s.samples}.json")
+        if key in self.calibrated:
+            if report is not None:
+                report(f"activation ranges of the {s.samples} calibration samples ({s.method}) reused; quantizing", None)
+            return path
+        x = self._whole_batches(self.x_pool[: s.samples])
+        began = time.perf_counter()
+        calibrator = _calibrator(self.pre, sorted(self.facts.quantizable), self.out.with_name("augmented.onnx"), s.method)
+        try:
+            calibrator.collect_data(calibration_reader(self.proto, x, self.batch, self.context, report))
+            save_tensors_data(calibrator.compute_data(), path)
+        finally:
+            del calibrator
+            for scratch in self.out.parent.glob("augmented.onnx*"):
+                scratch.unlink()
+        self.calibrated[key] = {"samples": len(x), "batch": self.batch, "method": s.method,
+                                "seconds": round(time.perf_counter() - began, 3)}
+        return path
+
 
     def attempt(self, s: Setting, change: str, report=None) -> dict:
         """run() for a remedy: a setting onnxruntime cannot quantize with is recorded as a failed
@@ -599,6 +718,9 @@ def _reporting(call, start: float, span: float, check=None):
             if check is not None:
                 check()
             done, total = event
+            if isinstance(done, str):  # ranges reused, or the comparison's progress: its own message
+                yield start + (0.95 if done.startswith("comparing") else 0.9) * span, done
+                continue
             if done is None:  # calibrated
                 yield start + 0.95 * span, f"comparing with the float stage on {total} samples"
                 continue
@@ -796,10 +918,11 @@ def _check_session_in_child(proto, what: str) -> None:
                               "list the layers that break it in the pass's ignore") from None
 
 
-def _load(path):
+def _load(path, weights: bool = True):
+    """The ONNX file; weights=False: the graph alone (the weights a sidecar holds stay on disk)."""
     import onnx
 
-    return onnx.load(str(path))
+    return onnx.load(str(path), load_external_data=weights)
 
 
 def _quant_record(proto, dtype: str) -> dict:
