@@ -230,12 +230,12 @@ def zipped_size(blob, progress: Callable[[float], None] | None = None) -> int:
     return _zipped(len(blob), lambda: view[next(chunks, len(blob)):][:ZIP_CHUNK], progress)
 
 
-def _zipped(size: int, read: Callable[[], bytes], progress) -> int:
+def _zipped(size: int, read: Callable[[], bytes | memoryview], progress) -> int:
     sink = _CountingSink()
     with zipfile.ZipFile(sink, "w", zipfile.ZIP_DEFLATED, compresslevel=ZIP_LEVEL) as archive:
         info = zipfile.ZipInfo("model.onnx", date_time=time.localtime(time.time())[:6])
         info.compress_type, info.external_attr, info.file_size = zipfile.ZIP_DEFLATED, 0o600 << 16, size
-        info._compresslevel = ZIP_LEVEL  # what writestr sets from the archive's level
+        info._compresslevel = ZIP_LEVEL  # type: ignore[attr-defined]  # what writestr sets from the archive's level
         with archive.open(info, mode="w") as dest:
             done = 0
             while chunk := read():

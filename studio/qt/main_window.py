@@ -438,8 +438,11 @@ class MainWindow(QMainWindow):
         # on the next turn of the event loop it still followed this handler's own time in one stall
         # (not if another model is being opened by then: _open_failed starts them if that fails)
         generation = self.session.generation
-        QTimer.singleShot(STATS_DELAY_MS, self, lambda: self.session.generation == generation
-                          and not self.tasks.running("load") and self.fill_stats(variant))
+        def late_stats() -> None:
+            if self.session.generation == generation and not self.tasks.running("load"):
+                self.fill_stats(variant)
+
+        QTimer.singleShot(STATS_DELAY_MS, self, late_stats)
         if path:
             self._add_recent(path)
         m = variant.model
@@ -452,7 +455,7 @@ class MainWindow(QMainWindow):
         cancel = getattr(self, "_stats_cancel", None)
         if cancel is not None:
             cancel.set()
-            self._stats_cancel = None
+            self._stats_cancel: threading.Event | None = None
 
     def _open_failed(self, exc: Exception, what: str) -> None:
         current = self.session.current

@@ -83,8 +83,13 @@ class Parser:
         with self.lock:
             proc = self._ensure()
             late = threading.Event()
-            watchdog = threading.Timer(timeout, lambda: (late.set(), proc.kill()))
+            def expire() -> None:
+                late.set()
+                proc.kill()
+
+            watchdog = threading.Timer(timeout, expire)
             watchdog.start()
+            assert proc.stdin is not None and proc.stdout is not None  # both PIPE
             try:
                 proc.stdin.write(json.dumps({"path": str(path)}).encode() + b"\n")
                 proc.stdin.flush()
@@ -230,7 +235,8 @@ def reduced(buf) -> tuple[bytes, list[tuple[int, int] | None]]:
     left out (None: kept). protobuf's rules: a repeated `graph` field merges (their initializers
     follow each other), of a repeated raw_data the last counts. Everything else is copied as it
     is, for protobuf to parse (and refuse) as it would the whole file."""
-    walk, out, ranges = _Walk(buf), [], []
+    walk, out = _Walk(buf), []
+    ranges: list[tuple[int, int] | None] = []
     for field, wire, tag, key_end, start, end in walk.fields_of(0, len(buf)):
         if field != 7 or wire != 2:
             out.append(buf[tag:end])
