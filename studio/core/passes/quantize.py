@@ -660,9 +660,10 @@ def _keep_slow_float(trial: _Trial, best: dict, tries: list, cfg: StaticConfig, 
             candidates.append(c)
     if not candidates:
         return best, None
-    latency = yield from measure_latency([trial.proto, best["proto"]] + [c["proto"] for c in candidates],
-                                         model.input_shape, batches=(1,), rounds=7,
-                                         cancel=trial.context.check_cancelled, signature=model.signature)
+    latency = yield from _scaled(measure_latency([trial.proto, best["proto"]] + [c["proto"] for c in candidates],
+                                                 model.input_shape, batches=(1,), rounds=7,
+                                                 cancel=trial.context.check_cancelled, signature=model.signature),
+                                 0.85, 0.05, "timing float blocks: ")
     float_ms = latency[0][1]
     latency = latency[1:]
     best["latency_ms"] = latency[0][1]
@@ -935,3 +936,14 @@ def _quant_record(proto, dtype: str) -> dict:
         elif node.op_type in QUANTIZABLE and len(node.input) > 1 and node.input[1] in dq_outputs:
             layers[node.name] = {"op": node.op_type, "dtype": dtype}
     return layers
+
+
+def _scaled(gen, start: float, span: float, prefix: str):
+    """Yield from a measuring generator (fractions 0..1) as the pass's progress from `start`
+    over `span` (raw, the bar jumped back from 0.85 to 0); returns its value."""
+    try:
+        while True:
+            fraction, message = next(gen)
+            yield start + span * fraction, prefix + message
+    except StopIteration as stop:
+        return stop.value
