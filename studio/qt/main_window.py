@@ -102,15 +102,25 @@ def prepare_variant(model, run_id=None, index=0, stats: bool | None = None) -> V
     return variant
 
 
-def load_job(path: str, trust: bool):
+STATS_LET_GO_S = 1.0  # how long a load waits for the previous model's statistics to stop
+
+
+def load_job(path: str, trust: bool, stats_stopped: threading.Event | None = None):
     from studio.core import io
 
+    # the statistics being stopped may be inside one copy of a big tensor (BERT-base's embedding:
+    # ~50 ms holding the GIL); this load's own reads hold it as long: one after the other, not
+    # back to back in one stall of the window (117 ms measured)
+    if stats_stopped is not None:
+        stats_stopped.wait(STATS_LET_GO_S)
     return prepare_variant(io.load(path, trust=trust, isolate=True))
 
 
-def demo_job(name: str):
+def demo_job(name: str, stats_stopped: threading.Event | None = None):
     from studio.core import zoo
 
+    if stats_stopped is not None:
+        stats_stopped.wait(STATS_LET_GO_S)
     return prepare_variant(zoo.load(name))
 
 
@@ -415,8 +425,8 @@ class MainWindow(QMainWindow):
             return
         self.log_panel.begin(f"opening {path}", job=False)
         self.remember_folder("open", str(Path(path).parent))
-        self._stop_stats()
-        self.tasks.start("load", load_job, path, trust,
+        stopped = self._stop_stats()
+        self.tasks.start("load", load_job, path, trust, stopped,
                          on_return=lambda v: self._opened(v, path),
                          on_error=lambda e: self._open_failed(e, path))
 
@@ -424,8 +434,8 @@ class MainWindow(QMainWindow):
         if self._open_refused(f"the demo model '{name}'"):
             return
         self.log_panel.begin(f"opening the demo model '{name}'", job=False)
-        self._stop_stats()
-        self.tasks.start("load", demo_job, name, on_return=lambda v: self._opened(v, None),
+        stopped = self._stop_stats()
+        self.tasks.start("load", demo_job, name, stopped, on_return=lambda v: self._opened(v, None),
                          on_error=lambda e: self._open_failed(e, f"demo {name}"))
 
     def _opened(self, variant: Variant, path: str | None) -> None:
@@ -450,12 +460,16 @@ class MainWindow(QMainWindow):
         self.log_panel.end(f"opened {m.name} ({m.framework}, {m.format}): {len(variant.graph.nodes)} nodes, "
                            f"{variant.graph.total_parameters:,} parameters")
 
-    def _stop_stats(self) -> None:
-        """Stop the statistics of the model shown (another one is being opened)."""
-        cancel = getattr(self, "_stats_cancel", None)
-        if cancel is not None:
-            cancel.set()
-            self._stats_cancel: threading.Event | None = None
+    def _stop_stats(self) -> threading.Event | None:
+        """Stop the statistics of the model shown (another one is being opened); the event their
+        worker sets once it has let go (None: none running)."""
+        running = getattr(self, "_stats_running", None)
+        if running is None:
+            return None
+        cancel, stopped = running
+        cancel.set()
+        self._stats_running: tuple[threading.Event, threading.Event] | None = None
+        return stopped
 
     def _open_failed(self, exc: Exception, what: str) -> None:
         current = self.session.current
@@ -651,9 +665,16 @@ class MainWindow(QMainWindow):
 
         # a model opened next stops them: their copies of big tensors would hold the GIL while
         # that model's own load does (two threads taking turns: the window waited for both)
-        self._stats_cancel = cancel = threading.Event()
-        self.tasks.start(f"stats {variant.key}", layer_stats, variant.model, cancel=cancel, _cancel=cancel,
-                         on_return=done, on_error=failed)
+        cancel, stopped = threading.Event(), threading.Event()
+        self._stats_running = (cancel, stopped)
+
+        def stats():
+            try:
+                return layer_stats(variant.model, cancel=cancel)
+            finally:
+                stopped.set()
+
+        self.tasks.start(f"stats {variant.key}", stats, _cancel=cancel, on_return=done, on_error=failed)
 
     def _show(self, variant: Variant) -> None:
         """Show a variant; the selected layers follow to their counterparts in it."""

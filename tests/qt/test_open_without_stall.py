@@ -93,13 +93,17 @@ def test_statistics_stop_when_another_model_is_opened_and_resume_if_it_is_refuse
     window.open_path(str(path))
     qtbot.waitUntil(lambda: window.session.model is not None
                     and window.tasks.running(f"stats {window.session.current.key}"), timeout=120_000)
-    first, cancel = window.session.current, window._stats_cancel
+    first, (cancel, stopped) = window.session.current, window._stats_running
     (tmp_path / "broken.onnx").write_bytes(b"\x08\x07not onnx at all")
     window.open_path(str(tmp_path / "broken.onnx"))
     assert cancel.is_set()
+    # the load waits for the stopped statistics to let go (their copies and its reads held the
+    # GIL back to back otherwise); the worker says so once it has returned
+    qtbot.waitUntil(stopped.is_set, timeout=10_000)
     qtbot.waitUntil(lambda: window.error_box is not None and window.error_box.isVisible(), timeout=60_000)
     window.error_box.done(0)
-    assert window.session.current is first and window._stats_cancel not in (None, cancel)  # started again
+    assert window.session.current is first and window._stats_running is not None  # started again
+    assert window._stats_running[0] is not cancel
     qtbot.waitUntil(lambda: not first.stats_pending, timeout=120_000)
     assert {s.tensor for s in first.stats} >= {f"w{k}" for k in range(48)}
     assert "weight statistics failed" not in window.log_panel.text.toPlainText()  # the stopped run says nothing
