@@ -11,6 +11,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
+from studio.core.convert import to_onnx_proto
 from studio.core.errors import StudioError
 from studio.core.io import load
 from studio.core.model import ONNX, Model
@@ -114,4 +115,12 @@ def test_a_file_with_batch_1_converts(tmp_path):
     torch.onnx.export(Head().eval(), (torch.randn(1, 3, 4, 4),), str(path), dynamo=False)
     model = load(path)
     converted = onnx_to_torch(model)
-    assert converted.is_torch
+    assert converted.is_torch and converted.meta["fixed_batch"] == 1
+    # measured and exported like the file: at its batch (the export ran the module at batch 2)
+    proto = to_onnx_proto(converted)
+    x = np.random.default_rng(0).standard_normal((1, 3, 4, 4)).astype(np.float32)
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    want = ref.run(None, {ref.get_inputs()[0].name: x})[0]
+    assert np.allclose(got, want, atol=1e-5)

@@ -903,7 +903,12 @@ def onnx_to_torch(model: Model) -> Model:
     module.eval()
     matmuls_as_linear(module)
     gathers_as_embedding(module)
-    new = model.with_obj(module, TORCH, format="onnx2torch", meta=dict(model.meta, converted_from="onnx"))
+    from ..convert import fixed_batch
+
+    meta = dict(model.meta, converted_from="onnx")
+    if fixed_batch(model.obj):
+        meta["fixed_batch"] = fixed_batch(model.obj)
+    new = model.with_obj(module, TORCH, format="onnx2torch", meta=meta)
     if new.input_shape is not None and not new.io.problems():  # a wrong conversion must not surface passes later
         from ..convert import fixed_batch, predict_all, run_session_all, session
 
