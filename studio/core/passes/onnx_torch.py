@@ -836,15 +836,24 @@ def _fold(proto):
 def _symbolic_shapes(proto):
     """`proto` with the shapes onnxruntime's symbolic inference finds (it carries shapes through a
     Reshape whose shape is computed), or as it is where that inference fails (it asserts on some
-    If branches before they are folded)."""
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    If branches before they are folded). Its steps are run here rather than through
+    `SymbolicShapeInference.infer_shapes`, which writes sym_shape_infer_temp.onnx and a sidecar
+    into the current folder (the user's) when some shape stays unknown; the shapes it did find
+    are kept then."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference, get_opset
 
     del proto.graph.value_info[:]
+    if (get_opset(proto) or 0) < 7:
+        return proto
     try:
-        inferred = SymbolicShapeInference.infer_shapes(proto, auto_merge=True)
+        inference = SymbolicShapeInference(2**31 - 1, True, False, 0)
+        inference._preprocess(proto)
+        while inference.run_:
+            inference._infer_impl()
+        inference._update_output_from_vi()
+        return inference.out_mp_
     except Exception:  # noqa: BLE001 - its own asserts and sympy errors
         return proto
-    return inferred if inferred is not None else proto
 
 
 def _fold_constant_of_shape(proto):
