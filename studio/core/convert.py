@@ -354,9 +354,11 @@ def predict_all(model: Model, x) -> list[np.ndarray]:
         from .signature import Inputs
         from .training import predict_outputs
 
+        # converted from a file with a fixed batch (its Reshapes say [1, ...]): run at that batch
+        batch = model.meta.get("fixed_batch") or 512
         if isinstance(x, Inputs):
-            return predict_outputs(model.obj, x, model.io)
-        return predict_outputs(model.obj, np.ascontiguousarray(x), None)
+            return predict_outputs(model.obj, x, model.io, batch_size=batch)
+        return predict_outputs(model.obj, np.ascontiguousarray(x), None, batch_size=batch)
     if not hasattr(x, "arrays"):
         x = np.ascontiguousarray(x)
     return run_session_all(session(model.obj), x)

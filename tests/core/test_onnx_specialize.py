@@ -11,7 +11,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from studio.core.convert import to_onnx_proto
+from studio.core.convert import predict_all, to_onnx_proto
 from studio.core.errors import StudioError
 from studio.core.io import load
 from studio.core.model import ONNX, Model
@@ -118,6 +118,7 @@ def test_a_file_with_batch_1_converts(tmp_path):
     model = load(path)
     converted = onnx_to_torch(model)
     assert converted.is_torch and converted.meta["fixed_batch"] == 1
+    assert predict_all(converted, np.zeros((5, 3, 4, 4), np.float32))[0].shape == (5, 2, 4, 16)  # 5 calls of 1
     # measured and exported like the file: at its batch (the export ran the module at batch 2)
     proto = to_onnx_proto(converted)
     x = np.random.default_rng(0).standard_normal((1, 3, 4, 4)).astype(np.float32)
