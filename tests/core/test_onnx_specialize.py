@@ -4,6 +4,8 @@ rate), a rank lost in a Reshape to a computed shape (PP-OCR's recognizer), a ref
 2-D signal, and a file exported with a fixed batch of 1 (ultralytics' YOLO). Real onnxruntime
 sessions; every conversion is compared with onnxruntime inside onnx_to_torch."""
 
+import copy
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -17,6 +19,7 @@ from studio.core.io import load
 from studio.core.model import ONNX, Model
 from studio.core.passes.onnx_torch import onnx_to_torch, specialized
 from studio.core.signature import from_onnx
+from studio.core.training import train
 from tests.corpus.models import cases, write
 
 
@@ -119,6 +122,13 @@ def test_a_file_with_batch_1_converts(tmp_path):
     converted = onnx_to_torch(model)
     assert converted.is_torch and converted.meta["fixed_batch"] == 1
     assert predict_all(converted, np.zeros((5, 3, 4, 4), np.float32))[0].shape == (5, 2, 4, 16)  # 5 calls of 1
+    # training (fine-tune, distillation) takes batches of that size too, also in a copy
+    student = copy.deepcopy(converted.obj)
+    x = np.random.default_rng(1).standard_normal((6, 3, 4, 4)).astype(np.float32)
+    target = torch.zeros(6, 2, 4, 16)  # a softmax over 2 cannot reach 0: the loss never vanishes
+    before = next(student.parameters()).detach().clone()
+    list(train(student, x, None, 1, loss_fn=lambda m, args, yb, idx: ((m(*args) - target[idx]) ** 2).mean()))
+    assert not torch.equal(before, next(student.parameters()).detach())
     # measured and exported like the file: at its batch (the export ran the module at batch 2)
     proto = to_onnx_proto(converted)
     x = np.random.default_rng(0).standard_normal((1, 3, 4, 4)).astype(np.float32)

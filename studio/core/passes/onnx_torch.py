@@ -917,6 +917,7 @@ def onnx_to_torch(model: Model) -> Model:
     meta = dict(model.meta, converted_from="onnx")
     if fixed_batch(model.obj):
         meta["fixed_batch"] = fixed_batch(model.obj)
+        module.meta["studio_fixed_batch"] = fixed_batch(model.obj)  # training and prediction batch by it
     new = model.with_obj(module, TORCH, format="onnx2torch", meta=meta)
     if new.input_shape is not None and not new.io.problems():  # a wrong conversion must not surface passes later
         from ..convert import fixed_batch, predict_all, run_session_all, session
