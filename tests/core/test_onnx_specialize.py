@@ -137,3 +137,27 @@ def test_a_file_with_batch_1_converts(tmp_path):
     ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     want = ref.run(None, {ref.get_inputs()[0].name: x})[0]
     assert np.allclose(got, want, atol=1e-5)
+
+
+def test_distillation_of_a_batch_1_file(tmp_path):
+    """distill.kd on a file exported with batch 1 (its probe ran the student at batch 2 and ended
+    with a raw RuntimeError on ultralytics' YOLO export)."""
+    from studio.core.data import random_inputs
+    from studio.core.passes.base import Context
+    from studio.core.passes.registry import create
+    from tests.core.test_pass_common import run
+
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 1)
+
+        def forward(self, x):
+            return self.conv(x).view(1, 2, 4, 16).softmax(1)
+
+    path = tmp_path / "b1.onnx"
+    torch.onnx.export(Head().eval(), (torch.randn(1, 3, 4, 4),), str(path), dynamo=False)
+    model = load(path)
+    data = random_inputs((1, 3, 4, 4), count=40)
+    result = run(create("distill.kd", width=0.5, epochs=1), model, Context(data=data))
+    assert result.model.is_torch
