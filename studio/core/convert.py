@@ -46,9 +46,11 @@ def to_onnx_proto(model: Model):
     from .training import set_eval
 
     module = set_eval(model.obj)
-    # batch 2: no batch-1 special cases get baked in
-    args = torch_args(model.example_inputs(2), signature) if signature is not None and signature.multi \
-        else (torch.from_numpy(model.example_input(2)),)
+    # batch 2: no batch-1 special cases get baked in; a model converted from a file with a fixed
+    # batch (ultralytics' YOLO: batch 1, Reshapes to [1, ...]) runs only at that batch and keeps it
+    batch = model.meta.get("fixed_batch") or 2
+    args = torch_args(model.example_inputs(batch), signature) if signature is not None and signature.multi \
+        else (torch.from_numpy(model.example_input(batch)),)
     # a Python number (TorchScript `sr: int`) stays an input of a scripted graph (its If reads
     # it); tracing an ordinary module bakes it in as a constant
     scripted = isinstance(module, torch.jit.ScriptModule)
@@ -373,9 +375,11 @@ def predict_all(model: Model, x) -> list[np.ndarray]:
         from .signature import Inputs
         from .training import predict_outputs
 
+        # converted from a file with a fixed batch (its Reshapes say [1, ...]): run at that batch
+        batch = model.meta.get("fixed_batch") or 512
         if isinstance(x, Inputs):
-            return predict_outputs(model.obj, x, model.io)
-        return predict_outputs(model.obj, np.ascontiguousarray(x), None)
+            return predict_outputs(model.obj, x, model.io, batch_size=batch)
+        return predict_outputs(model.obj, np.ascontiguousarray(x), None, batch_size=batch)
     if not hasattr(x, "arrays"):
         x = np.ascontiguousarray(x)
     return run_session_all(session(model.obj), x)

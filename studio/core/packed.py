@@ -117,8 +117,15 @@ def packed_bytes(model_or_proto, preset: int = 9) -> tuple[bytes, list[dict]]:
         entry = {"key": key, "name": tensor.name, "shape": list(values.shape), "dtype": str(values.dtype),
                  "bits": bits, "values": len(codebook)}
         zero = int(np.searchsorted(codebook, 0.0))
+        runs = None
         if zero < len(codebook) and codebook[zero] == 0 and (idx != zero).mean() < RUNS_BELOW:
-            data, nonzeros = _runs(idx, zero)
+            runs = _runs(idx, zero)
+            # the reader bounds a tensor by its bytes (a gap byte stands for at most 255 zeros);
+            # trailing zeros take no bytes, so a tensor of zeros (a fresh YOLO's biases) is bit-packed
+            if values.size > 256 * len(runs[0]):
+                runs = None
+        if runs is not None:
+            data, nonzeros = runs
             entry.update(coding="runs", zero=zero, nonzeros=nonzeros)
         else:
             data = _pack_bits(idx, bits)

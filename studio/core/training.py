@@ -41,7 +41,12 @@ def train(
     batches = Batches(x, signature)
     yt = None if y is None else torch.from_numpy(np.asarray(y, dtype=np.int64))
     optimizer = torch.optim.Adam(params if params is not None else module.parameters(), lr=lr)
-    steps_per_epoch = max(1, -(-len(batches) // batch_size))
+    fixed = fixed_batch(module)
+    if fixed:  # converted from a file with a fixed batch: only whole batches of that size
+        batch_size = fixed
+        steps_per_epoch = max(1, len(batches) // fixed)
+    else:
+        steps_per_epoch = max(1, -(-len(batches) // batch_size))
     total = max(1, epochs * steps_per_epoch)
     if loss_fn is None and yt is not None:
         check_labels(module, x, y, who, signature)
@@ -157,6 +162,13 @@ def predict(module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
     return np.concatenate(outs)
 
 
+def fixed_batch(module) -> int | None:
+    """The batch a module converted from a fixed-batch ONNX file takes (its Reshapes say
+    [1, ...]: ultralytics' YOLO export), set by onnx_to_torch; None for any batch."""
+    meta = getattr(module, "meta", None)  # a GraphModule's meta survives deepcopy (an attribute does not)
+    return meta.get("studio_fixed_batch") if isinstance(meta, dict) else None
+
+
 def predict_outputs(module, x, signature=None, batch_size: int = 512) -> list[np.ndarray]:
     """Every output of a torch module (tuples, lists and dicts flattened in order) on one array
     or on Inputs (fed as forward's positional arguments in the signature's order)."""
@@ -165,6 +177,7 @@ def predict_outputs(module, x, signature=None, batch_size: int = 512) -> list[np
     from .signature import flatten_outputs, torch_args
 
     set_eval(module)
+    batch_size = fixed_batch(module) or batch_size
     parts: list[list[np.ndarray]] = []
     with torch.no_grad():
         for i in range(0, len(x), batch_size):

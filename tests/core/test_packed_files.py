@@ -152,3 +152,28 @@ def test_hostile_runs_are_refused(clustered, tmp_path):
         write_packed(tmp_path / "bad.packed", head, parts)
         with pytest.raises(LoadError, match=reason):
             packed.unpack(tmp_path / "bad.packed")
+
+
+def test_a_tensor_of_zeros_packs_and_restores(tmp_path):
+    """A fresh YOLOv8n's folded biases are all zeros: as runs they took no bytes (trailing zeros are
+    implied) and the reader's bound (a gap byte holds at most 255 zeros) refused the file the
+    writer had just written ('model.3.conv.bias' claims dims [64] that its bytes do not hold)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.zeros((64, 64), np.float32)
+    w.flat[::50] = 0.5  # 2 % non-zero, spread: stored as runs
+    w[-1] = 0.0  # with a tail of zeros
+    b = np.zeros(64, np.float32)  # all zeros
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "zeros.packed"
+    _, entries = packed.packed_bytes(proto)
+    assert {e["name"]: e.get("coding", "bits") for e in entries} == {"w": "runs", "b": "bits"}
+    packed.pack(proto, path)
+    back = packed.unpack(path)
+    restored = {t.name: numpy_helper.to_array(t) for t in back.graph.initializer}
+    assert np.array_equal(restored["w"], w) and np.array_equal(restored["b"], b)

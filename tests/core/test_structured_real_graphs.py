@@ -253,3 +253,23 @@ def test_onnx_transformer_projections_become_linear_and_shrink(name):
     assert [a.shape for a in got] == [a.shape for a in run_session_all(session(proto), x)]
     before = sum(p.numel() for p in converted.parameters())
     assert sum(p.numel() for p in result.model.obj.parameters()) < 0.9 * before
+
+
+def test_split_read_by_several_layers_builds_the_dependency_graph():
+    """YOLOv8's C2f as ultralytics writes it: `split((c, c), 1)` whose second half feeds the
+    bottleneck, its residual add and the concat (4 consumer edges, 2 sizes). Torch-Pruning
+    failed to build its graph (`list index out of range`), so nothing was pruned; now each edge
+    reads its own output's size: the fixed-size splits' groups are named and kept whole and the
+    rest shrinks, and the output keeps its [batch, 4 + classes, anchors] shape."""
+    from tests.corpus.models import YoloV8, with_stats
+
+    torch.manual_seed(0)
+    module = with_stats(YoloV8())
+    model = Model(module, TORCH, (1, 3, 32, 32), name="yolov8")
+    result = run(create("prune.structured", ratio=0.5, round_to=1), model, Context())
+    m = result.model.obj
+    assert m(torch.randn(2, 3, 32, 32)).shape == (2, 7, 80)
+    assert m.c2.cv2[0].out_channels < 16 and m.sppf.cv2[0].out_channels < 32  # backbone and SPPF shrank
+    assert all(b[1].out_channels == 16 for b in m.box) and all(c[1].out_channels == 3 for c in m.cls)
+    [warning] = [w for w in result.warnings if "left out of pruning" in w]
+    assert "m.0.cv2" in warning and "split_with_sizes" in warning

@@ -151,6 +151,92 @@ class YoloHead(nn.Module):
         return torch.cat([self.decode(self.h1(f1), 2), self.decode(self.h2(f2), 4)], 1)
 
 
+def silu_conv(cin, cout, k=1, stride=1):
+    return conv_bn(cin, cout, k, stride, act=nn.SiLU)
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.cv1, self.cv2 = silu_conv(c, c, 3), silu_conv(c, c, 3)
+
+    def forward(self, x):
+        return x + self.cv2(self.cv1(x))
+
+
+class C2f(nn.Module):
+    """YOLOv8's block: a 1x1 conv split in two halves, bottlenecks on the second, every piece
+    concatenated and mixed by a 1x1 conv."""
+
+    def __init__(self, cin, cout, n=1):
+        super().__init__()
+        self.c = cout // 2
+        self.cv1, self.cv2 = silu_conv(cin, 2 * self.c), silu_conv((2 + n) * self.c, cout)
+        self.m = nn.ModuleList(Bottleneck(self.c) for _ in range(n))
+
+    def forward(self, x):
+        y = list(self.cv1(x).split((self.c, self.c), 1))
+        y.extend(m(y[-1]) for m in self.m)
+        return self.cv2(torch.cat(y, 1))
+
+
+class SPPF(nn.Module):
+    """Spatial pyramid pooling (fast): three chained 5x5 max pools concatenated."""
+
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.cv1, self.cv2 = silu_conv(cin, cin // 2), silu_conv(cin // 2 * 4, cout)
+        self.pool = nn.MaxPool2d(5, 1, 2)
+
+    def forward(self, x):
+        y = [self.cv1(x)]
+        y.extend(self.pool(y[-1]) for _ in range(3))
+        return self.cv2(torch.cat(y, 1))
+
+
+class YoloV8(nn.Module):
+    """YOLOv8n's structure at toy size (input 32x32): C2f backbone, SPPF, an upsample-and-concat
+    neck, a decoupled head per scale (box distribution + class convs), DFL (softmax over bins
+    times a fixed arange conv), anchors and strides, one [batch, 4 + classes, anchors] output
+    from a concat over the scales, like ultralytics' export ([1, 84, 8400] at 640)."""
+
+    def __init__(self, classes=3, reg_max=4, size=32):
+        super().__init__()
+        self.nc, self.reg = classes, reg_max
+        self.stem, self.c1 = silu_conv(3, 8, 3, 2), C2f(8, 8)
+        self.down2, self.c2 = silu_conv(8, 16, 3, 2), C2f(16, 16)
+        self.down3, self.c3, self.sppf = silu_conv(16, 32, 3, 2), C2f(32, 32), SPPF(32, 32)
+        self.up, self.neck = nn.Upsample(scale_factor=2, mode="nearest"), C2f(48, 16)
+        self.box = nn.ModuleList(nn.Sequential(silu_conv(c, 16, 3), nn.Conv2d(16, 4 * reg_max, 1)) for c in (16, 32))
+        self.cls = nn.ModuleList(nn.Sequential(silu_conv(c, 16, 3), nn.Conv2d(16, classes, 1)) for c in (16, 32))
+        self.dfl = nn.Conv2d(reg_max, 1, 1, bias=False).requires_grad_(False)
+        with torch.no_grad():
+            self.dfl.weight.copy_(torch.arange(reg_max, dtype=torch.float32).view(1, reg_max, 1, 1))
+        points, strides = [], []
+        for stride in (4, 8):
+            n = size // stride
+            ys, xs = torch.meshgrid(torch.arange(n) + 0.5, torch.arange(n) + 0.5, indexing="ij")
+            points.append(torch.stack((xs, ys), -1).view(-1, 2))
+            strides.append(torch.full((n * n, 1), float(stride)))
+        self.register_buffer("anchors", torch.cat(points).t().unsqueeze(0))  # [1, 2, anchors]
+        self.register_buffer("strides", torch.cat(strides).t().unsqueeze(0))  # [1, 1, anchors]
+
+    def forward(self, x):
+        p3 = self.c2(self.down2(self.c1(self.stem(x))))
+        p4 = self.sppf(self.c3(self.down3(p3)))
+        n3 = self.neck(torch.cat([self.up(p4), p3], 1))
+        b = x.shape[0]
+        feats = [torch.cat([self.box[i](f), self.cls[i](f)], 1).view(b, 4 * self.reg + self.nc, -1)
+                 for i, f in enumerate((n3, p4))]
+        box, cls = torch.cat(feats, 2).split((4 * self.reg, self.nc), 1)
+        a = box.shape[-1]
+        dist = self.dfl(box.view(b, 4, self.reg, a).transpose(2, 1).softmax(1)).view(b, 4, a)
+        lt, rb = dist.chunk(2, 1)
+        x1y1, x2y2 = self.anchors - lt, self.anchors + rb
+        xywh = torch.cat(((x1y1 + x2y2) / 2, x2y2 - x1y1), 1) * self.strides
+        return torch.cat((xywh, cls.sigmoid()), 1)
+
+
 class SSDHead(nn.Module):
     """Boxes and class scores as two outputs, plus the best class per box (an integer output)."""
 
@@ -427,6 +513,7 @@ def cases() -> dict[str, Case]:
     add("unet_concat", lambda: with_stats(UNet()), (r(2, 3, 16, 16),))
     add("fpn_upsample", lambda: with_stats(FPN()), (r(2, 3, 16, 16),))
     add("yolo_head", lambda: with_stats(YoloHead()), (r(2, 3, 16, 16),))
+    add("yolov8", lambda: with_stats(YoloV8()), (r(2, 3, 32, 32),), forms=FORMS)
     add("ssd_head", lambda: with_stats(SSDHead()), (r(2, 3, 16, 16),))
     add("mobilenetv3_se", lambda: with_stats(MobileNetV3()), (r(2, 3, 16, 16),), forms=FORMS)
     add("efficientnet_se", lambda: with_stats(EfficientNet()), (r(2, 3, 16, 16),))

@@ -165,8 +165,11 @@ def _register_newer_opsets() -> None:
 
     for version in (19, 21):
         add("Reshape", version, reshape)
-    # onnx2torch refuses allowzero=1 for Reshape-14 too: replace its converter
-    registry._CONVERTER_REGISTRY[registry.OperationDescription("", "Reshape", 14)] = reshape
+    # onnx2torch refuses allowzero=1 for Reshape-14 too: replace its converter; and for 5 and 13,
+    # where onnxscript's constant folding (see `specialized`) writes allowzero=1 on the Reshapes it
+    # rewrites whatever the opset
+    for version in (5, 13, 14):
+        registry._CONVERTER_REGISTRY[registry.OperationDescription("", "Reshape", version)] = reshape
 
     def reduce(node, graph):
         """Reduce*-18+: the axes come as an (constant) input instead of an attribute."""
@@ -206,15 +209,61 @@ def _register_newer_opsets() -> None:
 
     add("Split", 18, split)
 
+    class EdgePad(torch.nn.Module):
+        """Pad in reflect or edge mode on a tensor of any rank. onnx2torch drops the pads of the
+        first two axes assuming a 4-D or 5-D input, so a reflect Pad of a [batch, samples] signal
+        (Silero VAD's STFT) failed; torch pads the last k axes of a tensor of rank k+1 or k+2,
+        so the leading axes are merged for the call and restored after."""
+
+        def __init__(self, mode: str, pads):
+            super().__init__()
+            self.mode, self.pads = mode, pads
+
+        def forward(self, x, pads=None):
+            onnx_pads = self.pads if self.pads is not None else [int(v) for v in pads]
+            half = len(onnx_pads) // 2
+            torch_pads = []
+            for begin, end in zip(onnx_pads[:half][::-1], onnx_pads[half:][::-1]):
+                torch_pads += [begin, end]
+            while torch_pads and torch_pads[-2:] == [0, 0]:  # leading axes not padded
+                torch_pads = torch_pads[:-2]
+            k = len(torch_pads) // 2
+            if not k:
+                return x
+            if x.dim() in (k + 1, k + 2):
+                return torch.nn.functional.pad(x, torch_pads, mode=self.mode)
+            lead = x.shape[:-k]
+            y = torch.nn.functional.pad(x.reshape((-1, *x.shape[-k:])), torch_pads, mode=self.mode)
+            return y.reshape((*lead, *y.shape[-k:]))
+
+    def pad_with(previous):
+        def convert(node, graph):
+            inputs = list(node.input_values)
+            if len(inputs) > 3 and inputs[3]:
+                raise NotImplementedError(f"Pad-{18} with an axes input")
+            mode = _plain(node.attributes.get("mode", "constant"))
+            if mode not in ("reflect", "edge"):
+                return previous(node, graph)
+            if "pads" in node.attributes:  # Pad-2
+                pads = [int(v) for v in node.attributes["pads"]]
+            else:
+                try:
+                    pads = [int(v) for v in get_const_value(inputs[1], graph).tolist()]
+                except KeyError:
+                    pads = None
+            module = EdgePad("reflect" if mode == "reflect" else "replicate", pads)
+            used = (inputs[0],) if pads is not None else (inputs[0], inputs[1])
+            return OperationConverterResult(torch_module=module,
+                                            onnx_mapping=OnnxMapping(inputs=used, outputs=node.output_values))
+
+        return convert
+
     pad13 = registry.get_converter("Pad", 13)
-
-    def pad(node, graph):
-        if len(node.input_values) > 3 and node.input_values[3]:
-            raise NotImplementedError(f"Pad-{18} with an axes input")
-        return pad13(node, graph)
-
+    for version in (11, 13):
+        key = registry.OperationDescription("", "Pad", version)
+        registry._CONVERTER_REGISTRY[key] = pad_with(registry._CONVERTER_REGISTRY[key])
     for version in (18, 19, 21):
-        add("Pad", version, pad)
+        add("Pad", version, pad_with(pad13))
 
     def gelu(node, graph):
         module = torch.nn.GELU(approximate=node.attributes.get("approximate", "none"))
@@ -692,30 +741,190 @@ def constant_matmuls(module) -> list[str]:
             and any(_constant_tensor(module, a) is not None for a in n.args)]
 
 
+_CONTROL_FLOW = ("If", "Loop", "Scan")
+FOLD_LIMIT = 2**22  # elements a folded constant may have (an LSTM's weights sliced by the graph: 65k)
+
+
+def specialized(proto, signature):
+    """A copy of `proto` for the shapes and constants the user gave: each pinned input
+    (`--input sr=16000`) is read from a stored constant instead (the graph input stays, unused),
+    every input's dims are those of `signature` (the batch axis stays free, one symbol shared by
+    all inputs), then onnxruntime's symbolic shape inference and onnxscript's constant folding
+    run until nothing changes. An If whose condition becomes constant (a sample-rate test, a
+    test of a shape that is now known) is replaced by the branch it takes, and a Reshape whose
+    shape was a Concat of Shape ops gets a constant shape, which onnx2torch needs (it reads an
+    input's rank from the shapes inference writes). None when nothing could be pinned or folding
+    fails. Why these tools: onnxruntime's own If inlining (ORT_ENABLE_BASIC with an
+    optimized_model_filepath) fails on Silero VAD's nested branches ("... is not If node's
+    input or previous node output in this subgraph"); onnx's shape inference stops at the first
+    Reshape whose shape is computed; onnxscript's folder inlines constant Ifs and the symbolic
+    inference carries shapes through computed Reshapes."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    if signature is None:
+        return None
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    g = copy.graph
+    specs = {s.name: s for s in signature.inputs}
+    inits = {i.name for i in g.initializer}
+    taken = {v for n in g.node for v in (*n.input, *n.output)} | inits | {i.name for i in g.input}
+    renamed: dict[str, str] = {}
+    for inp in g.input:
+        spec = specs.get(inp.name)
+        if spec is None or inp.name in inits:
+            continue
+        if spec.value is not None:
+            name, k = f"{inp.name}__pinned", 0
+            while name in taken:
+                k += 1
+                name = f"{inp.name}__pinned{k}"
+            taken.add(name)
+            g.initializer.append(numpy_helper.from_array(np.asarray(spec.value).astype(spec.dtype), name))
+            renamed[inp.name] = name
+            continue
+        if spec.shape is None or not inp.type.tensor_type.HasField("shape"):
+            continue
+        dims = inp.type.tensor_type.shape.dim
+        if len(dims) != len(spec.shape):
+            continue
+        for i, (dim, want) in enumerate(zip(dims, spec.shape)):
+            if i == spec.batch_axis and not isinstance(want, int):
+                dim.Clear()
+                dim.dim_param = "studio_batch"
+            elif isinstance(want, int):
+                dim.Clear()
+                dim.dim_value = want
+
+    def rename(graph) -> None:
+        for n in graph.node:
+            for k, v in enumerate(n.input):
+                if v in renamed:
+                    n.input[k] = renamed[v]
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    rename(a.g)
+                elif a.type == onnx.AttributeProto.GRAPHS:
+                    for sub in a.graphs:
+                        rename(sub)
+
+    rename(g)
+    try:
+        return _fold(copy)
+    except Exception:  # noqa: BLE001 - a tool that fails on this graph: convert it as it is
+        return None
+
+
+def _fold(proto):
+    import onnxscript.optimizer as optimizer
+
+    def size(p):
+        return (len(p.graph.node), sum(1 for n in p.graph.node if n.op_type in _CONTROL_FLOW))
+
+    before = None
+    for _ in range(4):
+        proto = optimizer.optimize(proto, input_size_limit=FOLD_LIMIT, output_size_limit=FOLD_LIMIT)
+        proto = _symbolic_shapes(_fold_constant_of_shape(proto))
+        if size(proto) == before:
+            break
+        before = size(proto)
+    return proto
+
+
+def _symbolic_shapes(proto):
+    """`proto` with the shapes onnxruntime's symbolic inference finds (it carries shapes through a
+    Reshape whose shape is computed), or as it is where that inference fails (it asserts on some
+    If branches before they are folded). Its steps are run here rather than through
+    `SymbolicShapeInference.infer_shapes`, which writes sym_shape_infer_temp.onnx and a sidecar
+    into the current folder (the user's) when some shape stays unknown; the shapes it did find
+    are kept then."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference, get_opset
+
+    del proto.graph.value_info[:]
+    if (get_opset(proto) or 0) < 7:
+        return proto
+    try:
+        inference = SymbolicShapeInference(2**31 - 1, True, False, 0)
+        inference._preprocess(proto)
+        while inference.run_:
+            inference._infer_impl()
+        inference._update_output_from_vi()
+        return inference.out_mp_
+    except Exception:  # noqa: BLE001 - its own asserts and sympy errors
+        return proto
+
+
+def _fold_constant_of_shape(proto):
+    """onnxscript keeps ConstantOfShape (to keep files small); a small one whose shape is
+    constant is folded here, so what it feeds (the pads of a reflect Pad) becomes constant."""
+    import onnxscript.optimizer as optimizer
+
+    def should_fold(node):
+        return True if node.op_type == "ConstantOfShape" else None
+
+    optimizer.fold_constants(proto, should_fold=should_fold, input_size_limit=FOLD_LIMIT,
+                             output_size_limit=2**16)  # in place
+    return proto
+
+
 def onnx_to_torch(model: Model) -> Model:
     """A torch Model computing what the ONNX model computes (a new object: the input is untouched)."""
     import numpy as np
 
     onnx2torch = _import_onnx2torch()
-    prepared = outputs_for_onnx2torch(weights_without_identity(constants_as_initializers(model.obj)))
-    try:
-        module = onnx2torch.convert(prepared)
-    except Exception as exc:  # noqa: BLE001 - unsupported op, opset, dynamic shapes, ...
+
+    def prepare(proto):
+        return outputs_for_onnx2torch(weights_without_identity(constants_as_initializers(proto)))
+
+    def why(prepared, exc) -> str:
         try:
             where = unconvertible(prepared)  # what onnx2torch was given: its weights where it looks
         except Exception:  # noqa: BLE001 - the diagnosis is a nicety; keep the original reason
             where = None
-        first = where or (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        raise StudioError(f"{model.name}: cannot convert this ONNX model to torch (onnx2torch: {first}); "
-                          f"passes that need torch cannot run on it; {ONNX_NATIVE}") from None
+        return where or (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+    prepared = prepare(model.obj)
+    try:
+        module = onnx2torch.convert(prepared)
+    except Exception as exc:  # noqa: BLE001 - unsupported op, opset, dynamic shapes, ...
+        first = why(prepared, exc)
+        # an If on a pinned input or a known shape, a Reshape to a computed shape: convert the
+        # graph specialized to the user's shapes and constants (checked against onnxruntime below)
+        folded = specialized(model.obj, model.signature) if not model.io.problems() else None
+        module = None
+        if folded is not None:
+            prepared = prepare(folded)
+            try:
+                module = onnx2torch.convert(prepared)
+            except Exception as exc2:  # noqa: BLE001
+                again = why(prepared, exc2)
+                first = (f"{first}; still there with the inputs pinned and constants folded" if again == first
+                         else f"{first}; with the inputs pinned and constants folded: {again}")
+        if module is None:
+            hint = ""
+            if folded is None and any(n.op_type in _CONTROL_FLOW for n in model.obj.graph.node):
+                hint = ("; an If on an input or a shape folds away when that input is pinned "
+                        "(--input NAME=VALUE) and the other inputs sized (--input NAME:D0,D1,...)")
+            raise StudioError(f"{model.name}: cannot convert this ONNX model to torch (onnx2torch: {first}){hint}; "
+                              f"passes that need torch cannot run on it; {ONNX_NATIVE}") from None
     module.eval()
     matmuls_as_linear(module)
     gathers_as_embedding(module)
-    new = model.with_obj(module, TORCH, format="onnx2torch", meta=dict(model.meta, converted_from="onnx"))
-    if new.input_shape is not None and not new.io.problems():  # a wrong conversion must not surface passes later
-        from ..convert import predict_all, run_session_all, session
+    from ..convert import fixed_batch
 
-        x = new.example_inputs(2)  # every input, each in its dtype
+    meta = dict(model.meta, converted_from="onnx")
+    if fixed_batch(model.obj):
+        meta["fixed_batch"] = fixed_batch(model.obj)
+        module.meta["studio_fixed_batch"] = fixed_batch(model.obj)  # training and prediction batch by it
+    new = model.with_obj(module, TORCH, format="onnx2torch", meta=meta)
+    if new.input_shape is not None and not new.io.problems():  # a wrong conversion must not surface passes later
+        from ..convert import fixed_batch, predict_all, run_session_all, session
+
+        # every input, each in its dtype; a file exported with batch 1 (ultralytics' YOLO) reshapes
+        # to [1, ...] and takes only that batch
+        x = new.example_inputs(fixed_batch(model.obj) or 2)
         ours, ref = predict_all(new, x), run_session_all(session(model.obj), x)
         if len(ours) != len(ref) or any(a.shape != b.shape or not np.allclose(a, b, rtol=1e-3, atol=1e-4)
                                         for a, b in zip(ours, ref)):

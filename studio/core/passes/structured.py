@@ -234,6 +234,74 @@ def _pruner_class():
     return Pruner
 
 
+class _EdgeOffsets(list):
+    """A split's offsets as Torch-Pruning reads them, `offsets[i:i + 2]` for its i-th consumer
+    edge: the [start, end) of the output that edge reads."""
+
+    def __init__(self, pairs):
+        super().__init__(v for pair in pairs for v in pair)
+        self.pairs = pairs
+
+    def __getitem__(self, index):
+        if isinstance(index, slice) and index.start is not None and index.stop == index.start + 2 \
+                and 0 <= index.start < len(self.pairs):
+            return list(self.pairs[index.start])
+        return super().__getitem__(index)
+
+
+def _fix_split_edges(graph) -> None:
+    """Torch-Pruning keeps one size per split output but reads it by consumer edge (the i-th
+    edge = the i-th output). YOLOv8's C2f splits a conv's output in two and reads the second half
+    three times (the next bottleneck, its residual add and the concat): 4 edges, 2 sizes, and the
+    dependency graph failed with `list index out of range`. Here each edge gets the size and the
+    offsets of the output it really reads (from the consumer's autograd edges)."""
+    import torch_pruning as tp
+
+    for node in graph.module2node.values():
+        sizes = getattr(node.module, "split_sizes", None)
+        if node.type != tp.ops.OPTYPE.SPLIT or not sizes or node.grad_fn is None \
+                or not all(isinstance(v, int) for v in sizes):  # sizes it could not infer: as it was
+            continue
+        starts = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+        seen: dict[int, int] = {}
+        per_edge = []
+        for consumer in node.outputs:
+            edges = [i for fn, i in getattr(consumer.grad_fn, "next_functions", ()) if fn is node.grad_fn]
+            k = seen.get(id(consumer), 0)
+            seen[id(consumer)] = k + 1
+            if k >= len(edges) or edges[k] >= len(sizes):
+                per_edge = None
+                break
+            per_edge.append(edges[k])
+        if per_edge is None or per_edge == list(range(len(sizes))):
+            continue
+        node.module.split_sizes = [sizes[i] for i in per_edge]
+        node.module.offsets = _EdgeOffsets([(starts[i], starts[i + 1]) for i in per_edge])
+
+
+class _split_outputs_by_edge:
+    """While the pruner builds its dependency graph, split sizes are fixed per edge (see
+    `_fix_split_edges`)."""
+
+    def __enter__(self):
+        from torch_pruning.dependency import shape_infer
+
+        self.original = original = shape_infer.init_shape_information
+
+        def init_shape_information(graph):
+            original(graph)
+            _fix_split_edges(graph)
+
+        shape_infer.init_shape_information = init_shape_information
+        return self
+
+    def __exit__(self, *exc):
+        from torch_pruning.dependency import shape_infer
+
+        shape_infer.init_shape_information = self.original
+        return False
+
+
 def _snapshot(group, extra):
     """What pruning `group` changes (each module's attributes, parameter and buffer slots), so a
     group that breaks the model can be undone; None for groups with bare nn.Parameters (Torch-
@@ -285,12 +353,13 @@ def prune_module(module, example, ratio, importance="l2", scope="per_layer", rou
         raise StudioError("prune.structured: importance 'bn_scale' needs batch-norm layers; this model has none")
     args = as_args(example)
     reshapes = adaptive_reshapes(module, args)
-    pruner = _pruner_class()(
-        module, args, importance=importance_of(importance), pruning_ratio=ratio,
-        global_pruning=scope == "global", ignored_layers=ignored, round_to=round_to if round_to > 1 else None,
-        num_heads=num_heads, prune_num_heads=prune_heads, prune_head_dims=not prune_heads,
-        head_pruning_ratio=ratio if prune_heads else 0.0,
-    )
+    with _split_outputs_by_edge():
+        pruner = _pruner_class()(
+            module, args, importance=importance_of(importance), pruning_ratio=ratio,
+            global_pruning=scope == "global", ignored_layers=ignored, round_to=round_to if round_to > 1 else None,
+            num_heads=num_heads, prune_num_heads=prune_heads, prune_head_dims=not prune_heads,
+            head_pruning_ratio=ratio if prune_heads else 0.0,
+        )
     pruner.skipped = []
     if importance == "taylor":
         module.zero_grad()
