@@ -264,16 +264,17 @@ def _fix_split_edges(graph) -> None:
             continue
         starts = np.concatenate([[0], np.cumsum(sizes)]).tolist()
         seen: dict[int, int] = {}
-        per_edge = []
+        per_edge: list[int] = []
+        matched = True
         for consumer in node.outputs:
             edges = [i for fn, i in getattr(consumer.grad_fn, "next_functions", ()) if fn is node.grad_fn]
             k = seen.get(id(consumer), 0)
             seen[id(consumer)] = k + 1
             if k >= len(edges) or edges[k] >= len(sizes):
-                per_edge = None
+                matched = False
                 break
             per_edge.append(edges[k])
-        if per_edge is None or per_edge == list(range(len(sizes))):
+        if not matched or per_edge == list(range(len(sizes))):
             continue
         node.module.split_sizes = [sizes[i] for i in per_edge]
         node.module.offsets = _EdgeOffsets([(starts[i], starts[i + 1]) for i in per_edge])
