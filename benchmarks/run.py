@@ -428,7 +428,7 @@ def overhead(bench: Bench, epochs: int) -> list[dict]:
     pairs = [
         ("quantize.int8_static vs ORT quantize_static (same settings, remedies off)",
          lambda: timed_pass(bench, "quantize.int8_static", fp32, calibration_samples=256, remedies=False,
-                            keep_slow_float=False, choose_variant=False),
+                            keep_slow_float=False),
          lambda: peers.ort_static(fp32.obj, x[:256], recommended=True)),
         ("prune.structured vs Torch-Pruning",
          lambda: timed_pass(bench, "prune.structured", ratio=0.65, fine_tune_epochs=epochs),
