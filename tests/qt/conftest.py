@@ -30,3 +30,18 @@ def demo(window, qtbot):
     window.open_demo("cnn")
     qtbot.waitUntil(lambda: window.session.model is not None, timeout=60_000)
     return window
+
+
+@pytest.fixture
+def tiny_model(tmp_path):
+    """A small classifier as an ONNX file (64 features, 10 classes) for the Search tab's tests."""
+    import onnx
+    import torch
+    from torch import nn
+
+    from tests.core.onnx_models import export_module
+
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.onnx"
+    onnx.save(export_module(nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10)).eval(), (1, 64)), str(path))
+    return path

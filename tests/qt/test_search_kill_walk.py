@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import onnx
 import optuna
 import pytest
 
@@ -68,19 +67,6 @@ while True:
     app.processEvents()
     time.sleep(0.01)
 """
-
-
-@pytest.fixture
-def tiny_model(tmp_path):
-    import torch
-    from torch import nn
-
-    from tests.core.onnx_models import export_module
-
-    torch.manual_seed(0)
-    path = tmp_path / "tiny.onnx"
-    onnx.save(export_module(nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10)).eval(), (1, 64)), str(path))
-    return path
 
 
 @pytest.mark.slow

@@ -4,21 +4,7 @@ continuing from its folder, and a click on a point putting that recipe in the re
 
 import json
 
-import onnx
 import pytest
-
-
-@pytest.fixture
-def tiny_model(tmp_path):
-    import torch
-    from torch import nn
-
-    from tests.core.onnx_models import export_module
-
-    torch.manual_seed(0)
-    path = tmp_path / "tiny.onnx"
-    onnx.save(export_module(nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10)).eval(), (1, 64)), str(path))
-    return path
 
 
 @pytest.mark.slow
