@@ -317,7 +317,7 @@ class StaticInt8(Pass[StaticConfig]):
             tmp = Path(tmp)
             src = _save(proto, tmp, "fp32.onnx")
             # the reference is the model as given, also when its specialized graph is quantized
-            ref_src = src if proto is original else _save(original, tmp, "original.onnx")
+            ref_src = src if proto is original else _save(original, Path(tmp), "original.onnx")
             pre = tmp / "pre.onnx"
             yield 0.08, "pre-processing (fusions)"
             pre, pre_proto = _pre_process(src, pre)
