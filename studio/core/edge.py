@@ -63,16 +63,63 @@ def check_available(fmt: str) -> None:
 
 def torch_module(model: Model):
     """The stage as a torch module in eval mode: a torch stage as it is, an ONNX stage converted
-    by onnx2torch (checked against onnxruntime; one line naming the op when it cannot be)."""
+    by onnx2torch (checked against onnxruntime; one line naming the op when it cannot be).
+
+    torch.export reads no number out of a tensor (a stored tensor is an input of the exported
+    program, a number read from it is data-dependent), while onnx2torch's Reshape, Split, Slice
+    and Resize read their shapes from tensors at run time: ultralytics' YOLOv8 export failed on
+    "data-dependent expression u0". So an ONNX stage is converted from its graph specialized to
+    the signature's shapes at batch 1 (shape computations folded to constants, `specialized`), and the
+    converted module (also a torch stage converted earlier, on a copy) gets those shapes as
+    Python numbers (`static_shape_args`). The files are written at batch 1 and verified against
+    the stage anyway. A TorchScript stage (which torch.export does not take) goes through its
+    ONNX export first."""
+    import copy
+
+    from .passes.base import is_torchscript
+    from .passes.onnx_torch import onnx_to_torch, specialized, static_shape_args
     from .training import set_eval
 
-    if model.framework == TORCH:
-        return set_eval(model.obj)
-    if model.framework == ONNX:
-        from .passes.onnx_torch import onnx_to_torch
+    if model.framework == TORCH and is_torchscript(model):  # torch.export takes no ScriptModule
+        from .convert import to_onnx_model
 
-        return set_eval(onnx_to_torch(model).obj)
+        model = to_onnx_model(model)  # its ONNX export, then onnx2torch below
+    if model.framework == TORCH:
+        module = model.obj
+        if getattr(module, "graph", None) is not None and model.meta.get("converted_from") == "onnx":
+            module = copy.deepcopy(module)
+            static_shape_args(module)
+        return set_eval(module)
+    if model.framework == ONNX:
+        folded = specialized(model.obj, _batch1(model.signature)) if not model.io.problems() else None
+        converted = None
+        if folded is not None:
+            try:
+                converted = onnx_to_torch(model.with_obj(folded, ONNX, format="onnx"))
+            except StudioError:
+                converted = None  # the graph as it is may still convert
+        if converted is None:
+            converted = onnx_to_torch(model)
+        static_shape_args(converted.obj)
+        return set_eval(converted.obj)
     raise StudioError(f"cannot convert a {model.framework} model for a phone runtime")
+
+
+def _batch1(signature):
+    """The signature with every batched input's batch axis at 1 (what the phone files take), so
+    the shape computations that read the batch fold too."""
+    from dataclasses import replace
+
+    if signature is None:
+        return None
+    inputs = []
+    for spec in signature.inputs:
+        if spec.batched and spec.shape is not None and spec.batch_axis < len(spec.shape):
+            shape = list(spec.shape)
+            shape[spec.batch_axis] = 1
+            spec = replace(spec, shape=tuple(shape))
+        inputs.append(spec)
+    return replace(signature, inputs=inputs)
 
 
 def _batch1_args(model: Model, x) -> tuple:
@@ -170,8 +217,8 @@ def pte_outputs(file: Path, model: Model, x) -> list[np.ndarray]:
     rows: list[list[np.ndarray]] = []
     for i in range(len(x)):
         outs = method.execute(list(_sample_args(x[i:i + 1], model)))
-        rows.append([np.atleast_1d(np.asarray(o.detach().float().numpy() if hasattr(o, "numpy") else o,
-                                              dtype=np.float32)) for o in outs])
+        rows.append([_samples_first(x[i:i + 1], np.atleast_1d(np.asarray(
+            o.detach().float().numpy() if hasattr(o, "numpy") else o, dtype=np.float32))) for o in outs])
     del method, program  # the method first
     return [np.concatenate([r[j] for r in rows]) for j in range(len(rows[0]))] if rows else []
 
@@ -229,8 +276,14 @@ def tflite_outputs(file: Path, model: Model, x) -> list[np.ndarray]:
             feed = {f"args_{k}": _to_tflite(a.numpy(), ins.get(f"args_{k}")) for k, a in enumerate(args)}
             got = runner(**feed)
             names = sorted(got, key=_output_number)
-            rows.append([np.atleast_1d(_from_tflite(got[n], outs.get(n))) for n in names])
+            rows.append([_samples_first(x[i:i + 1], np.atleast_1d(_from_tflite(got[n], outs.get(n)))) for n in names])
     return [np.concatenate([r[j] for r in rows]) for j in range(len(rows[0]))] if rows else []
+
+
+def _samples_first(sample, out: np.ndarray) -> np.ndarray:
+    """An output of one sample with that sample on axis 0 (a next state [2, 1, 128] comes with
+    its batch on axis 1, as the state was fed), so the rows concatenate like onnxruntime's."""
+    return sample.samples_first(out) if hasattr(sample, "samples_first") else out
 
 
 def _output_number(name: str) -> int:

@@ -20,6 +20,7 @@ from .evaluate import Measurement, measure_latency_all, measure_steps
 from .model import Model
 from .passes.base import Context
 from .recipe import Recipe, RecipeStep
+from .training import trained_samples_note
 
 LATENCY_BUDGET_S = 60.0  # seconds per batch size, every stage together (see run)
 
@@ -250,9 +251,14 @@ def run(
         finally:
             gen.close()
         seconds = time.perf_counter() - start
+        summary = result.summary
+        trained = trained_samples_note(result.model.obj) if result.model.is_torch else None
+        if trained:  # training at a file's fixed batch left samples out of each epoch
+            summary = f"{summary}; {trained}" if summary else trained
+            warnings = [*warnings, trained]
         pass_warnings = list(dict.fromkeys(warnings + result.warnings))
         stage = Stage(
-            i, p.id, f"{i} {p.id}", result.model, prefix, result.layers, result.summary,
+            i, p.id, f"{i} {p.id}", result.model, prefix, result.layers, summary,
             list(pass_warnings), seconds=seconds, pass_warnings=pass_warnings, tries=result.tries,
         )
         if measure_stages:

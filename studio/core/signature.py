@@ -321,7 +321,9 @@ def first_array(x) -> np.ndarray:
 def feeds(sess_inputs, x, start: int, stop: int, pad_to: int | None = None) -> dict:
     """The onnxruntime feed dict of samples [start, stop) of `x` (one array, or Inputs) for a
     session's inputs (`sess.get_inputs()`), each cast to the dtype the session takes; padded
-    with zeros to `pad_to` samples for a model whose batch axis is fixed."""
+    to `pad_to` samples for a model whose batch axis is fixed by repeating the samples (real
+    inputs, not zeros a model may not expect: a log of 0, a division by a norm); the caller drops
+    the outputs of the padding."""
     from .convert import ORT_TYPES
 
     out = {}
@@ -345,7 +347,7 @@ def feeds(sess_inputs, x, start: int, stop: int, pad_to: int | None = None) -> d
                               "use --data random or a .npz with one array per input name")
         arr = np.ascontiguousarray(arr).astype(dtype, copy=False)
         if pad_to and len(arr) < pad_to:
-            arr = np.concatenate([arr, np.zeros((pad_to - len(arr), *arr.shape[1:]), dtype)])
+            arr = arr[np.arange(pad_to) % len(arr)] if len(arr) else np.zeros((pad_to, *arr.shape[1:]), dtype)
         if isinstance(x, Inputs):
             arr = np.ascontiguousarray(x.fed(meta.name, arr))
         out[meta.name] = arr

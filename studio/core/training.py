@@ -45,6 +45,7 @@ def train(
     if fixed:  # converted from a file with a fixed batch: only whole batches of that size
         batch_size = fixed
         steps_per_epoch = max(1, len(batches) // fixed)
+        note_samples(module, min(len(batches), steps_per_epoch * fixed), len(batches), fixed)
     else:
         steps_per_epoch = max(1, -(-len(batches) // batch_size))
     total = max(1, epochs * steps_per_epoch)
@@ -54,6 +55,8 @@ def train(
     try:
         for epoch in range(epochs):
             order = torch.randperm(len(batches), generator=generator)
+            if fixed and len(order) < fixed:  # fewer samples than one batch: repeated to fill it
+                order = order[torch.arange(fixed) % len(order)]
             for step in range(steps_per_epoch):
                 idx = order[step * batch_size : (step + 1) * batch_size]
                 args = batches[idx]
@@ -98,6 +101,42 @@ class Batches:
         return torch_args(self.x[np.asarray(idx)], self.signature)
 
 
+TRAINED_SAMPLES = "studio_trained_samples"
+
+
+def note_samples(module, used: int, total: int, fixed: int) -> None:
+    """Writes in the module's meta how many samples an epoch of training at the file's fixed
+    batch used (the pipeline moves it into the stage's record and warnings)."""
+    meta = getattr(module, "meta", None)
+    if isinstance(meta, dict):
+        meta[TRAINED_SAMPLES] = {"used_per_epoch": int(used), "samples": int(total), "fixed_batch": int(fixed)}
+
+
+def trained_samples_note(module) -> str | None:
+    """One line saying how many samples training at a fixed batch used, taken out of the
+    module's meta (so a later stage does not repeat it); None when all were used or nothing
+    was trained."""
+    meta = getattr(module, "meta", None)
+    info = meta.pop(TRAINED_SAMPLES, None) if isinstance(meta, dict) else None
+    if not info:
+        return None
+    used, total, fixed = info["used_per_epoch"], info["samples"], info["fixed_batch"]
+    if total < fixed:
+        return (f"the file fixes the batch at {fixed}: training had {total} samples, repeated to fill each batch")
+    if used == total:
+        return None
+    return (f"the file fixes the batch at {fixed}: each epoch trained on {used} of the {total} training samples "
+            f"(the last partial batch of {total - used} dropped; the order is shuffled each epoch)")
+
+
+def sample_indices(module, count: int, n: int) -> np.ndarray:
+    """Indices of `count` samples out of `n` to probe a module with: exactly its fixed batch
+    when it has one (the first samples, repeated if there are fewer)."""
+    fixed = fixed_batch(module)
+    want = fixed or min(count, n)
+    return np.arange(want) % max(1, n)
+
+
 def first_output(out):
     """The first of a module's outputs (tuples, lists and dicts flattened in order): the one
     labels and accuracy refer to, as in measurement."""
@@ -119,7 +158,7 @@ def check_labels(module, x, y: np.ndarray, who: str = "training", signature=None
 
     set_eval(module)
     with torch.no_grad():
-        outs = flatten_outputs(module(*Batches(x, signature)[torch.arange(min(2, len(x)))]))
+        outs = flatten_outputs(module(*Batches(x, signature)[torch.from_numpy(sample_indices(module, 2, len(x)))]))
     first = outs[0] if outs else None
     top = int(np.max(y)) if len(y) else 0
     if not isinstance(first, torch.Tensor) or first.dim() != 2 or first.shape[1] <= max(1, top):
@@ -177,15 +216,21 @@ def predict_outputs(module, x, signature=None, batch_size: int = 512) -> list[np
     from .signature import flatten_outputs, torch_args
 
     set_eval(module)
-    batch_size = fixed_batch(module) or batch_size
+    fixed = fixed_batch(module)
+    batch_size = fixed or batch_size
     parts: list[list[np.ndarray]] = []
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
-            part = x[i : i + batch_size]
+            real = min(batch_size, len(x) - i)
+            if fixed and real < fixed:  # the last partial batch: padded by repeating its samples
+                part = x[np.arange(i, i + real)[np.arange(fixed) % real]]
+            else:
+                part = x[i : i + batch_size]
             outs = flatten_outputs(module(*torch_args(part, signature)))
             if not parts:
                 parts = [[] for _ in outs]
             for j, out in enumerate(outs):
                 out = np.atleast_1d(out.detach().float().numpy())
-                parts[j].append(part.samples_first(out) if hasattr(part, "samples_first") else out)
+                out = part.samples_first(out) if hasattr(part, "samples_first") else out
+                parts[j].append(out[:real] if fixed and real < fixed and len(out) == fixed else out)
     return [np.concatenate(p) for p in parts]

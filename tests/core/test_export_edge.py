@@ -177,3 +177,53 @@ def test_run_refuses_an_export_it_cannot_write_before_the_run(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "unknown export format 'nosuch'" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()  # nothing ran, nothing was written
+
+
+@pytest.mark.parametrize("fmt", [pytest.param("pte", marks=pytest.mark.slow), "tflite"])  # pte: ~40 s lowering
+def test_a_yolov8_file_at_batch_1_exports_for_a_phone(tmp_path, fmt):
+    """ultralytics' YOLOv8 export (opset 18, batch fixed at 1) at toy size: onnx2torch's Split,
+    Reshape, Resize and Slice read their sizes from tensors at run time, which torch.export
+    refused ("data-dependent expression u0"); the shapes are made static for the phone formats
+    and the written file runs in its own runtime and matches onnxruntime."""
+    import warnings
+
+    import torch
+
+    from studio.core.data import random_inputs
+    from studio.core.io import load
+    from tests.corpus.models import YoloV8
+
+    path = tmp_path / "yolo.onnx"
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(YoloV8().eval(), (torch.randn(1, 3, 32, 32),), str(path), dynamo=False, opset_version=18)
+    model = load(path)
+    data = random_inputs(model.input_shape, count=12)
+    result = drain(export.export(model, tmp_path / f"yolo.{fmt}", fmt, data=data))
+    assert result.verified and result.max_abs_diff < 1e-3, result.message
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = data.x_test[:2]
+    want = np.concatenate([sess.run(None, {sess.get_inputs()[0].name: x[i:i + 1]})[0] for i in range(2)])
+    from studio.core import edge
+
+    got = (edge.pte_outputs if fmt == "pte" else edge.tflite_outputs)(tmp_path / f"yolo.{fmt}", model, x)[0]
+    assert got.shape == (2, 7, 80) and np.allclose(got, want, atol=1e-3)
+
+
+def test_a_recurrent_state_on_axis_1_exports_for_a_phone(tmp_path):
+    """The corpus' Silero-like VadState with sr pinned: its state [2, batch, 16] is read with
+    Gathers of one index and Squeezes whose axes are inputs (numbers torch.export cannot read
+    from tensors), and its next state comes back with the sample on axis 1; written as .tflite
+    and verified sample by sample against onnxruntime."""
+    from studio.core.data import random_inputs
+    from studio.core.io import load
+    from tests.corpus.models import cases, write
+
+    path = tmp_path / "vad.onnx"
+    write(cases()["vad_state"], "legacy", path)
+    model = load(path)
+    model = model.with_signature(model.io.with_overrides(["sr=16000"]))
+    data = random_inputs(None, count=12, signature=model.io)
+    result = drain(export.export(model, tmp_path / "vad.tflite", "tflite", data=data))
+    assert result.verified and result.max_abs_diff < 1e-4, result.message

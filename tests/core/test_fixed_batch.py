@@ -41,3 +41,60 @@ def test_int8_run_on_a_batch_1_file(tmp_path):
         lat = stage.measurement.latency_ms
         assert set(lat) == {1, 8} and lat[8] > lat[1] > 0
     assert np.isfinite([s.measurement.latency_ms[8] for s in result.stages]).all()
+
+
+def _batch4_file(tmp_path):
+    """A classifier exported with its batch fixed at 4 whose graph also reshapes to [4, ...]
+    (so its torch conversion takes only batches of 4, like ultralytics' YOLO at batch 1)."""
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+            self.fc = torch.nn.Linear(4 * 8 * 8, 10)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.conv(x)).view(4, 4 * 8 * 8))
+
+    path = tmp_path / "b4.onnx"
+    torch.onnx.export(Net().eval(), (torch.randn(4, 1, 8, 8),), str(path), dynamo=False)
+    return path
+
+
+def test_a_batch_4_file_measures_every_sample(tmp_path):
+    """Batch fixed at 4, 10 held-out samples: the last partial batch (2) is padded with repeated
+    samples and their outputs dropped, in onnxruntime and in the torch conversion; fine-tuning
+    drops its last partial batch and the stage says how many samples an epoch used."""
+    from studio.core.convert import predict_all, run_session_all
+    from studio.core.data import Data
+    from studio.core.passes.onnx_torch import onnx_to_torch
+
+    path = _batch4_file(tmp_path)
+    model = io.load(str(path))
+    assert fixed_batch(model.obj) == 4
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((10, 1, 8, 8)).astype(np.float32)
+    ref = ort_rows(path, x)
+    got = run_session_all(session(model.obj), x)[0]
+    assert got.shape == (10, 10) and np.allclose(got, ref, atol=1e-5)
+    converted = onnx_to_torch(model)
+    assert converted.meta["fixed_batch"] == 4
+    assert np.allclose(predict_all(converted, x)[0], ref, atol=1e-4)  # 3 calls, the last one padded
+
+    data = Data("b4", rng.standard_normal((10, 1, 8, 8)).astype(np.float32), x,
+                rng.integers(0, 10, 10), rng.integers(0, 10, 10))
+    recipe = Recipe([RecipeStep("finetune", {"epochs": 1})])
+    result = drain(run(model, recipe, data, latency_batches=(1,), latency_rounds=1))
+    tuned = result.stages[1]
+    assert "each epoch trained on 8 of the 10 training samples" in tuned.summary
+    assert any("last partial batch of 2 dropped" in w for w in tuned.warnings)
+    assert tuned.measurement.agreement is not None  # measured on all 10 held-out samples
+    assert len(predict_all(tuned.model, x)[0]) == 10
+
+
+def ort_rows(path, x):
+    """Sample by sample through onnxruntime: each sample repeated to fill the batch of 4."""
+    sess = session(onnx.load(str(path)))
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: np.repeat(x[i:i + 1], 4, axis=0)})[0][:1] for i in range(len(x))])

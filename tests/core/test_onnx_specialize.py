@@ -161,3 +161,37 @@ def test_distillation_of_a_batch_1_file(tmp_path):
     data = random_inputs((1, 3, 4, 4), count=40)
     result = run(create("distill.kd", width=0.5, epochs=1), model, Context(data=data))
     assert result.model.is_torch
+
+
+def test_int8_static_quantizes_the_branch_of_a_pinned_input(tmp_path):
+    """Silero VAD keeps every layer inside If branches chosen by its `sr` input, which
+    onnxruntime's quantizer does not enter: static INT8 quantized nothing. With sr pinned it
+    quantizes the graph specialized for sr=16000, compares it with the original on the same
+    inputs, and says the file only computes that branch; without the pin the If stays float."""
+    from studio.core.convert import run_session_all, session
+    from studio.core.data import random_inputs
+    from studio.core.passes.base import Context
+    from studio.core.passes.registry import create
+    from tests.core.test_pass_common import run
+
+    path = tmp_path / "vad.onnx"
+    write(cases()["vad_state"], "legacy", path)
+    proto = onnx.load(str(path))
+    pinned = _model(proto, ["sr=16000"], "vad")
+    data = random_inputs(None, count=200, signature=pinned.io)
+    result = run(create("quantize.int8_static", calibration_samples=50, remedies=False), pinned, Context(data=data))
+    graph = result.model.obj.graph
+    assert result.layers and any(n.op_type == "QuantizeLinear" for n in graph.node)
+    assert not any(n.op_type == "If" for n in graph.node)
+    assert "graph specialized for sr=16000" in result.summary
+    assert any("computes the branch of those values whatever it is given" in w for w in result.warnings)
+    # the INT8 file against the original, on the same inputs (sr fed to both)
+    x = data.x_test
+    want = run_session_all(session(proto), x)
+    got = run_session_all(session(result.model.obj), x)
+    assert all(np.corrcoef(g.ravel(), w.ravel())[0, 1] > 0.95 for g, w in zip(got, want))
+
+    plain = run(create("quantize.int8_static", calibration_samples=50, remedies=False), _model(proto, [], "vad"),
+                Context(data=random_inputs(None, count=200, signature=_model(proto, ["sr=16000"]).io)))
+    assert any(n.op_type == "If" for n in plain.model.obj.graph.node)  # its layers inside stay float
+    assert len(plain.layers) < len(result.layers) and "specialized" not in plain.summary

@@ -20,7 +20,7 @@ from pydantic import Field
 
 from ..errors import StudioError
 from ..signature import flatten_outputs, samples_first
-from ..training import Batches, fixed_batch, predict_outputs, train
+from ..training import Batches, predict_outputs, sample_indices, train
 from .base import Context, Pass, PassConfig, PassResult, conversion_notes, is_torchscript
 from .registry import register
 
@@ -104,7 +104,7 @@ class Distill(Pass[DistillConfig]):
         sig = teacher.io  # several inputs: teacher and student get the same tuple, in this order
         with torch.no_grad():
             try:
-                args = Batches(x, sig)[torch.arange(min(fixed_batch(student) or 2, len(x)))]
+                args = Batches(x, sig)[torch.from_numpy(sample_indices(student, 2, len(x)))]
                 probe = samples_first(flatten_outputs(student(*args)), args, sig)
             except Exception:
                 if not sig.multi:

@@ -709,6 +709,178 @@ def gathers_as_embedding(module) -> int:
     return replaced
 
 
+_STATIC = None
+
+
+def _static_classes():
+    """Modules that take their shape arguments as Python numbers (see `static_shape_args`)."""
+    global _STATIC
+    if _STATIC is not None:
+        return _STATIC
+    import torch
+    from torch import nn
+
+    class StaticReshape(nn.Module):
+        def __init__(self, shape, allowzero: int):
+            super().__init__()
+            self.shape, self.allowzero = list(shape), int(allowzero)
+
+        def forward(self, x):
+            dims = [x.shape[i] if d == 0 and not self.allowzero else d for i, d in enumerate(self.shape)]
+            return torch.reshape(x, dims)
+
+    class StaticSplit(nn.Module):
+        def __init__(self, sizes, axis: int):
+            super().__init__()
+            self.sizes, self.axis = list(sizes), int(axis)
+
+        def forward(self, x):
+            return torch.split(x, self.sizes, dim=self.axis)
+
+    class StaticSlice(nn.Module):
+        def __init__(self, starts, ends, axes, steps):
+            super().__init__()
+            self.parts = list(zip(starts, ends, axes, steps))
+
+        def forward(self, x):
+            for start, end, axis, step in self.parts:
+                axis = axis % x.dim()
+                if step < 0:  # onnx2torch's reading: flip, then slice from the other end
+                    x = torch.flip(x, dims=[axis])
+                    start, end, step = -start - 1, -end - 1, -step
+                index = [slice(None)] * x.dim()
+                index[axis] = slice(start, end, step)
+                x = x[tuple(index)]
+            return x
+
+    class StaticResize(nn.Module):
+        def __init__(self, mode: str, align_corners, scales, sizes):
+            super().__init__()
+            self.mode, self.align_corners, self.scales, self.sizes = mode, align_corners, scales, sizes
+
+        def forward(self, x):
+            return torch.nn.functional.interpolate(x, size=self.sizes, scale_factor=self.scales, mode=self.mode,
+                                                   align_corners=self.align_corners)
+
+    class StaticExpand(nn.Module):
+        def __init__(self, shape):
+            super().__init__()
+            self.shape = list(shape)
+
+        def forward(self, x):
+            return torch.broadcast_to(x, torch.broadcast_shapes(tuple(x.shape), tuple(self.shape)))
+
+    class StaticTile(nn.Module):
+        def __init__(self, repeats):
+            super().__init__()
+            self.repeats = list(repeats)
+
+        def forward(self, x):
+            return x.repeat(self.repeats)
+
+    class StaticSelect(nn.Module):
+        def __init__(self, axis: int, index: int):
+            super().__init__()
+            self.axis, self.index = int(axis), int(index)
+
+        def forward(self, x):
+            return x.select(self.axis, self.index)
+
+    _STATIC = types.SimpleNamespace(select=StaticSelect, reshape=StaticReshape, split=StaticSplit, slice=StaticSlice,
+                                    resize=StaticResize, expand=StaticExpand, tile=StaticTile)
+    return _STATIC
+
+
+def static_shape_args(module) -> int:
+    """Gives the shape-taking modules of an onnx2torch GraphModule (Reshape, Split, Slice, Resize,
+    Expand, Tile, Squeeze, Unsqueeze, a Gather of one index) their shape, sizes, starts/ends or scales as Python numbers where those come
+    from stored constants, and drops those inputs. onnx2torch reads them from tensors at run time
+    (`int(s) for s in split`), which torch.export cannot: stored tensors are inputs of the
+    exported program there, and a number read from one is data-dependent ("Could not extract
+    specialized integer from data-dependent expression u0": ultralytics' YOLOv8 export, its
+    Splits in every C2f block). For the phone exports (core/edge.py), on a copy: a number made
+    static stays so in the file, and Torch-Pruning's shape patches need the tensors. Shapes
+    computed in the graph (Shape -> Gather -> Concat) are first folded to constants on the ONNX
+    side (`specialized`). Returns how many modules were replaced."""
+    from onnx2torch.node_converters.expand import OnnxExpand
+    from onnx2torch.node_converters.gather import OnnxGather
+    from onnx2torch.node_converters.reshape import OnnxReshape
+    from onnx2torch.node_converters.resize import OnnxResize
+    from onnx2torch.node_converters.slice import OnnxSlice
+    from onnx2torch.node_converters.split import OnnxSplit13
+    from onnx2torch.node_converters.squeeze import OnnxSqueezeDynamicAxes, OnnxSqueezeStaticAxes
+    from onnx2torch.node_converters.tile import OnnxTile
+    from onnx2torch.node_converters.unsqueeze import OnnxUnsqueezeDynamicAxes, OnnxUnsqueezeStaticAxes
+
+    graph = getattr(module, "graph", None)
+    if graph is None:
+        return 0
+    static = _static_classes()
+    replaced = 0
+    for node in list(graph.nodes):
+        if node.op != "call_module" or not node.args:
+            continue
+        sub = module.get_submodule(node.target)
+        args = list(node.args)
+        # onnx2torch passes some inputs by name (Resize: scales=..., sizes=...)
+        names = {"OnnxResize": ("roi", "scales", "sizes"), "OnnxSlice": ("starts", "ends", "axes", "steps")}
+        for k, name in enumerate(names.get(type(sub).__name__, ()), 1):
+            if name in node.kwargs:
+                args += [None] * (k + 1 - len(args))
+                args[k] = node.kwargs[name]
+
+        def numbers(i, kind=int, args=args):
+            if i >= len(args) or args[i] is None:
+                return "absent"
+            value = _constant_tensor(module, args[i])
+            if value is None:
+                return None
+            return [kind(v) for v in value.reshape(-1).tolist()]
+
+        new = None
+        if isinstance(sub, OnnxReshape) and not getattr(sub, "shape_patch", None) and isinstance(numbers(1), list):
+            new = static.reshape(numbers(1), getattr(sub, "allowzero", 0))
+        elif ((isinstance(sub, OnnxSplit13) or type(sub).__name__ == "Split" and type(sub).__module__ == __name__)
+              and isinstance(numbers(1), list)):
+            new = static.split(numbers(1), sub.axis)
+        elif isinstance(sub, OnnxSlice) and all(numbers(i) is not None for i in range(1, 5)):
+            starts, ends = numbers(1), numbers(2)
+            axes = numbers(3) if numbers(3) != "absent" else list(range(len(starts)))
+            steps = numbers(4) if numbers(4) != "absent" else [1] * len(starts)
+            new = static.slice(starts, ends, axes, steps)
+        elif (isinstance(sub, OnnxResize) and all(numbers(i, float) is not None for i in range(1, 4))
+              and (sub.ignore_roi or numbers(1, float) in ("absent", []))):
+            from onnx2torch.node_converters.resize import _onnx_mode_to_torch_mode
+
+            scales, sizes = numbers(2, float), numbers(3)
+            scales = scales[2:] if isinstance(scales, list) and scales else None
+            sizes = sizes[2:] if isinstance(sizes, list) and sizes else None
+            given = scales if scales is not None else sizes
+            if given is not None and (scales is None or sizes is None):  # one of them, as interpolate takes
+                new = static.resize(_onnx_mode_to_torch_mode(sub.onnx_mode, len(given)), sub.align_corners,
+                                    scales, sizes)
+        elif isinstance(sub, OnnxExpand) and isinstance(numbers(1), list):
+            new = static.expand(numbers(1))
+        elif isinstance(sub, OnnxTile) and isinstance(numbers(1), list):
+            new = static.tile(numbers(1))
+        elif (isinstance(sub, OnnxGather) and isinstance(numbers(1), list) and len(args) == 2
+              and _constant_tensor(module, args[1]).dim() == 0):  # x[..., i]: a number read from a tensor
+            new = static.select(sub._axis, numbers(1)[0])
+        elif isinstance(sub, OnnxSqueezeDynamicAxes) and isinstance(numbers(1), list):
+            new = OnnxSqueezeStaticAxes(numbers(1))
+        elif isinstance(sub, OnnxUnsqueezeDynamicAxes) and isinstance(numbers(1), list):
+            new = OnnxUnsqueezeStaticAxes(numbers(1))
+        if new is None:
+            continue
+        parent, _, name = node.target.rpartition(".")
+        setattr(module.get_submodule(parent) if parent else module, name, new)
+        node.args, node.kwargs = (args[0],), {}
+        replaced += 1
+    if replaced:
+        _drop_unused_constants(module)
+    return replaced
+
+
 def _drop_unused_constants(module) -> None:
     """Removes the initializer buffers and Constant modules no graph node reads any more."""
     graph = module.graph

@@ -299,6 +299,12 @@ class StaticInt8(Pass[StaticConfig]):
         data = context.require_data(self.id)
         yield 0.05, "exporting to ONNX" if model.is_torch else "preparing"
         proto, upgraded = _qdq_opset(to_onnx_proto(model))
+        original = proto
+        if _layers_in_subgraphs(proto):
+            yield 0.06, "folding the If branches the pinned inputs decide"
+            proto, specialized_note = _specialized_for_pins(proto, model)
+        else:
+            specialized_note = None
         x = data.shaped(data.x_train, model.input_shape)
         order = np.random.default_rng(context.seed).permutation(len(x))
         # calibration from the front, validation from the back: apart while the split allows;
@@ -310,6 +316,8 @@ class StaticInt8(Pass[StaticConfig]):
         with tempfile.TemporaryDirectory(prefix="studio-q-") as tmp:
             tmp = Path(tmp)
             src = _save(proto, tmp, "fp32.onnx")
+            # the reference is the model as given, also when its specialized graph is quantized
+            ref_src = src if proto is original else _save(original, Path(tmp), "original.onnx")
             pre = tmp / "pre.onnx"
             yield 0.08, "pre-processing (fusions)"
             pre, pre_proto = _pre_process(src, pre)
@@ -318,7 +326,7 @@ class StaticInt8(Pass[StaticConfig]):
             # from the file just written: a session from the ModelProto would serialize another copy
             what = f"running the float model on {len(x_val)} validation samples"
             yield 0.1, what
-            steps = iter_session_all(session(str(src)), x_val, cancel=context.cancel_event)
+            steps = iter_session_all(session(str(ref_src)), x_val, cancel=context.cancel_event)
             while True:
                 try:
                     done = next(steps)
@@ -378,19 +386,59 @@ class StaticInt8(Pass[StaticConfig]):
         result = best["proto"]
         layers = _quant_record(result, "int8")
         if not layers:  # pre-processing alone is no INT8 stage (it grew Silero VAD 2.2 -> 3.2 MiB)
-            result = proto
-            warnings.append(_nothing_quantized(proto))
+            result = original
+            warnings.append(_nothing_quantized(original))
+        elif specialized_note:
+            warnings.append(specialized_note)
         new = model.with_obj(result, ONNX, format="onnx")
         s = best["setting"]
         measure = trial.measure_name
         summary = (f"{len(layers)} layers in INT8 (QDQ, {s.describe()}); {measure} with the float stage "
                    f"{trial.text(best)} on {len(x_val)} validation samples")
+        if layers and specialized_note:
+            summary += f"; graph specialized for {_pins_text(model)} (compared with the original on the same inputs)"
         if len(tries) > 1:
             summary += f", kept try {tries.index(best) + 1} of {len(tries)} (first: {trial.text(tries[0])})"
         if float_ms and best.get("latency_ms"):
             summary += f"; {float_ms / best['latency_ms']:.2f}x the float stage's speed at batch 1 (measured)"
         yield 1.0, summary
         return PassResult(new, layers, summary, warnings, tries=[_row(t) for t in tries])
+
+
+def _layers_in_subgraphs(proto) -> int:
+    """How many Conv/Gemm/MatMul layers sit inside If/Loop/Scan subgraphs."""
+    from ..onnx_weights import nodes
+
+    return sum(1 for n, _ in nodes(proto.graph) if n.op_type in QUANTIZABLE) - _count(proto, QUANTIZABLE)
+
+
+def _pins_text(model) -> str:
+    pins = [s for s in (model.signature.inputs if model.signature else []) if s.value is not None]
+    return ", ".join(f"{s.name}={np.asarray(s.value).tolist()}" for s in pins)
+
+
+def _specialized_for_pins(proto, model):
+    """(the graph to quantize, a warning or None). onnxruntime's quantizer does not enter If
+    branches, where Silero VAD keeps every layer (one branch per sample rate, chosen by its `sr`
+    input). When the user pinned inputs (`--input sr=16000`), the graph specialized for them
+    (onnx_torch.specialized: pinned inputs read as constants, shapes of the sized inputs,
+    constants folded, an If with a constant condition replaced by its branch) holds the layers
+    at the top level; it is quantized instead, when it has more layers there. The pinned inputs
+    stay inputs of the file, unused: it computes the branch of the pinned values whatever it is
+    given, which the warning says."""
+    from .onnx_torch import specialized
+
+    pins = _pins_text(model)
+    if not pins:
+        return proto, None
+    folded = specialized(proto, model.signature)
+    if folded is None or _count(folded, QUANTIZABLE) <= _count(proto, QUANTIZABLE):
+        return proto, None
+    sized = [s.describe() for s in model.signature.inputs if s.value is None]
+    return folded, (f"the graph was specialized for the pinned inputs ({pins}) to reach the layers inside its If "
+                    f"branches: the INT8 file computes the branch of those values whatever it is given (the pinned "
+                    f"inputs stay, unused), and takes only the sized shapes ({'; '.join(sized)}); "
+                    "for other values quantize the original again with them pinned")
 
 
 def _nothing_quantized(proto) -> str:
