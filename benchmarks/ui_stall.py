@@ -83,6 +83,7 @@ def wait(app, condition, timeout=600.0):
 # what may hold the UI thread (or the GIL it needs) while a model opens: module, function
 OPEN_STEPS = [("onnx", "load_model"), ("studio.core.io.onnx_child", "Parser.parse"),
               ("studio.core.io.onnx_child", "_read_located"), ("studio.core.io.onnx_io", "load_external"),
+              ("studio.core.io.file_tensors", "FileTensors.fill"),
               ("studio.core.io.onnx_io", "check_tensors"),
               ("studio.core.graph", "build_graph"), ("studio.qt.layout", "layout"),
               ("studio.core.stats", "layer_stats"), ("studio.qt.main_window", "MainWindow._opened"),
