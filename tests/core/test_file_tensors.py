@@ -17,9 +17,10 @@ from studio.core.graph import build_graph
 from studio.core.stats import layer_stats, parameter_count, weight_matrix
 
 
-def model_file(folder):
+def model_file(folder, external=False):
     """Gather (embedding with zeros) -> MatMul -> MatMul, and unused initializers of other types
-    (float16, int8, int64, bool, double, bfloat16, int4) over 1 KB each."""
+    (float16, int8, int64, bool, double, bfloat16, int4) over 1 KB each; `external`: all of them
+    in a sidecar."""
     rng = np.random.default_rng(0)
     emb = rng.standard_normal((500, 32)).astype(np.float32)
     emb[::3] = 0.0
@@ -36,17 +37,21 @@ def model_file(folder):
                                 rng.standard_normal(1600).astype(ml_dtypes.bfloat16).view(np.uint16).tobytes(), raw=True),
              helper.make_tensor("int4", TensorProto.INT4, [3001],
                                 rng.integers(0, 256, 1501).astype(np.uint8).tobytes(), raw=True)]
+    if external:  # (check_tensors counts a packed int4 sidecar tensor at a byte a value: refused)
+        inits.pop()
     nodes = [helper.make_node("Gather", ["emb", "ids"], ["e"]), helper.make_node("MatMul", ["e", "w1"], ["h"]),
              helper.make_node("MatMul", ["h", "w2"], ["y"])]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16])], inits)
     path = folder / "lazy.onnx"
-    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(path))
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(path),
+                    save_as_external_data=external, location="lazy.data", size_threshold=1024)
     return path
 
 
-def test_big_tensors_stay_in_the_file_until_a_job_asks(tmp_path):
-    path = model_file(tmp_path)
+@pytest.mark.parametrize("external", [False, True], ids=["in the file", "in a sidecar"])
+def test_big_tensors_stay_in_the_file_until_a_job_asks(tmp_path, external):
+    path = model_file(tmp_path, external)
     full = onnx.load_model(str(path))
     model = io.load(path, isolate=True)
     lazy = model.lazy
@@ -78,11 +83,13 @@ def test_big_tensors_stay_in_the_file_until_a_job_asks(tmp_path):
     assert other.lazy is lazy and other.light is model.light
     assert parameter_count(model) == parameter_count(eager)  # (asks obj)
     assert model.lazy is None and model.obj == full
+    assert model.obj == eager.obj
     assert other.obj is model.obj and other.obj == full
     assert model.copy().obj == full
 
 
 def test_a_file_changed_after_the_open_is_refused(tmp_path):
+    """(its sidecar too; a sidecar onnx's reader refuses, a link, is refused at the open)"""
     path = model_file(tmp_path)
     model = io.load(path, isolate=True)
     emb = next(t for t in model.light.graph.initializer if t.name == "emb")
@@ -103,3 +110,18 @@ def test_a_file_changed_after_the_open_is_refused(tmp_path):
     path.unlink()
     with pytest.raises(LoadError, match=r"^lazy.onnx: cannot read it"):
         model.obj  # noqa: B018
+    (tmp_path / "side").mkdir()
+    side = model_file(tmp_path / "side", external=True)
+    model = io.load(side, isolate=True)
+    emb = next(t for t in model.light.graph.initializer if t.name == "emb")
+    data = side.with_name("lazy.data")
+    data.write_bytes(data.read_bytes())  # the same bytes, another time
+    os.utime(data, ns=(0, 0))
+    with pytest.raises(LoadError, match=r"^lazy.onnx: its external data 'lazy.data' changed since it was opened"):
+        model.lazy.array(emb)
+    data.rename(side.with_name("real.data"))
+    data.symlink_to("real.data")
+    with pytest.raises(LoadError, match=r"^lazy.onnx: cannot read its external data \("):
+        io.load(side)
+    with pytest.raises(LoadError, match=r"^lazy.onnx: cannot read its external data \("):
+        io.load(side, isolate=True)

@@ -142,11 +142,20 @@ def from_reply(path: Path, reply: dict, body: bytes, lazy: bool = False):
     check_tensors(proto, path.parent, path.name, path.stat().st_size, located=located)
     check_structure(proto, path.name)
     if lazy:
-        _check_located(proto, path, located)
-        load_external(proto, path)  # the file's own sidecars, if any
-        from .file_tensors import FileTensors
+        from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
-        return proto, bool(reply["external"]), FileTensors(path, proto, located) if located else None
+        from .file_tensors import FileTensors
+        from .onnx_io import _itemsize
+
+        _check_located(proto, path, located)
+        # the main graph's initializers in the file's own sidecars stay there too (onnx lists
+        # them first); the other tensors there (subgraphs', Constant nodes') are read now
+        sidecars = {i: {e.key: e.value for e in t.external_data}["location"]
+                    for i, t in enumerate(proto.graph.initializer)
+                    if uses_external_data(t) and _itemsize(t.data_type) is not None}
+        load_external(proto, path, [t for k, t in enumerate(_get_all_tensors(proto)) if k not in sidecars])
+        lazy_tensors = FileTensors(path, proto, located, sidecars) if located or sidecars else None
+        return proto, bool(reply["external"]), lazy_tensors
     _read_located(proto, path, located)
     load_external(proto, path)  # the file's own sidecars, if any
     return proto, bool(reply["external"])
