@@ -11,6 +11,26 @@ TORCH = "torch"
 ONNX = "onnx"
 
 
+class _Obj:
+    """Model.obj. A model the window opened keeps its big ONNX initializers in the user's file
+    (io.file_tensors): the first access to obj reads them into the proto, on the thread that
+    asks (a job's worker). Model.light is the proto as it is, for the graph and statistics."""
+
+    def __get__(self, model, owner=None):
+        if model is None:
+            return self
+        state = model.__dict__
+        lazy = state.get("_lazy")
+        if lazy is not None:
+            lazy.fill(state["_obj"])
+            state["_lazy"] = None
+        return state["_obj"]
+
+    def __set__(self, model, value):
+        model.__dict__["_obj"] = value
+        model.__dict__["_lazy"] = None
+
+
 @dataclass
 class Model:
     """A loaded model and where it came from.
@@ -19,7 +39,7 @@ class Model:
     `input_shape` is the shape of one batch-1 input, e.g. (1, 1, 8, 8); None when unknown.
     """
 
-    obj: Any
+    obj: Any  # read through _Obj (set on the class below)
     framework: str
     input_shape: tuple[int, ...] | None = None
     name: str = "model"
@@ -43,9 +63,33 @@ class Model:
             return self.signature
         return Signature.single(self.input_shape, self.meta.get("input_dtype", "float32"))
 
+    def defer(self, lazy) -> None:
+        """Leave the tensors `lazy` (io.file_tensors.FileTensors, or None) in their file until obj
+        is first asked for."""
+        self.__dict__["_lazy"] = lazy if lazy else None
+
+    @property
+    def light(self) -> Any:
+        """obj as it is: an ONNX model the window opened without its big initializers' bytes
+        (see `lazy`): enough for the graph (dims and types) without a copy of the values."""
+        return self.__dict__["_obj"]
+
+    @property
+    def lazy(self):
+        """The FileTensors still in their file (None once obj holds them all)."""
+        return self.__dict__.get("_lazy")
+
+    def _replace(self, **changes) -> Model:
+        """dataclasses.replace without reading obj in (the tensors left in the file follow)."""
+        if "obj" in changes:
+            return replace(self, **changes)
+        new = replace(self, obj=self.light, **changes)
+        new.defer(self.lazy)
+        return new
+
     def with_signature(self, signature) -> Model:
         """The same model with the given inputs/outputs (after --input); input_shape follows."""
-        return replace(self, signature=signature, input_shape=signature.first_shape() or self.input_shape)
+        return self._replace(signature=signature, input_shape=signature.first_shape() or self.input_shape)
 
     def copy(self) -> Model:
         """A deep copy: passes work on one, so the model a view shows never changes under it."""
@@ -93,3 +137,6 @@ class Model:
         if self.signature is not None and self.signature.multi:
             return self.signature.random(batch)
         return self.example_input(batch)
+
+
+setattr(Model, "obj", _Obj())  # noqa: B010 - after @dataclass, which would take it for obj's default

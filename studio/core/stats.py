@@ -38,9 +38,12 @@ def zero_bin(edges) -> int | None:
     return int(min(np.searchsorted(edges, 0.0, side="right") - 1, len(edges) - 2))
 
 
+SLICE = 1 << 20  # elements: numpy's count_nonzero holds the GIL for its whole call (~1 ms a slice)
+
+
 def _stats(name, tensor, op, arr: np.ndarray, dtype: str, bins: int, max_samples: int) -> LayerStats:
     flat = arr.reshape(-1)
-    nonzeros = int(np.count_nonzero(flat))
+    nonzeros = sum(int(np.count_nonzero(flat[k:k + SLICE])) for k in range(0, flat.size, SLICE))
     # Counts, min/max, mean and std are exact (one vectorized pass each); only the histogram is
     # drawn from a sample. The sample is random (fixed seed), not strided: a stride aliases with
     # the regular zero patterns pruning leaves (2:4, every k-th weight) and can see only zeros.
@@ -87,10 +90,15 @@ def _torch_weights(module):
                 yield layer or pname, full, op, p.detach().cpu().float().numpy(), str(p.dtype).replace("torch.", "")
 
 
-def _onnx_weights(proto):
+def _onnx_weights(proto, lazy=None, cancel=None):
     """(node, initializer, op, float array, stored dtype) of each layer's weight; INT8 weights
-    behind a DequantizeLinear are dequantized (zeros stay exactly zero)."""
-    from .onnx_weights import nodes, read, tensors
+    behind a DequantizeLinear are dequantized (zeros stay exactly zero). `lazy`: the tensors
+    still in the model's file (Model.lazy), read from it (`cancel`: see weights)."""
+    from .onnx_weights import read as read_proto
+    from .onnx_weights import nodes, tensors
+
+    def read(tensor):
+        return lazy.array(tensor, cancel) if lazy is not None and lazy.pending(tensor) else read_proto(tensor)
 
     inits = tensors(proto)  # initializers and Constant nodes, subgraphs included
     every = [node for node, _ in nodes(proto.graph)]
@@ -105,7 +113,7 @@ def _onnx_weights(proto):
             if tensor in dq and j == 1:
                 d = dq[tensor]
                 q = read(inits[d.input[0]])
-                arr = _dequantize(q, d, inits)
+                arr = _dequantize(q, d, inits, read)
                 yield node.name or node.output[0], d.input[0], node.op_type, arr, str(q.dtype)
             elif tensor in inits and j >= 1 or (tensor in inits and node.op_type == "Gather" and j == 0):
                 arr = read(inits[tensor])
@@ -113,8 +121,9 @@ def _onnx_weights(proto):
                     yield node.name or node.output[0], tensor, node.op_type, arr.astype(np.float32, copy=False), str(arr.dtype)
 
 
-def _dequantize(q, node, inits) -> np.ndarray:
-    from .onnx_weights import read
+def _dequantize(q, node, inits, read=None) -> np.ndarray:
+    if read is None:
+        from .onnx_weights import read
 
     scale = read(inits[node.input[1]]).astype(np.float32) if node.input[1] in inits else np.float32(1)
     zp = read(inits[node.input[2]]).astype(np.float32) if len(node.input) > 2 and node.input[2] in inits else np.float32(0)
@@ -135,7 +144,8 @@ def weights(model: Model, cancel=None):
             raise Cancelled("weight statistics cancelled")
 
     go_on()
-    for item in _onnx_weights(model.obj) if model.framework == ONNX else _torch_weights(model.obj):
+    items = _onnx_weights(model.light, model.lazy, cancel) if model.framework == ONNX else _torch_weights(model.obj)
+    for item in items:
         yield item
         go_on()
 

@@ -67,7 +67,7 @@ def build_graph(model: Model) -> Graph:
     if model.framework == ONNX:
         from .from_onnx import graph_from_onnx
 
-        return graph_from_onnx(model.obj, model.input_shape, input_sizes(model))
+        return graph_from_onnx(model.light, model.input_shape, input_sizes(model), model.lazy)
     from .from_torch import graph_from_torch
 
     examples, shape = None, model.input_shape

@@ -111,8 +111,15 @@ def _light_copy(proto):
     return light
 
 
-def _zeros(init) -> int:
-    """Exact zeros of an initializer, read from its bytes without numpy_helper's copy."""
+def _zeros(init, lazy=None) -> int:
+    """Exact zeros of an initializer, read from its bytes without numpy_helper's copy (`lazy`: the
+    model's tensors still in its file, io.file_tensors: counted from the file, slice by slice)."""
+    if lazy is not None and lazy.pending(init):
+        zeros = lazy.zeros(init)
+        if zeros is None:
+            arr = lazy.array(init)
+            zeros = int(arr.size - np.count_nonzero(arr))
+        return zeros
     if init.HasField("raw_data") and init.data_location != 1:
         try:
             dtype = np.dtype(_dtype_name(init))
@@ -191,10 +198,11 @@ def _macs(op: str, node, out_shape, in_shapes, weight_shape) -> int:
     return 0
 
 
-def graph_from_onnx(proto, input_shape=None, sizes=None) -> Graph:
+def graph_from_onnx(proto, input_shape=None, sizes=None, lazy=None) -> Graph:
     """The layers of the main graph and of If/Loop/Scan subgraphs (flattened: a subgraph's nodes
     come before the node holding them, which takes their results as inputs). Shapes and MACs at
-    batch 1, with the inputs' free dims as `input_shape`/`sizes` give them (see _shapes)."""
+    batch 1, with the inputs' free dims as `input_shape`/`sizes` give them (see _shapes).
+    `lazy`: the initializers whose bytes are still in the model's file (Model.lazy)."""
     from ..onnx_weights import nodes as all_nodes
     from ..onnx_weights import subgraphs, tensors
 
@@ -244,7 +252,7 @@ def graph_from_onnx(proto, input_shape=None, sizes=None) -> Graph:
                     continue  # bool: an If's condition, masks
                 params += count
                 pnames.append(source)
-                zeros += _zeros(init)
+                zeros += _zeros(init, lazy)
                 if j == 1 or (node.op_type == "Gather" and j == 0) or weight_shape is None:
                     if j <= 1:
                         weight_shape = tuple(init.dims)

@@ -12,7 +12,8 @@ without those bytes, each such tensor pointing into the user's own file as exter
 (location: the file's name, offset, length). Nothing is written anywhere. The parent checks that
 small model as any file (every offset and length against the file's size) and reads the tensors'
 bytes, and those of the file's own sidecars, one tensor at a time: each read is a separate call,
-so the window gets the GIL between them.
+so the window gets the GIL between them. The window's load (`lazy`) leaves the located tensors in
+the file instead (file_tensors: each copy into the proto held the GIL for the whole tensor).
 
 A child that crashes (C++ in protobuf or onnx) or outlives its time budget refuses the file in
 one line; the next open starts a new child.
@@ -116,14 +117,16 @@ class Parser:
 PARSER = Parser()
 
 
-def load_isolated(path: Path):
+def load_isolated(path: Path, lazy: bool = False):
     """(proto with every tensor loaded, whether the user's file used external data): parsed and
-    checked in the child, the tensors' bytes read here one at a time."""
-    return from_reply(path, *PARSER.parse(path))
+    checked in the child, the tensors' bytes read here one at a time. `lazy`: (proto, external,
+    FileTensors or None): the big initializers' bytes left in the file (see file_tensors)."""
+    return from_reply(path, *PARSER.parse(path), lazy=lazy)
 
 
-def from_reply(path: Path, reply: dict, body: bytes):
-    """load_isolated's part in this process: the child's reply checked and its tensors read."""
+def from_reply(path: Path, reply: dict, body: bytes, lazy: bool = False):
+    """load_isolated's part in this process: the child's reply checked and its tensors read
+    (`lazy`: checked against the file, left there)."""
     import onnx
 
     from .onnx_io import check_structure, check_tensors, load_external
@@ -138,22 +141,35 @@ def from_reply(path: Path, reply: dict, body: bytes):
     # (the located ones are checked against the file as they are read)
     check_tensors(proto, path.parent, path.name, path.stat().st_size, located=located)
     check_structure(proto, path.name)
+    if lazy:
+        from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+        from .file_tensors import FileTensors
+        from .onnx_io import _itemsize
+
+        _check_located(proto, path, located)
+        # the main graph's initializers in the file's own sidecars stay there too (onnx lists
+        # them first); the other tensors there (subgraphs', Constant nodes') are read now
+        sidecars = {i: {e.key: e.value for e in t.external_data}["location"]
+                    for i, t in enumerate(proto.graph.initializer)
+                    if uses_external_data(t) and _itemsize(t.data_type) is not None}
+        load_external(proto, path, [t for k, t in enumerate(_get_all_tensors(proto)) if k not in sidecars])
+        lazy_tensors = FileTensors(path, proto, located, sidecars) if located or sidecars else None
+        return proto, bool(reply["external"]), lazy_tensors
     _read_located(proto, path, located)
     load_external(proto, path)  # the file's own sidecars, if any
     return proto, bool(reply["external"])
 
 
-def _read_located(proto, path: Path, located: dict) -> None:
-    """Each located tensor's bytes read from the user's file into it, one tensor per call: the
-    read itself lets the GIL go, the copy into the proto holds it only for that tensor."""
+def _check_located(proto, path: Path, located: dict, f=None) -> None:
+    """Each located tensor's range against its dims and the file's size (the file may have
+    changed since the child parsed it)."""
     from .onnx_io import _itemsize
 
-    if not located:
-        return
     inits = proto.graph.initializer
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+        with contextlib.nullcontext(f) if f is not None else open(path, "rb") as g:
+            size = os.fstat(g.fileno()).st_size
             for i, (offset, length) in located.items():
                 t = inits[i]
                 count = 1
@@ -162,6 +178,21 @@ def _read_located(proto, path: Path, located: dict) -> None:
                 item = _itemsize(t.data_type)
                 if item is None or length not in (count * item, (count + 1) // 2 if item == 1 else -1) or offset + length > size:
                     raise OSError(f"tensor '{t.name}' is not where it was")  # the file changed meanwhile
+    except OSError as exc:  # the file changed or went away since the child parsed it
+        raise LoadError(f"{path.name}: cannot read it ({exc.strerror or exc})") from None
+
+
+def _read_located(proto, path: Path, located: dict) -> None:
+    """Each located tensor's bytes read from the user's file into it, one tensor per call: the
+    read itself lets the GIL go, the copy into the proto holds it only for that tensor."""
+    if not located:
+        return
+    inits = proto.graph.initializer
+    try:
+        with open(path, "rb") as f:
+            _check_located(proto, path, located, f)
+            for i, (offset, length) in located.items():
+                t = inits[i]
                 f.seek(offset)
                 raw = f.read(length)
                 if len(raw) != length:

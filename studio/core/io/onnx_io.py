@@ -315,12 +315,14 @@ def load_external(proto, path: Path, tensors=None) -> None:
 
 def load_onnx(path: Path, isolate: bool = False) -> Model:
     """`isolate`: parse in the warm child process (onnx_child), as the window does."""
-    if isolate:
+    if isolate:  # the big initializers stay in the file until a job needs them (file_tensors)
         from .onnx_child import load_isolated
 
-        proto, external = load_isolated(path)
-    else:
-        proto, external = parse_checked(path)
+        proto, external, lazy = load_isolated(path, lazy=True)
+        model = _onnx_model(proto, path, "onnx", external)
+        model.defer(lazy)
+        return model
+    proto, external = parse_checked(path)
     return _onnx_model(proto, path, "onnx", external)
 
 

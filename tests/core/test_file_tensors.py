@@ -1,0 +1,127 @@
+"""The window's model keeps its big initializers in the user's file (io.file_tensors): the graph
+and the statistics read them from there, identical to the loaded model's; Model.obj reads them
+into the proto when a job asks; a file changed since it was opened is refused."""
+
+import os
+import threading
+
+import ml_dtypes
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from studio.core import io
+from studio.core.errors import Cancelled, LoadError
+from studio.core.graph import build_graph
+from studio.core.stats import layer_stats, parameter_count, weight_matrix
+
+
+def model_file(folder, external=False):
+    """Gather (embedding with zeros) -> MatMul -> MatMul, and unused initializers of other types
+    (float16, int8, int64, bool, double, bfloat16, int4) over 1 KB each; `external`: all of them
+    in a sidecar."""
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((500, 32)).astype(np.float32)
+    emb[::3] = 0.0
+    w1 = rng.standard_normal((32, 48)).astype(np.float32)
+    w1[:, ::2] = -0.0
+    w2 = rng.standard_normal((48, 16)).astype(np.float32)
+    inits = [numpy_helper.from_array(emb, "emb"), numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
+             numpy_helper.from_array(rng.standard_normal((40, 40)).astype(np.float16), "half"),
+             numpy_helper.from_array(rng.integers(-128, 127, (50, 50)).astype(np.int8), "int8"),
+             numpy_helper.from_array(rng.integers(0, 1 << 40, (300,)).astype(np.int64), "int64"),
+             numpy_helper.from_array(rng.integers(0, 2, (40, 40)).astype(bool), "flags"),
+             numpy_helper.from_array(rng.standard_normal((300,)), "double"),
+             helper.make_tensor("bf16", TensorProto.BFLOAT16, [40, 40],
+                                rng.standard_normal(1600).astype(ml_dtypes.bfloat16).view(np.uint16).tobytes(), raw=True),
+             helper.make_tensor("int4", TensorProto.INT4, [3001],
+                                rng.integers(0, 256, 1501).astype(np.uint8).tobytes(), raw=True)]
+    if external:  # (check_tensors counts a packed int4 sidecar tensor at a byte a value: refused)
+        inits.pop()
+    nodes = [helper.make_node("Gather", ["emb", "ids"], ["e"]), helper.make_node("MatMul", ["e", "w1"], ["h"]),
+             helper.make_node("MatMul", ["h", "w2"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16])], inits)
+    path = folder / "lazy.onnx"
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(path),
+                    save_as_external_data=external, location="lazy.data", size_threshold=1024)
+    return path
+
+
+@pytest.mark.parametrize("external", [False, True], ids=["in the file", "in a sidecar"])
+def test_big_tensors_stay_in_the_file_until_a_job_asks(tmp_path, external):
+    path = model_file(tmp_path, external)
+    full = onnx.load_model(str(path))
+    model = io.load(path, isolate=True)
+    lazy = model.lazy
+    names = {t.name for t in full.graph.initializer}
+    assert lazy is not None and {t.name for t in model.light.graph.initializer} == names
+    assert {e[2] for e in lazy.entries.values()} == names  # all over 1 KB
+    assert not any(t.HasField("raw_data") for t in model.light.graph.initializer)
+    for t in full.graph.initializer:
+        light = next(x for x in model.light.graph.initializer if x.name == t.name)
+        got, want = lazy.array(light), numpy_helper.to_array(t)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert got.tobytes() == want.tobytes(), t.name
+        zeros = lazy.zeros(light)
+        assert zeros is None or zeros == want.size - np.count_nonzero(want)
+    # the graph and the statistics from the file equal those of the model loaded whole
+    eager = io.load(path)
+    assert eager.lazy is None
+    for a, b in zip(build_graph(model).nodes, build_graph(eager).nodes):
+        assert (a.name, a.parameters, a.sparsity, a.macs, a.dtype) == (b.name, b.parameters, b.sparsity, b.macs, b.dtype)
+    gather = next(n for n in build_graph(model).nodes if n.op == "Gather")
+    assert gather.sparsity == pytest.approx(167 / 500)
+    for a, b in zip(layer_stats(model), layer_stats(eager)):
+        assert (a.tensor, a.nonzeros, a.min, a.max, a.mean, a.std) == (b.tensor, b.nonzeros, b.min, b.max, b.mean, b.std)
+        assert (a.hist_counts == b.hist_counts).all()
+    assert (weight_matrix(model, "w1") == weight_matrix(eager, "w1")).all()
+    assert model.lazy is lazy  # nothing above read them into the proto
+    # a copy of the signature keeps them in the file; obj reads them in, once
+    other = model.with_signature(model.signature)
+    assert other.lazy is lazy and other.light is model.light
+    assert parameter_count(model) == parameter_count(eager)  # (asks obj)
+    assert model.lazy is None and model.obj == full
+    assert model.obj == eager.obj
+    assert other.obj is model.obj and other.obj == full
+    assert model.copy().obj == full
+
+
+def test_a_file_changed_after_the_open_is_refused(tmp_path):
+    """(its sidecar too; a sidecar onnx's reader refuses, a link, is refused at the open)"""
+    path = model_file(tmp_path)
+    model = io.load(path, isolate=True)
+    emb = next(t for t in model.light.graph.initializer if t.name == "emb")
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        model.lazy.array(emb, cancel)
+    copy = model.with_signature(model.signature)
+    data = path.read_bytes()
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # same size, another time
+    os.utime(path, ns=(0, 0))
+    with pytest.raises(LoadError, match=r"^lazy.onnx: the file changed since it was opened; open it again$"):
+        model.lazy.array(emb)
+    with pytest.raises(LoadError, match="changed since it was opened"):
+        build_graph(model)
+    with pytest.raises(LoadError, match="changed since it was opened"):
+        copy.obj  # noqa: B018 - the read into the proto
+    path.unlink()
+    with pytest.raises(LoadError, match=r"^lazy.onnx: cannot read it"):
+        model.obj  # noqa: B018
+    (tmp_path / "side").mkdir()
+    side = model_file(tmp_path / "side", external=True)
+    model = io.load(side, isolate=True)
+    emb = next(t for t in model.light.graph.initializer if t.name == "emb")
+    data = side.with_name("lazy.data")
+    data.write_bytes(data.read_bytes())  # the same bytes, another time
+    os.utime(data, ns=(0, 0))
+    with pytest.raises(LoadError, match=r"^lazy.onnx: its external data 'lazy.data' changed since it was opened"):
+        model.lazy.array(emb)
+    data.rename(side.with_name("real.data"))
+    data.symlink_to("real.data")
+    with pytest.raises(LoadError, match=r"^lazy.onnx: cannot read its external data \("):
+        io.load(side)
+    with pytest.raises(LoadError, match=r"^lazy.onnx: cannot read its external data \("):
+        io.load(side, isolate=True)
