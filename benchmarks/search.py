@@ -195,7 +195,7 @@ def write(summary: dict, rows: list[dict]) -> None:
     RESULTS.mkdir(exist_ok=True)
     keep = ("trial", "recipe", "folder", "quality", "quality_drop_points", "selection_quality", "selection_drop_points",
             "confirmed", "shipped_bytes", "x_smaller", "latency_ms",
-            "latency_ratio", "latency_remeasured", "macs", "pareto", "within_budget", "warm_start", "landed_s",
+            "latency_ratio", "latency_remeasured", "macs", "pareto", "within_budget", "warm_start", "near_shipped", "landed_s",
             "since_start_s", "seconds")
     bench = summary.get("benchmark", {})
     prof = profile(summary)
@@ -242,7 +242,7 @@ def write(summary: dict, rows: list[dict]) -> None:
     when = "since_start_s" if all("since_start_s" in c for c in summary["candidates"]) else "landed_s"
     for c in sorted(summary["candidates"], key=lambda c: c[when]):
         lines.append(f"| {c['trial']} | {c[when]:.0f} | {c.get('seconds') or 0:.0f} | {c['recipe']['name']}"
-                     f"{' (shipped)' if c.get('warm_start') else ''} "
+                     f"{' (shipped)' if c.get('warm_start') else ' (near shipped)' if c.get('near_shipped') else ''} "
                      f"| {'-' if c['quality'] is None else format(c['quality'], '.2%')} "
                      f"| {'-' if c['quality_drop_points'] is None else format(c['quality_drop_points'], '.2f')} "
                      f"| {c['selection_quality']:.2%} | {c['selection_drop_points']:.2f} "

@@ -193,6 +193,35 @@ def recipe_params(recipe, passes=None, max_epochs: int | None = None) -> dict | 
     return params
 
 
+# pass -> (its compression knob, the direction that compresses more): a shipped recipe's
+# neighbours move one knob a notch further (NEAR_NOTCH of its range, at least one step)
+KNOBS = {"prune.structured": ("ratio", 1), "lowrank.svd": ("energy", -1), "distill.kd": ("width", -1),
+         "prune.magnitude": ("sparsity", 1), "prune.nm": ("n", -1), "cluster.kmeans": ("bits", -1)}
+NEAR_NOTCH = 0.05
+
+
+def neighbours(params: dict, max_epochs: int | None = None) -> list[dict]:
+    """The parameters of a recipe's neighbours that compress a notch more: one pass's knob moved
+    at a time, the rest as they are (only points inside the space). Warm starts beside the shipped
+    recipes: a shipped recipe is a point a person judged good; a notch further is where a search
+    for something smaller (or faster) than it starts looking, not tens of random trials later."""
+    out = []
+    for pass_id, (knob, sign) in KNOBS.items():
+        key = f"{pass_id}.{knob}"
+        if key not in params:
+            continue
+        opt = next(o for o in SPACE[pass_id] if o.name == knob)
+        if opt.kind == "float":
+            low, high, step = opt.args
+            notch = max(step, round((high - low) * NEAR_NOTCH / step) * step)
+            value = round(params[key] + sign * notch, 6)
+        else:
+            value = params[key] + sign
+        if opt.contains(value, max_epochs):
+            out.append({**params, key: value})
+    return out
+
+
 def training_epochs(recipe) -> int:
     """The epochs of training a recipe asks for, all passes together (what a candidate costs)."""
     total = 0
@@ -636,13 +665,17 @@ def _prepare(study, settings: Settings) -> list[str]:
 
     notes = []
     if settings.warm_start and not study.trials:
-        queued = 0
+        queued, near = 0, []
         for recipe in sorted(shipped_recipes(), key=training_epochs):
             params = recipe_params(recipe, settings.passes, settings.max_epochs)
             if params is not None:
                 study.enqueue_trial(params, user_attrs={"warm_start": recipe.name}, skip_if_exists=True)
                 queued += 1
-        notes.append(f"warm start: {queued} shipped recipes queued first")
+                near += [(p, recipe.name) for p in neighbours(params, settings.max_epochs)]
+        for params, name in near:  # after every shipped recipe: those land first
+            study.enqueue_trial(params, user_attrs={"near_shipped": name}, skip_if_exists=True)
+        notes.append(f"warm start: {queued} shipped recipes queued first, then {len(near)} of their neighbours "
+                     "(one compression knob a notch further)")
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in stale:
         _requeue(study, trial.number, trial.params)
@@ -1101,6 +1134,7 @@ def _collect(study, settings: Settings, store: Store, confirmer: _Confirmer) -> 
             by_key[key] = _candidate(trial.number, key, result, store, False) | {
                 "trials": [trial.number],
                 "warm_start": trial.user_attrs.get("warm_start"),  # the shipped recipe it is, if any
+                "near_shipped": trial.user_attrs.get("near_shipped"),  # the shipped recipe it is a notch beyond
                 "landed_s": round((trial.datetime_complete - first).total_seconds(), 1),  # since the study began
                 "landed_at": trial.datetime_complete.isoformat()}
             candidates.append(by_key[key])

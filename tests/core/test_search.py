@@ -233,11 +233,25 @@ def test_epochs_are_a_ladder_capped_by_max_epochs_and_cheap_shipped_recipes_come
     warm = optuna.create_study(storage=storage, study_name="warm", directions=["minimize", "minimize"])
     fake = search.Settings(search.Source("demo:cnn", ident="demo:cnn|digits"), tmp_path, objectives=("size", "latency"))
     search._prepare(warm, fake)
-    queued = [t.user_attrs["warm_start"] for t in warm.get_trials(deepcopy=False)]
+    trials = warm.get_trials(deepcopy=False)
+    queued = [t.user_attrs["warm_start"] for t in trials if "warm_start" in t.user_attrs]
     shipped = {r.name: r for r in search.shipped_recipes()}
     assert len(queued) >= 4 and "smallest: prune 93% + 4-bit clusters" in queued
     costs = [search.training_epochs(shipped[name]) for name in queued]
     assert costs == sorted(costs) and costs[0] == 0 and costs[-1] == 22  # INT8 first, smallest (20 + 2) last
+    # then their neighbours, one compression knob a notch further, each inside the space
+    near = [t for t in trials if "near_shipped" in t.user_attrs]
+    assert [t.number for t in trials] == list(range(len(queued) + len(near)))
+    assert all("near_shipped" in t.user_attrs for t in trials[len(queued):])
+    smallest = search.recipe_params(shipped["smallest: prune 93% + 4-bit clusters"])
+    changed = [{k: v for k, v in t.system_attrs["fixed_params"].items() if smallest.get(k) != v}
+               for t in near if t.user_attrs["near_shipped"].startswith("smallest")]
+    assert changed == [{"prune.magnitude.sparsity": 0.95}, {"cluster.kmeans.bits": 3}]
+    for t in near:
+        study = optuna.create_study()
+        study.enqueue_trial(t.system_attrs["fixed_params"])
+        Recipe.from_dict(search.suggest_recipe(study.ask()).to_dict(), "near")  # a valid recipe
+    assert search.neighbours({"cluster.kmeans.bits": 2, "prune.magnitude.sparsity": 0.97}) == []  # at the edges
 
 
 def test_two_objectives_use_multi_objective_tpe_and_name_each_objectives_best(tmp_path, tiny_onnx):
