@@ -350,8 +350,8 @@ def _drive_search(gen, progress, args) -> dict:
 
 def search_table(summary: dict) -> str:
     """The candidates, best first within the budget, the Pareto front marked: each one's quality
-    on the selection half (what the search chose by) and, for the front and the best, on the
-    confirmation half (what it reports)."""
+    on the selection set (what the search chose by) and, for the front and the best, on the
+    confirmation set (what it reports)."""
     from studio.core.search import quality_text
 
     order = sorted(summary["candidates"], key=lambda c: (not c["within_budget"], c["shipped_bytes"]))
@@ -369,14 +369,15 @@ def search_table(summary: dict) -> str:
                      f"{c['recipe']['name']}")
     held = summary.get("held_out") or {}
     if held.get("split"):
-        lines.append(f"quality, drop: on the confirmation half ({held['confirmation']} held-out samples no trial "
-                     f"decision looked at), for the front and the best; sel.q, sel.drop: on the selection half "
-                     f"({held['selection']} samples), what the search chose by (optimistic for the winners)")
+        lines.append(f"quality, drop: on the confirmation set ({held['confirmation']} held-out samples no trial "
+                     f"decision looked at), for the front and the best; sel.q, sel.drop: on the selection set "
+                     f"({held['selection']} samples, {held.get('selection_set', 'selection half')}), what the search "
+                     "chose by (optimistic for the winners)")
     elif held:
         lines.append(f"NOT CONFIRMED: {held['note']}")
     lines.append(f"* = Pareto front (selection drop vs {', '.join(summary['objectives'])}); ! = over the "
-                 f"{summary['max_drop_points']}-point budget on the selection half; ? = over it on the confirmation "
-                 f"half; ms~ = measured on a worker beside others, the front's "
+                 f"{summary['max_drop_points']}-point budget on the selection set; ? = over it on the confirmation "
+                 f"set; ms~ = measured on a worker beside others, the front's "
                  f"ms measured again in-process ({summary['latency']['threads']} thread(s), batch {summary['latency']['batch']})")
     lines.append(f"{len(summary['candidates'])} candidates ({summary['measured_this_run']} measured in this run, "
                  f"{len(summary['failed'])} failed), executor {summary['executor']}, stopped by {summary['stopped']}")
@@ -386,14 +387,14 @@ def search_table(summary: dict) -> str:
         label = best["quality_label"]
         confirmed = (f"{label} {quality_text(label, best['quality'])} ({0.0 - best['quality_drop_points']:+.2f} points) "
                      f"confirmed, {quality_text(label, best['selection_quality'])} "
-                     f"({0.0 - best['selection_drop_points']:+.2f}) on the selection half" if best["confirmed"]
+                     f"({0.0 - best['selection_drop_points']:+.2f}) on the selection set" if best["confirmed"]
                      else f"{label} {quality_text(label, best['selection_quality'])} (not confirmed)")
         lines.append(f"best: trial {best['trial']}, {confirmed}, recipe {best['recipe_file']}; {files}")
     else:
         lines.append(f"best: no candidate within {summary['max_drop_points']} points yet"
-                     + (" (on both halves)" if (summary.get("held_out") or {}).get("split") else ""))
+                     + (" (on both sets)" if (summary.get("held_out") or {}).get("split") else ""))
     if summary.get("failed_confirmation"):
-        lines.append("within the budget on the selection half but not on the confirmation half (not best): trials "
+        lines.append("within the budget on the selection set but not on the confirmation set (not best): trials "
                      + ", ".join(f"{f['trial']} ({0.0 - f['quality_drop_points']:+.2f})"
                                  for f in summary["failed_confirmation"]))
     lines.append(f"all candidates: {summary['out']}/candidates/; summary: {summary['out']}/search.json")

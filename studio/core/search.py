@@ -13,8 +13,9 @@ Optuna the result. The key hashes the model, the data and the recipe, so a rerun
 or a kill) finds every measured candidate on disk and never measures it again; trials a killed
 run left RUNNING are run again.
 
-Candidates are measured and chosen on one half of the held-out data; the front and the best are
-confirmed on the other half, which no trial decision sees (held_out_split says why).
+Candidates are measured and chosen on a validation split carved from the training data (their
+passes train and calibrate on the rest); the front and the best are confirmed on the whole held-out
+set, which no trial decision sees (held_out_split says why, and what small data sets do instead).
 """
 
 from __future__ import annotations
@@ -192,6 +193,35 @@ def recipe_params(recipe, passes=None, max_epochs: int | None = None) -> dict | 
     return params
 
 
+# pass -> (its compression knob, the direction that compresses more): a shipped recipe's
+# neighbours move one knob a notch further (NEAR_NOTCH of its range, at least one step)
+KNOBS = {"prune.structured": ("ratio", 1), "lowrank.svd": ("energy", -1), "distill.kd": ("width", -1),
+         "prune.magnitude": ("sparsity", 1), "prune.nm": ("n", -1), "cluster.kmeans": ("bits", -1)}
+NEAR_NOTCH = 0.05
+
+
+def neighbours(params: dict, max_epochs: int | None = None) -> list[dict]:
+    """The parameters of a recipe's neighbours that compress a notch more: one pass's knob moved
+    at a time, the rest as they are (only points inside the space). Warm starts beside the shipped
+    recipes: a shipped recipe is a point a person judged good; a notch further is where a search
+    for something smaller (or faster) than it starts looking, not tens of random trials later."""
+    out = []
+    for pass_id, (knob, sign) in KNOBS.items():
+        key = f"{pass_id}.{knob}"
+        if key not in params:
+            continue
+        opt = next(o for o in SPACE[pass_id] if o.name == knob)
+        if opt.kind == "float":
+            low, high, step = opt.args
+            notch = max(step, round((high - low) * NEAR_NOTCH / step) * step)
+            value = round(params[key] + sign * notch, 6)
+        else:
+            value = params[key] + sign
+        if opt.contains(value, max_epochs):
+            out.append({**params, key: value})
+    return out
+
+
 def training_epochs(recipe) -> int:
     """The epochs of training a recipe asks for, all passes together (what a candidate costs)."""
     total = 0
@@ -247,7 +277,7 @@ class Source:
         return cls(model, data, ident=f"{ident}|{data_ident}", **kw)
 
     def load(self):
-        """(model, the data as opened: its whole held-out split; _loaded halves it)."""
+        """(model, the data as opened: its whole training and held-out splits; _loaded splits it for the search)."""
         from .data import open_data
 
         if self.model.startswith("demo:"):
@@ -264,56 +294,92 @@ class Source:
         return model, open_data(self.data, model.input_shape, signature=model.io)
 
 
-# ------------------------------------------------------------------- the held-out split in two
-# Why: the search picks its candidates (the Pareto front, `best`) by their quality on held-out
-# data. Over hundreds of trials, the ones that look best there are partly the ones the noise of
-# those particular samples favoured (the winner's curse), so their quality on the same samples
-# is optimistic. The held-out split is therefore split again, once, deterministically: every
-# trial is measured on the SELECTION part (what the optimizer sees, what the front and `best`
-# are chosen by), and the CONFIRMATION part is never looked at by any trial decision. The front
-# and `best` are measured again on it (in the driver, see _Confirmer), and that is the quality
-# the search reports (`quality`, `quality_drop_points`; `selection_quality` and
-# `selection_drop_points` are the numbers it chose by). A held-out set too small to halve
-# (fewer than MIN_SPLIT samples: each half would move in steps of more than 2 points) is not
-# split: candidates are measured on all of it, and the result says their quality is unconfirmed.
+# ------------------------------------------------------- selection data and confirmation data
+# Why: the search picks its candidates (the Pareto front, `best`) by their quality on data. Over
+# hundreds of trials, the ones that look best there are partly the ones the noise of those
+# particular samples favoured (the winner's curse), so their quality on the same samples is
+# optimistic. So the trials never see the held-out set: a VALIDATION split is carved from the
+# TRAINING data once (stratified by label, a fixed seed), and every trial is measured on it (what
+# the optimizer sees, what the front and `best` are chosen by), while its passes fine-tune,
+# distil and calibrate on the rest of the training data only (the passes read `x_train`; the
+# carved samples are not in it). The front and `best` are measured again on the WHOLE held-out
+# set (in the driver, see _Confirmer), which no trial decision sees, and that is the quality the
+# search reports (`quality`, `quality_drop_points`; `selection_quality` and
+# `selection_drop_points` are the numbers it chose by). The whole held-out set, not half of it:
+# on the demo digits 360 samples (0.28 points a sample) instead of 180 (0.56, so a 0.5-point
+# budget allowed no sample lost).
+# A model trained on the whole training split (the demo models were) has seen the validation
+# samples: its quality there is its training accuracy, so the selection drop is judged against
+# that (stricter than on unseen data); the confirmed drop is against its held-out quality.
+# Too little training data to carve VALIDATION_FRACTION of it into at least MIN_VALIDATION
+# samples: the earlier rule, the held-out set halved (selection half, confirmation half); and a
+# held-out set under MIN_SPLIT samples is not split at all (candidates measured on all of it,
+# their quality reported unconfirmed). The result's `held_out` note says which rule applied.
+VALIDATION_FRACTION = 0.25  # of the training data; on the digits 360 of 1,437, as many as the held-out set
+MIN_VALIDATION = 100
 MIN_SPLIT = 100
-SPLIT_SEED = 1  # not data.SEED: this split is independent of the train/held-out one
-HELD_OUT = "selection-half-v1"  # in every study name and candidate key: numbers measured before the split differ
+SPLIT_SEED = 1  # not data.SEED: these splits are independent of the train/held-out one
+# in every study name and candidate key: numbers measured under another split differ, so a
+# study or a stored candidate of another rule is never continued or reused
+VALIDATION = "train-validation-v2"  # selection: carved from the training data; confirmation: the whole held-out set
+HALVES = "selection-half-v1"  # selection: half the held-out set; confirmation: the other half (or none)
 
 
 def held_out_split(data) -> tuple:
-    """(selection data, confirmation data or None, note): the held-out samples halved, stratified
-    by label when every class has two samples, the same halves every time. Both keep the training
-    part (calibration and fine-tuning see only that)."""
+    """(selection data, confirmation data or None, note). Selection data: what every trial
+    measures on, and trains and calibrates with. With enough training data, its held-out part
+    is a validation split carved from the training data (stratified when every class has two
+    samples, the same every time) and its training part the rest; confirmation data is the
+    data as opened (the whole held-out set). Else the held-out set halved (both halves keep
+    the whole training part), or, under MIN_SPLIT held-out samples, not split at all."""
     import copy
 
     import numpy as np
 
     from .data import stratified_split
 
-    n = len(data.x_test)
+    def by_label(y) -> bool:  # data.stratified_split's own rule
+        return y is not None and int(np.bincount(y).min(initial=2)) >= 2
+
+    n, n_train = len(data.x_test), len(data.x_train)
+    if int(n_train * VALIDATION_FRACTION) >= MIN_VALIDATION:
+        x_tr, x_val, y_tr, y_val = stratified_split(data.x_train, data.y_train, VALIDATION_FRACTION, SPLIT_SEED)
+        selection = copy.copy(data)
+        selection.x_train, selection.y_train, selection.x_test, selection.y_test = x_tr, y_tr, x_val, y_val
+        stratified = by_label(data.y_train)
+        note = {"split": True, "rule": VALIDATION, "held_out": n, "selection": len(x_val), "confirmation": n,
+                "training": len(x_tr), "stratified": bool(stratified),
+                "selection_set": "validation split", "confirmation_set": "held-out set",
+                "note": f"trials are measured and chosen on a validation split of {len(x_val)} samples carved from "
+                        f"the training data{' by label' if stratified else ''} (their passes train and calibrate "
+                        f"on the other {len(x_tr)}); the front and best are measured again on the whole held-out "
+                        f"set ({n} samples), which no trial decision looks at"}
+        return selection, data, note
     if n < MIN_SPLIT:
-        note = {"split": False, "held_out": n, "selection": n, "confirmation": 0,
-                "note": f"the held-out set has {n} samples, fewer than {MIN_SPLIT}: not split; every candidate's "
-                        "quality is measured on the samples the search selected by, so the front's and best's "
-                        "quality are not confirmed (optimistic)"}
+        note = {"split": False, "rule": HALVES, "held_out": n, "selection": n, "confirmation": 0,
+                "selection_set": "held-out set", "confirmation_set": None,
+                "note": f"the training data ({n_train} samples) is too small to carve a validation split of "
+                        f"{MIN_VALIDATION} from, and the held-out set has {n} samples, fewer than {MIN_SPLIT}: not "
+                        "split; every candidate's quality is measured on the samples the search selected by, so "
+                        "the front's and best's quality are not confirmed (optimistic)"}
         return data, None, note
     x_sel, x_conf, y_sel, y_conf = stratified_split(data.x_test, data.y_test, 0.5, SPLIT_SEED)
     selection, confirmation = copy.copy(data), copy.copy(data)
     selection.x_test, selection.y_test = x_sel, y_sel
     confirmation.x_test, confirmation.y_test = x_conf, y_conf
-    # data.stratified_split's own rule: by label when every class up to the largest has two samples
-    stratified = data.y_test is not None and int(np.bincount(data.y_test).min(initial=2)) >= 2
-    note = {"split": True, "held_out": n, "selection": len(x_sel), "confirmation": len(x_conf),
-            "stratified": bool(stratified),
-            "note": f"the held-out set ({n} samples) halved once{' by label' if stratified else ''}: trials are "
-                    f"measured and chosen on {len(x_sel)} (selection), the front and best measured again on the "
-                    f"other {len(x_conf)} (confirmation), which no trial decision looks at"}
+    stratified = by_label(data.y_test)
+    note = {"split": True, "rule": HALVES, "held_out": n, "selection": len(x_sel), "confirmation": len(x_conf),
+            "stratified": bool(stratified), "selection_set": "selection half", "confirmation_set": "confirmation half",
+            "note": f"the training data ({n_train} samples) is too small to carve a validation split of "
+                    f"{MIN_VALIDATION} from, so the held-out set ({n} samples) is halved once"
+                    f"{' by label' if stratified else ''}: trials are measured and chosen on {len(x_sel)} (selection), "
+                    f"the front and best measured again on the other {len(x_conf)} (confirmation), which no trial "
+                    "decision looks at"}
     return selection, confirmation, note
 
 
 # per process: Source -> [model, selection data, original stage, confirmation data, split note],
-# so a worker loads once. Candidates are measured on the selection data only.
+# so a worker loads once. Candidates are measured (and trained, calibrated) on the selection data only.
 _LOADED: dict = {}
 
 
@@ -326,10 +392,15 @@ def _loaded(source: Source):
     return _LOADED[source]
 
 
+def split_rule(source: Source) -> str:
+    """VALIDATION or HALVES: the rule the search of this model and data measures under."""
+    return _loaded(source)[4]["rule"]
+
+
 def candidate_key(source: Source, recipe_dict: dict, batch: int | None) -> str:
     """batch None: a candidate measured without latency (a search whose objectives do not need it)."""
-    text = json.dumps({"source": source.ident, "passes": recipe_dict["passes"], "batch": batch, "held_out": HELD_OUT},
-                      sort_keys=True)
+    text = json.dumps({"source": source.ident, "passes": recipe_dict["passes"], "batch": batch,
+                       "held_out": split_rule(source)}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -503,7 +574,7 @@ class Settings:
     def study_name(self) -> str:
         # a rerun of the same command continues the same study
         name = (f"{self.source.ident}|{'+'.join(self.objectives)}|max_drop={self.max_drop:g}|batch={self.batch}"
-                f"|{HELD_OUT}")
+                f"|{split_rule(self.source)}")
         if self.passes is not None:
             name += f"|passes={','.join(sorted(self.passes))}"
         if self.max_epochs is not None:
@@ -543,8 +614,30 @@ def _open_study(settings: Settings):
         raise StudioError(f"cannot open the search storage {settings.storage_url}: {str(exc).splitlines()[0]}") from None
     # a resumed search must not replay the random draws of the run before it
     seed = settings.seed + len(study.trials)
+    study.set_user_attr("split_rule", split_rule(settings.source))
     study.sampler = sampler(optuna, seed, settings.workers)
     return study
+
+
+def earlier_rule_note(settings: Settings) -> str | None:
+    """A study of the same search made under the earlier rule (the held-out set halved) in the
+    same storage: its numbers were measured on other samples, so it is not continued; this search
+    starts anew beside it, and says so."""
+    optuna = _need("optuna")
+    if split_rule(settings.source) != VALIDATION:
+        return None
+    old = settings.study_name.replace(f"|{VALIDATION}", f"|{HALVES}")
+    try:
+        names = optuna.get_all_study_names(settings.storage_url)
+    except Exception:  # noqa: BLE001 - no storage yet: nothing earlier
+        return None
+    if old not in names:
+        return None
+    count = len(optuna.load_study(study_name=old, storage=settings.storage_url).trials)
+    return (f"this folder holds an earlier search of this model and data ({count} trials) made when the held-out "
+            "set was halved (selection and confirmation halves); its numbers are on other samples, so it is NOT "
+            "continued: this search starts anew (trials chosen on a validation split of the training data, the "
+            f"front and best confirmed on the whole held-out set). The old study stays in {settings.storage_url}")
 
 
 def sampler(optuna, seed: int, workers: int = 1):
@@ -572,13 +665,17 @@ def _prepare(study, settings: Settings) -> list[str]:
 
     notes = []
     if settings.warm_start and not study.trials:
-        queued = 0
+        queued, near = 0, []
         for recipe in sorted(shipped_recipes(), key=training_epochs):
             params = recipe_params(recipe, settings.passes, settings.max_epochs)
             if params is not None:
                 study.enqueue_trial(params, user_attrs={"warm_start": recipe.name}, skip_if_exists=True)
                 queued += 1
-        notes.append(f"warm start: {queued} shipped recipes queued first")
+                near += [(p, recipe.name) for p in neighbours(params, settings.max_epochs)]
+        for params, name in near:  # after every shipped recipe: those land first
+            study.enqueue_trial(params, user_attrs={"near_shipped": name}, skip_if_exists=True)
+        notes.append(f"warm start: {queued} shipped recipes queued first, then {len(near)} of their neighbours "
+                     "(one compression knob a notch further)")
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in stale:
         _requeue(study, trial.number, trial.params)
@@ -664,18 +761,19 @@ class _RayPool:
 
 
 class _Confirmer:
-    """The confirmation half's measurements, taken in the driver and never shown to the optimizer
+    """The confirmation set's measurements, taken in the driver and never shown to the optimizer
     (why: see held_out_split). The original's quality there once, then a candidate's stored
     model.onnx when it is on the front or a best. Each is kept in the study's user attrs
     (`confirmed:<key>`; a finished trial's own attrs cannot change), so a rerun after a kill
     measures none of them again."""
 
-    PREFIX = "confirmed:"
+    PREFIXES = {HALVES: "confirmed:", VALIDATION: "confirmed-held-out:"}  # per rule: never read across rules
 
     def __init__(self, study, settings: Settings):
         self.study, self.settings = study, settings
+        self.PREFIX = self.PREFIXES[split_rule(settings.source)]
         self.done = {k[len(self.PREFIX):]: v for k, v in study.user_attrs.items() if k.startswith(self.PREFIX)}
-        self.reference = None  # the original's outputs on the confirmation half (agreement needs them)
+        self.reference = None  # the original's outputs on the confirmation set (agreement needs them)
         self.measured = 0  # candidates confirmed by this run (a rerun confirms none twice)
         cached = _loaded(settings.source)
         self.model, self.data, self.note = cached[0], cached[3], cached[4]
@@ -746,7 +844,7 @@ class _Confirmer:
 
 
 def confirmer(settings: Settings, cancel_event=None):
-    """confirm(candidate): a finished search's candidate measured on the confirmation half (once,
+    """confirm(candidate): a finished search's candidate measured on the confirmation set (once,
     ever: kept in the study) and its `quality` / `quality_drop_points` filled in; for a caller
     that picks among candidates after the search (benchmarks/search.py) and must judge its pick
     on data it did not pick by."""
@@ -787,7 +885,10 @@ def search(settings: Settings, cancel_event: threading.Event | None = None) -> G
     running: dict = {}  # trial number -> (trial, key, recipe dict, Ray ref or None)
     stopped = "time"
     try:
+        older = earlier_rule_note(settings)
         study = _open_study(settings)
+        if older:
+            yield Event(0.0, older)
         for note in _prepare(study, settings):
             yield Event(0.0, note)
         confirmer = _Confirmer(study, settings)
@@ -795,7 +896,7 @@ def search(settings: Settings, cancel_event: threading.Event | None = None) -> G
         earlier, _failed = _collect(study, settings, store, confirmer)
         if earlier:  # on the chart before anything new lands
             yield Event(0.0, f"{len(earlier)} candidate(s) from earlier runs of this search, kept", earlier=earlier)
-        # the front so far (selection half): key -> (drop, *objective values); a candidate that
+        # the front so far (selection set): key -> (drop, *objective values); a candidate that
         # lands on it is confirmed at once (a point can leave the front, never join it later)
         points = {c["key"]: (c["selection_drop_points"], *[c[OBJECTIVES[o]] for o in settings.objectives])
                   for c in earlier}
@@ -969,7 +1070,7 @@ def quality_text(label: str, q: float | None) -> str:
 
 
 def _short(c: dict) -> str:
-    """A candidate in one line: its quality on the selection half, and on the confirmation half
+    """A candidate in one line: its quality on the selection set, and on the confirmation set
     once it is confirmed (on the front)."""
     lat = f", {c['latency_ms']:.3f} ms" if c.get("latency_ms") else ""
     label = c["quality_label"]
@@ -991,8 +1092,8 @@ def _original_proto():
 
 def _candidate(number: int, key: str, result: dict, store: Store, was_reused: bool) -> dict:
     """A candidate as the search reports it. `selection_quality` / `selection_drop_points` are its
-    numbers on the selection half (what it was chosen by); `quality` / `quality_drop_points` the
-    confirmed ones (the confirmation half), None until it is confirmed (_Confirmer.apply)."""
+    numbers on the selection set (what it was chosen by); `quality` / `quality_drop_points` the
+    confirmed ones (the confirmation set), None until it is confirmed (_Confirmer.apply)."""
     keys = ("recipe", "quality_label", "shipped_bytes", "shipped_file",
             "x_smaller", "onnx_bytes", "zip_bytes", "latency_ms", "latency_ratio", "latency_batch", "macs",
             "parameters", "nonzeros", "seconds")
@@ -1017,7 +1118,7 @@ def pareto_flags(points: list[tuple]) -> list[bool]:
 def _collect(study, settings: Settings, store: Store, confirmer: _Confirmer) -> tuple[list, list]:
     """(candidates, failed) of the whole study, earlier runs too: one entry per candidate (a
     recipe the sampler proposed again is the same candidate, its trials listed), in trial order,
-    the Pareto front (on the selection half) flagged, confirmed numbers where there are some."""
+    the Pareto front (on the selection set) flagged, confirmed numbers where there are some."""
     from optuna.trial import TrialState
 
     candidates, failed = [], []
@@ -1033,6 +1134,7 @@ def _collect(study, settings: Settings, store: Store, confirmer: _Confirmer) -> 
             by_key[key] = _candidate(trial.number, key, result, store, False) | {
                 "trials": [trial.number],
                 "warm_start": trial.user_attrs.get("warm_start"),  # the shipped recipe it is, if any
+                "near_shipped": trial.user_attrs.get("near_shipped"),  # the shipped recipe it is a notch beyond
                 "landed_s": round((trial.datetime_complete - first).total_seconds(), 1),  # since the study began
                 "landed_at": trial.datetime_complete.isoformat()}
             candidates.append(by_key[key])
@@ -1054,7 +1156,7 @@ def _summarize(study, settings: Settings, store: Store, measured: int, reused: i
     front = [c for c in candidates if c["pareto"]]
     for i, c in enumerate(front):  # confirmed as they landed; a kill between landing and confirming: now
         if c["key"] not in confirmer.done and confirmer.split:
-            yield Event(0.99, f"confirming the front on the confirmation half ({i + 1}/{len(front)})")
+            yield Event(0.99, f"confirming the front on the confirmation set ({i + 1}/{len(front)})")
         confirmer.measure(c, cancel_event)
     if front:
         original = yield from _remeasure(front, settings, cancel_event)
@@ -1089,8 +1191,8 @@ def _summarize(study, settings: Settings, store: Store, measured: int, reused: i
         "held_out": confirmer.note,
         "candidates": candidates, "failed": failed, "best": best,
         "best_by_objective": {o: None if c is None else c["trial"] for o, c in bests.items()},
-        "best_rule": f"the smallest {settings.objectives[0]} within the budget on the selection half (ties: the "
-                     "smaller drop), kept only if within the budget on the confirmation half too (else the next "
+        "best_rule": f"the smallest {settings.objectives[0]} within the budget on the selection set (ties: the "
+                     "smaller drop), kept only if within the budget on the confirmation set too (else the next "
                      "that is); best_by_objective names each objective's",
         "failed_confirmation": [{"trial": t, "quality_drop_points": d} for t, d in rejected.items()],
     }
@@ -1108,7 +1210,7 @@ BEST_ORDER = {"size": lambda c: (c["shipped_bytes"],), "macs": lambda c: (c["mac
 
 def pick_best(within: list[dict], objective: str, confirm, split: bool = True) -> Generator[Event, None, tuple]:
     """(best, the ones that failed confirmation before it): an objective's best among the
-    candidates within the budget on the selection half, in the objective's order (ties: the
+    candidates within the budget on the selection set, in the objective's order (ties: the
     smaller selection drop), kept only if its confirmed drop (confirm(c) measures it once) is
     within the budget too; a selection winner that fails gives way to the next that passes.
     Without a split (too few held-out samples) the selection winner, unconfirmed."""
@@ -1184,7 +1286,7 @@ def _ship_best(best: dict, settings: Settings, store: Store, cancel_event) -> Ge
     reference = drain(reference_steps(model, data, None, _original_proto()))
     again = measure(shipped, data, reference, proto=proto).quality
     return {**best, "recipe_file": str(settings.out / "best.yaml"), "exports": exports,
-            # measured on the selection half, as the candidate was: the written file is the one measured
+            # measured on the selection set, as the candidate was: the written file is the one measured
             "selection_quality_of_written_file": again,
             "verified": all(e["verified"] for e in exports) and again is not None
             and best["selection_quality"] is not None and abs(again - best["selection_quality"]) < 1e-9}

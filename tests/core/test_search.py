@@ -153,9 +153,9 @@ def test_killed_search_resumes_without_measuring_again_and_best_replays(tmp_path
     assert not any(c["latency_remeasured"] for c in summary["candidates"] if not c["pareto"])
     best = summary["best"]
     assert best is not None and best["verified"] and best["confirmed"]
-    assert best["selection_drop_points"] <= 1.0 and best["quality_drop_points"] <= 1.0  # within on both halves
-    # the smallest within the budget on the selection half that is within it on the confirmation
-    # half too: those before it in size order failed confirmation
+    assert best["selection_drop_points"] <= 1.0 and best["quality_drop_points"] <= 1.0  # within on both sets
+    # the smallest within the budget on the selection set that is within it on the confirmation
+    # set too: those before it in size order failed confirmation
     within = sorted((c for c in summary["candidates"] if c["selection_drop_points"] <= 1.0),
                     key=lambda c: (c["shipped_bytes"], c["selection_drop_points"]))
     before = within[:[c["trial"] for c in within].index(best["trial"])]
@@ -172,10 +172,11 @@ def test_killed_search_resumes_without_measuring_again_and_best_replays(tmp_path
     assert code == 0, captured.err
     report = json.loads(captured.out)
     final = report["stages"][-1]
-    # `studio run` measures on the whole held-out split: the two halves together
-    held = summary["held_out"]
-    whole = (best["selection_quality"] * held["selection"] + best["quality"] * held["confirmation"]) / held["held_out"]
-    assert final["quality"] == pytest.approx(whole, abs=1e-9)
+    # `studio run` measures on the whole held-out set, as the confirmation did; it calibrates on
+    # the whole training split (the search's candidates left the validation split out), so an
+    # INT8 step may land a sample apart
+    assert summary["held_out"]["rule"] == search.VALIDATION and summary["held_out"]["confirmation"] == 360
+    assert final["quality"] == pytest.approx(best["quality"], abs=2 / 360 + 1e-9)
     exported = {e["format"]: e["size_bytes"] for e in report["exports"]}
     assert exported.get("packed", exported["onnx"]) == best["shipped_bytes"]
 
@@ -232,11 +233,25 @@ def test_epochs_are_a_ladder_capped_by_max_epochs_and_cheap_shipped_recipes_come
     warm = optuna.create_study(storage=storage, study_name="warm", directions=["minimize", "minimize"])
     fake = search.Settings(search.Source("demo:cnn", ident="demo:cnn|digits"), tmp_path, objectives=("size", "latency"))
     search._prepare(warm, fake)
-    queued = [t.user_attrs["warm_start"] for t in warm.get_trials(deepcopy=False)]
+    trials = warm.get_trials(deepcopy=False)
+    queued = [t.user_attrs["warm_start"] for t in trials if "warm_start" in t.user_attrs]
     shipped = {r.name: r for r in search.shipped_recipes()}
     assert len(queued) >= 4 and "smallest: prune 93% + 4-bit clusters" in queued
     costs = [search.training_epochs(shipped[name]) for name in queued]
     assert costs == sorted(costs) and costs[0] == 0 and costs[-1] == 22  # INT8 first, smallest (20 + 2) last
+    # then their neighbours, one compression knob a notch further, each inside the space
+    near = [t for t in trials if "near_shipped" in t.user_attrs]
+    assert [t.number for t in trials] == list(range(len(queued) + len(near)))
+    assert all("near_shipped" in t.user_attrs for t in trials[len(queued):])
+    smallest = search.recipe_params(shipped["smallest: prune 93% + 4-bit clusters"])
+    changed = [{k: v for k, v in t.system_attrs["fixed_params"].items() if smallest.get(k) != v}
+               for t in near if t.user_attrs["near_shipped"].startswith("smallest")]
+    assert changed == [{"prune.magnitude.sparsity": 0.95}, {"cluster.kmeans.bits": 3}]
+    for t in near:
+        study = optuna.create_study()
+        study.enqueue_trial(t.system_attrs["fixed_params"])
+        Recipe.from_dict(search.suggest_recipe(study.ask()).to_dict(), "near")  # a valid recipe
+    assert search.neighbours({"cluster.kmeans.bits": 2, "prune.magnitude.sparsity": 0.97}) == []  # at the edges
 
 
 def test_two_objectives_use_multi_objective_tpe_and_name_each_objectives_best(tmp_path, tiny_onnx):
@@ -303,35 +318,51 @@ def test_a_recipe_proposed_again_is_one_candidate_with_its_trials(tmp_path, tiny
     assert len(again) == 6 - len(keys) and all(t.user_attrs["duplicate_of"] in done for t in again)
 
 
-def test_held_out_split_is_deterministic_stratified_and_disjoint():
-    """The selection and confirmation halves: the same every time, by label when there are
-    labels, together exactly the held-out set; unlabelled data halved too; a held-out set under
-    MIN_SPLIT samples not split, and the note says so."""
-    from studio.core.data import digits, random_inputs
+def test_held_out_split_carves_validation_from_training_and_confirms_on_the_whole_held_out_set():
+    """Selection data: a validation split carved from the training data (the same every time, by
+    label), out of the training part the passes train and calibrate on; confirmation data: the
+    whole held-out set. Unlabelled data alike. Training data too small to carve MIN_VALIDATION
+    samples from: the held-out set halved (the earlier rule); a held-out set under MIN_SPLIT
+    samples: not split, and the note says so."""
+    from studio.core.data import Data, digits, random_inputs
 
     data = digits()
     sel, conf, note = search.held_out_split(data)
     again = search.held_out_split(digits())[0]
     assert np.array_equal(sel.x_test, again.x_test) and np.array_equal(sel.y_test, again.y_test)
-    assert note["split"] and note["stratified"] and note["selection"] + note["confirmation"] == len(data.x_test) == 360
-    both = np.concatenate([sel.x_test, conf.x_test]).reshape(360, -1)
-    assert len({r.tobytes() for r in both}) == len({r.tobytes() for r in data.x_test.reshape(360, -1)})
-    assert np.abs(np.bincount(sel.y_test) - np.bincount(conf.y_test)).max() <= 1  # by label
-    assert sel.x_train is data.x_train and conf.x_train is data.x_train  # the passes' part untouched
+    assert note["split"] and note["stratified"] and note["rule"] == search.VALIDATION
+    assert conf is data and note["confirmation"] == len(conf.x_test) == 360  # the whole held-out set
+    assert note["selection"] == len(sel.x_test) == 360 and len(sel.x_train) + len(sel.x_test) == len(data.x_train)
+
+    def rows(x):
+        return {r.tobytes() for r in x.reshape(len(x), -1)}
+
+    assert rows(sel.x_test) | rows(sel.x_train) == rows(data.x_train)
+    assert not rows(sel.x_test) & rows(sel.x_train)  # no validation sample is trained or calibrated on
+    assert not rows(sel.x_test) & rows(data.x_test) and not rows(sel.x_train) & rows(data.x_test)
+    counts = np.bincount(data.y_train) * search.VALIDATION_FRACTION
+    assert np.abs(np.bincount(sel.y_test) - counts).max() <= 1  # by label
 
     random = random_inputs((1, 64))
     sel, conf, note = search.held_out_split(random)
-    assert note["split"] and not note["stratified"] and conf.y_test is None
-    assert len(sel.x_test) + len(conf.x_test) == len(random.x_test)
+    assert note["split"] and not note["stratified"] and sel.y_test is None and conf is random
 
-    tiny = random_inputs((1, 64), count=200)  # 40 held out
+    rng = np.random.default_rng(0)
+    small = Data("small", rng.standard_normal((300, 64)).astype(np.float32),
+                 rng.standard_normal((120, 64)).astype(np.float32), rng.integers(0, 10, 300), rng.integers(0, 10, 120))
+    sel, conf, note = search.held_out_split(small)  # 300 training samples: 75 would be carved, too few
+    assert note["rule"] == search.HALVES and note["split"] and "halved" in note["note"]
+    assert sel.x_train is small.x_train and conf.x_train is small.x_train  # the passes' part untouched
+    assert len(sel.x_test) + len(conf.x_test) == 120
+
+    tiny = random_inputs((1, 64), count=200)  # 160 training, 40 held out
     sel, conf, note = search.held_out_split(tiny)
     assert sel is tiny and conf is None and not note["split"] and "not split" in note["note"]
 
 
 def test_unlabelled_search_confirms_agreement_and_a_tiny_held_out_set_says_unconfirmed(tmp_path, tiny_onnx):
     """Random inputs (no labels): the front is confirmed by agreement with the original on the
-    confirmation half. A .npz of 150 samples (30 held out): no split; every candidate's quality
+    confirmation set. A .npz of 150 samples (120 training, 30 held out): no split; every candidate's quality
     is its selection number, marked unconfirmed, and the result says why."""
 
     s = settings(tiny_onnx, tmp_path / "random", passes=("quantize.int8_static",), trials=2, warm_start=False)
@@ -359,12 +390,12 @@ def test_unlabelled_search_confirms_agreement_and_a_tiny_held_out_set_says_uncon
 
 
 def test_best_is_the_selection_winner_that_passes_confirmation():
-    """Chosen in the objective's order on the selection half; a winner over the budget on the
-    confirmation half gives way to the next that is within it; each is confirmed once, in order,
+    """Chosen in the objective's order on the selection set; a winner over the budget on the
+    confirmation set gives way to the next that is within it; each is confirmed once, in order,
     and no further. Without a split, the selection winner as it is."""
     from studio.core.training import drain
 
-    confirmed_drop = {1: 2.5, 2: 0.9, 3: 0.0}  # trial -> its drop on the confirmation half
+    confirmed_drop = {1: 2.5, 2: 0.9, 3: 0.0}  # trial -> its drop on the confirmation set
     within = [{"trial": t, "shipped_bytes": size, "selection_drop_points": 0.2, "confirmed": False,
                "confirmed_within_budget": None} for t, size in ((3, 900), (1, 500), (2, 700))]
     asked = []
@@ -380,3 +411,33 @@ def test_best_is_the_selection_winner_that_passes_confirmation():
     unsplit = [dict(c, confirmed=False, confirmed_within_budget=None) for c in within]
     best, failed = drain(search.pick_best(unsplit, "size", lambda c: None, split=False))
     assert best["trial"] == 1 and failed == []
+
+
+def test_a_study_made_when_the_held_out_set_was_halved_is_not_continued(tmp_path, tiny_onnx):
+    """A search folder from before the validation split: its study (the held-out set halved) is
+    left as it is, the search says so and starts a study of its own, under the new rule."""
+    s = settings(tiny_onnx, tmp_path / "out", passes=("quantize.int8_static",), trials=1, warm_start=False)
+    s.out.mkdir(parents=True)
+    old_name = s.study_name.replace(search.VALIDATION, search.HALVES)
+    assert old_name != s.study_name
+    old = optuna.create_study(study_name=old_name, storage=s.storage_url, directions=["minimize"])
+    trial = old.ask()
+    old.tell(trial, 1234.0)
+    old.set_user_attr("confirmed:abc", {"quality": 0.5, "quality_drop_points": 40.0})
+
+    gen, messages = search.search(s), []
+    while True:
+        try:
+            messages.append(next(gen).message)
+        except StopIteration as stop:
+            summary = stop.value
+            break
+    assert any("NOT continued" in m and "1 trials" in m for m in messages), messages
+    assert summary["study"] == s.study_name and f"|{search.VALIDATION}|" in s.study_name
+    assert [c["trial"] for c in summary["candidates"]] == [0]  # its own trial 0, not the old study's
+    assert sorted(optuna.get_all_study_names(s.storage_url)) == sorted([old_name, s.study_name])
+    again = optuna.load_study(study_name=old_name, storage=s.storage_url)
+    assert [t.values for t in again.trials] == [[1234.0]]  # the old study untouched
+    new = optuna.load_study(study_name=s.study_name, storage=s.storage_url).user_attrs
+    assert new["split_rule"] == search.VALIDATION and not any(k.startswith("confirmed:") for k in new)
+    assert summary["held_out"]["rule"] == search.VALIDATION

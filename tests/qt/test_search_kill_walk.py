@@ -99,7 +99,7 @@ def test_search_in_the_window_killed_and_started_again_keeps_every_point(window,
     assert set(on_chart) <= done
     files = {p: p.stat().st_mtime_ns for p in folder.glob("candidates/*/*")}
     keys = {t.user_attrs["key"] for t in study.trials if t.number in done}
-    confirmed_before = {k: v for k, v in study.user_attrs.items() if k.startswith("confirmed:")}
+    confirmed_before = {k: v for k, v in study.user_attrs.items() if k.startswith("confirmed-held-out:")}
     assert confirmed_before  # the first point is on the front: confirmed as it landed, kept in the store
 
     # a new window, the same folder: Start again
@@ -138,5 +138,5 @@ def test_search_in_the_window_killed_and_started_again_keeps_every_point(window,
     assert keys <= {c["key"] for c in summary["candidates"]}
     after = optuna.load_study(study_name=name, storage=storage).user_attrs
     assert all(after[k] == v for k, v in confirmed_before.items())
-    assert summary["held_out"]["split"] and summary["best"]["confirmed"] and summary["best"]["verified"]
+    assert summary["held_out"]["rule"] == "train-validation-v2" and summary["best"]["confirmed"] and summary["best"]["verified"]
     assert "confirmed" in view.summary.text()

@@ -2,8 +2,9 @@
 budget, time, workers, output folder), Start / Cancel on the window's one job runner, and a chart
 where each candidate lands as a point as soon as it is measured (quality against the objective's
 footprint), the Pareto front dashed, the best ringed. A point's height is its quality on the
-selection half of the held-out data (what the search chose by); a candidate re-measured on the
-confirmation half (the front, the best) also gets a cross at that confirmed quality, joined to
+selection set (a validation split carved from the training data, or half the held-out set when the
+training data is small; what the search chose by); a candidate re-measured on the
+confirmation set (the whole held-out set; the front, the best) also gets a cross at that confirmed quality, joined to
 its point, and its tooltip says both. A click on a point puts its recipe in the recipe panel.
 The search itself runs in jobs.Jobs.run_search."""
 
@@ -176,7 +177,7 @@ class SearchView(QWidget):
                 q = (f"{quality_text(label, b['quality'])} ({0.0 - b['quality_drop_points']:+.2f} points) confirmed on "
                      f"{held.get('confirmation')} held-out samples the search never chose by; "
                      f"{quality_text(label, b['selection_quality'])} ({0.0 - b['selection_drop_points']:+.2f}) on "
-                     "the selection half")
+                     "the selection set")
             else:
                 q = f"{quality_text(label, b['selection_quality'])} ({0.0 - b['selection_drop_points']:+.2f} points)"
             text += (f"Best: {b['recipe']['name']}: {q}, "
@@ -187,7 +188,7 @@ class SearchView(QWidget):
         if held and not held.get("split"):
             text += f" Not confirmed: {held['note']}."
         elif summary.get("failed_confirmation"):
-            text += (f" Within the budget on the selection half only (not best): trials "
+            text += (f" Within the budget on the selection set only (not best): trials "
                      f"{', '.join(str(f['trial']) for f in summary['failed_confirmation'])}.")
         self.summary.setText(text)
 
@@ -227,7 +228,7 @@ class SearchView(QWidget):
         ms = f"{c['latency_ms']:.3f} ms" if c.get("latency_ms") else "-"
         label = c.get("quality_label", "quality")
         q = (f"{label} {quality_text(label, c['selection_quality'])} ({0.0 - c['selection_drop_points']:+.2f} points) "
-             "on the selection half")
+             "on the selection set")
         if c.get("confirmed"):
             q = (f"{label} {quality_text(label, c['quality'])} ({0.0 - c['quality_drop_points']:+.2f} points) "
                  f"confirmed\n{q}")
