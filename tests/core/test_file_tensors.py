@@ -88,6 +88,30 @@ def test_big_tensors_stay_in_the_file_until_a_job_asks(tmp_path, external):
     assert model.copy().obj == full
 
 
+@pytest.mark.parametrize("external", [False, True], ids=["in the file", "in a sidecar"])
+def test_a_copy_reads_its_own_tensors_from_the_file(tmp_path, external):
+    """Model.copy (a job's copy) of a model whose tensors are in the file copies the light proto
+    and reads the file into its own proto on its first access; the original stays as it was."""
+    path = model_file(tmp_path, external)
+    full = onnx.load_model(str(path))
+    model = io.load(path, isolate=True)
+    lazy, light = model.lazy, model.light
+    before = light.SerializeToString()
+    copy = model.copy()
+    assert copy.lazy is lazy and copy.light is not light  # nothing read yet, in either
+    assert not any(t.HasField("raw_data") for t in copy.light.graph.initializer)
+    assert copy.obj == full and copy.lazy is None
+    assert model.lazy is lazy and model.light is light and light.SerializeToString() == before
+    # the copy changed (as a pass changes it): the original, its file and its later copies unaffected
+    copy.obj.graph.initializer[0].raw_data = b"\0" * len(copy.obj.graph.initializer[0].raw_data)
+    copy.obj.graph.node.pop()
+    assert copy.obj != full and light.SerializeToString() == before
+    second = model.copy()
+    assert model.lazy is lazy and second.obj == full
+    assert model.obj == full and model.lazy is None  # the original reads its own in
+    assert model.copy().obj == full and model.copy().lazy is None  # a whole model: a whole copy
+
+
 def test_a_file_changed_after_the_open_is_refused(tmp_path):
     """(its sidecar too; a sidecar onnx's reader refuses, a link, is refused at the open)"""
     path = model_file(tmp_path)
