@@ -14,6 +14,11 @@ during each gap over 30 ms, on either thread: parse, tensor checks, graph, layou
 and the UI thread's handling of the result. `seconds`: open to drawn; `with_stats_s`: to the
 statistics.
 Writes results/ui_stall_open.json.
+
+`--bert-run` (with `--open FILE` or the exported BERT-base) opens the model, then runs
+`--recipe` (default recipes/int8.yaml) on it with random data for `--seconds` (60) and cancels:
+each stall over 30 ms with the wrapped steps (RUN_STEPS) that ran in it and where the worker
+threads were at the tick just after it. Writes results/ui_stall_run.json.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ class StallMeter:
         self.last = None
         self.where = None  # callable naming what the window is doing, for the worst gaps
         self.worst: list[tuple[float, str]] = []
+        self.worst_all: list[str] = []  # where, for each gap over 30 ms in order
         self.timer = QTimer()
         self.timer.setInterval(interval_ms)
         self.timer.timeout.connect(self._tick)
@@ -58,11 +64,13 @@ class StallMeter:
             gap = (now - self.last) * 1000
             self.gaps.append(gap)
             if gap > 30 and self.where is not None:
-                self.worst.append((round(gap, 1), self.where()))
+                here = self.where()
+                self.worst.append((round(gap, 1), here))
+                self.worst_all.append(here)
         self.last = now
 
     def start(self):
-        self.gaps, self.ticks, self.cpu, self.last, self.worst = [], [], [], None, []
+        self.gaps, self.ticks, self.cpu, self.last, self.worst, self.worst_all = [], [], [], None, [], []
         self.timer.start()
 
     def stop(self) -> dict:
@@ -185,11 +193,116 @@ def open_file(path: str) -> int:
     return 0
 
 
+# what may hold the GIL on a job's worker while a recipe runs on a large model: module, function
+RUN_STEPS = [("studio.core.model", "Model.copy"), ("studio.core.io.file_tensors", "FileTensors.fill"),
+             ("studio.core.convert", "session"), ("studio.core.evaluate", "onnx_bytes"),
+             ("studio.core.passes.quantize", "_save"), ("studio.core.passes.quantize", "_pre_process"),
+             ("studio.core.passes.quantize", "_check_session_in_child"),
+             ("studio.core.passes.quantize", "_calibrator"), ("studio.core.passes.quantize", "_Trial.ranges"),
+             ("studio.core.passes.quantize", "_Trial.run"),
+             ("studio.core.memory", "inference_ram"),
+             ("onnxruntime.capi.onnxruntime_inference_collection", "InferenceSession._create_inference_session"),
+             ("onnxruntime.quantization", "quantize_static"), ("onnx", "save_model"), ("onnx", "load_model"),
+             ("onnx", "load_from_string"), ("studio.qt.main_window", "MainWindow._opened")]
+
+
+def _worker_stacks() -> str:
+    """The innermost studio/onnx frames of every thread but the UI's, where each is now: after a
+    long GIL hold, near the call that held it."""
+    out = []
+    main = threading.main_thread().ident
+    for ident, frame in sys._current_frames().items():
+        if ident == main:
+            continue
+        names = []
+        while frame is not None and len(names) < 3:
+            f = frame.f_code.co_filename
+            if "studio" in f or "onnx" in f:
+                names.append(f"{Path(f).name}:{frame.f_lineno} {frame.f_code.co_name}")
+            frame = frame.f_back
+        if names:
+            out.append(" < ".join(names))
+    return " | ".join(out)
+
+
+def bert_run(path: str, seconds: float, recipe_file: str) -> int:
+    """Open `path`, then run the recipe on it (data random) for `seconds`, cancel; the stalls
+    over 30 ms with the steps that ran in them and where the worker threads were just after."""
+    steps = Steps(OPEN_STEPS + RUN_STEPS)
+    from studio.core.recipe import Recipe
+    from studio.qt.app import create_app
+
+    app = create_app()
+    from studio.qt.main_window import MainWindow
+
+    meter = StallMeter()
+    w = MainWindow(warm_up=True)
+    w.resize(1280, 800)
+    w.show()
+    wait(app, lambda: not w.tasks.running())
+    generation = w.session.generation
+    w.open_path(path)
+    wait(app, lambda: w.session.generation != generation and not w.tasks.running())
+    wait(app, lambda: not w.session.current.stats_pending and not w.tasks.running())
+    w.session.set_data_spec("random")
+    w.session.set_recipe(Recipe.load(recipe_file))
+    steps.spans.clear()
+    meter.where = _worker_stacks
+    meter.start()
+    t = time.perf_counter()
+    w.jobs.run_recipe()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and (w.tasks.running() or time.perf_counter() - t < 1):
+        app.processEvents()
+        time.sleep(0.001)
+    finished = not w.tasks.running()
+    w.jobs.cancel()
+    result = meter.stop()
+    ticks, cpu = meter.ticks, meter.cpu
+    wheres = iter(meter.worst_all)
+    stalls = []
+    for i in range(len(ticks) - 1):
+        if ticks[i + 1] - ticks[i] > 0.03:
+            stalls.append({"at_ms": round((ticks[i] - t) * 1000), "ms": round((ticks[i + 1] - ticks[i]) * 1000, 1),
+                           "cpu_ms": round((cpu[i + 1] - cpu[i]) * 1000, 1),
+                           "during": steps.during(ticks[i], ticks[i + 1]), "worker_after": next(wheres, "")})
+    busy = max([min(s["ms"], s["cpu_ms"]) for s in stalls] or [0.0])
+    try:
+        wait(app, lambda: not w.tasks.running(), timeout=120)
+    except TimeoutError:
+        pass
+    w.shutdown()
+    w.close()
+    out = {"benchmark": "ui_stall_run", "file": Path(path).name, "mb": round(Path(path).stat().st_size / 1e6, 1),
+           "recipe": Path(recipe_file).name, "data": "random", "seconds_measured": round(seconds, 1),
+           "finished_within": finished, "goal_ms": 50, "longest_stall_ms": result["max_ms"],
+           "longest_busy_stall_ms": round(busy, 1), "p99_ms": result["p99_ms"], "over_50ms": result["over_50ms"],
+           "stalls_over_30ms": sorted(stalls, key=lambda s: -s["ms"])[:25],
+           "steps": [{"step": n, "start_ms": round((a - t) * 1000), "ms": round((b - a) * 1000)}
+                     for a, b, n in sorted(steps.spans) if b - a > 0.005],
+           "load_average": os.getloadavg(), "platform": platform.platform(), "python": sys.version.split()[0],
+           "cpus": os.cpu_count(), "qpa": os.environ["QT_QPA_PLATFORM"]}
+    dest = OUT.with_name("ui_stall_run.json")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out, indent=2))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--open", metavar="FILE", help="measure opening this model file instead of the demo run")
     parser.add_argument("--bert", action="store_true", help="measure opening a BERT-base-sized ONNX (exported first)")
+    parser.add_argument("--bert-run", action="store_true",
+                        help="open a BERT-base-sized ONNX, run --recipe on it (data random), measure --seconds, cancel")
+    parser.add_argument("--recipe", default=str(Path(__file__).resolve().parents[1] / "recipes" / "int8.yaml"))
+    parser.add_argument("--seconds", type=float, default=60.0)
     args = parser.parse_args(argv)
+    if args.bert_run:
+        from benchmarks.graph_open import export
+
+        run_path = args.open or str(export("bert_base", Path(tempfile.mkdtemp(prefix="ui-stall-"))))
+        return bert_run(run_path, args.seconds, args.recipe)
     if args.bert:
         from benchmarks.graph_open import export
 

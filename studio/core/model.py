@@ -92,15 +92,25 @@ class Model:
         return self._replace(signature=signature, input_shape=signature.first_shape() or self.input_shape)
 
     def copy(self) -> Model:
-        """A deep copy: passes work on one, so the model a view shows never changes under it."""
+        """A deep copy: passes work on one, so the model a view shows never changes under it.
+
+        An ONNX model whose big tensors are still in its file (`lazy`) is copied without them:
+        the light proto (small) is copied, and the copy reads the same file ranges into its own
+        proto on its own first access to obj (on the job's worker, tensor by tensor). Copying
+        the whole proto would hold the GIL for all of it (BERT-base, 434 MB: 325-390 ms, the
+        window frozen as long); the original keeps its tensors in the file."""
+        lazy = None
         if self.framework == ONNX:
             import onnx
 
+            lazy = self.lazy  # (read before light: filled meanwhile, light is whole and lazy a no-op)
             obj = onnx.ModelProto()
-            obj.CopyFrom(self.obj)
+            obj.CopyFrom(self.light if lazy is not None else self.obj)
         else:
             obj = copy.deepcopy(self.obj)
-        return replace(self, obj=obj, meta=copy.deepcopy(self.meta), signature=copy.deepcopy(self.signature))
+        new = replace(self, obj=obj, meta=copy.deepcopy(self.meta), signature=copy.deepcopy(self.signature))
+        new.defer(lazy)  # FileTensors describes the file only; fill(proto) fills the proto it is given
+        return new
 
     def with_obj(self, obj: Any, framework: str | None = None, **changes) -> Model:
         return replace(self, obj=obj, framework=framework or self.framework, **changes)

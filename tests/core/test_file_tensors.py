@@ -88,6 +88,30 @@ def test_big_tensors_stay_in_the_file_until_a_job_asks(tmp_path, external):
     assert model.copy().obj == full
 
 
+@pytest.mark.parametrize("external", [False, True], ids=["in the file", "in a sidecar"])
+def test_a_copy_reads_its_own_tensors_from_the_file(tmp_path, external):
+    """Model.copy (a job's copy) of a model whose tensors are in the file copies the light proto
+    and reads the file into its own proto on its first access; the original stays as it was."""
+    path = model_file(tmp_path, external)
+    full = onnx.load_model(str(path))
+    model = io.load(path, isolate=True)
+    lazy, light = model.lazy, model.light
+    before = light.SerializeToString()
+    copy = model.copy()
+    assert copy.lazy is lazy and copy.light is not light  # nothing read yet, in either
+    assert not any(t.HasField("raw_data") for t in copy.light.graph.initializer)
+    assert copy.obj == full and copy.lazy is None
+    assert model.lazy is lazy and model.light is light and light.SerializeToString() == before
+    # the copy changed (as a pass changes it): the original, its file and its later copies unaffected
+    copy.obj.graph.initializer[0].raw_data = b"\0" * len(copy.obj.graph.initializer[0].raw_data)
+    copy.obj.graph.node.pop()
+    assert copy.obj != full and light.SerializeToString() == before
+    second = model.copy()
+    assert model.lazy is lazy and second.obj == full
+    assert model.obj == full and model.lazy is None  # the original reads its own in
+    assert model.copy().obj == full and model.copy().lazy is None  # a whole model: a whole copy
+
+
 def test_a_file_changed_after_the_open_is_refused(tmp_path):
     """(its sidecar too; a sidecar onnx's reader refuses, a link, is refused at the open)"""
     path = model_file(tmp_path)
@@ -125,3 +149,20 @@ def test_a_file_changed_after_the_open_is_refused(tmp_path):
         io.load(side)
     with pytest.raises(LoadError, match=r"^lazy.onnx: cannot read its external data \("):
         io.load(side, isolate=True)
+
+
+def test_a_big_proto_gets_its_session_from_a_file_sized_without_serializing(tmp_path):
+    """convert.session sizes the proto by its tensors' dims (upb's ByteSize serializes it all)."""
+    from studio.core.convert import SESSION_FROM_FILE, session, tensor_bytes
+
+    w = np.full((17 << 20,), 0.5, np.float32)  # 68 MB: over SESSION_FROM_FILE, from a file
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [17 << 20])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [17 << 20])],
+                              [numpy_helper.from_array(w, "w"),
+                               helper.make_tensor("b", TensorProto.INT4, [3], b"\x12\x03", raw=True)])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    assert tensor_bytes(proto) == w.nbytes + 3 > SESSION_FROM_FILE
+    assert abs(tensor_bytes(proto) - proto.ByteSize()) < 1024
+    x = np.arange(17 << 20, dtype=np.float32)
+    assert (session(proto).run(None, {"x": x})[0] == x + 0.5).all()
