@@ -338,20 +338,33 @@ def run_session_all(sess, x, batch_size: int = 256, cancel: threading.Event | No
     return drain(iter_session_all(sess, x, batch_size, cancel))
 
 
-def iter_session_all(sess, x, batch_size: int = 256, cancel: threading.Event | None = None):
+STREAMS = max(1, min(4, os.cpu_count() or 1))  # calls of a fixed-batch model run side by side (iter_session_all)
+
+
+def iter_session_all(sess, x, batch_size: int = 256, cancel: threading.Event | None = None,
+                     streams: int | None = None):
     """run_session_all as a generator: yields the fraction of samples done after each batch
-    (a big model's evaluation shows progress instead of sitting at 0 %), returns the outputs."""
+    (a big model's evaluation shows progress instead of sitting at 0 %), returns the outputs.
+
+    A model whose batch axis the file fixes (BERT-base exported at batch 1: 256 calls of ~0.4 s)
+    runs `streams` calls at a time (default STREAMS, the machine's cores up to 4) on the one
+    session, each call on one thread as the session was built (onnxruntime's Run is thread-safe
+    and lets go of the GIL): the same calls on the same inputs, so the same outputs in the same
+    order, ~2x sooner on 2 idle cores. Unlike two intra-op threads per call, which wait for each
+    other at every node, two streams do not slow down on a loaded machine. A free batch axis
+    keeps one call at a time (its batches are large already; two would double their memory)."""
     from .signature import Inputs, feeds
 
     metas = sess.get_inputs()
     fixed = fixed_batch(sess)
     step = fixed or batch_size
+    width = max(1, streams if streams is not None else STREAMS) if fixed else 1
+    starts = list(range(0, len(x), step))
     parts: list[list[np.ndarray]] = []
-    for i in range(0, len(x), step):
+
+    def collect(i, outs):
+        nonlocal parts
         n = min(step, len(x) - i)
-        if i:
-            yield i / len(x)
-        outs = guarded_run(sess, feeds(metas, x, i, i + step, pad_to=fixed), cancel)
         if not parts:
             parts = [[] for _ in outs]
         for j, out in enumerate(outs):
@@ -361,6 +374,50 @@ def iter_session_all(sess, x, batch_size: int = 256, cancel: threading.Event | N
             if fixed and n < fixed and out.shape[0] == fixed:
                 out = out[:n]
             parts[j].append(out.astype(np.float32, copy=False))
+
+    if width == 1 or len(starts) < 2:
+        for i in starts:
+            if i:
+                yield i / len(x)
+            collect(i, guarded_run(sess, feeds(metas, x, i, i + step, pad_to=fixed), cancel))
+        return [np.concatenate(p) for p in parts]
+
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor, wait
+
+    stop = threading.Event()  # the workers' cancel: set on the caller's cancel, an error or a close
+
+    def one(i):
+        return guarded_run(sess, feeds(metas, x, i, i + step, pad_to=fixed), stop)
+
+    pending: deque = deque()
+    todo = iter(starts)
+    pool = ThreadPoolExecutor(max_workers=width, thread_name_prefix="studio-stream")
+
+    def fill():
+        while len(pending) < width:
+            i = next(todo, None)
+            if i is None:
+                return
+            pending.append((i, pool.submit(one, i)))
+
+    try:
+        fill()
+        while pending:  # in order: the oldest call's outputs go next
+            i, future = pending.popleft()
+            while True:  # short waits: Ctrl-C and a cancel are seen, also between calls
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled()
+                if wait([future], timeout=0.05).done:
+                    break
+            outs = future.result()
+            fill()
+            collect(i, outs)
+            if i + step < len(x):
+                yield (i + step) / len(x)
+    finally:
+        stop.set()  # calls still running end at their next node
+        pool.shutdown(wait=True, cancel_futures=True)
     return [np.concatenate(p) for p in parts]
 
 
