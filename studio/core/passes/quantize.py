@@ -83,7 +83,7 @@ def _qdq_opset(proto):
     return converted, f"the model is ONNX opset {version}: converted to opset {QDQ_OPSET} for INT8 QDQ (per-channel scales)"
 
 
-def _pre_process(src: Path, pre: Path):
+def _pre_process(src: Path, pre: Path, keep: dict | None = None):
     """onnxruntime's quantization pre-processing of the saved float model: (the file
     quantize_static reads, its graph without the weights). What quant_pre_process does with
     skip_symbolic_shape and skip_onnx_shape, without its copies: onnxruntime's graph optimizer
@@ -94,7 +94,9 @@ def _pre_process(src: Path, pre: Path):
     its calibrator run it again where they load the model). quant_pre_process also loads the
     whole model first and again after the optimizer: on BERT-base (440 MB) two copies beside the
     studio's own and the optimizer's, for 69 s. The graph is read without the weights: the pass
-    holds one copy of the model, not two."""
+    holds one copy of the model, not two. `keep`: gets the optimizer's session under "session"
+    (the float model, one thread a call as convert.session's), for the pass's float reference:
+    BERT-base built a second session of 440 MB for it, a small CNN spent a fifth of its pass there."""
     try:
         import onnx
         import onnxruntime as ort
@@ -106,7 +108,12 @@ def _pre_process(src: Path, pre: Path):
         opts.log_severity_level = 3
         opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", pre.name + ".data")
         opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-        ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        sess = ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
+        if keep is not None:
+            keep["session"] = sess
+        del sess
         graph = _load(pre, weights=False)
         add_pre_process_metadata(graph)
         onnx.save_model(graph, str(pre))  # the weights stay where the optimizer wrote them
@@ -312,13 +319,18 @@ class StaticInt8(Pass[StaticConfig]):
             src = _save(proto, tmp, "fp32.onnx")
             pre = tmp / "pre.onnx"
             yield 0.08, "pre-processing (fusions)"
-            pre, pre_proto = _pre_process(src, pre)
+            kept: dict = {}
+            pre, pre_proto = _pre_process(src, pre, kept)
             facts = _graph_facts(pre_proto)
             user_excluded = excluded_nodes(pre_proto, cfg)
-            # from the file just written: a session from the ModelProto would serialize another copy
             what = f"running the float model on {len(x_val)} validation samples"
             yield 0.1, what
-            steps = iter_session_all(session(str(src)), x_val, cancel=context.cancel_event)
+            # the pre-processing's session is the float model (the basic optimizations the INT8 model
+            # is made from); without one, a session from the file just written (from the ModelProto
+            # it would serialize another copy)
+            float_session = kept.pop("session", None) or session(str(src))
+            steps = iter_session_all(float_session, x_val, cancel=context.cancel_event)
+            del float_session
             while True:
                 try:
                     done = next(steps)
@@ -575,7 +587,8 @@ class _Trial:
         proto = _load(self.out)
         if report is not None:
             report(None, len(self.x_val))  # calibrated: now the comparison with the float stage
-        steps = iter_session_all(session(proto), self.x_val, cancel=self.context.cancel_event)
+        # from the file just written and read: the model as the proto holds it, not serialized again
+        steps = iter_session_all(session(str(self.out)), self.x_val, cancel=self.context.cancel_event)
         while True:  # BERT-base: over a minute; the bar says how far
             try:
                 done = next(steps)
