@@ -224,6 +224,79 @@ def to_onnx_model(model: Model) -> Model:
     return model.with_obj(to_onnx_proto(model), ONNX, format="onnx")
 
 
+WRITE_WHOLE_UNDER = 16 << 20  # a ModelProto smaller than this is written from one serialization
+
+
+def _part(source, keep):
+    """A message of `source`'s type with copies of the set fields whose number `keep` accepts."""
+    target = type(source)()
+    for field, value in source.ListFields():
+        if not keep(field.number):
+            continue
+        repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+        if repeated:
+            getattr(target, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(target, field.name).CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
+    return target
+
+
+def weight_bytes(proto) -> int:
+    """About how many bytes the graph's initializers hold, from their shapes and types alone.
+    upb's ModelProto.ByteSize() serializes the whole model to count (BERT-base: a passing copy
+    of 440 MB each time a size was asked, before every session of a large model)."""
+    from onnx import helper
+
+    total = 0
+    for t in proto.graph.initializer:
+        try:
+            item = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+        except Exception:  # noqa: BLE001 - an unknown or undefined type: count a byte a value
+            item = 1
+        total += int(np.prod(t.dims, dtype=np.int64)) * item
+    return total
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        out.append(low | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+GRAPH, INITIALIZER = 7, 5  # ModelProto.graph, GraphProto.initializer (field numbers)
+
+
+def write_model(proto, path) -> None:
+    """The ModelProto written to `path` byte for byte as onnx.save_model writes it, without the
+    whole serialization in memory at once: the model's fields before the graph, the graph's
+    before its initializers, each initializer serialized in turn, then the fields after (protobuf
+    writes fields in the order of their numbers; a test checks the bytes are the same).
+    SerializeToString (and upb's ByteSize, which serializes to count) took another ~830 MB
+    at its peak for BERT-base's 434 MB; this takes about its largest tensor (94 MB)."""
+    if weight_bytes(proto) < WRITE_WHOLE_UNDER or not len(proto.graph.initializer):
+        Path(path).write_bytes(proto.SerializeToString())
+        return
+    graph = proto.graph
+    before = _part(graph, lambda n: n < INITIALIZER).SerializeToString()
+    after = _part(graph, lambda n: n > INITIALIZER).SerializeToString()
+    sizes = [t.ByteSize() for t in graph.initializer]
+    tag = _varint(INITIALIZER << 3 | 2)
+    body = len(before) + len(after) + sum(len(tag) + len(_varint(n)) + n for n in sizes)
+    with open(path, "wb") as f:
+        f.write(_part(proto, lambda n: n < GRAPH).SerializeToString())
+        f.write(_varint(GRAPH << 3 | 2) + _varint(body) + before)
+        for t, n in zip(graph.initializer, sizes, strict=True):
+            f.write(tag + _varint(n))
+            f.write(t.SerializeToString())
+        f.write(after)
+        f.write(_part(proto, lambda n: n > GRAPH).SerializeToString())
+
+
 SESSION_FROM_FILE = 64 << 20  # a ModelProto larger than this is handed to onnxruntime as a file
 
 
@@ -236,13 +309,13 @@ def session(proto_or_path, threads: int = 1):
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    if hasattr(proto_or_path, "SerializeToString") and proto_or_path.ByteSize() > SESSION_FROM_FILE:
+    if hasattr(proto_or_path, "SerializeToString") and weight_bytes(proto_or_path) > SESSION_FROM_FILE:
         # from a file, onnxruntime reads the model straight into its own structures; from bytes it
         # holds them, a copy of them and the model parsed from them at once: BERT-base (440 MB) peaked
         # at ~1.3 GB more that way, ~0.65 GB from a file
         with tempfile.TemporaryDirectory(prefix="studio-session-") as folder:
             path = Path(folder) / "model.onnx"
-            path.write_bytes(proto_or_path.SerializeToString())  # the bytes go before onnxruntime reads
+            write_model(proto_or_path, path)  # a tensor at a time: no second copy of the model in memory
             return session(path, threads)
     source = (proto_or_path.SerializeToString() if hasattr(proto_or_path, "SerializeToString")
               else proto_or_path if isinstance(proto_or_path, bytes) else str(proto_or_path))

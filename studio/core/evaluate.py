@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .convert import (
-    fixed_batch, guarded_run, input_dtype, iter_session_all, session, to_onnx_proto,
+    fixed_batch, guarded_run, input_dtype, iter_session_all, session, to_onnx_proto, write_model,
 )
 from .data import Data
 from .data_checks import check_labels_fit
@@ -338,7 +338,7 @@ def measure_steps(model: Model, data: Data, reference=None, proto=None, cancel=N
         # the file, once: its size, its zip (read back in chunks on another core) and the session
         # (from a file onnxruntime holds one copy of the model, from bytes three at its peak)
         path = Path(folder.name) / "model.onnx"
-        path.write_bytes(onnx_bytes(proto))
+        write_model(proto, path)  # the bytes of onnx_bytes(proto), a tensor at a time (no 2nd copy in memory)
         params, nonzeros = count_parameters(proto)
         m = Measurement(parameters=params, nonzeros=nonzeros, size_bytes=path.stat().st_size)
         zipping = _Zipping(path)  # while the MACs are counted and the model runs

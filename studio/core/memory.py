@@ -165,14 +165,15 @@ def inference_ram(proto, x, threads: int = 1) -> int | None:
     Inputs) in onnxruntime, measured in a fresh child; None where it cannot be measured."""
     if os.name != "posix":
         return None
-    from .convert import fixed_batch
+    from .convert import fixed_batch, weight_bytes, write_model
     from .signature import feeds
 
-    if proto.ByteSize() > 2**31 - 1:
+    # (from the tensors' shapes: upb's ByteSize serializes the whole model to count, ~10 s and 830 MB on BERT-base)
+    if weight_bytes(proto) > 2**31 - 1:
         return None  # one protobuf file cannot hold it; such a model is measured on its own files
     feed = feeds(_input_metas(proto), x, 0, 1, pad_to=fixed_batch(proto))
-    # the serialized copy lives only while it is written: not beside the child that loads the file
-    return _measure_child(lambda path: path.write_bytes(proto.SerializeToString()), "model.onnx", feed, threads)
+    # written a tensor at a time, before the child starts: no serialized copy beside the child that loads it
+    return _measure_child(lambda path: write_model(proto, path), "model.onnx", feed, threads)
 
 
 def pte_ram(program: bytes, args, threads: int = 1) -> int | None:

@@ -106,3 +106,25 @@ def test_calibration_read_ahead_gives_the_same_ranges(tmp_path):
     for k, (low, high) in ranges[0].items():
         assert np.allclose(low, ranges[1][k][0], rtol=1e-5, atol=1e-6)
         assert np.allclose(high, ranges[1][k][1], rtol=1e-5, atol=1e-6)
+
+
+def test_write_model_writes_the_bytes_of_save_model(tmp_path):
+    """convert.write_model streams a model a tensor at a time (measure's scratch file, the INT8
+    pass's, a large model's session): the file is byte for byte onnx.save_model's, so the sizes
+    and zipped sizes measured on it are those of the file a user ships."""
+    from studio.core import convert
+    from studio.core.convert import to_onnx_proto, weight_bytes, write_model
+
+    proto = to_onnx_proto(zoo.load("cnn"))
+    proto.doc_string = "fields after the graph, too"
+    proto.metadata_props.add(key="k", value="v")
+    saved = tmp_path / "saved.onnx"
+    onnx.save_model(proto, str(saved))
+    old = convert.WRITE_WHOLE_UNDER
+    convert.WRITE_WHOLE_UNDER = 0  # the streamed path for a small model
+    try:
+        write_model(proto, tmp_path / "streamed.onnx")
+    finally:
+        convert.WRITE_WHOLE_UNDER = old
+    assert (tmp_path / "streamed.onnx").read_bytes() == saved.read_bytes()
+    assert 0 < weight_bytes(proto) <= saved.stat().st_size

@@ -123,10 +123,10 @@ def _pre_process(src: Path, pre: Path, keep: dict | None = None):
 
 
 def _save(proto, folder: Path, name: str) -> Path:
-    import onnx
+    from ..convert import write_model
 
     path = folder / name
-    onnx.save_model(proto, str(path))
+    write_model(proto, path)  # a tensor at a time (onnx.save_model serializes the whole model first)
     return path
 
 
