@@ -128,3 +128,18 @@ def test_write_model_writes_the_bytes_of_save_model(tmp_path):
         convert.WRITE_WHOLE_UNDER = old
     assert (tmp_path / "streamed.onnx").read_bytes() == saved.read_bytes()
     assert 0 < weight_bytes(proto) <= saved.stat().st_size
+
+
+def test_model_bytes_counts_as_bytesize(tmp_path):
+    """convert.model_bytes counts part by part (upb's ByteSize serializes the whole model): the same number."""
+    from studio.core import convert
+    from studio.core.convert import model_bytes, to_onnx_proto
+
+    proto = to_onnx_proto(zoo.load("cnn"))
+    proto.metadata_props.add(key="k", value="v" * 300)  # a length over one varint byte
+    old = convert.WRITE_WHOLE_UNDER
+    convert.WRITE_WHOLE_UNDER = 0
+    try:
+        assert model_bytes(proto) == proto.ByteSize()
+    finally:
+        convert.WRITE_WHOLE_UNDER = old
