@@ -20,6 +20,7 @@ from pydantic import Field
 
 from ..convert import STREAMS, fixed_batch, iter_session_all, onnx_copy, session, to_onnx_proto
 from ..evaluate import Measurement, class_scores, measure_latency, quality_from_outputs
+from ..memory import release
 from ..model import ONNX
 from . import targets as tg
 from ..errors import Cancelled, StudioError
@@ -227,6 +228,7 @@ def _graph_facts(proto) -> _Graph:
 
 
 HISTOGRAM_BYTES = 2 << 30  # what a percentile/entropy calibration may hold in memory
+STREAM_ACTIVATIONS = 64 << 20  # a calibration call's activations at most, for calls side by side (_Ahead)
 
 
 def histogram_samples(proto, input_shape, budget: int = HISTOGRAM_BYTES) -> int:
@@ -338,6 +340,8 @@ class StaticInt8(Pass[StaticConfig]):
                     reference = stop.value
                     break
                 yield 0.1 + 0.1 * done, f"{what}: {done:.0%}"  # BERT-base: minutes, the bar shows how far
+            del steps
+            release()  # the float session's 440 MB (BERT-base) back to the system before the calibrator's
             trial = _Trial(proto, tmp / "int8.onnx", pre, pre_proto.graph, facts, user_excluded, x_pool, x_val,
                            reference, pinned, context)
             trial.histogram = histogram_samples(pre_proto, model.input_shape)
@@ -597,6 +601,8 @@ class _Trial:
                 break
             if report is not None:
                 report(f"comparing with the float stage on {len(self.x_val)} samples: {done:.0%}", None)
+        del steps
+        release()  # the try's session and quantize_static's copies of the model
         m = Measurement()
         quality_from_outputs(m, outs, None, self.reference, self.names, self.vocab)
         score = m.agreement if self.classifier else m.cosine
@@ -627,7 +633,11 @@ class _Trial:
             return path
         x = self._whole_batches(self.x_pool[: s.samples])
         began = time.perf_counter()
-        streams = STREAMS if self.pinned else 1  # a free batch: calls of 32 already, two would double their memory
+        # calls side by side for a pinned batch whose activations are small: each call holds every tensor of
+        # the unoptimized graph (BERT-base at batch 1: ~300 MB a call; a second stream took its peak from ~1.7 to
+        # 2.2 GB, over the 3x-model budget); a free batch calls with 32 already
+        per_call = HISTOGRAM_BYTES // max(1, self.histogram) * self.batch
+        streams = STREAMS if self.pinned and per_call <= STREAM_ACTIVATIONS else 1
         calibrator = _calibrator(self.pre, sorted(self.facts.quantizable), self.out.with_name("augmented.onnx"),
                                  s.method, streams)
         reader = calibration_reader(self.proto, x, self.batch, self.context, report)
