@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from ..convert import STREAMS, fixed_batch, iter_session_all, onnx_copy, session, to_onnx_proto
+from ..convert import STREAMS, fixed_batch, iter_session_all, onnx_copy, session, to_onnx_proto, weight_bytes
 from ..evaluate import Measurement, class_scores, measure_latency, quality_from_outputs
 from ..memory import release
 from ..model import ONNX
@@ -228,6 +228,7 @@ def _graph_facts(proto) -> _Graph:
 
 
 HISTOGRAM_BYTES = 2 << 30  # what a percentile/entropy calibration may hold in memory
+RELEASE_OVER = 64 << 20  # weight bytes from which the pass gives freed heap back between its steps
 STREAM_ACTIVATIONS = 64 << 20  # a calibration call's activations at most, for calls side by side (_Ahead)
 
 
@@ -341,9 +342,12 @@ class StaticInt8(Pass[StaticConfig]):
                     break
                 yield 0.1 + 0.1 * done, f"{what}: {done:.0%}"  # BERT-base: minutes, the bar shows how far
             del steps
-            release()  # the float session's 440 MB (BERT-base) back to the system before the calibrator's
+            large = weight_bytes(proto) > RELEASE_OVER
+            if large:  # (gc and malloc_trim take ~0.2 s in a big process: only where it pays)
+                release()  # the float session's 440 MB (BERT-base) back to the system before the calibrator's
             trial = _Trial(proto, tmp / "int8.onnx", pre, pre_proto.graph, facts, user_excluded, x_pool, x_val,
                            reference, pinned, context)
+            trial.large = large
             trial.histogram = histogram_samples(pre_proto, model.input_shape)
             trial.batch = calibration_batch(trial.histogram, pinned)
 
@@ -547,6 +551,7 @@ class _Trial:
         self.facts, self.user_excluded = facts, user_excluded
         self.x_pool, self.x_val, self.reference, self.pinned, self.context = x_pool, x_val, reference, pinned, context
         self.histogram = 1 << 30  # samples whose every activation fits in memory (set by the pass)
+        self.large = False  # weights over RELEASE_OVER: freed heap is given back after each try (set by the pass)
         self.batch = pinned or 32  # samples a calibration call takes (set by the pass)
         self.calibrated: dict[tuple, dict] = {}  # (method, samples) -> how its ranges were made (ranges())
         from ..signature import embedding_sizes
@@ -602,7 +607,8 @@ class _Trial:
             if report is not None:
                 report(f"comparing with the float stage on {len(self.x_val)} samples: {done:.0%}", None)
         del steps
-        release()  # the try's session and quantize_static's copies of the model
+        if self.large:
+            release()  # the try's session and quantize_static's copies of the model
         m = Measurement()
         quality_from_outputs(m, outs, None, self.reference, self.names, self.vocab)
         score = m.agreement if self.classifier else m.cosine
