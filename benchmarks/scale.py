@@ -19,6 +19,7 @@ VmRSS from /proc) summed every 50 ms, and the kernel's high-water mark of the la
 
     python -m benchmarks.scale                    # the committed run: results/scale.json, scale.md
     python -m benchmarks.scale --quick --out DIR  # 2 layers, width 128: checks the code, never committed
+    python -m benchmarks.scale --layers 2 --out DIR  # width 768, 2 layers: profiles the steps, never committed
 
 The machine is shared: the load average before and after is recorded beside the figures.
 """
@@ -48,10 +49,10 @@ SAMPLE_S = 0.05
 BAR = re.compile(r"\[[#.]+\]\s+(\d+)%\s*(?:\d+s left)?\s*(.*)")
 
 
-def build(folder: Path, quick: bool) -> Path:
+def build(folder: Path, sizes: dict) -> Path:
     """The BERT-style ONNX, exported in a child process so torch's memory goes with it."""
     code = ("import sys; from pathlib import Path; from benchmarks.graph_open import export; "
-            f"print(export('bert_base', Path(sys.argv[1]), **{SIZES['quick' if quick else 'full']!r}))")
+            f"print(export('bert_base', Path(sys.argv[1]), **{sizes!r}))")
     out = subprocess.run([sys.executable, "-c", code, str(folder)], cwd=str(ROOT), capture_output=True,
                          text=True, timeout=1800, check=False)
     if out.returncode:
@@ -308,17 +309,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="2 layers, width 128: checks the code")
     parser.add_argument("--out", help="folder for scale.json and scale.md (default: results/, "
                                       "or a temporary folder with --quick)")
+    parser.add_argument("--layers", type=int, help="full width, this many layers: profiles the steps in less time "
+                                                   "(not the benchmark: never written to results/ unless --out says so)")
     parser.add_argument("--inspect-runs", type=int, default=3)
     args = parser.parse_args(argv)
-    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="scale-")) if args.quick else RESULTS
+    partial = args.quick or args.layers is not None
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="scale-")) if partial else RESULTS
     work = Path(tempfile.mkdtemp(prefix="scale-work-"))
     env = {**os.environ, "STUDIO_CACHE": str(work / "cache")}
     result = {"benchmark": "scale", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "quick": args.quick, "cpus": os.cpu_count(), "goals": GOALS,
+              "quick": partial, "cpus": os.cpu_count(), "goals": GOALS,
               "load_before": [round(x, 2) for x in os.getloadavg()]}
     try:
-        path = build(work, args.quick)
-        sizes = SIZES["quick" if args.quick else "full"]
+        sizes = {**SIZES["quick" if args.quick else "full"]}
+        if args.layers is not None:
+            sizes["depth"] = args.layers
+        path = build(work, sizes)
         result["inspect"] = inspect(path, env, args.inspect_runs)
         result["model"] = {"parameters": result["inspect"]["parameters"], "bytes": path.stat().st_size,
                            "layers": sizes["depth"], "width": sizes["dim"], "heads": sizes["heads"]}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .convert import predict_all, run_session_all, session, to_onnx_proto
+from .convert import model_bytes, predict_all, run_session_all, session, to_onnx_proto, write_model
 from .data import Data
 from .errors import StudioError
 from .fileio import atomic_path
@@ -97,10 +97,11 @@ def export(
     proto = _onnx_variant(model, fmt, data, cancel) if fmt.startswith("onnx") else None
     if fmt == "ort":
         proto = to_onnx_proto(model)
-        if proto.ByteSize() > TWO_GB:
+        if model_bytes(proto) > TWO_GB:
             raise StudioError("the ORT format holds models under 2 GB only; export ONNX instead")
     edge_file = _edge_bytes(model, fmt, x, data) if fmt in EDGE else None
-    sidecars = [_sidecar_name(path.name)] if fmt.startswith("onnx") and proto.ByteSize() > TWO_GB else []
+    large = fmt.startswith("onnx") and model_bytes(proto) > TWO_GB  # (upb's ByteSize serializes to count)
+    sidecars = [_sidecar_name(path.name)] if large else []
     with atomic_path(path, companions=sidecars) as tmp:
         if fmt.startswith("onnx"):
             _save_onnx(proto, tmp, path.name)
@@ -158,14 +159,14 @@ def _save_onnx(proto, tmp: Path, final_name: str) -> None:
     2 GB limit (export() then has atomic_path put `tmp` in a folder of its own)."""
     import onnx
 
-    if proto.ByteSize() > TWO_GB:
+    if model_bytes(proto) > TWO_GB:
         sidecar = _sidecar_name(final_name)
         copy = onnx.ModelProto()  # saving with external data empties the proto's tensors in place
         copy.CopyFrom(proto)
         proto = copy
         onnx.save_model(proto, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True, location=sidecar)
     else:
-        tmp.write_bytes(proto.SerializeToString())
+        write_model(proto, tmp)  # onnx.save_model's bytes, a tensor at a time
 
 
 def _save_ort(proto, tmp: Path) -> None:

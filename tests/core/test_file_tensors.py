@@ -153,7 +153,7 @@ def test_a_file_changed_after_the_open_is_refused(tmp_path):
 
 def test_a_big_proto_gets_its_session_from_a_file_sized_without_serializing(tmp_path):
     """convert.session sizes the proto by its tensors' dims (upb's ByteSize serializes it all)."""
-    from studio.core.convert import SESSION_FROM_FILE, session, tensor_bytes
+    from studio.core.convert import SESSION_FROM_FILE, session, weight_bytes
 
     w = np.full((17 << 20,), 0.5, np.float32)  # 68 MB: over SESSION_FROM_FILE, from a file
     graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
@@ -162,7 +162,7 @@ def test_a_big_proto_gets_its_session_from_a_file_sized_without_serializing(tmp_
                               [numpy_helper.from_array(w, "w"),
                                helper.make_tensor("b", TensorProto.INT4, [3], b"\x12\x03", raw=True)])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
-    assert tensor_bytes(proto) == w.nbytes + 3 > SESSION_FROM_FILE
-    assert abs(tensor_bytes(proto) - proto.ByteSize()) < 1024
+    assert weight_bytes(proto) == w.nbytes + 3 > SESSION_FROM_FILE
+    assert abs(weight_bytes(proto) - proto.ByteSize()) < 1024
     x = np.arange(17 << 20, dtype=np.float32)
     assert (session(proto).run(None, {"x": x})[0] == x + 0.5).all()

@@ -98,3 +98,105 @@ def ort_rows(path, x):
     sess = session(onnx.load(str(path)))
     name = sess.get_inputs()[0].name
     return np.concatenate([sess.run(None, {name: np.repeat(x[i:i + 1], 4, axis=0)})[0][:1] for i in range(len(x))])
+
+
+def test_streams_give_the_same_outputs_in_order(tmp_path):
+    """A pinned-batch model's calls run side by side (iter_session_all's streams): the same outputs,
+    in the samples' order, as one call at a time; an odd last batch is cut back; a cancel stops it."""
+    import threading
+
+    import pytest
+
+    from studio.core.convert import iter_session_all
+    from studio.core.errors import Cancelled
+
+    sess = session(str(fixed_batch_file(tmp_path, 2)))
+    x = np.random.default_rng(0).standard_normal((37, 1, 8, 8)).astype(np.float32)
+    one = drain(iter_session_all(sess, x, streams=1))
+    steps = iter_session_all(sess, x, streams=3)
+    fractions = []
+    while True:
+        try:
+            fractions.append(next(steps))
+        except StopIteration as stop:
+            many = stop.value
+            break
+    assert len(many) == len(one) and many[0].shape == (37, 10)
+    assert np.array_equal(many[0], one[0])  # bit for bit: the same calls on the same inputs
+    assert fractions == sorted(fractions) and 0 < fractions[0] and fractions[-1] < 1
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(Cancelled):
+        drain(iter_session_all(sess, x, cancel=stop, streams=2))
+
+
+def test_calibration_read_ahead_gives_the_same_ranges(tmp_path):
+    """Static INT8 on a pinned-batch file calibrates with calls side by side (_Ahead): the ranges
+    are those of onnxruntime's own one-at-a-time collection (to float32 rounding: its session runs
+    a conv on the machine's cores, ours on one thread a call, and a split sum rounds differently)."""
+    from onnxruntime.quantization.calibrate import CalibrationDataReader
+
+    from studio.core.passes.quantize import _Ahead, _calibrator
+
+    path = fixed_batch_file(tmp_path, 1)
+    x = np.random.default_rng(1).standard_normal((9, 1, 8, 8)).astype(np.float32)
+    name = session(str(path)).get_inputs()[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{name: x[i:i + 1]} for i in range(len(x))])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    ranges = []
+    for streams in (1, 2):
+        cal = _calibrator(path, ["Conv", "Gemm", "MatMul"], tmp_path / f"aug{streams}.onnx", "minmax", streams)
+        reader = Reader()
+        if streams > 1:
+            reader = cal.infer_session = _Ahead(cal.infer_session, reader, streams)
+        cal.collect_data(reader)
+        if streams > 1:
+            reader.close()
+        ranges.append({k: tuple(np.asarray(v.range_value).tolist()) for k, v in cal.compute_data().data.items()})
+    assert ranges[0] and ranges[0].keys() == ranges[1].keys()
+    for k, (low, high) in ranges[0].items():
+        assert np.allclose(low, ranges[1][k][0], rtol=1e-5, atol=1e-6)
+        assert np.allclose(high, ranges[1][k][1], rtol=1e-5, atol=1e-6)
+
+
+def test_write_model_writes_the_bytes_of_save_model(tmp_path):
+    """convert.write_model streams a model a tensor at a time (measure's scratch file, the INT8
+    pass's, a large model's session): the file is byte for byte onnx.save_model's, so the sizes
+    and zipped sizes measured on it are those of the file a user ships."""
+    from studio.core import convert
+    from studio.core.convert import to_onnx_proto, weight_bytes, write_model
+
+    proto = to_onnx_proto(zoo.load("cnn"))
+    proto.doc_string = "fields after the graph, too"
+    proto.metadata_props.add(key="k", value="v")
+    saved = tmp_path / "saved.onnx"
+    onnx.save_model(proto, str(saved))
+    old = convert.WRITE_WHOLE_UNDER
+    convert.WRITE_WHOLE_UNDER = 0  # the streamed path for a small model
+    try:
+        write_model(proto, tmp_path / "streamed.onnx")
+    finally:
+        convert.WRITE_WHOLE_UNDER = old
+    assert (tmp_path / "streamed.onnx").read_bytes() == saved.read_bytes()
+    assert 0 < weight_bytes(proto) <= saved.stat().st_size
+
+
+def test_model_bytes_counts_as_bytesize(tmp_path):
+    """convert.model_bytes counts part by part (upb's ByteSize serializes the whole model): the same number."""
+    from studio.core import convert
+    from studio.core.convert import model_bytes, to_onnx_proto
+
+    proto = to_onnx_proto(zoo.load("cnn"))
+    proto.metadata_props.add(key="k", value="v" * 300)  # a length over one varint byte
+    old = convert.WRITE_WHOLE_UNDER
+    convert.WRITE_WHOLE_UNDER = 0
+    try:
+        assert model_bytes(proto) == proto.ByteSize()
+    finally:
+        convert.WRITE_WHOLE_UNDER = old

@@ -18,8 +18,9 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from ..convert import fixed_batch, iter_session_all, onnx_copy, session, to_onnx_proto
+from ..convert import STREAMS, fixed_batch, iter_session_all, onnx_copy, session, to_onnx_proto, weight_bytes
 from ..evaluate import Measurement, class_scores, measure_latency, quality_from_outputs
+from ..memory import release
 from ..model import ONNX
 from . import targets as tg
 from ..errors import Cancelled, StudioError
@@ -83,7 +84,7 @@ def _qdq_opset(proto):
     return converted, f"the model is ONNX opset {version}: converted to opset {QDQ_OPSET} for INT8 QDQ (per-channel scales)"
 
 
-def _pre_process(src: Path, pre: Path):
+def _pre_process(src: Path, pre: Path, keep: dict | None = None):
     """onnxruntime's quantization pre-processing of the saved float model: (the file
     quantize_static reads, its graph without the weights). What quant_pre_process does with
     skip_symbolic_shape and skip_onnx_shape, without its copies: onnxruntime's graph optimizer
@@ -94,7 +95,9 @@ def _pre_process(src: Path, pre: Path):
     its calibrator run it again where they load the model). quant_pre_process also loads the
     whole model first and again after the optimizer: on BERT-base (440 MB) two copies beside the
     studio's own and the optimizer's, for 69 s. The graph is read without the weights: the pass
-    holds one copy of the model, not two."""
+    holds one copy of the model, not two. `keep`: gets the optimizer's session under "session"
+    (the float model, one thread a call as convert.session's), for the pass's float reference:
+    BERT-base built a second session of 440 MB for it, a small CNN spent a fifth of its pass there."""
     try:
         import onnx
         import onnxruntime as ort
@@ -106,7 +109,12 @@ def _pre_process(src: Path, pre: Path):
         opts.log_severity_level = 3
         opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", pre.name + ".data")
         opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-        ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        sess = ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
+        if keep is not None:
+            keep["session"] = sess
+        del sess
         graph = _load(pre, weights=False)
         add_pre_process_metadata(graph)
         onnx.save_model(graph, str(pre))  # the weights stay where the optimizer wrote them
@@ -116,10 +124,10 @@ def _pre_process(src: Path, pre: Path):
 
 
 def _save(proto, folder: Path, name: str) -> Path:
-    import onnx
+    from ..convert import write_model
 
     path = folder / name
-    onnx.save_model(proto, str(path))
+    write_model(proto, path)  # a tensor at a time (onnx.save_model serializes the whole model first)
     return path
 
 
@@ -220,6 +228,8 @@ def _graph_facts(proto) -> _Graph:
 
 
 HISTOGRAM_BYTES = 2 << 30  # what a percentile/entropy calibration may hold in memory
+RELEASE_OVER = 64 << 20  # weight bytes from which the pass gives freed heap back between its steps
+STREAM_ACTIVATIONS = 64 << 20  # a calibration call's activations at most, for calls side by side (_Ahead)
 
 
 def histogram_samples(proto, input_shape, budget: int = HISTOGRAM_BYTES) -> int:
@@ -320,13 +330,20 @@ class StaticInt8(Pass[StaticConfig]):
             ref_src = src if proto is original else _save(original, Path(tmp), "original.onnx")
             pre = tmp / "pre.onnx"
             yield 0.08, "pre-processing (fusions)"
-            pre, pre_proto = _pre_process(src, pre)
+            kept: dict = {}
+            pre, pre_proto = _pre_process(src, pre, kept)
             facts = _graph_facts(pre_proto)
             user_excluded = excluded_nodes(pre_proto, cfg)
-            # from the file just written: a session from the ModelProto would serialize another copy
             what = f"running the float model on {len(x_val)} validation samples"
             yield 0.1, what
-            steps = iter_session_all(session(str(ref_src)), x_val, cancel=context.cancel_event)
+            # the pre-processing's session is the float model (the basic optimizations the INT8 model
+            # is made from), unless a specialized graph is quantized: then the model as given; without
+            # one, a session from the file just written (from the ModelProto it would serialize another copy)
+            pre_session = kept.pop("session", None)
+            float_session = pre_session if pre_session is not None and ref_src == src else session(str(ref_src))
+            del pre_session
+            steps = iter_session_all(float_session, x_val, cancel=context.cancel_event)
+            del float_session
             while True:
                 try:
                     done = next(steps)
@@ -334,8 +351,13 @@ class StaticInt8(Pass[StaticConfig]):
                     reference = stop.value
                     break
                 yield 0.1 + 0.1 * done, f"{what}: {done:.0%}"  # BERT-base: minutes, the bar shows how far
+            del steps
+            large = weight_bytes(proto) > RELEASE_OVER
+            if large:  # (gc and malloc_trim take ~0.2 s in a big process: only where it pays)
+                release()  # the float session's 440 MB (BERT-base) back to the system before the calibrator's
             trial = _Trial(proto, tmp / "int8.onnx", pre, pre_proto.graph, facts, user_excluded, x_pool, x_val,
                            reference, pinned, context)
+            trial.large = large
             trial.histogram = histogram_samples(pre_proto, model.input_shape)
             trial.batch = calibration_batch(trial.histogram, pinned)
 
@@ -462,11 +484,13 @@ def _row(t: dict) -> dict:
     return {**{k: v for k, v in t.items() if k not in ("proto", "setting")}, "setting": setting}
 
 
-def _calibrator(pre: Path, op_types: list[str], augmented: Path, method: str):
+def _calibrator(pre: Path, op_types: list[str], augmented: Path, method: str, streams: int = 1):
     """onnxruntime's calibrator for `method` with create_calibrator's defaults, built in its steps
     so that its copy of the model goes before the session that runs it is made: create_calibrator
     holds both (on BERT-base 440 MB beside the session's, with the studio's own copy). The
-    augmented model's weights go to a sidecar, so saving it does not serialize them in memory."""
+    augmented model's weights go to a sidecar, so saving it does not serialize them in memory.
+    streams > 1: its session runs each call on one thread (the calls run side by side: _Ahead),
+    with onnxruntime's own graph settings (no optimization, so every calibrated tensor stays)."""
     from onnxruntime.quantization.calibrate import EntropyCalibrater, MinMaxCalibrater, PercentileCalibrater
 
     if method == "minmax":
@@ -478,8 +502,61 @@ def _calibrator(pre: Path, op_types: list[str], augmented: Path, method: str):
                                           symmetric=True, num_bins=2048, percentile=99.999)
     calibrator.augment_graph()
     calibrator.model = None  # read by augment_graph only (and the ranges are taken from the session's outputs)
-    calibrator.create_inference_session()
+    if streams > 1:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # as create_inference_session
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        calibrator.infer_session = ort.InferenceSession(calibrator.augmented_model_path, sess_options=opts,
+                                                        providers=calibrator.execution_providers)
+    else:
+        calibrator.create_inference_session()
     return calibrator
+
+
+class _Ahead:
+    """The calibration reader and the calibrator's session in one, for a model whose batch the
+    file fixes (BERT-base at batch 1: 256 calls): onnxruntime's collect_data asks for a batch and
+    runs it, one after the other; this hands it each batch with `width` calls already running on
+    the session side by side (onnxruntime's Run is thread-safe and lets go of the GIL), and gives
+    it each call's outputs in order. The same calls on the same batches in the same order: the
+    same ranges, ~2x sooner on 2 idle cores."""
+
+    def __init__(self, sess, reader, width: int):
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.sess, self.reader, self.width = sess, reader, width
+        self.pending: deque = deque()  # (feed, its call)
+        self.ended = False
+        self.pool = ThreadPoolExecutor(max_workers=width, thread_name_prefix="studio-calibration-stream")
+
+    def get_next(self):  # the reader's side
+        while not self.ended and len(self.pending) < self.width:
+            feed = self.reader.get_next()
+            if not feed:
+                self.ended = True
+                break
+            self.pending.append((feed, self.pool.submit(self.sess.run, None, feed)))
+        return self.pending[0][0] if self.pending else None
+
+    def rewind(self):
+        raise NotImplementedError("a calibration read ahead is read once")
+
+    def run(self, output_names, feed, *args):  # the session's side: the call made for this feed
+        queued, call = self.pending.popleft()
+        if queued is not feed or output_names is not None or args:
+            raise RuntimeError("calibration read ahead: asked for another call than the one made")
+        return call.result()
+
+    def close(self):
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pending.clear()
+
+    def __getattr__(self, name):  # get_outputs, get_inputs, ...: the session's
+        return getattr(self.sess, name)
 
 
 def _method(name: str):
@@ -524,6 +601,7 @@ class _Trial:
         self.facts, self.user_excluded = facts, user_excluded
         self.x_pool, self.x_val, self.reference, self.pinned, self.context = x_pool, x_val, reference, pinned, context
         self.histogram = 1 << 30  # samples whose every activation fits in memory (set by the pass)
+        self.large = False  # weights over RELEASE_OVER: freed heap is given back after each try (set by the pass)
         self.batch = pinned or 32  # samples a calibration call takes (set by the pass)
         self.calibrated: dict[tuple, dict] = {}  # (method, samples) -> how its ranges were made (ranges())
         from ..signature import embedding_sizes
@@ -568,7 +646,8 @@ class _Trial:
         proto = _load(self.out)
         if report is not None:
             report(None, len(self.x_val))  # calibrated: now the comparison with the float stage
-        steps = iter_session_all(session(proto), self.x_val, cancel=self.context.cancel_event)
+        # from the file just written and read: the model as the proto holds it, not serialized again
+        steps = iter_session_all(session(str(self.out)), self.x_val, cancel=self.context.cancel_event)
         while True:  # BERT-base: over a minute; the bar says how far
             try:
                 done = next(steps)
@@ -577,6 +656,9 @@ class _Trial:
                 break
             if report is not None:
                 report(f"comparing with the float stage on {len(self.x_val)} samples: {done:.0%}", None)
+        del steps
+        if self.large:
+            release()  # the try's session and quantize_static's copies of the model
         m = Measurement()
         quality_from_outputs(m, outs, None, self.reference, self.names, self.vocab)
         score = m.agreement if self.classifier else m.cosine
@@ -607,12 +689,25 @@ class _Trial:
             return path
         x = self._whole_batches(self.x_pool[: s.samples])
         began = time.perf_counter()
-        calibrator = _calibrator(self.pre, sorted(self.facts.quantizable), self.out.with_name("augmented.onnx"), s.method)
+        # calls side by side for a pinned batch whose activations are small: each call holds every tensor of
+        # the unoptimized graph (BERT-base at batch 1: ~300 MB a call; a second stream took its peak from ~1.7 to
+        # 2.2 GB, over the 3x-model budget); a free batch calls with 32 already
+        per_call = HISTOGRAM_BYTES // max(1, self.histogram) * self.batch
+        streams = STREAMS if self.pinned and per_call <= STREAM_ACTIVATIONS else 1
+        calibrator = _calibrator(self.pre, sorted(self.facts.quantizable), self.out.with_name("augmented.onnx"),
+                                 s.method, streams)
+        reader = calibration_reader(self.proto, x, self.batch, self.context, report)
+        ahead = None
         try:
-            calibrator.collect_data(calibration_reader(self.proto, x, self.batch, self.context, report))
+            if streams > 1:
+                ahead = reader = _Ahead(calibrator.infer_session, reader, streams)
+                calibrator.infer_session = ahead
+            calibrator.collect_data(reader)
             save_tensors_data(calibrator.compute_data(), path)
         finally:
-            del calibrator
+            if ahead is not None:
+                ahead.close()
+            del calibrator, reader, ahead
             for scratch in self.out.parent.glob("augmented.onnx*"):
                 scratch.unlink()
         self.calibrated[key] = {"samples": len(x), "batch": self.batch, "method": s.method,
