@@ -739,13 +739,12 @@ class _Trial:
         model `t` (lowest signal-to-quantization-noise ratio across their Q/DQ pair, measured by
         onnxruntime's qdq_loss_debug on validation samples) are kept float: the worst tenth of
         the quantized tensors, at least one. None when nothing new would stay float."""
-        import onnx
         from onnxruntime.quantization.qdq_loss_debug import (
             collect_activations, compute_signal_to_quantization_noice_ratio, create_activation_matching,
             modify_model_output_intermediate_tensors)
 
         qdq, augmented = self.out.with_name("debug-qdq.onnx"), self.out.with_name("debug-augmented.onnx")
-        onnx.save_model(t["proto"], str(qdq))
+        _save(t["proto"], qdq.parent, qdq.name)
         modify_model_output_intermediate_tensors(str(qdq), str(augmented))
         count = min(64, self.histogram // 2)  # every activation, float and INT8, is held
         if count < 8:
@@ -1050,7 +1049,7 @@ def _check_session_in_child(proto, what: str) -> None:
     with tempfile.TemporaryDirectory(prefix="studio-probe-") as folder:
         path = Path(folder) / f"{what}.onnx"
         try:
-            path.write_bytes(proto.SerializeToString())
+            _save(proto, path.parent, path.name)  # a tensor at a time: no whole copy under the GIL
         except OSError as exc:  # a full disk: one line, as every other write
             raise StudioError(f"cannot write a temporary copy to check the {what} model: "
                               f"{exc.strerror or exc}; nothing was changed") from None
