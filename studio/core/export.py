@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Generator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +57,7 @@ class ExportResult:
     agreement: float | None
     size_bytes: int
     message: str
+    warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -99,7 +100,8 @@ def export(
         proto = to_onnx_proto(model)
         if proto.ByteSize() > TWO_GB:
             raise StudioError("the ORT format holds models under 2 GB only; export ONNX instead")
-    edge_file = _edge_bytes(model, fmt, x, data) if fmt in EDGE else None
+    notes: list[str] = []  # what the file does not compute as the stage does (pinned If branches)
+    edge_file = _edge_bytes(model, fmt, x, data, notes) if fmt in EDGE else None
     sidecars = [_sidecar_name(path.name)] if fmt.startswith("onnx") and proto.ByteSize() > TWO_GB else []
     with atomic_path(path, companions=sidecars) as tmp:
         if fmt.startswith("onnx"):
@@ -126,6 +128,9 @@ def export(
             # a file that does not run is never put in place of the user's file
             raise StudioError(f"export {fmt} failed verification: {result.message}")
     result.path = str(path)
+    if notes:
+        result.warnings = notes
+        result.message += "".join(f"; warning: {n}" for n in notes)
     yield 1.0, result.message
     return result
 
@@ -141,12 +146,12 @@ def _onnx_variant(model: Model, fmt: str, data, cancel):
     return drain(create(pass_id).apply(model, Context(data=data))).model.obj
 
 
-def _edge_bytes(model: Model, fmt: str, x, data) -> bytes:
+def _edge_bytes(model: Model, fmt: str, x, data, notes: list) -> bytes:
     from . import edge
 
     if fmt.startswith("tflite"):
-        return edge.tflite_bytes(model, x, data, int8=fmt == "tflite_int8")
-    return edge.pte_bytes(model, x, data, int8=fmt == "pte_int8")
+        return edge.tflite_bytes(model, x, data, int8=fmt == "tflite_int8", notes=notes)
+    return edge.pte_bytes(model, x, data, int8=fmt == "pte_int8", notes=notes)
 
 
 def _sidecar_name(final_name: str) -> str:

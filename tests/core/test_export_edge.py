@@ -215,7 +215,8 @@ def test_a_recurrent_state_on_axis_1_exports_for_a_phone(tmp_path):
     """The corpus' Silero-like VadState with sr pinned: its state [2, batch, 16] is read with
     Gathers of one index and Squeezes whose axes are inputs (numbers torch.export cannot read
     from tensors), and its next state comes back with the sample on axis 1; written as .tflite
-    and verified sample by sample against onnxruntime."""
+    and verified sample by sample against onnxruntime. The result warns that the file computes
+    only the pinned branch."""
     from studio.core.data import random_inputs
     from studio.core.io import load
     from tests.corpus.models import cases, write
@@ -227,3 +228,8 @@ def test_a_recurrent_state_on_axis_1_exports_for_a_phone(tmp_path):
     data = random_inputs(None, count=12, signature=model.io)
     result = drain(export.export(model, tmp_path / "vad.tflite", "tflite", data=data))
     assert result.verified and result.max_abs_diff < 1e-4, result.message
+    # the file computes only the branch of sr=16000, said in the INT8 stage's words
+    from studio.core.passes.onnx_torch import pinned_branch_warning
+
+    assert result.warnings == [pinned_branch_warning(model.io, "the file", "export the original")]
+    assert "sr=16000" in result.message and "whatever it is given" in result.message

@@ -413,8 +413,9 @@ def _layers_in_subgraphs(proto) -> int:
 
 
 def _pins_text(model) -> str:
-    pins = [s for s in (model.signature.inputs if model.signature else []) if s.value is not None]
-    return ", ".join(f"{s.name}={np.asarray(s.value).tolist()}" for s in pins)
+    from .onnx_torch import pins_text
+
+    return pins_text(model.signature)
 
 
 def _specialized_for_pins(proto, model):
@@ -426,7 +427,7 @@ def _specialized_for_pins(proto, model):
     at the top level; it is quantized instead, when it has more layers there. The pinned inputs
     stay inputs of the file, unused: it computes the branch of the pinned values whatever it is
     given, which the warning says."""
-    from .onnx_torch import specialized
+    from .onnx_torch import pinned_branch_warning, specialized
 
     pins = _pins_text(model)
     if not pins:
@@ -434,11 +435,7 @@ def _specialized_for_pins(proto, model):
     folded = specialized(proto, model.signature)
     if folded is None or _count(folded, QUANTIZABLE) <= _count(proto, QUANTIZABLE):
         return proto, None
-    sized = [s.describe() for s in model.signature.inputs if s.value is None]
-    return folded, (f"the graph was specialized for the pinned inputs ({pins}) to reach the layers inside its If "
-                    f"branches: the INT8 file computes the branch of those values whatever it is given (the pinned "
-                    f"inputs stay, unused), and takes only the sized shapes ({'; '.join(sized)}); "
-                    "for other values quantize the original again with them pinned")
+    return folded, pinned_branch_warning(model.signature, "the INT8 file", "quantize the original")
 
 
 def _nothing_quantized(proto) -> str:
