@@ -383,6 +383,9 @@ class StaticInt8(Pass[StaticConfig]):
             warnings.append(f"INT8 runs {best['latency_ms'] / float_ms:.2f}x slower than the float stage at batch 1 even "
                             "with depthwise/HardSwish blocks in float (measured); a recipe with 'ship: fastest' ships "
                             "the faster stage")
+        padded = calibration_padding(min(best["setting"].samples, len(x_pool)), pinned)
+        if padded:
+            warnings.append(padded)
         result = best["proto"]
         layers = _quant_record(result, "int8")
         if not layers:  # pre-processing alone is no INT8 stage (it grew Silero VAD 2.2 -> 3.2 MiB)
@@ -403,6 +406,20 @@ class StaticInt8(Pass[StaticConfig]):
             summary += f"; {float_ms / best['latency_ms']:.2f}x the float stage's speed at batch 1 (measured)"
         yield 1.0, summary
         return PassResult(new, layers, summary, warnings, tries=[_row(t) for t in tries])
+
+
+def calibration_padding(samples: int, fixed: int | None) -> str | None:
+    """One line when calibration at the file's fixed batch filled its last partial batch by
+    repeating samples (_Trial._whole_batches), like training's note (trained_samples_note);
+    None when the samples fill whole batches."""
+    if not fixed or fixed <= 1 or samples % fixed == 0:
+        return None
+    total = max(fixed, samples // fixed * fixed)
+    if samples < fixed:
+        return (f"the file fixes the batch at {fixed}: calibration had {samples} samples, "
+                f"{total - samples} repeated to fill the batch")
+    return (f"the file fixes the batch at {fixed}: calibration used {total} of the {samples} samples "
+            f"(the last partial batch of {samples - total} dropped)")
 
 
 def _layers_in_subgraphs(proto) -> int:
