@@ -259,7 +259,8 @@ def tflite_bytes(model: Model, x, data=None, int8: bool = False, notes: list | N
                 )
                 from litert_torch.quantize.quant_config import QuantConfig
 
-                quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+                quantizer = _float_softmax(PT2EQuantizer)().set_global(
+                    get_symmetric_quantization_config(is_per_channel=True))
                 module = _quantize_pt2e(_program(module, args), quantizer, model, data, fold_quantize=False)
                 options["quant_config"] = QuantConfig(pt2e_quantizer=quantizer)
             return bytes(litert_torch.convert(module, args, **options).model_content())
@@ -267,6 +268,40 @@ def tflite_bytes(model: Model, x, data=None, int8: bool = False, notes: list | N
             raise
         except Exception as exc:  # noqa: BLE001 - an op LiteRT cannot take
             raise StudioError(f"LiteRT cannot convert this model: {_first_line(exc)}") from None
+
+
+def _float_softmax(base):
+    """litert-torch's PT2EQuantizer that leaves every softmax in float. It gives a softmax's
+    output the fixed INT8 parameters TFLite's kernel demands (scale 1/256), but in YOLOv8's DFL
+    head (a softmax over the box bins, after a transpose) the converted file's SOFTMAX came out
+    with another scale and LiteRT refused the file ("output->params.scale not near 1.f / 256").
+    A softmax marked annotated with nothing to observe is skipped by its annotators: its input is
+    dequantized and it runs in float."""
+    import torch
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    softmax = {torch.ops.aten._softmax.default, torch.ops.aten.softmax.int}
+    passing = {torch.ops.aten.view.default, torch.ops.aten.reshape.default, torch.ops.aten.permute.default,
+               torch.ops.aten.transpose.int, torch.ops.aten._unsafe_view.default, torch.ops.aten.clone.default,
+               torch.ops.aten.contiguous.default}
+
+    class FloatSoftmax(base):
+        def annotate(self, model):
+            # the softmax, the shape ops after it and the ops that read it: a quantized reader
+            # would lend the softmax its input's scale when the converter fuses them
+            todo = [n for n in model.graph.nodes if n.op == "call_function" and n.target in softmax]
+            seen = set()
+            while todo:
+                node = todo.pop()
+                if node in seen or node.op != "call_function":
+                    continue
+                seen.add(node)
+                node.meta["quantization_annotation"] = QuantizationAnnotation(_annotated=True)
+                if node.target in softmax or node.target in passing:
+                    todo.extend(node.users)
+            return super().annotate(model)
+
+    return FloatSoftmax
 
 
 def tflite_outputs(file: Path, model: Model, x) -> list[np.ndarray]:

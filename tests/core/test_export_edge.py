@@ -211,6 +211,29 @@ def test_a_yolov8_file_at_batch_1_exports_for_a_phone(tmp_path, fmt):
     assert got.shape == (2, 7, 80) and np.allclose(got, want, atol=1e-3)
 
 
+@pytest.mark.slow  # calibration and a LiteRT conversion: about a minute
+def test_a_yolov8_file_exports_as_int8_tflite_with_its_dfl_softmax_in_float(tmp_path):
+    """The DFL head's softmax (over the box bins): quantized, LiteRT refused the file at load
+    ("output->params.scale not near 1.f / 256", SOFTMAX failed to prepare); kept float with the
+    ops that read it, the INT8 file loads and matches the float model."""
+    import warnings
+
+    import torch
+
+    from studio.core.data import random_inputs
+    from studio.core.io import load
+    from tests.corpus.models import YoloV8
+
+    path = tmp_path / "yolo.onnx"
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(YoloV8().eval(), (torch.randn(1, 3, 32, 32),), str(path), dynamo=False, opset_version=18)
+    model = load(path)
+    result = drain(export.export(model, tmp_path / "yolo.tflite", "tflite_int8", data=random_inputs(model.input_shape, count=40)))
+    assert result.verified, result.message
+
+
 def test_a_recurrent_state_on_axis_1_exports_for_a_phone(tmp_path):
     """The corpus' Silero-like VadState with sr pinned: its state [2, batch, 16] is read with
     Gathers of one index and Squeezes whose axes are inputs (numbers torch.export cannot read
