@@ -35,30 +35,32 @@ class DistillConfig(PassConfig):
     epochs: int = Field(20, ge=1, le=500, description="Training epochs")
     learning_rate: float = Field(1e-3, gt=0, le=1.0, description="Adam learning rate")
     max_train_macs: float = Field(
-        3e12, ge=0, description="Budget of training work in MACs, counted as 3x the teacher's MACs per sample and "
-        "epoch (forward and backward); past it fewer epochs, then fewer samples, are trained and the stage says so "
-        "(0: no budget)")
+        3e12, ge=0, description="Budget of work in MACs: the teacher's MACs per sample once for its outputs, and 3x "
+        "per sample and epoch for training (forward and backward); past it fewer epochs, then fewer samples, are "
+        "trained and the stage says so (0: no budget)")
 
 
 TRAIN_COST = 3  # a training step of one sample, in forward passes of the teacher (forward + backward)
 
 
 def budget(cfg: DistillConfig, macs: int, samples: int) -> tuple[int, int, str | None]:
-    """(epochs, samples, note) that fit cfg.max_train_macs at TRAIN_COST x `macs` (the teacher's,
-    batch 1) per sample and epoch: the epochs are cut first (to at least 1), then the samples (to
-    at least 8). YOLOv8n at 640x640 (4.4 GMACs) would train 20 epochs of 204 random samples,
-    about 4,000 steps of 0.7 s on two cores, and did not finish in 15 minutes; the default budget
-    (3e12) is about 230 sample steps, near 3 minutes there, and binds no small model."""
-    need = TRAIN_COST * macs * cfg.epochs * samples
+    """(epochs, samples, note) that fit cfg.max_train_macs, counting `macs` (the teacher's, batch
+    1) per sample for the teacher's outputs and TRAIN_COST x `macs` per sample and epoch: the
+    epochs are cut first (to at least 1), then the samples (to at least 8). YOLOv8n at 640x640
+    (4.4 GMACs) would train 20 epochs of 204 random samples, about 4,000 steps of 0.7 s on two
+    quiet cores, and did not finish in 15 minutes; the default budget (3e12) is 171 samples for
+    one epoch there, and binds no small model."""
+    def cost(epochs, n):
+        return macs * n * (1 + TRAIN_COST * epochs)
+
+    need = cost(cfg.epochs, samples)
     if cfg.max_train_macs <= 0 or macs <= 0 or need <= cfg.max_train_macs:
         return cfg.epochs, samples, None
-    steps = int(cfg.max_train_macs // (TRAIN_COST * macs))
-    if steps >= samples:
-        epochs, used = max(1, steps // samples), samples
-    else:
-        epochs, used = 1, min(samples, max(8, steps))
-    note = (f"training budget: {cfg.epochs} epochs over {samples} samples would be {need:.1e} MACs "
-            f"({TRAIN_COST}x the teacher's {macs:,} per sample and epoch); trained {epochs} epoch"
+    epochs, used = int((cfg.max_train_macs / (macs * samples) - 1) // TRAIN_COST), samples
+    if epochs < 1:
+        epochs, used = 1, min(samples, max(8, int(cfg.max_train_macs // cost(1, 1))))
+    note = (f"training budget: {cfg.epochs} epochs over {samples} samples would be {need:.1e} MACs (the teacher's "
+            f"{macs:,} per sample, {TRAIN_COST}x that per sample and epoch to train); trained {epochs} epoch"
             f"{'s' if epochs > 1 else ''} over {used} samples to stay within max_train_macs {cfg.max_train_macs:.0e} "
             "(raise it to train more)")
     return epochs, used, note
