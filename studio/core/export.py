@@ -126,13 +126,27 @@ def export(
         result = verify(model, tmp, fmt, x)
         if result.max_abs_diff is None or not np.isfinite(result.max_abs_diff):
             # a file that does not run is never put in place of the user's file
-            raise StudioError(f"export {fmt} failed verification: {result.message}")
+            refused = _litert_refusal(fmt, result.message)
+            raise StudioError(refused or f"export {fmt} failed verification: {result.message}")
     result.path = str(path)
     if notes:
         result.warnings = notes
         result.message += "".join(f"; warning: {n}" for n in notes)
     yield 1.0, result.message
     return result
+
+
+def _litert_refusal(fmt: str, message: str) -> str | None:
+    """One line when LiteRT refuses an INT8 file at load because an op's quantization does not
+    meet its kernel (YOLOv8n's DFL SOFTMAX: "output->params.scale not near 1.f / 256"): the op,
+    and the formats that do take the model."""
+    import re
+
+    found = re.search(r"Node number \d+ \((\w+)\) failed to prepare", message)
+    if fmt != "tflite_int8" or not found:
+        return None
+    return (f"LiteRT refuses the INT8 file: its {found.group(1)} op is quantized with parameters its kernel does "
+            "not take; export tflite (float) or pte_int8 instead")
 
 
 def _onnx_variant(model: Model, fmt: str, data, cancel):

@@ -256,3 +256,13 @@ def test_a_recurrent_state_on_axis_1_exports_for_a_phone(tmp_path):
 
     assert result.warnings == [pinned_branch_warning(model.io, "the file", "export the original")]
     assert "sr=16000" in result.message and "whatever it is given" in result.message
+
+
+def test_litert_refusing_an_int8_op_is_one_line_naming_it():
+    """What LiteRT said of YOLOv8n's INT8 file (its DFL softmax): one line, the op, the way out."""
+    said = ("the written file does not run: tflite/kernels/activations.cc:560 output->params.scale not near "
+            "1.f / 256 (0.000245 != 0.003906)Node number 248 (SOFTMAX) failed to prepare.")
+    line = export._litert_refusal("tflite_int8", said)
+    assert line == ("LiteRT refuses the INT8 file: its SOFTMAX op is quantized with parameters its kernel does not "
+                    "take; export tflite (float) or pte_int8 instead")
+    assert export._litert_refusal("tflite", said) is None and export._litert_refusal("tflite_int8", "shape") is None
