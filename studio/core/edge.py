@@ -61,7 +61,7 @@ def check_available(fmt: str) -> None:
         raise StudioError(f"cannot write {fmt}: {reason}")
 
 
-def torch_module(model: Model):
+def torch_module(model: Model, notes: list | None = None):
     """The stage as a torch module in eval mode: a torch stage as it is, an ONNX stage converted
     by onnx2torch (checked against onnxruntime; one line naming the op when it cannot be).
 
@@ -73,11 +73,20 @@ def torch_module(model: Model):
     converted module (also a torch stage converted earlier, on a copy) gets those shapes as
     Python numbers (`static_shape_args`). The files are written at batch 1 and verified against
     the stage anyway. A TorchScript stage (which torch.export does not take) goes through its
-    ONNX export first."""
+    ONNX export first. When the specialized graph replaced If nodes by the branch the pinned
+    inputs take (Silero VAD with sr pinned), the file computes only that branch: a warning in
+    the same words as the INT8 stage's (onnx_torch.pinned_branch_warning) is appended to `notes`."""
     import copy
 
     from .passes.base import is_torchscript
-    from .passes.onnx_torch import onnx_to_torch, specialized, static_shape_args
+    from .passes.onnx_torch import (
+        branches_pinned,
+        onnx_to_torch,
+        pinned_branch_warning,
+        pins_text,
+        specialized,
+        static_shape_args,
+    )
     from .training import set_eval
 
     if model.framework == TORCH and is_torchscript(model):  # torch.export takes no ScriptModule
@@ -98,6 +107,9 @@ def torch_module(model: Model):
                 converted = onnx_to_torch(model.with_obj(folded, ONNX, format="onnx"))
             except StudioError:
                 converted = None  # the graph as it is may still convert
+            if converted is not None and notes is not None and pins_text(model.signature) \
+                    and branches_pinned(model.obj, folded):
+                notes.append(pinned_branch_warning(model.signature, "the file", "export the original"))
         if converted is None:
             converted = onnx_to_torch(model)
         static_shape_args(converted.obj)
@@ -157,14 +169,14 @@ def _first_line(exc: BaseException) -> str:
 # ----------------------------------------------------------------------------- ExecuTorch
 
 
-def pte_bytes(model: Model, x, data=None, int8: bool = False) -> bytes:
+def pte_bytes(model: Model, x, data=None, int8: bool = False, notes: list | None = None) -> bytes:
     """The stage as an ExecuTorch program, lowered to XNNPACK. INT8: the pt2e flow with
     ExecuTorch's XNNPACKQuantizer (symmetric, per-channel weights), calibrated on `data`'s
     training split."""
     check_available("pte")
     from .convert import _quiet_output
 
-    module = torch_module(model)
+    module = torch_module(model, notes)
     args = _batch1_args(model, x)
     program = _program(module, args)
     with warnings.catch_warnings(), _quiet_output():
@@ -226,13 +238,13 @@ def pte_outputs(file: Path, model: Model, x) -> list[np.ndarray]:
 # ----------------------------------------------------------------------------- LiteRT
 
 
-def tflite_bytes(model: Model, x, data=None, int8: bool = False) -> bytes:
+def tflite_bytes(model: Model, x, data=None, int8: bool = False, notes: list | None = None) -> bytes:
     """The stage as a LiteRT flatbuffer (litert-torch: torch.export -> StableHLO -> TFLite).
     INT8: litert-torch's PT2EQuantizer (symmetric, per-channel weights, static activations)."""
     check_available("tflite")
     from .convert import _quiet_output
 
-    module = torch_module(model)
+    module = torch_module(model, notes)
     args = _batch1_args(model, x)
     with warnings.catch_warnings(), _quiet_output():
         warnings.simplefilter("ignore")
@@ -247,7 +259,8 @@ def tflite_bytes(model: Model, x, data=None, int8: bool = False) -> bytes:
                 )
                 from litert_torch.quantize.quant_config import QuantConfig
 
-                quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+                quantizer = _float_softmax(PT2EQuantizer)().set_global(
+                    get_symmetric_quantization_config(is_per_channel=True))
                 module = _quantize_pt2e(_program(module, args), quantizer, model, data, fold_quantize=False)
                 options["quant_config"] = QuantConfig(pt2e_quantizer=quantizer)
             return bytes(litert_torch.convert(module, args, **options).model_content())
@@ -255,6 +268,40 @@ def tflite_bytes(model: Model, x, data=None, int8: bool = False) -> bytes:
             raise
         except Exception as exc:  # noqa: BLE001 - an op LiteRT cannot take
             raise StudioError(f"LiteRT cannot convert this model: {_first_line(exc)}") from None
+
+
+def _float_softmax(base):
+    """litert-torch's PT2EQuantizer that leaves every softmax in float. It gives a softmax's
+    output the fixed INT8 parameters TFLite's kernel demands (scale 1/256), but in YOLOv8's DFL
+    head (a softmax over the box bins, after a transpose) the converted file's SOFTMAX came out
+    with another scale and LiteRT refused the file ("output->params.scale not near 1.f / 256").
+    A softmax marked annotated with nothing to observe is skipped by its annotators: its input is
+    dequantized and it runs in float."""
+    import torch
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    softmax = {torch.ops.aten._softmax.default, torch.ops.aten.softmax.int}
+    passing = {torch.ops.aten.view.default, torch.ops.aten.reshape.default, torch.ops.aten.permute.default,
+               torch.ops.aten.transpose.int, torch.ops.aten._unsafe_view.default, torch.ops.aten.clone.default,
+               torch.ops.aten.contiguous.default}
+
+    class FloatSoftmax(base):
+        def annotate(self, model):
+            # the softmax, the shape ops after it and the ops that read it: a quantized reader
+            # would lend the softmax its input's scale when the converter fuses them
+            todo = [n for n in model.graph.nodes if n.op == "call_function" and n.target in softmax]
+            seen = set()
+            while todo:
+                node = todo.pop()
+                if node in seen or node.op != "call_function":
+                    continue
+                seen.add(node)
+                node.meta["quantization_annotation"] = QuantizationAnnotation(_annotated=True)
+                if node.target in softmax or node.target in passing:
+                    todo.extend(node.users)
+            return super().annotate(model)
+
+    return FloatSoftmax
 
 
 def tflite_outputs(file: Path, model: Model, x) -> list[np.ndarray]:

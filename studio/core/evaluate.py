@@ -75,6 +75,7 @@ class Measurement:
     size_bytes: int = 0
     zip_bytes: int = 0
     macs: int = 0
+    macs_note: str = ""  # how MACs of a graph with If nodes were counted (stats.macs_counted)
     latency_ms: dict[int, float] = field(default_factory=dict)  # batch size -> median ms
     latency_rounds: dict[int, int] = field(default_factory=dict)  # batch size -> rounds the median is of
     threads: int = 1
@@ -344,7 +345,9 @@ def measure_steps(model: Model, data: Data, reference=None, proto=None, cancel=N
         zipping = _Zipping(path)  # while the MACs are counted and the model runs
         yield 0.2, "counting MACs"
         try:
-            m.macs = count_macs(model)
+            from .stats import macs_counted
+
+            m.macs, m.macs_note = macs_counted(model)
         except Exception:  # noqa: BLE001 - MACs of exotic graphs may be unknown; 0 means unknown
             m.macs = 0
         x = data.shaped(data.x_test, model.input_shape)

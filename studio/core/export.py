@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Generator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +57,7 @@ class ExportResult:
     agreement: float | None
     size_bytes: int
     message: str
+    warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -99,7 +100,8 @@ def export(
         proto = to_onnx_proto(model)
         if model_bytes(proto) > TWO_GB:
             raise StudioError("the ORT format holds models under 2 GB only; export ONNX instead")
-    edge_file = _edge_bytes(model, fmt, x, data) if fmt in EDGE else None
+    notes: list[str] = []  # what the file does not compute as the stage does (pinned If branches)
+    edge_file = _edge_bytes(model, fmt, x, data, notes) if fmt in EDGE else None
     large = fmt.startswith("onnx") and model_bytes(proto) > TWO_GB  # (upb's ByteSize serializes to count)
     sidecars = [_sidecar_name(path.name)] if large else []
     with atomic_path(path, companions=sidecars) as tmp:
@@ -125,10 +127,27 @@ def export(
         result = verify(model, tmp, fmt, x)
         if result.max_abs_diff is None or not np.isfinite(result.max_abs_diff):
             # a file that does not run is never put in place of the user's file
-            raise StudioError(f"export {fmt} failed verification: {result.message}")
+            refused = _litert_refusal(fmt, result.message)
+            raise StudioError(refused or f"export {fmt} failed verification: {result.message}")
     result.path = str(path)
+    if notes:
+        result.warnings = notes
+        result.message += "".join(f"; warning: {n}" for n in notes)
     yield 1.0, result.message
     return result
+
+
+def _litert_refusal(fmt: str, message: str) -> str | None:
+    """One line when LiteRT refuses an INT8 file at load because an op's quantization does not
+    meet its kernel (YOLOv8n's DFL SOFTMAX: "output->params.scale not near 1.f / 256"): the op,
+    and the formats that do take the model."""
+    import re
+
+    found = re.search(r"Node number \d+ \((\w+)\) failed to prepare", message)
+    if fmt != "tflite_int8" or not found:
+        return None
+    return (f"LiteRT refuses the INT8 file: its {found.group(1)} op is quantized with parameters its kernel does "
+            "not take; export tflite (float) or pte_int8 instead")
 
 
 def _onnx_variant(model: Model, fmt: str, data, cancel):
@@ -142,12 +161,12 @@ def _onnx_variant(model: Model, fmt: str, data, cancel):
     return drain(create(pass_id).apply(model, Context(data=data))).model.obj
 
 
-def _edge_bytes(model: Model, fmt: str, x, data) -> bytes:
+def _edge_bytes(model: Model, fmt: str, x, data, notes: list) -> bytes:
     from . import edge
 
     if fmt.startswith("tflite"):
-        return edge.tflite_bytes(model, x, data, int8=fmt == "tflite_int8")
-    return edge.pte_bytes(model, x, data, int8=fmt == "pte_int8")
+        return edge.tflite_bytes(model, x, data, int8=fmt == "tflite_int8", notes=notes)
+    return edge.pte_bytes(model, x, data, int8=fmt == "pte_int8", notes=notes)
 
 
 def _sidecar_name(final_name: str) -> str:

@@ -35,8 +35,11 @@ def size_note(model: Model) -> str:
 
 
 def summary(model: Model) -> dict:
+    from .stats import macs_counted
+
     graph = build_graph(model)
     params, nonzeros = parameter_count(model)
+    macs, counted = macs_counted(model)
     return {
         "name": model.name,
         "format": model.format,
@@ -46,8 +49,9 @@ def summary(model: Model) -> dict:
         "signature": model.io.as_dict(),  # every input and output: names, dtypes, dynamic dims
         "parameters": params,
         "nonzeros": nonzeros,
-        "macs": graph.total_macs,
-        "macs_note": size_note(model),  # "" when every input dim is known
+        "macs": macs,
+        # "" when every input dim is known and there is no If; else how the MACs were counted
+        "macs_note": "; ".join(n for n in (size_note(model), counted) if n),
         "note": graph.note,
         "nodes": [
             {"name": n.name, "op": n.op, "parameters": n.parameters, "output_shape": list(n.output_shape) if n.output_shape else None,

@@ -71,7 +71,7 @@ def train(
                 if after_step is not None:
                     after_step()
                 done = epoch * steps_per_epoch + step + 1
-                yield done / total, f"epoch {epoch + 1}/{epochs}, loss {loss.item():.4f}"
+                yield done / total, f"epoch {epoch + 1}/{epochs}, loss {loss.item():.4g}"
     finally:
         module.eval()
 

@@ -211,11 +211,35 @@ def test_a_yolov8_file_at_batch_1_exports_for_a_phone(tmp_path, fmt):
     assert got.shape == (2, 7, 80) and np.allclose(got, want, atol=1e-3)
 
 
+@pytest.mark.slow  # calibration and a LiteRT conversion: about a minute
+def test_a_yolov8_file_exports_as_int8_tflite_with_its_dfl_softmax_in_float(tmp_path):
+    """The DFL head's softmax (over the box bins): quantized, LiteRT refused the file at load
+    ("output->params.scale not near 1.f / 256", SOFTMAX failed to prepare); kept float with the
+    ops that read it, the INT8 file loads and matches the float model."""
+    import warnings
+
+    import torch
+
+    from studio.core.data import random_inputs
+    from studio.core.io import load
+    from tests.corpus.models import YoloV8
+
+    path = tmp_path / "yolo.onnx"
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(YoloV8().eval(), (torch.randn(1, 3, 32, 32),), str(path), dynamo=False, opset_version=18)
+    model = load(path)
+    result = drain(export.export(model, tmp_path / "yolo.tflite", "tflite_int8", data=random_inputs(model.input_shape, count=40)))
+    assert result.verified, result.message
+
+
 def test_a_recurrent_state_on_axis_1_exports_for_a_phone(tmp_path):
     """The corpus' Silero-like VadState with sr pinned: its state [2, batch, 16] is read with
     Gathers of one index and Squeezes whose axes are inputs (numbers torch.export cannot read
     from tensors), and its next state comes back with the sample on axis 1; written as .tflite
-    and verified sample by sample against onnxruntime."""
+    and verified sample by sample against onnxruntime. The result warns that the file computes
+    only the pinned branch."""
     from studio.core.data import random_inputs
     from studio.core.io import load
     from tests.corpus.models import cases, write
@@ -227,3 +251,18 @@ def test_a_recurrent_state_on_axis_1_exports_for_a_phone(tmp_path):
     data = random_inputs(None, count=12, signature=model.io)
     result = drain(export.export(model, tmp_path / "vad.tflite", "tflite", data=data))
     assert result.verified and result.max_abs_diff < 1e-4, result.message
+    # the file computes only the branch of sr=16000, said in the INT8 stage's words
+    from studio.core.passes.onnx_torch import pinned_branch_warning
+
+    assert result.warnings == [pinned_branch_warning(model.io, "the file", "export the original")]
+    assert "sr=16000" in result.message and "whatever it is given" in result.message
+
+
+def test_litert_refusing_an_int8_op_is_one_line_naming_it():
+    """What LiteRT said of YOLOv8n's INT8 file (its DFL softmax): one line, the op, the way out."""
+    said = ("the written file does not run: tflite/kernels/activations.cc:560 output->params.scale not near "
+            "1.f / 256 (0.000245 != 0.003906)Node number 248 (SOFTMAX) failed to prepare.")
+    line = export._litert_refusal("tflite_int8", said)
+    assert line == ("LiteRT refuses the INT8 file: its SOFTMAX op is quantized with parameters its kernel does not "
+                    "take; export tflite (float) or pte_int8 instead")
+    assert export._litert_refusal("tflite", said) is None and export._litert_refusal("tflite_int8", "shape") is None

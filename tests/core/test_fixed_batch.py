@@ -200,3 +200,24 @@ def test_model_bytes_counts_as_bytesize(tmp_path):
         assert model_bytes(proto) == proto.ByteSize()
     finally:
         convert.WRITE_WHOLE_UNDER = old
+
+
+def test_int8_calibration_at_a_fixed_batch_says_what_it_used(tmp_path):
+    """Batch fixed at 4, 10 calibration samples: calibration runs whole batches (8 samples), and
+    the stage says so in one warning; 3 samples are repeated to fill one batch."""
+    from studio.core.data import Data
+    from studio.core.passes.base import Context
+    from studio.core.passes.quantize import calibration_padding
+    from studio.core.passes.registry import create
+    from tests.core.test_pass_common import run as run_pass
+
+    model = io.load(str(_batch4_file(tmp_path)))
+    rng = np.random.default_rng(0)
+    data = Data("b4", rng.standard_normal((40, 1, 8, 8)).astype(np.float32),
+                rng.standard_normal((8, 1, 8, 8)).astype(np.float32), rng.integers(0, 10, 40), rng.integers(0, 10, 8))
+    result = run_pass(create("quantize.int8_static", calibration_samples=10, remedies=False), model, Context(data=data))
+    assert result.layers
+    note = "the file fixes the batch at 4: calibration used 8 of the 10 samples (the last partial batch of 2 dropped)"
+    assert note in result.warnings
+    assert calibration_padding(3, 4) == "the file fixes the batch at 4: calibration had 3 samples, 1 repeated to fill the batch"
+    assert calibration_padding(8, 4) is None and calibration_padding(7, None) is None

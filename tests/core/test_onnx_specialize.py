@@ -195,3 +195,26 @@ def test_int8_static_quantizes_the_branch_of_a_pinned_input(tmp_path):
                 Context(data=random_inputs(None, count=200, signature=_model(proto, ["sr=16000"]).io)))
     assert any(n.op_type == "If" for n in plain.model.obj.graph.node)  # its layers inside stay float
     assert len(plain.layers) < len(result.layers) and "specialized" not in plain.summary
+
+
+def test_macs_of_a_graph_with_if_count_the_pinned_branch(tmp_path):
+    """MACs of a graph whose layers sit in If branches: with sr pinned, the branch sr takes, the
+    same as the graph specialized for sr (what the INT8 stage is); without a pin, every branch
+    summed, and the note says which."""
+    from studio.core.inspect import summary
+    from studio.core.stats import macs_counted
+
+    path = tmp_path / "vad.onnx"
+    write(cases()["vad_state"], "legacy", path)
+    proto = onnx.load(str(path))
+    pinned = _model(proto, ["sr=16000"], "vad")
+    macs, note = macs_counted(pinned)
+    folded = specialized(proto, pinned.io)
+    assert not any(n.op_type == "If" for n in folded.graph.node)
+    assert macs_counted(_model(folded, ["sr=16000"])) == (macs, "")  # the same computation, the same MACs
+    assert note == "MACs of the If branches the pinned inputs (sr=16000) take"
+    plain, plain_note = macs_counted(_model(proto, [], "vad"))
+    assert plain - macs == 64 * 16  # the other branch's Linear(64, 16) too
+    assert "sum every branch" in plain_note
+    info = summary(pinned)
+    assert info["macs"] == macs and note in info["macs_note"]

@@ -84,3 +84,22 @@ def test_narrow_residual_student(digits_data):
     assert params(result.model.obj) < 0.35 * params(teacher.obj)
     assert accuracy(result.model, digits_data) > 0.9
     onnx_matches(result.model, atol=1e-3)
+
+
+def test_training_budget_cuts_epochs_then_samples_and_says_so(demo_cnn, digits_data):
+    """max_train_macs bounds the work (the teacher's MACs per sample, 3x per sample and epoch to
+    train): the epochs go first, then the samples, and the stage's summary, record and warnings
+    say what was trained."""
+    from studio.core.passes.distill import DistillConfig, budget
+    from studio.core.stats import count_macs
+
+    macs = count_macs(demo_cnn)
+    n = len(digits_data.x_train)
+    assert budget(DistillConfig(epochs=3), macs, n) == (3, n, None)  # the default binds no small model
+    epochs, used, note = budget(DistillConfig(epochs=5, max_train_macs=macs * n * (1 + 3 * 2.5)), macs, n)
+    assert (epochs, used) == (2, n) and "trained 2 epochs over" in note
+    cap = 4 * macs * 100  # one epoch of 100 samples
+    result = run(create("distill.kd", width=0.5, epochs=4, max_train_macs=cap), demo_cnn, Context(data=digits_data))
+    assert result.layers["training"] == {"epochs": 1, "samples": 100, "of_samples": n, "budget_bound": True}
+    assert "1 epoch over 100 samples (training budget)" in result.summary
+    assert any(w.startswith("training budget: 4 epochs over") for w in result.warnings)

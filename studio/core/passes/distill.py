@@ -34,6 +34,36 @@ class DistillConfig(PassConfig):
     alpha: float = Field(0.7, ge=0.0, le=1.0, description="Weight of the soft (teacher) loss; 1 - alpha goes to the labels")
     epochs: int = Field(20, ge=1, le=500, description="Training epochs")
     learning_rate: float = Field(1e-3, gt=0, le=1.0, description="Adam learning rate")
+    max_train_macs: float = Field(
+        3e12, ge=0, description="Budget of work in MACs: the teacher's MACs per sample once for its outputs, and 3x "
+        "per sample and epoch for training (forward and backward); past it fewer epochs, then fewer samples, are "
+        "trained and the stage says so (0: no budget)")
+
+
+TRAIN_COST = 3  # a training step of one sample, in forward passes of the teacher (forward + backward)
+
+
+def budget(cfg: DistillConfig, macs: int, samples: int) -> tuple[int, int, str | None]:
+    """(epochs, samples, note) that fit cfg.max_train_macs, counting `macs` (the teacher's, batch
+    1) per sample for the teacher's outputs and TRAIN_COST x `macs` per sample and epoch: the
+    epochs are cut first (to at least 1), then the samples (to at least 8). YOLOv8n at 640x640
+    (4.4 GMACs) would train 20 epochs of 204 random samples, about 4,000 steps of 0.7 s on two
+    quiet cores, and did not finish in 15 minutes; the default budget (3e12) is 171 samples for
+    one epoch there, and binds no small model."""
+    def cost(epochs, n):
+        return macs * n * (1 + TRAIN_COST * epochs)
+
+    need = cost(cfg.epochs, samples)
+    if cfg.max_train_macs <= 0 or macs <= 0 or need <= cfg.max_train_macs:
+        return cfg.epochs, samples, None
+    epochs, used = int((cfg.max_train_macs / (macs * samples) - 1) // TRAIN_COST), samples
+    if epochs < 1:
+        epochs, used = 1, min(samples, max(8, int(cfg.max_train_macs // cost(1, 1))))
+    note = (f"training budget: {cfg.epochs} epochs over {samples} samples would be {need:.1e} MACs (the teacher's "
+            f"{macs:,} per sample, {TRAIN_COST}x that per sample and epoch to train); trained {epochs} epoch"
+            f"{'s' if epochs > 1 else ''} over {used} samples to stay within max_train_macs {cfg.max_train_macs:.0e} "
+            "(raise it to train more)")
+    return epochs, used, note
 
 
 def build_student(teacher_model, cfg: DistillConfig):
@@ -101,6 +131,14 @@ class Distill(Pass[DistillConfig]):
         yield 0.02, f"building the student ({cfg.student})"
         student, notes = build_student(teacher, cfg)
         x = data.shaped(data.x_train, teacher.input_shape)
+        y_train = data.y_train
+        epochs, used, budget_note = budget(cfg, _macs(model), len(x))
+        if used < len(x):  # a random subset, the same for every seed-alike run
+            pick = np.sort(np.random.default_rng(context.seed).permutation(len(x))[:used])
+            x = x[pick]
+            y_train = None if y_train is None else y_train[pick]
+        if budget_note:
+            notes.append(budget_note)
         sig = teacher.io  # several inputs: teacher and student get the same tuple, in this order
         with torch.no_grad():
             try:
@@ -112,7 +150,7 @@ class Distill(Pass[DistillConfig]):
                 raise StudioError(f"distill.kd: the {cfg.student} student cannot take the teacher's inputs "
                                   f"({', '.join(sig.names)}, in this order); choose student 'narrow' (the teacher "
                                   "narrowed takes the same inputs) or a class whose forward takes them") from None
-        soft = [torch.from_numpy(o) for o in predict_outputs(teacher.obj, x, sig)]  # every teacher output, once
+        soft = yield from _teacher_outputs(teacher.obj, x, sig, context)  # every teacher output, once
         names = [s.name for s in teacher.io.outputs][:len(soft)]
         names += [f"output_{i}" for i in range(len(names), len(soft))]
         got = [tuple(p.shape[1:]) for p in probe if isinstance(p, torch.Tensor)]
@@ -122,9 +160,9 @@ class Distill(Pass[DistillConfig]):
                               "a student must give the same outputs")
         kinds = ["kl" if o.dim() == 2 and o.shape[1] > 1 else "mse" for o in soft]
         scale = [float(o.float().var()) + 1e-8 for o in soft]  # an MSE term per output weighs about 1
-        labels = data.y_train is not None and cfg.alpha < 1.0 and kinds[0] == "kl" \
-            and int(np.max(data.y_train)) < soft[0].shape[1]
-        if data.y_train is not None and cfg.alpha < 1.0 and not labels:
+        labels = y_train is not None and cfg.alpha < 1.0 and kinds[0] == "kl" \
+            and int(np.max(y_train)) < soft[0].shape[1]
+        if y_train is not None and cfg.alpha < 1.0 and not labels:
             notes.append(f"the labels were not used: they are class ids of the first output, and '{names[0]}' "
                          f"{list(soft[0].shape[1:])} is not [batch, classes] with a class for each; soft loss only")
         t = cfg.temperature
@@ -143,7 +181,7 @@ class Distill(Pass[DistillConfig]):
                 return loss
             return cfg.alpha * loss + (1 - cfg.alpha) * F.cross_entropy(outs[0], yb)
 
-        for fraction, message in train(student, x, data.y_train if labels else None, cfg.epochs, cfg.learning_rate,
+        for fraction, message in train(student, x, y_train if labels else None, epochs, cfg.learning_rate,
                                        seed=context.seed, loss_fn=loss_fn, who=self.id, signature=sig):
             context.check_cancelled()
             yield 0.05 + 0.95 * fraction, f"distilling {message}"
@@ -151,17 +189,20 @@ class Distill(Pass[DistillConfig]):
         new = teacher.with_obj(student, "torch", format="distilled", meta=dict(teacher.meta, teacher=teacher.name))
         t_params = sum(p.numel() for p in teacher.obj.parameters())
         s_params = sum(p.numel() for p in student.parameters())
-        mine = predict_outputs(student, x[:512], sig)
+        fit_n = min(len(x), 512 if budget_note is None else 64)  # budget bound: a heavy model, fewer
+        mine = predict_outputs(student, x[:fit_n], sig)
         fit = {}  # per output: top-1 agreement for class scores, cosine similarity otherwise
         for name, kind, a, b in zip(names, kinds, mine, soft):
-            b = b[:512].numpy()
+            b = b[:fit_n].numpy()
             if kind == "kl":
                 fit[name] = {"top1_agreement": round(float((a.argmax(1) == b.argmax(1)).mean()), 4)}
             else:
                 a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
                 cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
                 fit[name] = {"cosine": round(float(cos.mean()), 4)}
-        record = {"student": {"kind": cfg.student, "parameters": s_params, "teacher_parameters": t_params,
+        record = {"training": {"epochs": epochs, "samples": used, "of_samples": len(data.x_train),
+                               "budget_bound": budget_note is not None},
+                  "student": {"kind": cfg.student, "parameters": s_params, "teacher_parameters": t_params,
                               "outputs": {n: {"loss": "KL (softened)" if k == "kl" else "MSE / teacher variance", **fit[n]}
                                           for n, k in zip(names, kinds)}}}
         first = fit[names[0]]
@@ -172,6 +213,34 @@ class Distill(Pass[DistillConfig]):
             quality = f"cosine to the teacher on training data {first['cosine']:.3f}"
         summary = (f"student {s_params:,} parameters (teacher {t_params:,}); {quality}"
                    + (f" (output '{names[0]}'; {len(soft)} outputs learned)" if len(soft) > 1 else "")
-                   + ("" if labels else "; soft loss only (no labels)"))
+                   + ("" if labels else "; soft loss only (no labels)")
+                   + (f"; {epochs} epoch{'s' if epochs > 1 else ''} over {used} samples (training budget)"
+                      if budget_note else ""))
         yield 1.0, summary
         return PassResult(new, record, summary, conversion_notes(model) + notes)
+
+
+def _macs(model) -> int:
+    """The teacher's MACs at batch 1 (0 when they cannot be counted: then no budget applies)."""
+    from ..stats import count_macs
+
+    try:
+        return int(count_macs(model))
+    except Exception:  # noqa: BLE001 - exotic graphs: unknown MACs
+        return 0
+
+
+def _teacher_outputs(module, x, sig, context, chunk: int = 16):
+    """Every output of the teacher on x, a chunk at a time so the progress moves and a cancel is
+    heard (YOLOv8n at 640x640: about a second a sample on two cores)."""
+    import torch
+
+    parts: list[list[np.ndarray]] = []
+    for i in range(0, len(x), chunk):
+        context.check_cancelled()
+        yield 0.03 + 0.02 * i / max(1, len(x)), f"teacher outputs: {i}/{len(x)} samples"
+        outs = predict_outputs(module, x[i:i + chunk], sig)
+        parts = parts or [[] for _ in outs]
+        for j, o in enumerate(outs):
+            parts[j].append(o)
+    return [torch.from_numpy(np.concatenate(p)) for p in parts]

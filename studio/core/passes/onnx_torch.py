@@ -917,6 +917,34 @@ _CONTROL_FLOW = ("If", "Loop", "Scan")
 FOLD_LIMIT = 2**22  # elements a folded constant may have (an LSTM's weights sliced by the graph: 65k)
 
 
+def pins_text(signature) -> str:
+    """The pinned inputs as `name=value, ...` ('' when none)."""
+    import numpy as np
+
+    pins = [s for s in (signature.inputs if signature else []) if s.value is not None]
+    return ", ".join(f"{s.name}={np.asarray(s.value).tolist()}" for s in pins)
+
+
+def pinned_branch_warning(signature, what: str, again: str) -> str:
+    """The one wording for a file made from the graph `specialized` for the pinned inputs, whose
+    If branches were replaced by the branch those values take (the INT8 ONNX stage, the phone
+    exports): `what` computes that branch whatever it is given; `again` says how to get other
+    values."""
+    sized = [s.describe() for s in signature.inputs if s.value is None]
+    return (f"the graph was specialized for the pinned inputs ({pins_text(signature)}) to reach the layers inside "
+            f"its If branches: {what} computes the branch of those values whatever it is given (the pinned "
+            f"inputs stay, unused), and takes only the sized shapes ({'; '.join(sized)}); "
+            f"for other values {again} again with them pinned")
+
+
+def branches_pinned(proto, folded) -> bool:
+    """Whether `folded` (the graph `specialized`) lost If nodes of `proto`: some branch was chosen."""
+    def ifs(p):
+        return sum(1 for n in p.graph.node if n.op_type == "If")
+
+    return folded is not None and ifs(folded) < ifs(proto)
+
+
 def specialized(proto, signature):
     """A copy of `proto` for the shapes and constants the user gave: each pinned input
     (`--input sr=16000`) is read from a stored constant instead (the graph input stays, unused),

@@ -405,6 +405,9 @@ class StaticInt8(Pass[StaticConfig]):
             warnings.append(f"INT8 runs {best['latency_ms'] / float_ms:.2f}x slower than the float stage at batch 1 even "
                             "with depthwise/HardSwish blocks in float (measured); a recipe with 'ship: fastest' ships "
                             "the faster stage")
+        padded = calibration_padding(min(best["setting"].samples, len(x_pool)), pinned)
+        if padded:
+            warnings.append(padded)
         result = best["proto"]
         layers = _quant_record(result, "int8")
         if not layers:  # pre-processing alone is no INT8 stage (it grew Silero VAD 2.2 -> 3.2 MiB)
@@ -427,6 +430,20 @@ class StaticInt8(Pass[StaticConfig]):
         return PassResult(new, layers, summary, warnings, tries=[_row(t) for t in tries])
 
 
+def calibration_padding(samples: int, fixed: int | None) -> str | None:
+    """One line when calibration at the file's fixed batch filled its last partial batch by
+    repeating samples (_Trial._whole_batches), like training's note (trained_samples_note);
+    None when the samples fill whole batches."""
+    if not fixed or fixed <= 1 or samples % fixed == 0:
+        return None
+    total = max(fixed, samples // fixed * fixed)
+    if samples < fixed:
+        return (f"the file fixes the batch at {fixed}: calibration had {samples} samples, "
+                f"{total - samples} repeated to fill the batch")
+    return (f"the file fixes the batch at {fixed}: calibration used {total} of the {samples} samples "
+            f"(the last partial batch of {samples - total} dropped)")
+
+
 def _layers_in_subgraphs(proto) -> int:
     """How many Conv/Gemm/MatMul layers sit inside If/Loop/Scan subgraphs."""
     from ..onnx_weights import nodes
@@ -435,8 +452,9 @@ def _layers_in_subgraphs(proto) -> int:
 
 
 def _pins_text(model) -> str:
-    pins = [s for s in (model.signature.inputs if model.signature else []) if s.value is not None]
-    return ", ".join(f"{s.name}={np.asarray(s.value).tolist()}" for s in pins)
+    from .onnx_torch import pins_text
+
+    return pins_text(model.signature)
 
 
 def _specialized_for_pins(proto, model):
@@ -448,7 +466,7 @@ def _specialized_for_pins(proto, model):
     at the top level; it is quantized instead, when it has more layers there. The pinned inputs
     stay inputs of the file, unused: it computes the branch of the pinned values whatever it is
     given, which the warning says."""
-    from .onnx_torch import specialized
+    from .onnx_torch import pinned_branch_warning, specialized
 
     pins = _pins_text(model)
     if not pins:
@@ -456,11 +474,7 @@ def _specialized_for_pins(proto, model):
     folded = specialized(proto, model.signature)
     if folded is None or _count(folded, QUANTIZABLE) <= _count(proto, QUANTIZABLE):
         return proto, None
-    sized = [s.describe() for s in model.signature.inputs if s.value is None]
-    return folded, (f"the graph was specialized for the pinned inputs ({pins}) to reach the layers inside its If "
-                    f"branches: the INT8 file computes the branch of those values whatever it is given (the pinned "
-                    f"inputs stay, unused), and takes only the sized shapes ({'; '.join(sized)}); "
-                    "for other values quantize the original again with them pinned")
+    return folded, pinned_branch_warning(model.signature, "the INT8 file", "quantize the original")
 
 
 def _nothing_quantized(proto) -> str:

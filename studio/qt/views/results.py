@@ -101,6 +101,7 @@ class ResultsTable(QWidget):
                 ]
                 if m is not None:
                     row[2].setToolTip(m.quality_means)  # which measure, and on a model with several outputs which one
+                    row[7].setToolTip(m.macs_note)  # an If graph's MACs: the pinned branch, or every branch summed
                 row[0].setData((run.id, s.index), Qt.UserRole + 2)
                 self.model.appendRow(row)
         self._show_confusion(self._selected())
