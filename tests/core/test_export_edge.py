@@ -179,6 +179,7 @@ def test_run_refuses_an_export_it_cannot_write_before_the_run(tmp_path, capsys):
     assert not (tmp_path / "out").exists()  # nothing ran, nothing was written
 
 
+@pytest.mark.timeout(1200)  # beside another worker on 2 cores these lowerings neared the 300 s default
 @pytest.mark.parametrize("fmt", [pytest.param("pte", marks=pytest.mark.slow), "tflite"])  # pte: ~40 s lowering
 def test_a_yolov8_file_at_batch_1_exports_for_a_phone(tmp_path, fmt):
     """ultralytics' YOLOv8 export (opset 18, batch fixed at 1) at toy size: onnx2torch's Split,
@@ -211,7 +212,8 @@ def test_a_yolov8_file_at_batch_1_exports_for_a_phone(tmp_path, fmt):
     assert got.shape == (2, 7, 80) and np.allclose(got, want, atol=1e-3)
 
 
-@pytest.mark.slow  # calibration and a LiteRT conversion: about a minute
+@pytest.mark.slow  # calibration and a LiteRT conversion: about a minute alone, over 300 s beside another worker
+@pytest.mark.timeout(1200)
 def test_a_yolov8_file_exports_as_int8_tflite_with_its_dfl_softmax_in_float(tmp_path):
     """The DFL head's softmax (over the box bins): quantized, LiteRT refused the file at load
     ("output->params.scale not near 1.f / 256", SOFTMAX failed to prepare); kept float with the
