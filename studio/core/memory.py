@@ -35,9 +35,15 @@ def release() -> None:
     malloc_trim. Between the pipeline's steps a BERT-base run held ~0.3-1 GB of freed but
     unreturned heap (the pass's copies of the model, the sessions gone), which a RAM child's
     memory then came on top of. Elsewhere than glibc only the collector runs. Nothing is done
-    while the process holds under RELEASE_FROM (a small model's run would only lose time)."""
+    while the process holds under RELEASE_FROM (a small model's run would only lose time), nor off
+    the main thread (the command line runs its pipeline there; the window's jobs do not)."""
     import gc
+    import threading
 
+    if threading.current_thread() is not threading.main_thread():
+        # a window's job thread: a collection there finalizes Qt objects off the GUI thread, and a
+        # window test hung on it (test_jobs, once the worker process held over RELEASE_FROM)
+        return
     rss = _status("VmRSS")
     if rss is not None and rss < RELEASE_FROM:
         return
