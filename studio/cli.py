@@ -130,6 +130,7 @@ def ready_model(args):
 # ---------------------------------------------------------------------------------- commands
 
 def cmd_inspect(args) -> int:
+    import studio.core.passes  # noqa: F401 - registers the If-branch specializer that MACs use
     from studio.core.inspect import free_dims, summary
 
     model = resolve_model(args)

@@ -212,6 +212,11 @@ def parameter_count(model: Model) -> tuple[int, int]:
     return total, nonzero
 
 
+# (branches_pinned, pins_text, specialized) of passes.onnx_torch, which sets it when imported: the
+# layers keep stats below the passes, so the graph specializer reaches it this way
+SPECIALIZER: tuple | None = None
+
+
 def count_macs(model: Model) -> int:
     return macs_counted(model)[0]
 
@@ -233,8 +238,10 @@ def macs_counted(model: Model) -> tuple[int, str]:
 
     if not any(n.op_type == "If" for n, _ in nodes(model.obj.graph)):
         return graph.total_macs, ""
-    from .passes.onnx_torch import branches_pinned, pins_text, specialized
-
+    if SPECIALIZER is None:
+        return graph.total_macs, ("MACs sum every branch of the graph's If nodes: pin the inputs that choose "
+                                  "the branch (--input NAME=VALUE) to count the one taken")
+    branches_pinned, pins_text, specialized = SPECIALIZER
     pins = pins_text(model.signature)
     if pins and not model.io.problems():
         folded = specialized(model.obj, model.signature)
