@@ -28,7 +28,7 @@ demo: setup
 
 # Both cores (pytest-xdist): the whole suite, slow tests included, in ~10 min on an idle 2-core machine.
 test: setup
-	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -n 2
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -n 2 --durations=15
 
 test-fast: setup
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -n 2 -m "not slow"
