@@ -441,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="apply a recipe, measure every stage, export the result")
     add_model_args(p)
     p.add_argument("--recipe", required=True, help="recipe YAML (the window's Recipe > Save writes one)")
-    p.add_argument("--data", default="digits", help="digits, random, a .npz (x, y) or an image folder (default digits)")
+    p.add_argument("--data", default="digits", help="digits, random, a .npz (x, y) or an image folder (class subfolders, or images alone) (default digits)")
     p.add_argument("--out", default="studio-out", help="folder for exports and report.json")
     p.add_argument("--export", nargs="+", default=None,
                    help="formats to export the shipped stage as (the recipe's ship: last by default); default: the recipe's "
@@ -473,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_passes)
     p = sub.add_parser("search", help="search recipes for the quality/footprint trade-off; keeps every candidate")
     add_model_args(p)
-    p.add_argument("--data", default="digits", help="digits, random, a .npz (x, y) or an image folder (default digits)")
+    p.add_argument("--data", default="digits", help="digits, random, a .npz (x, y) or an image folder (class subfolders, or images alone) (default digits)")
     p.add_argument("--objective", default="size",
                    help="size, latency or macs; several comma-separated (size,latency) for multi-objective TPE (default size)")
     p.add_argument("--max-drop", type=float, default=0.5, help="quality points a candidate may lose (default 0.5)")

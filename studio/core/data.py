@@ -121,18 +121,25 @@ def from_npz(path: str | Path) -> Data:
 
 
 def from_image_folder(path: str | Path, input_shape: tuple[int, ...]) -> Data:
-    """One subfolder per class; images are resized to the model's input (C, H, W), scaled to
-    [0, 1]."""
+    """One subfolder per class (labelled), or a folder of images alone (unlabelled: a detector's
+    or a segmenter's photos; quality is then agreement or output fidelity). Images are resized to
+    the model's input (C, H, W), scaled to [0, 1]. Both at once is refused."""
     path = Path(path)
     if input_shape is None or len(input_shape) != 4:
         raise StudioError("an image folder needs a model with an image input (N, C, H, W)")
     _, channels, height, width = input_shape
-    classes = sorted(p.name for p in path.iterdir() if p.is_dir())
-    if not classes:
-        raise StudioError(f"{path}: no class subfolders")
-    xs, ys = [], []
     bound = checks.image_count_bound((channels, height, width))  # memory and time: see data_checks
-    for file, label in checks.list_images(path, classes, IMAGE_SUFFIXES, bound):
+    classes, loose = checks.folder_contents(path, IMAGE_SUFFIXES, bound)
+    if classes and loose:
+        shown = ", ".join(classes[:3]) + (", ..." if len(classes) > 3 else "")
+        raise StudioError(
+            f"{path}: holds both subfolders ({shown}) and {len(loose)} loose images ({loose[0].name}, ...); "
+            "use one subfolder per class (labelled) or only images (unlabelled), not both")
+    if not classes and not loose:
+        raise StudioError(f"{path}: no images and no class subfolders")
+    files = checks.list_images(path, classes, IMAGE_SUFFIXES, bound) if classes else [(f, None) for f in loose]
+    xs, ys = [], []
+    for file, label in files:
         with checks.open_image(file) as img:  # regular files only; bombs, truncation refused
             img = img.convert("L" if channels == 1 else "RGB").resize((width, height))
             arr = np.asarray(img, dtype=np.float32) / 255.0
@@ -140,8 +147,9 @@ def from_image_folder(path: str | Path, input_shape: tuple[int, ...]) -> Data:
         ys.append(label)
     if len(xs) < 2:
         raise StudioError(f"{path}: fewer than 2 images found")
-    data = Data(path.name, *_reorder(stratified_split(np.stack(xs), np.array(ys, np.int64))))
-    data.classes = classes
+    y = np.array(ys, np.int64) if classes else None
+    data = Data(path.name, *_reorder(stratified_split(np.stack(xs), y)))
+    data.classes = classes or None
     return data
 
 

@@ -284,6 +284,23 @@ def list_images(root: Path, classes: list[str], suffixes: set[str], bound: int) 
     return found
 
 
+def folder_contents(root: Path, suffixes: set[str], bound: int) -> tuple[list[str], list[Path]]:
+    """(subfolder names, loose image files) directly in `root`, both sorted; nothing below it is
+    listed and nothing outside it is named (entries are the folder's own). Refused as soon as more
+    than `bound` loose images are seen."""
+    folders, images = [], []
+    with os.scandir(root) as entries:
+        for entry in entries:
+            if entry.is_dir():  # symlinks followed, as for the class folders
+                folders.append(entry.name)
+            elif Path(entry.name).suffix.lower() in suffixes:  # opened later only if a regular file
+                images.append(Path(entry.path))
+                if len(images) > bound:
+                    raise StudioError(f"{root}: more than {bound:,} images; at most {bound:,} are "
+                                      "read (memory and time); use a smaller sample")
+    return sorted(folders), sorted(images)
+
+
 def open_image(path: Path, max_pixels: int | None = None):
     """A decoded PIL image from a regular file; refused, naming the file, if its header claims
     more pixels than PIL's decompression-bomb bound (Image.MAX_IMAGE_PIXELS) or if it is

@@ -132,6 +132,7 @@ def notes(run) -> list[str]:
     lines.append(f"quality on {base.samples if base else 0} held-out samples of '{run.data_name}'; "
                  f"latency: onnxruntime CPU, {base.threads if base else 1} thread(s), median of {_rounds(base)}; "
                  "x = times smaller / faster than the original")
+    lines += macs_notes(run)
     for r in runtimes(run):
         from .runtimes import title
 
@@ -149,6 +150,19 @@ def notes(run) -> list[str]:
             lines.append(f"RAM {r}: resident memory {title(r)} took to load the stage's batch-1 file and run it "
                          f"{RAM_RUNS} times, in a fresh process per stage (the runtime imported before it counts)")
     return lines
+
+
+def macs_notes(run) -> list[str]:
+    """How the MACs of stages whose graph has If nodes were counted (stats.macs_counted): the
+    branches the pinned inputs take, or every branch summed; one line per distinct note, naming
+    its stages unless it is every measured stage's."""
+    measured = [s for s in run.stages if s.measurement is not None]
+    by_note: dict[str, list[str]] = {}
+    for s in measured:
+        if s.measurement.macs_note:
+            by_note.setdefault(s.measurement.macs_note, []).append(s.label)
+    return [note + ("" if len(labels) == len(measured) else f" (stage{'s' if len(labels) > 1 else ''} "
+                    f"{', '.join(labels)})") for note, labels in by_note.items()]
 
 
 def text(run) -> str:

@@ -390,6 +390,29 @@ def test_an_image_folder_is_bounded_before_any_image_is_read(tmp_path, monkeypat
     assert data_checks.image_count_bound((3, 224, 224)) == 10
 
 
+def test_a_flat_image_folder_gets_the_same_checks(tmp_path, monkeypatch):
+    """Unlabelled photos (no class subfolders): a FIFO named .png refused at once, a bomb and a
+    truncated file named, the count bounded before any image is read."""
+    save_images(tmp_path, 3)
+    make_special_file(tmp_path / "9.png", "fifo")
+    refused(lambda: within(5, from_image_folder, tmp_path, (1, 1, 8, 8), unblock=tmp_path / "9.png"),
+            match=r"9\.png: is a FIFO \(named pipe\), not a regular file; refused")
+    (tmp_path / "9.png").unlink()
+    write_png_bomb(tmp_path / "bomb.png")
+    refused(from_image_folder, tmp_path, (1, 1, 8, 8), match=r"bomb\.png: not a readable image \(Image size")
+    (tmp_path / "bomb.png").unlink()
+    write_truncated_png(tmp_path / "cut.png")
+    refused(from_image_folder, tmp_path, (1, 1, 8, 8), match=r"cut\.png: not a readable image \(image file is truncated")
+    (tmp_path / "cut.png").unlink()
+    data = from_image_folder(tmp_path, (1, 1, 8, 8))
+    assert len(data.x_train) + len(data.x_test) == 3 and not data.labelled
+    monkeypatch.setattr(data_checks, "MAX_IMAGES", 5)
+    for i in range(3):  # not even images: the listing refuses before opening any
+        make_special_file(tmp_path / f"f{i}.png", "fifo")
+    refused(lambda: within(5, from_image_folder, tmp_path, (1, 1, 8, 8)),
+            match=r"more than 5 images; at most 5 are read")
+
+
 # ---------------------------------------------------------------------------------------------
 # The command line: exit 2, one line
 # ---------------------------------------------------------------------------------------------

@@ -104,6 +104,56 @@ def test_html_report_holds_the_table_and_the_chart(demo_mlp, digits_data, tmp_pa
     assert "<script" not in text
 
 
+def branchy_onnx(path):
+    """x [N, 4] -> If(sum(x) > 0): x @ W1 (4x3) else relu(x @ W2 (4x8)) @ W3 (8x3): an If whose
+    condition comes from the data, so no pin can choose its branch."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = {n: numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+         for n, s in (("W1", (4, 3)), ("W2", (4, 8)), ("W3", (8, 3)))}
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    then = helper.make_graph([helper.make_node("MatMul", ["x", "W1"], ["y"])], "then", [], [y])
+    other = helper.make_graph([helper.make_node("MatMul", ["x", "W2"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+                               helper.make_node("MatMul", ["r", "W3"], ["y"])], "else", [], [y])
+    nodes = [helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+             helper.make_node("Greater", ["s", "zero"], ["c"]),
+             helper.make_node("If", ["c"], ["out"], then_branch=then, else_branch=other)]
+    graph = helper.make_graph(nodes, "branchy", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3])],
+                              [*w.values(), numpy_helper.from_array(np.zeros((), np.float32), "zero")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_html_report_says_how_the_macs_of_an_if_graph_are_counted(tmp_path):
+    """As the window's tooltip does: the MACs of a graph with If nodes are the pinned inputs'
+    branches (Silero-like VAD, sr=16000), or every branch summed when nothing can choose one."""
+    from studio.core.data import random_inputs
+    from studio.core.io import load
+    from studio.core.report import write_html
+    from tests.corpus.models import cases, write
+
+    recipe = Recipe([RecipeStep("quantize.fp16", {})])
+    write(cases()["vad_state"], "legacy", tmp_path / "vad.onnx")
+    vad = load(tmp_path / "vad.onnx")
+    vad = vad.with_signature(vad.io.with_overrides(["sr=16000"]))
+    run = drain(pipeline.run(vad, recipe, random_inputs(None, count=12, signature=vad.io),
+                             latency_batches=(1,), latency_rounds=1))
+    text = write_html(tmp_path / "vad.html", [run], model_name="vad").read_text()
+    assert "<p class='note'>MACs of the If branches the pinned inputs (sr=16000) take</p>" in text
+    assert f"{run.stages[1].measurement.macs:,}" in text
+
+    branchy = load(branchy_onnx(tmp_path / "branchy.onnx"))
+    run = drain(pipeline.run(branchy, recipe, random_inputs(branchy.input_shape, count=20),
+                             latency_batches=(1,), latency_rounds=1))
+    assert run.stages[0].measurement.macs == 4 * 3 + 4 * 8 + 8 * 3  # both branches
+    text = write_html(tmp_path / "branchy.html", [run], model_name="branchy").read_text()
+    assert ("<p class='note'>MACs sum every branch of the graph&#x27;s If nodes: pin the inputs that choose the "
+            "branch (--input NAME=VALUE) to count the one taken</p>") in text
+
+
 def test_speed_warnings_say_where_paper_savings_do_not_become_time():
     from studio.core.evaluate import Measurement
     from studio.core.pipeline import speed_warnings

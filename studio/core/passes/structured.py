@@ -15,6 +15,7 @@ import numpy as np
 from pydantic import Field
 
 from ..errors import StudioError
+from ..training import drain
 from . import targets as tg
 from .base import Context, Pass, PassConfig, PassResult, conversion_notes
 from .onnx_torch import constant_matmuls
@@ -330,6 +331,17 @@ def prune_module(module, example, ratio, importance="l2", scope="per_layer", rou
     groups. A group whose pruning fails (or, with `check_each`, after which the model no longer
     runs) is undone and left out. Returns [(root layer name, reason)] of the groups left out.
     Raises GroupFailed (module half-pruned) only when such a group cannot be undone."""
+    return drain(prune_module_steps(module, example, ratio, importance, scope, round_to, ignored_names,
+                                    prune_heads, grads, cancel, check_each))
+
+
+def prune_module_steps(module, example, ratio, importance="l2", scope="per_layer", round_to=1,
+                       ignored_names=(), prune_heads=False, grads=None, cancel=None, check_each=False,
+                       groups_hint: int | None = None, counted: dict | None = None):
+    """prune_module as a generator of (fraction, message): once the dependency graph is built and
+    after every channel group (their number is known only at the end: `groups_hint`, or the
+    prunable layers, stands in for it; `counted["groups"]` gets it); `cancel()` is polled between
+    all of them."""
     import torch
 
     names = {m: n for n, m in module.named_modules()}
@@ -362,14 +374,22 @@ def prune_module(module, example, ratio, importance="l2", scope="per_layer", rou
             head_pruning_ratio=ratio if prune_heads else 0.0,
         )
     pruner.skipped = []
+    if cancel is not None:
+        cancel()
+    expected = max(1, groups_hint or sum(1 for _, m in _weight_layers(module) if m not in ignored))
+    yield 0.05, "dependency graph built"
     if importance == "taylor":
         module.zero_grad()
         grads(module)
     left_out = []
     heads_ok = dict(num_heads)  # head counts after the last group that pruned cleanly
+    done = 0
     for group in pruner.step(interactive=True):
         if cancel is not None:
             cancel()
+        if done:
+            yield 0.05 + 0.9 * min(done / expected, 0.99), f"channel group {done} of about {expected}"
+        done += 1
         root = names.get(group[0].dep.target.module, "?")
         undo = _snapshot(group, [m for m, _, _ in attention])
         try:
@@ -402,6 +422,8 @@ def prune_module(module, example, ratio, importance="l2", scope="per_layer", rou
     for m in mhas:
         vars(m).pop("out_features", None)
     module.zero_grad(set_to_none=True)
+    if counted is not None:
+        counted["groups"] = done  # what a second attempt of prune_leaving_out_steps expects
     return [(names.get(m, "?"), reason) for m, reason in pruner.skipped] + left_out
 
 
@@ -501,26 +523,61 @@ def _sync_attention(module, attention, num_heads) -> None:
     _update_attention(attention, num_heads)
 
 
+def scaled(steps, start: float, end: float, prefix: str = ""):
+    """The (fraction, message) steps of `steps` mapped into [start, end], each message after
+    `prefix`; returns its result."""
+    while True:
+        try:
+            fraction, message = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        yield start + (end - start) * fraction, prefix + message
+
+
 def prune_leaving_out(module, example, ratio, importance="l2", scope="per_layer", round_to=1,
                       ignored_names=(), prune_heads=False, grads=None, cancel=None, attempts=6):
     """A pruned copy of `module` and the layers left out [(name, reason)]: a channel group that
     breaks Torch-Pruning or the pruned model is undone and named, so one odd layer never stops
     the rest from shrinking. The first try checks only the end result; if that does not run, a
-    second one from the original runs the model after every group to find the ones that break it."""
+    second one from the original runs the model after every group to find the ones that break it.
+    `module` itself is never changed (each try prunes a copy), cancelled or not."""
+    return drain(prune_leaving_out_steps(module, example, ratio, importance, scope, round_to, ignored_names,
+                                         prune_heads, grads, cancel, attempts))
+
+
+def prune_leaving_out_steps(module, example, ratio, importance="l2", scope="per_layer", round_to=1,
+                            ignored_names=(), prune_heads=False, grads=None, cancel=None, attempts=6):
+    """prune_leaving_out as a generator of (fraction, message), `cancel()` polled between every
+    step: a try that checks only the end result takes the next 30 % of what is left, one that
+    runs the model after every group (a forward per group: most of YOLOv8n's minute) 80 %."""
     import copy
 
     import torch
 
     left: list[tuple[str, str]] = []
     check_each = False
-    for _ in range(attempts):
+    start, groups = 0.0, None
+    for attempt in range(attempts):
+        if cancel is not None:
+            cancel()
+        share = (1.0 - start) * (0.8 if check_each else 0.3)
+        what = "again, running the model after each group" if check_each else ("again" if attempt else "")
+        yield start, f"pruning{' ' + what if what else ''}: building the dependency graph"
         trial = copy.deepcopy(module)
+        counted: dict = {}
+        steps = prune_module_steps(trial, example, ratio, importance, scope, round_to,
+                                   [*ignored_names, *(n for n, _ in left)], prune_heads, grads, cancel, check_each,
+                                   groups_hint=groups, counted=counted)
         try:
-            skipped = prune_module(trial, example, ratio, importance, scope, round_to,
-                                   [*ignored_names, *(n for n, _ in left)], prune_heads, grads, cancel, check_each)
+            skipped = yield from scaled(steps, start, start + share, f"pruning{' ' + what if what else ''}: ")
         except GroupFailed as failed:  # could not be undone: start again without that layer
             left.append((failed.name, failed.reason))
+            start += share
             continue
+        groups = counted.get("groups") or groups
+        start += share
+        if cancel is not None:
+            cancel()
         try:
             with torch.no_grad():
                 trial(*as_args(example))
@@ -608,8 +665,9 @@ class StructuredPrune(Pass[StructuredConfig]):
 
         params_before = sum(p.numel() for p in module.parameters())
         try:
-            module, left_out = prune_leaving_out(module, example, cfg.ratio, cfg.importance, cfg.scope, cfg.round_to,
-                                                 sorted(ignored), cfg.prune_heads, grads, context.check_cancelled)
+            module, left_out = yield from scaled(
+                prune_leaving_out_steps(module, example, cfg.ratio, cfg.importance, cfg.scope, cfg.round_to,
+                                        sorted(ignored), cfg.prune_heads, grads, context.check_cancelled), 0.05, 0.3)
         except StudioError:
             raise
         except Exception as exc:  # a model Torch-Pruning cannot trace

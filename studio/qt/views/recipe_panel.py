@@ -382,7 +382,7 @@ class RecipePanel(QWidget):
                 return
             key = path
         elif key == "folder":
-            path = QFileDialog.getExistingDirectory(self, "Image folder (one sub-folder per class)")
+            path = QFileDialog.getExistingDirectory(self, "Image folder (one sub-folder per class, or images alone)")
             if not path:
                 return
             key = path
