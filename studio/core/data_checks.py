@@ -275,7 +275,7 @@ def list_images(root: Path, classes: list[str], suffixes: set[str], bound: int) 
         files = []
         with os.scandir(root / cls) as entries:
             for entry in entries:
-                if Path(entry.name).suffix.lower() in suffixes:
+                if not entry.name.startswith(".") and Path(entry.name).suffix.lower() in suffixes:
                     files.append(Path(entry.path))
                     if len(found) + len(files) > bound:
                         raise StudioError(f"{root}: more than {bound:,} images; at most {bound:,} are "
@@ -287,10 +287,13 @@ def list_images(root: Path, classes: list[str], suffixes: set[str], bound: int) 
 def folder_contents(root: Path, suffixes: set[str], bound: int) -> tuple[list[str], list[Path]]:
     """(subfolder names, loose image files) directly in `root`, both sorted; nothing below it is
     listed and nothing outside it is named (entries are the folder's own). Refused as soon as more
-    than `bound` loose images are seen."""
+    than `bound` loose images are seen. Hidden entries (.ipynb_checkpoints, macOS's ._photo.jpg
+    resource forks) are neither classes nor images."""
     folders, images = [], []
     with os.scandir(root) as entries:
         for entry in entries:
+            if entry.name.startswith("."):
+                continue
             if entry.is_dir():  # symlinks followed, as for the class folders
                 folders.append(entry.name)
             elif Path(entry.name).suffix.lower() in suffixes:  # opened later only if a regular file

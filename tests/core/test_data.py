@@ -122,6 +122,22 @@ def test_a_folder_with_both_subfolders_and_loose_images_is_refused_in_one_line(t
         from_image_folder(empty, (1, 3, 16, 16))
 
 
+def test_hidden_entries_are_neither_classes_nor_images(tmp_path):
+    """A notebook's .ipynb_checkpoints is not a class, and macOS's ._photo.jpg (a resource fork,
+    not an image) is not read: both in a flat folder and in class folders."""
+    write_photo_crops(tmp_path / "flat", 4)
+    (tmp_path / "flat" / ".ipynb_checkpoints").mkdir()
+    (tmp_path / "flat" / "._000.jpg").write_bytes(b"\x00\x05\x16\x07 not an image")
+    flat = from_image_folder(tmp_path / "flat", (1, 3, 16, 16))
+    assert not flat.labelled and len(flat.x_train) + len(flat.x_test) == 4
+    for cls in ("cats", "dogs"):
+        write_photo_crops(tmp_path / "classes" / cls, 4)
+        (tmp_path / "classes" / cls / "._001.png").write_bytes(b"\x00\x05\x16\x07")
+    (tmp_path / "classes" / ".ipynb_checkpoints").mkdir()
+    labelled = from_image_folder(tmp_path / "classes", (1, 3, 16, 16))
+    assert labelled.classes == ["cats", "dogs"] and len(labelled.x_train) + len(labelled.x_test) == 8
+
+
 def test_a_detector_on_unlabelled_photos_is_judged_by_output_fidelity(tmp_path):
     """A detector-like model (a feature map out, not class scores) measured on a flat folder of
     photos: no accuracy, no agreement; the quality is the cosine of its outputs to the original's."""
