@@ -261,7 +261,8 @@ def test_a_recurrent_state_on_axis_1_exports_for_a_phone(tmp_path):
 
 
 def test_litert_refusing_an_int8_op_is_one_line_naming_it():
-    """What LiteRT said of YOLOv8n's INT8 file (its DFL softmax): one line, the op, the way out."""
+    """What LiteRT said of an INT8 file whose softmax was quantized (YOLOv8n's DFL softmax, before
+    softmax stayed float): one line, the op, the way out."""
     said = ("the written file does not run: tflite/kernels/activations.cc:560 output->params.scale not near "
             "1.f / 256 (0.000245 != 0.003906)Node number 248 (SOFTMAX) failed to prepare.")
     line = export._litert_refusal("tflite_int8", said)
