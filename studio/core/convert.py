@@ -228,18 +228,24 @@ WRITE_WHOLE_UNDER = 16 << 20  # a ModelProto smaller than this is written from o
 
 
 def _part(source, keep):
-    """A message of `source`'s type with copies of the set fields whose number `keep` accepts."""
+    """A message of `source`'s type with copies of the set fields whose number `keep` accepts.
+    A field it leaves out is not read (ListFields hands out every field's value: a tensor's
+    raw_data copied whole, 94 MB on BERT-base's word embedding, the GIL held ~100 ms)."""
     target = type(source)()
-    for field, value in source.ListFields():
+    for field in source.DESCRIPTOR.fields:
         if not keep(field.number):
             continue
         repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
         if repeated:
-            getattr(target, field.name).extend(value)
+            value = getattr(source, field.name)
+            if len(value):
+                getattr(target, field.name).extend(value)
+        elif not source.HasField(field.name):
+            continue
         elif field.message_type is not None:
-            getattr(target, field.name).CopyFrom(value)
+            getattr(target, field.name).CopyFrom(getattr(source, field.name))
         else:
-            setattr(target, field.name, value)
+            setattr(target, field.name, getattr(source, field.name))
     return target
 
 
