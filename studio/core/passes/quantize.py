@@ -622,7 +622,7 @@ class _Trial:
 
     def run(self, s: Setting, change: str, report=None) -> dict:
         """report(done, total): called by the calibration reader after each batch (see _reporting)."""
-        from .quantize_child import quantize_in_child
+        from .quantize_child import load_written, quantize_in_child
 
         start = time.perf_counter()
         reused = (s.method, s.samples) in self.calibrated
@@ -637,12 +637,13 @@ class _Trial:
         exclude += s.float_nodes
         notes = _PerTensorNotes()
         # in a child process: quantize_static holds the GIL for most of its run (the window froze 200 ms a save)
-        notes.weights = quantize_in_child(
+        written = quantize_in_child(
             {"input": str(self.pre), "output": str(self.out), "cache": str(ranges), "per_channel": s.per_channel,
              "reduce_range": s.reduce_range, "activations": s.activations, "op_types": op_types,
              "nodes_to_exclude": list(dict.fromkeys(exclude)), "method": s.method},
             self.context.cancel_event)
-        proto = _load(self.out)
+        notes.weights = written["weights"]
+        proto = load_written(self.out, written)  # not parsed whole here: that held the GIL ~80 ms (BERT-base)
         if report is not None:
             report(None, len(self.x_val))  # calibrated: now the comparison with the float stage
         # from the file just written and read: the model as the proto holds it, not serialized again

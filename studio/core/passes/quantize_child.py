@@ -60,10 +60,11 @@ def quantize_file(request: dict, notes: logging.Filter | None = None) -> None:
             logging.getLogger().removeFilter(notes)
 
 
-def quantize_in_child(request: dict, cancel: threading.Event | None = None) -> list[str]:
-    """quantize_file(request) in a child process; returns the weights of the per-tensor notes
-    (quantize._PerTensorNotes) it kept off the terminal, in order. Cancelled when `cancel` is set
-    (the child is killed); StudioError in one line when onnxruntime fails or the child dies."""
+def quantize_in_child(request: dict, cancel: threading.Event | None = None) -> dict:
+    """quantize_file(request) in a child process; returns {"weights": the weights of the per-tensor
+    notes (quantize._PerTensorNotes) it kept off the terminal, in order, "located" and "skeleton":
+    see load_written}. Cancelled when `cancel` is set (the child is killed); StudioError in one line
+    when onnxruntime fails or the child dies."""
     with tempfile.TemporaryDirectory(prefix="studio-quantize-") as folder:
         asked, reply = Path(folder) / "request.json", Path(folder) / "reply.json"
         asked.write_text(json.dumps({**request, "reply": str(reply)}))
@@ -88,6 +89,9 @@ def quantize_in_child(request: dict, cancel: threading.Event | None = None) -> l
                     proc.wait(10)
         try:
             answer = json.loads(reply.read_text())
+            skeleton = Path(folder) / "skeleton.onnx"
+            if "located" in answer and skeleton.exists():
+                answer["skeleton"] = skeleton.read_bytes()
         except (OSError, ValueError):
             answer = None
     if answer is None or code != 0:
@@ -98,12 +102,41 @@ def quantize_in_child(request: dict, cancel: threading.Event | None = None) -> l
         raise StudioError(f"onnxruntime's quantizer stopped ({how}) before it wrote the INT8 model")
     if "error" in answer:
         raise StudioError(answer["error"])
-    return list(answer["weights"])
+    return answer
+
+
+def load_written(path: Path, answer: dict):
+    """The INT8 model quantize_in_child wrote to `path`, as onnx.load reads it, without one parse of
+    the whole file in this process (it held the GIL ~80 ms for BERT-base's INT8 model): the child
+    sent the model without its big initializers' bytes ("skeleton") and where those lie in the file
+    ("located"), read here one tensor at a time as the window's own load does (onnx_child)."""
+    import onnx
+
+    if "skeleton" not in answer:
+        return onnx.load(str(path))
+    from ..io.onnx_child import from_reply
+
+    return from_reply(Path(path), {"external": False, "located": answer["located"]}, answer["skeleton"])[0]
+
+
+def _skeleton(path: Path, folder: Path) -> dict:
+    """The written model without its big initializers' bytes, to `folder`/skeleton.onnx, and
+    {"located": where those bytes lie in `path`}; {} when the file is not plain to the walk."""
+    from ..io.onnx_child import locate, parse_reduced
+
+    reduced = parse_reduced(path)
+    if reduced is None:
+        return {}
+    proto, ranges = reduced
+    located = locate(proto, path, ranges)
+    (folder / "skeleton.onnx").write_bytes(proto.SerializeToString())
+    return {"located": located}
 
 
 def child_main(argv: list[str]) -> int:
     """`studio _quantize REQUEST`: quantize_file(REQUEST's JSON), the outcome written to its
-    "reply" file: {"weights": [...]} or {"error": its first line}."""
+    "reply" file: {"weights": [...], "located": [...]} (and skeleton.onnx beside it: see
+    load_written) or {"error": its first line}."""
     from .quantize import _PerTensorNotes
 
     request = json.loads(Path(argv[0]).read_text())
@@ -113,5 +146,8 @@ def child_main(argv: list[str]) -> int:
         answer: dict = {"weights": notes.weights}
     except Exception as exc:  # noqa: BLE001 - onnxruntime's own classes: one line to the parent
         answer = {"error": (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]}
+    if "error" not in answer:
+        with contextlib.suppress(Exception):  # the parent then reads the whole file itself
+            answer.update(_skeleton(Path(request["output"]), Path(request["reply"]).parent))
     Path(request["reply"]).write_text(json.dumps(answer))
     return 0
