@@ -508,6 +508,10 @@ def main(argv: list[str] | None = None) -> int:
         from studio.core.memory import child_main
 
         return child_main(argv[1:])
+    if argv and argv[0] == "_quantize":  # internal: onnxruntime's quantize_static for the INT8 pass's try
+        from studio.core.passes.quantize_child import child_main
+
+        return child_main(argv[1:])
     parser = build_parser()
     if argv and argv[0] not in parser.commands and not argv[0].startswith("-") and Path(argv[0]).exists():
         argv = ["gui", *argv]  # `studio model.onnx` opens the window on it, as a file manager would

@@ -197,8 +197,12 @@ def count_parameters(proto) -> tuple[int, int]:
         if arr.size <= 1 and name not in weight_inputs:
             continue  # scalar constants (epsilons, exponents) are not parameters
         params += arr.size
-        nonzeros += int(np.count_nonzero(arr))
+        flat = arr.reshape(-1)  # counted in slices: one count_nonzero holds the GIL (~20 ms on 94 MB)
+        nonzeros += sum(int(np.count_nonzero(flat[i:i + COUNT_SLICE])) for i in range(0, flat.size, COUNT_SLICE))
     return params, nonzeros
+
+
+COUNT_SLICE = 1 << 20  # values a nonzero count takes at once (count_parameters)
 
 
 def parameter_count(model: Model) -> tuple[int, int]:

@@ -42,6 +42,18 @@ def test_quantization_scales_are_not_parameters():
     assert count_parameters(helper.make_model(graph)) == (4, 2)
 
 
+def test_nonzeros_of_a_big_weight_are_counted_in_slices():
+    """count_parameters counts a weight over one slice (2^20 values) slice by slice: the same count."""
+    values = np.ones((3, 1 << 20), np.float32)
+    values[0, :7] = 0
+    values[2, -5:] = 0  # in the last slice
+    w = numpy_helper.from_array(values, "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1 << 20])], [w])
+    assert count_parameters(helper.make_model(graph)) == (3 << 20, (3 << 20) - 12)
+
+
 def test_zipped_size_in_chunks_is_the_size_of_the_archive_writestr_makes():
     """zipped_size compresses in 16 MB chunks into a sink that keeps no bytes (the archive of a
     440 MB model of random weights was another 400 MB in memory): the count is the size of the

@@ -187,6 +187,63 @@ def test_write_model_writes_the_bytes_of_save_model(tmp_path):
     assert 0 < weight_bytes(proto) <= saved.stat().st_size
 
 
+def _big_tensor_model():
+    """A model with tensors over write_model's slice size (4 MB): float32 and float16, one with a
+    field after raw_data (doc_string), and a small one."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    emb = numpy_helper.from_array(rng.random((3000, 512), dtype=np.float32), "emb")  # 6 MB
+    emb.doc_string = "a field after raw_data"
+    half = numpy_helper.from_array(rng.random((2100, 1024)).astype(np.float16), "half")  # 4.3 MB
+    small = numpy_helper.from_array(np.ones(4, np.float32), "small")
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["emb", "ids"], ["y"]), helper.make_node("Gather", ["half", "ids"], ["z"])],
+        "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None), helper.make_tensor_value_info("z", TensorProto.FLOAT16, None)],
+        initializer=[small, emb, half])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.doc_string = "after the graph"
+    model.metadata_props.add(key="k", value="v")
+    return model
+
+
+def test_write_model_writes_big_tensors_as_save_model_does(tmp_path, monkeypatch):
+    """The raw bytes of a tensor over 4 MB are written by write_model itself (their length from
+    the dims, in slices: protobuf held the GIL for the whole tensor to size and serialize it):
+    the file is onnx.save_model's byte for byte; a tensor whose raw bytes do not match its dims
+    is written as protobuf writes it; so is a model whose tensors are external data."""
+    from studio.core import convert
+    from studio.core.convert import write_model
+
+    monkeypatch.setattr(convert, "WRITE_WHOLE_UNDER", 0)  # the streamed path for a 10 MB model
+    model = _big_tensor_model()
+    onnx.save_model(model, str(tmp_path / "saved.onnx"))
+    write_model(model, tmp_path / "written.onnx")
+    assert (tmp_path / "written.onnx").read_bytes() == (tmp_path / "saved.onnx").read_bytes()
+    assert session(str(tmp_path / "written.onnx")).run(None, {"ids": np.array([0, 5, 2099])})[0].shape == (3, 512)
+
+    model.graph.initializer[1].raw_data = model.graph.initializer[1].raw_data[:-4]  # shorter than its dims say
+    onnx.save_model(model, str(tmp_path / "saved.onnx"))
+    write_model(model, tmp_path / "written.onnx")
+    assert (tmp_path / "written.onnx").read_bytes() == (tmp_path / "saved.onnx").read_bytes()
+
+    # external data: the model's tensors point into a sidecar, one of them read back into the proto
+    from onnx.external_data_helper import load_external_data_for_tensor
+
+    onnx.save_model(_big_tensor_model(), str(tmp_path / "ext.onnx"), save_as_external_data=True,
+                    location="ext.onnx.data", size_threshold=1024)
+    external = onnx.load(str(tmp_path / "ext.onnx"), load_external_data=False)
+    assert [t.data_location for t in external.graph.initializer] == [0, 1, 1]
+    load_external_data_for_tensor(external.graph.initializer[2], str(tmp_path))
+    external.graph.initializer[2].data_location = onnx.TensorProto.DEFAULT
+    del external.graph.initializer[2].external_data[:]
+    onnx.save_model(external, str(tmp_path / "saved-ext.onnx"))
+    write_model(external, tmp_path / "written-ext.onnx")
+    assert (tmp_path / "written-ext.onnx").read_bytes() == (tmp_path / "saved-ext.onnx").read_bytes()
+    assert session(str(tmp_path / "written-ext.onnx")).run(None, {"ids": np.array([1, 2, 3])})[1].shape == (3, 1024)
+
+
 def test_model_bytes_counts_as_bytesize(tmp_path):
     """convert.model_bytes counts part by part (upb's ByteSize serializes the whole model): the same number."""
     from studio.core import convert

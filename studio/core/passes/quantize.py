@@ -573,14 +573,6 @@ class _Ahead:
         return getattr(self.sess, name)
 
 
-def _method(name: str):
-    """onnxruntime's CalibrationMethod for the config's name."""
-    from onnxruntime.quantization import CalibrationMethod
-
-    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-            "percentile": CalibrationMethod.Percentile}[name]
-
-
 class _PerTensorNotes(logging.Filter):
     """onnxruntime's QDQ quantizer warns on the root logger, once per 1-D weight (a LayerNorm's
     scale, say), that per-channel does not apply and the weight is quantized per tensor: what
@@ -630,7 +622,7 @@ class _Trial:
 
     def run(self, s: Setting, change: str, report=None) -> dict:
         """report(done, total): called by the calibration reader after each batch (see _reporting)."""
-        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+        from .quantize_child import load_written, quantize_in_child
 
         start = time.perf_counter()
         reused = (s.method, s.samples) in self.calibrated
@@ -644,20 +636,14 @@ class _Trial:
             exclude += self.facts.groups.get(group, [])
         exclude += s.float_nodes
         notes = _PerTensorNotes()
-        logging.getLogger().addFilter(notes)
-        try:
-            quantize_static(
-                str(self.pre), str(self.out), None,
-                quant_format=QuantFormat.QDQ, per_channel=s.per_channel, reduce_range=s.reduce_range,
-                activation_type=QuantType.QUInt8 if s.activations == "uint8" else QuantType.QInt8,
-                weight_type=QuantType.QInt8, op_types_to_quantize=op_types, nodes_to_exclude=list(dict.fromkeys(exclude)),
-                calibrate_method=_method(s.method),
-                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-                calibration_cache_path=str(ranges),
-            )
-        finally:
-            logging.getLogger().removeFilter(notes)
-        proto = _load(self.out)
+        # in a child process: quantize_static holds the GIL for most of its run (the window froze 200 ms a save)
+        written = quantize_in_child(
+            {"input": str(self.pre), "output": str(self.out), "cache": str(ranges), "per_channel": s.per_channel,
+             "reduce_range": s.reduce_range, "activations": s.activations, "op_types": op_types,
+             "nodes_to_exclude": list(dict.fromkeys(exclude)), "method": s.method},
+            self.context.cancel_event)
+        notes.weights = written["weights"]
+        proto = load_written(self.out, written)  # not parsed whole here: that held the GIL ~80 ms (BERT-base)
         if report is not None:
             report(None, len(self.x_val))  # calibrated: now the comparison with the float stage
         # from the file just written and read: the model as the proto holds it, not serialized again

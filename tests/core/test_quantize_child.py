@@ -1,0 +1,74 @@
+"""onnxruntime's quantize_static runs in a child process for the INT8 pass's tries (the window's
+UI thread froze while it held the GIL): the INT8 file is the one it writes in-process, an error
+comes back in one line, and a cancel ends the child."""
+
+import threading
+import time
+
+import onnx
+import pytest
+
+from studio.core import zoo
+from studio.core.convert import to_onnx_proto
+from studio.core.data import random_inputs
+from studio.core.errors import Cancelled, StudioError
+from studio.core.passes.base import Context
+from studio.core.passes.quantize import _calibrator, _graph_facts, _pre_process, calibration_reader
+from studio.core.passes.quantize_child import load_written, quantize_file, quantize_in_child
+
+
+def _prepared(tmp_path, name="cnn"):
+    """A pre-processed float model and a min-max calibration cache of it, as the pass makes them."""
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    model = zoo.load(name)
+    proto = to_onnx_proto(model)
+    onnx.save_model(proto, str(tmp_path / "fp32.onnx"))
+    pre, pre_proto = _pre_process(tmp_path / "fp32.onnx", tmp_path / "pre.onnx")
+    data = random_inputs(model.input_shape, 16)
+    x = data.shaped(data.x_train, model.input_shape)
+    calibrator = _calibrator(pre, sorted(_graph_facts(pre_proto).quantizable), tmp_path / "augmented.onnx", "minmax")
+    calibrator.collect_data(calibration_reader(proto, x, 8, Context(data=data)))
+    save_tensors_data(calibrator.compute_data(), tmp_path / "ranges.json")
+    return pre, tmp_path / "ranges.json"
+
+
+def _request(pre, cache, out, **changes):
+    return {"input": str(pre), "output": str(out), "cache": str(cache), "per_channel": True, "reduce_range": False,
+            "activations": "uint8", "op_types": None, "nodes_to_exclude": [], "method": "minmax", **changes}
+
+
+def test_the_child_writes_the_bytes_quantize_static_writes_in_process(tmp_path):
+    pre, cache = _prepared(tmp_path)
+    for changes in ({}, {"activations": "int8", "per_channel": False, "reduce_range": True}):
+        quantize_file(_request(pre, cache, tmp_path / "here.onnx", **changes))
+        answer = quantize_in_child(_request(pre, cache, tmp_path / "child.onnx", **changes))
+        assert answer["weights"] == []
+        here = (tmp_path / "here.onnx").read_bytes()
+        assert len(here) > 1000 and (tmp_path / "child.onnx").read_bytes() == here
+        # the model read back without a whole parse here: the big weights from the file, one at a time
+        assert answer["located"] and answer["skeleton"] and len(answer["skeleton"]) < len(here)
+        proto = load_written(tmp_path / "child.onnx", answer)
+        assert proto.SerializeToString() == onnx.load(str(tmp_path / "child.onnx")).SerializeToString()
+        assert any(n.op_type == "DequantizeLinear" for n in proto.graph.node)
+
+
+def test_an_error_in_the_child_is_one_line(tmp_path):
+    pre, cache = _prepared(tmp_path)
+    (tmp_path / "broken.onnx").write_bytes(b"\x08\x07not a model at all")
+    with pytest.raises(StudioError) as raised:
+        quantize_in_child(_request(tmp_path / "broken.onnx", cache, tmp_path / "out.onnx"))
+    assert "\n" not in str(raised.value) and str(raised.value)
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_a_cancel_kills_the_child(tmp_path):
+    pre, cache = _prepared(tmp_path)
+    cancel = threading.Event()
+    threading.Timer(0.2, cancel.set).start()  # the child is still importing onnxruntime (~1 s)
+    began = time.perf_counter()
+    with pytest.raises(Cancelled):
+        quantize_in_child(_request(pre, cache, tmp_path / "out.onnx"), cancel)
+    assert time.perf_counter() - began < 1.0  # not waited out
+    time.sleep(3)  # a child still alive would have written its model by now
+    assert not (tmp_path / "out.onnx").exists()
