@@ -72,3 +72,20 @@ def test_a_cancel_kills_the_child(tmp_path):
     assert time.perf_counter() - began < 1.0  # not waited out
     time.sleep(3)  # a child still alive would have written its model by now
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_a_small_model_is_quantized_here_and_a_big_one_in_the_child(tmp_path, monkeypatch):
+    """The child's start (its imports: 1-2 s) is paid only where the GIL matters: a model over
+    CHILD_OVER bytes. Either way the same file and the same answer's weights."""
+    from studio.core.passes import quantize_child
+
+    pre, cache = _prepared(tmp_path)
+    assert pre.stat().st_size < quantize_child.CHILD_OVER
+    here = quantize_child.quantize(_request(pre, cache, tmp_path / "here.onnx"))
+    assert "located" not in here and here["weights"] == []  # no child: no skeleton sent
+    monkeypatch.setattr(quantize_child, "CHILD_OVER", pre.stat().st_size - 1)
+    child = quantize_child.quantize(_request(pre, cache, tmp_path / "child.onnx"))
+    assert child["located"] and child["weights"] == []
+    assert (tmp_path / "child.onnx").read_bytes() == (tmp_path / "here.onnx").read_bytes()
+    proto = load_written(tmp_path / "here.onnx", here)
+    assert proto.SerializeToString() == onnx.load(str(tmp_path / "here.onnx")).SerializeToString()

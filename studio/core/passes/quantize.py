@@ -622,7 +622,7 @@ class _Trial:
 
     def run(self, s: Setting, change: str, report=None) -> dict:
         """report(done, total): called by the calibration reader after each batch (see _reporting)."""
-        from .quantize_child import load_written, quantize_in_child
+        from .quantize_child import load_written, quantize
 
         start = time.perf_counter()
         reused = (s.method, s.samples) in self.calibrated
@@ -636,8 +636,9 @@ class _Trial:
             exclude += self.facts.groups.get(group, [])
         exclude += s.float_nodes
         notes = _PerTensorNotes()
-        # in a child process: quantize_static holds the GIL for most of its run (the window froze 200 ms a save)
-        written = quantize_in_child(
+        # a big model's in a child process: quantize_static holds the GIL for most of its run (the window
+        # froze 200 ms a save on BERT-base)
+        written = quantize(
             {"input": str(self.pre), "output": str(self.out), "cache": str(ranges), "per_channel": s.per_channel,
              "reduce_range": s.reduce_range, "activations": s.activations, "op_types": op_types,
              "nodes_to_exclude": list(dict.fromkeys(exclude)), "method": s.method},
