@@ -34,15 +34,22 @@ def test_ram_grows_with_the_weights_the_model_holds():
 
 def test_run_measures_ram_per_stage_and_the_table_shows_it(demo_mlp, digits_data):
     recipe = Recipe([RecipeStep("quantize.int8_static", {"calibration_samples": 32})])
-    progress = []
+    progress, messages = [], []
     gen = pipeline.run(demo_mlp, recipe, digits_data, latency_batches=(), measure_ram=True)
     while True:
         try:
-            progress.append(next(gen).overall)
+            step = next(gen)
         except StopIteration as stop:
             run = stop.value
             break
+        progress.append(step.overall)
+        messages.append(step.message)
     assert progress == sorted(progress), "the bar went backwards"
+    # the original's RAM child runs before the pass builds the INT8 stage (this process then holds the
+    # original alone, not every stage beside the child), and only once
+    ram_at = messages.index("measuring the original model: RAM, in a fresh process")
+    assert ram_at < next(i for i, m in enumerate(messages) if m.startswith("quantize.int8_static"))
+    assert [m for m in messages if m.startswith("RAM of stage")] == ["RAM of stage 1, in a fresh process"]
     rams = [s.measurement.ram_bytes for s in run.stages]
     assert all(r is not None and r > 0 for r in rams), rams
     table = stage_table(run)
