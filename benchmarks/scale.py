@@ -170,7 +170,7 @@ def phase_of(message: str) -> str:
     calibrating', batch counts and time left dropped); the RAM children and the export's steps as one each."""
     parts = [p.strip() for p in message.split(":")]
     head = parts[0]
-    if head.startswith("RAM of stage"):
+    if head.startswith("RAM of stage") or message.endswith("RAM, in a fresh process"):  # the original's: before its pass
         return "RAM of each stage (a fresh process each)"
     if head.startswith(("writing ", "verif")):
         return "export: writing and verifying the file"
