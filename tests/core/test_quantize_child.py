@@ -74,17 +74,19 @@ def test_a_cancel_kills_the_child(tmp_path):
     assert not (tmp_path / "out.onnx").exists()
 
 
-def test_a_small_model_is_quantized_here_and_a_big_one_in_the_child(tmp_path, monkeypatch):
-    """The child's start (its imports: 1-2 s) is paid only where the GIL matters: a model over
-    CHILD_OVER bytes. Either way the same file and the same answer's weights."""
+def test_a_small_model_is_quantized_here_and_a_big_one_in_the_child(tmp_path):
+    """The child's start (its imports: 1-2 s) is paid only where the GIL matters: weights over
+    CHILD_OVER bytes, counted from the model (the pre-processed file keeps them in a sidecar, so
+    its own size says nothing). Either way the same file and the same answer's weights."""
+    from studio.core.convert import weight_bytes
     from studio.core.passes import quantize_child
 
     pre, cache = _prepared(tmp_path)
-    assert pre.stat().st_size < quantize_child.CHILD_OVER
-    here = quantize_child.quantize(_request(pre, cache, tmp_path / "here.onnx"))
+    small = weight_bytes(onnx.load(str(pre)))
+    assert 0 < small < quantize_child.CHILD_OVER
+    here = quantize_child.quantize(_request(pre, cache, tmp_path / "here.onnx"), small)
     assert "located" not in here and here["weights"] == []  # no child: no skeleton sent
-    monkeypatch.setattr(quantize_child, "CHILD_OVER", pre.stat().st_size - 1)
-    child = quantize_child.quantize(_request(pre, cache, tmp_path / "child.onnx"))
+    child = quantize_child.quantize(_request(pre, cache, tmp_path / "child.onnx"), quantize_child.CHILD_OVER + 1)
     assert child["located"] and child["weights"] == []
     assert (tmp_path / "child.onnx").read_bytes() == (tmp_path / "here.onnx").read_bytes()
     proto = load_written(tmp_path / "here.onnx", here)

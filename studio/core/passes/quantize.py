@@ -646,7 +646,7 @@ class _Trial:
             {"input": str(self.pre), "output": str(self.out), "cache": str(ranges), "per_channel": s.per_channel,
              "reduce_range": s.reduce_range, "activations": s.activations, "op_types": op_types,
              "nodes_to_exclude": list(dict.fromkeys(exclude)), "method": s.method},
-            self.context.cancel_event)
+            weight_bytes(self.proto), self.context.cancel_event)
         notes.weights = written["weights"]
         proto = load_written(self.out, written)  # not parsed whole here: that held the GIL ~80 ms (BERT-base)
         if report is not None:

@@ -66,11 +66,12 @@ def quantize_file(request: dict, notes: logging.Filter | None = None) -> None:
 CHILD_OVER = 32 * 2**20
 
 
-def quantize(request: dict, cancel: threading.Event | None = None) -> dict:
-    """quantize_file(request): in a child (quantize_in_child) for a model over CHILD_OVER bytes,
-    here for a smaller one; the same answer either way ({"weights": [...]}; load_written reads
-    the file)."""
-    if Path(request["input"]).stat().st_size > CHILD_OVER:
+def quantize(request: dict, weights: int, cancel: threading.Event | None = None) -> dict:
+    """quantize_file(request): in a child (quantize_in_child) for a model whose weights hold over
+    CHILD_OVER bytes (`weights`: convert.weight_bytes; not the input file's size, which for a
+    pre-processed model is only its graph, the weights being in its sidecar), here for a smaller
+    one; the same answer either way ({"weights": [...]}; load_written reads the file)."""
+    if weights > CHILD_OVER:
         return quantize_in_child(request, cancel)
     from .quantize import _PerTensorNotes
 
