@@ -37,8 +37,6 @@ def model_file(folder, external=False):
                                 rng.standard_normal(1600).astype(ml_dtypes.bfloat16).view(np.uint16).tobytes(), raw=True),
              helper.make_tensor("int4", TensorProto.INT4, [3001],
                                 rng.integers(0, 256, 1501).astype(np.uint8).tobytes(), raw=True)]
-    if external:  # (check_tensors counts a packed int4 sidecar tensor at a byte a value: refused)
-        inits.pop()
     nodes = [helper.make_node("Gather", ["emb", "ids"], ["e"]), helper.make_node("MatMul", ["e", "w1"], ["h"]),
              helper.make_node("MatMul", ["h", "w2"], ["y"])]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 8])],
@@ -166,3 +164,46 @@ def test_a_big_proto_gets_its_session_from_a_file_sized_without_serializing(tmp_
     assert abs(weight_bytes(proto) - proto.ByteSize()) < 1024
     x = np.arange(17 << 20, dtype=np.float32)
     assert (session(proto).run(None, {"x": x})[0] == x + 0.5).all()
+
+
+def _packed_model(folder, external: bool, short: bool = False):
+    """Identity over a sub-byte initializer of each packed type (int4, uint4, float4, int2, uint2,
+    float6: 4, 2 or 6 bits a value), each over 1 KB; `short`: the last one a byte shorter than its
+    dims need."""
+    rng = np.random.default_rng(1)
+    kinds = [(TensorProto.INT4, 4), (TensorProto.UINT4, 4), (TensorProto.FLOAT4E2M1, 4),
+             (TensorProto.INT2, 2), (TensorProto.UINT2, 2), (TensorProto.FLOAT6E2M3, 6)]
+    count = 3001  # odd: the last byte is half used
+    inits = []
+    for k, (dtype, bits) in enumerate(kinds):
+        packed = -(-count * bits // 8) - (short and k == len(kinds) - 1)
+        t = TensorProto(name=f"t{k}", data_type=dtype, dims=[count])  # (make_tensor refuses a short one)
+        t.raw_data = rng.integers(0, 256, packed).astype(np.uint8).tobytes()
+        inits.append(t)
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits)
+    path = folder / "packed.onnx"
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 25)]), str(path),
+                    save_as_external_data=external, location="packed.data", size_threshold=1024)
+    return path
+
+
+@pytest.mark.parametrize("external", [False, True], ids=["in the file", "in a sidecar"])
+@pytest.mark.parametrize("isolate", [False, True], ids=["in-process", "child parse"])
+def test_sub_byte_tensors_are_counted_packed(tmp_path, external, isolate):
+    """int4/int2/float6 values are stored packed (ceil(count * bits / 8) bytes): such a file opens,
+    its tensors equal onnx's own reading, and one a byte short is refused by name. Before, a sidecar
+    tensor was counted at a byte a value and refused, and 2- and 6-bit ones were not checked."""
+    path = _packed_model(tmp_path, external)
+    model = io.load(path, isolate=isolate)
+    full = onnx.load_model(str(path))
+    lazy = model.lazy
+    light = {t.name: t for t in model.light.graph.initializer}
+    in_file = {e[2] for e in lazy.entries.values()} if lazy is not None else set()
+    for t in full.graph.initializer:
+        got = lazy.array(light[t.name]) if t.name in in_file else numpy_helper.to_array(light[t.name])
+        assert got.tobytes() == numpy_helper.to_array(t).tobytes(), t.name
+    short = _packed_model(tmp_path, external, short=True)
+    with pytest.raises(LoadError, match="tensor 't5' claims"):
+        io.load(short, isolate=isolate)

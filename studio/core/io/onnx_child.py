@@ -164,7 +164,7 @@ def from_reply(path: Path, reply: dict, body: bytes, lazy: bool = False):
 def _check_located(proto, path: Path, located: dict, f=None) -> None:
     """Each located tensor's range against its dims and the file's size (the file may have
     changed since the child parsed it)."""
-    from .onnx_io import _itemsize
+    from .onnx_io import data_bytes
 
     inits = proto.graph.initializer
     try:
@@ -175,8 +175,8 @@ def _check_located(proto, path: Path, located: dict, f=None) -> None:
                 count = 1
                 for d in t.dims:
                     count *= d
-                item = _itemsize(t.data_type)
-                if item is None or length not in (count * item, (count + 1) // 2 if item == 1 else -1) or offset + length > size:
+                need = data_bytes(t.data_type, count)
+                if need is None or length != need or offset + length > size:
                     raise OSError(f"tensor '{t.name}' is not where it was")  # the file changed meanwhile
     except OSError as exc:  # the file changed or went away since the child parsed it
         raise LoadError(f"{path.name}: cannot read it ({exc.strerror or exc})") from None
@@ -321,7 +321,7 @@ def locate(proto, path: Path, ranges) -> list[tuple[int, int, int]]:
     load, or its external data replaces them as it does in-process."""
     from onnx import TensorProto
 
-    from .onnx_io import _itemsize
+    from .onnx_io import data_bytes
 
     located = []
     with open(path, "rb") as f:
@@ -329,12 +329,10 @@ def locate(proto, path: Path, ranges) -> list[tuple[int, int, int]]:
             if where is None:
                 continue
             offset, length = where
-            size = _itemsize(t.data_type)
             count = 1
             for d in t.dims:
                 count *= d
-            if (t.data_location == TensorProto.EXTERNAL or size is None
-                    or length not in (count * size, (count + 1) // 2 if size == 1 else -1)):
+            if t.data_location == TensorProto.EXTERNAL or length != data_bytes(t.data_type, count):
                 f.seek(offset)
                 t.raw_data = f.read(length)
                 continue

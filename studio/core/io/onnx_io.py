@@ -21,6 +21,21 @@ def _itemsize(data_type: int) -> int | None:
         return None
 
 
+# element types onnx packs below a byte: bits per value (numpy_helper's _pack_4bitx2, _pack_2bitx4,
+# _pack_6bit); every other type takes its numpy itemsize
+_PACKED_BITS = {21: 4, 22: 4, 23: 4, 25: 2, 26: 2, 27: 6, 28: 6}  # UINT4 INT4 FLOAT4E2M1 UINT2 INT2 FLOAT6E2M3 FLOAT6E3M2
+
+
+def data_bytes(data_type: int, count: int) -> int | None:
+    """The bytes onnx stores `count` values of `data_type` in (raw_data, or an external range):
+    ceil(count * bits / 8) for the packed sub-byte types; None for strings and unknown types."""
+    bits = _PACKED_BITS.get(data_type)
+    if bits is not None:
+        return -(-count * bits // 8)
+    size = _itemsize(data_type)
+    return None if size is None else count * size
+
+
 def _external_info(tensor) -> dict:
     return {e.key: e.value for e in tensor.external_data}
 
@@ -102,12 +117,12 @@ def check_tensors(proto, folder: Path, name: str, file_size: int = 0, inline: bo
             if offset < 0 or (length or 0) < 0:
                 raise LoadError(f"{name}: tensor '{t.name}' has a negative external data offset or length")
             available = target.stat().st_size - offset
-            need = count * size if size else None
+            need = data_bytes(t.data_type, count)
             if length is not None and length > available or need is not None and need > available:
                 raise LoadError(f"{name}: tensor '{t.name}' claims more bytes than {info['location']!r} holds; refused")
             # what onnx reads (`length` bytes, or up to the end of the file) must be the tensor
             read = available if length is None else length
-            if need is not None and read != need and not (size == 1 and read == (count + 1) // 2):
+            if need is not None and read != need:
                 raise LoadError(f"{name}: tensor '{t.name}' claims dims {list(t.dims)} but its external data "
                                 f"holds {read:,} bytes; refused")
             continue
@@ -131,11 +146,11 @@ def check_tensors(proto, folder: Path, name: str, file_size: int = 0, inline: bo
                     break
             if have is None:
                 have = 0
-        # sub-byte types (int4) pack two values a byte: allow either count. A tensor that claims
-        # elements but holds no bytes at all is refused too: numpy/onnxruntime would fail (or
-        # allocate the claimed size) the moment anyone reads it; so is one that claims no elements
-        # but holds bytes (numpy cannot reshape them).
-        if have != count * size and not (size == 1 and have in ((count + 1) // 2,)):
+        # raw bytes of sub-byte types (int4) are packed: data_bytes. A tensor that claims elements but
+        # holds no bytes at all is refused too: numpy/onnxruntime would fail (or allocate the claimed
+        # size) the moment anyone reads it; so is one that claims no elements but holds bytes (numpy
+        # cannot reshape them).
+        if have != data_bytes(t.data_type, count):
             raise LoadError(f"{name}: tensor '{t.name}' claims dims {list(t.dims)} but holds {have:,} bytes; refused")
     _check_sparse(proto.graph, name, file_size)
     return external
