@@ -339,8 +339,10 @@ def measure_steps(model: Model, data: Data, reference=None, proto=None, cancel=N
         # the file, once: its size, its zip (read back in chunks on another core) and the session
         # (from a file onnxruntime holds one copy of the model, from bytes three at its peak)
         path = Path(folder.name) / "model.onnx"
-        write_model(proto, path)  # the bytes of onnx_bytes(proto), a tensor at a time (no 2nd copy in memory)
-        params, nonzeros = count_parameters(proto)
+        located: dict = {}  # the big tensors' places in the file: counted from it, not copied out of the proto
+        write_model(proto, path, located)  # the bytes of onnx_bytes(proto), a tensor at a time (no 2nd copy in memory)
+        params, nonzeros = count_parameters(proto, (path, located))
+        del located
         m = Measurement(parameters=params, nonzeros=nonzeros, size_bytes=path.stat().st_size)
         zipping = _Zipping(path)  # while the MACs are counted and the model runs
         yield 0.2, "counting MACs"
