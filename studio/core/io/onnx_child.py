@@ -26,23 +26,17 @@ import contextlib
 import json
 import mmap
 import os
-import signal
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
+from ..child import command, ended, environment
 from ..errors import LoadError
 
 SPLIT_BYTES = 1024  # tensors bigger than this are read one by one in the parent (onnx's own threshold)
 TIMEOUT_S = float(os.environ.get("STUDIO_PROBE_TIMEOUT", "180"))
 MAX_FIELDS = 5_000_000  # the wire walk gives up past this many fields (the tensors then come inline)
-
-
-def _command() -> list[str]:
-    if getattr(sys, "frozen", False):  # the PyInstaller build: the executable is the studio itself
-        return [sys.executable, "_probe", "onnx_server"]
-    return [sys.executable, "-m", "studio", "_probe", "onnx_server"]
 
 
 class Parser:
@@ -64,8 +58,8 @@ class Parser:
             if not self.registered:
                 atexit.register(self.stop)
                 self.registered = True
-            self.proc = subprocess.Popen(_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+            self.proc = subprocess.Popen(command("_probe", "onnx_server"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=subprocess.DEVNULL, env=environment())
         return self.proc
 
     def stop(self) -> None:
@@ -107,11 +101,7 @@ class Parser:
             self.proc = None
             if late.is_set():
                 raise LoadError(f"{path.name}: parsing it took over {timeout:.0f} s; refused")
-            try:
-                how = signal.Signals(-code).name if code < 0 else f"exit {code}"
-            except ValueError:
-                how = f"signal {-code}"
-            raise LoadError(f"{path.name}: parsing it crashed onnx ({how}); refused")
+            raise LoadError(f"{path.name}: parsing it crashed onnx ({ended(code)}); refused")
 
 
 PARSER = Parser()

@@ -10,37 +10,27 @@ only when the child came back alive. Costs one interpreter start with torch (~2 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
+from ..child import command, ended, environment
 from ..errors import LoadError
 
 TIMEOUT_S = float(os.environ.get("STUDIO_PROBE_TIMEOUT", "180"))
 EXIT_PARSE_ERROR = 3
 
 
-def _command(fmt: str, path: Path) -> list[str]:
-    if getattr(sys, "frozen", False):  # the PyInstaller build: the executable is the studio itself
-        return [sys.executable, "_probe", fmt, str(path)]
-    return [sys.executable, "-m", "studio", "_probe", fmt, str(path)]
-
-
 def probe(fmt: str, path: Path, timeout: float = TIMEOUT_S, what: str = "torch") -> None:
     """Raise LoadError if parsing `path` as `fmt` crashes or hangs a child process. A parse that
     merely fails is left to the caller, which reports it from its own in-process attempt."""
     try:
-        result = subprocess.run(_command(fmt, path), capture_output=True, text=True, timeout=timeout,
-                                stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        result = subprocess.run(command("_probe", fmt, str(path)), capture_output=True, text=True, timeout=timeout,
+                                stdin=subprocess.DEVNULL, env=environment())
     except subprocess.TimeoutExpired:
         raise LoadError(f"{path.name}: parsing it took over {timeout:.0f} s; refused") from None
     if result.returncode < 0:
-        try:
-            name = signal.Signals(-result.returncode).name
-        except ValueError:
-            name = f"signal {-result.returncode}"
-        raise LoadError(f"{path.name}: parsing it crashed {what} ({name}); refused")
+        raise LoadError(f"{path.name}: parsing it crashed {what} ({ended(result.returncode)}); refused")
     if result.returncode not in (0, EXIT_PARSE_ERROR):
         raise LoadError(f"{path.name}: parsing it failed in a child process (exit {result.returncode}); refused")
 
