@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 import platform
 import re
+import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -534,6 +536,30 @@ def _calibrator(pre: Path, op_types: list[str], augmented: Path, method: str, st
     return calibrator
 
 
+def calibrate(pre: Path, op_types: list[str], augmented: Path, method: str, streams: int, metas, x, batch: int,
+              cache: Path, check=None, report=None) -> None:
+    """onnxruntime's calibration of the pre-processed model `pre` on samples x, `batch` at a call
+    (`streams` calls side by side: _Ahead), its ranges saved to `cache` (onnxruntime's calibration
+    cache, read by quantize_static); the same in the pass's process and in the calibration child
+    (quantize_child.ranges_in_child). check() and report(): calibration_reader's. The augmented
+    model's files are left to the caller to remove."""
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    calibrator = _calibrator(pre, op_types, augmented, method, streams)
+    reader = _reader(metas, x, batch, check, report)
+    ahead = None
+    try:
+        if streams > 1:
+            ahead = reader = _Ahead(calibrator.infer_session, reader, streams)
+            calibrator.infer_session = ahead
+        calibrator.collect_data(reader)
+        save_tensors_data(calibrator.compute_data(), cache)
+    finally:
+        if ahead is not None:
+            ahead.close()
+        del calibrator, reader, ahead
+
+
 class _Ahead:
     """The calibration reader and the calibrator's session in one, for a model whose batch the
     file fixes (BERT-base at batch 1: 256 calls): onnxruntime's collect_data asks for a batch and
@@ -646,7 +672,7 @@ class _Trial:
             {"input": str(self.pre), "output": str(self.out), "cache": str(ranges), "per_channel": s.per_channel,
              "reduce_range": s.reduce_range, "activations": s.activations, "op_types": op_types,
              "nodes_to_exclude": list(dict.fromkeys(exclude)), "method": s.method},
-            weight_bytes(self.proto), self.context.cancel_event)
+            weight_bytes(self.proto), self.context.cancel_event, getattr(report, "abandoned", None))
         notes.weights = written["weights"]
         proto = load_written(self.out, written)  # not parsed whole here: that held the GIL ~80 ms (BERT-base)
         if report is not None:
@@ -684,7 +710,7 @@ class _Trial:
         activation type, 7-bit weights, per-tensor weights or the ops kept float took a new
         calibration each (on BERT-base 4 to 5 min each). Every quantizable op type's tensors are
         calibrated, so a try that quantizes fewer ops finds its ranges among them."""
-        from onnxruntime.quantization.calibrate import save_tensors_data
+        from . import quantize_child
 
         key = (s.method, s.samples)
         path = self.out.with_name(f"ranges-{s.method}-{s.samples}.json")
@@ -697,30 +723,38 @@ class _Trial:
         # calls side by side for a pinned batch whose activations are small: each call holds every tensor of
         # the unoptimized graph (BERT-base at batch 1: ~300 MB a call; a second stream took its peak from ~1.7 to
         # 2.2 GB, over the 3x-model budget); a free batch calls with 32 already
-        per_call = HISTOGRAM_BYTES // max(1, self.histogram) * self.batch
-        streams = STREAMS if self.pinned and per_call <= STREAM_ACTIVATIONS else 1
-        calibrator = _calibrator(self.pre, sorted(self.facts.quantizable), self.out.with_name("augmented.onnx"),
-                                 s.method, streams)
-        reader = calibration_reader(self.proto, x, self.batch, self.context, report)
-        ahead = None
+        per_sample = HISTOGRAM_BYTES // max(1, self.histogram)
+        streams = STREAMS if self.pinned and per_sample * self.batch <= STREAM_ACTIVATIONS else 1
+        # the augmented model in a folder of its own: onnx.save names its weights' sidecar by a uuid
+        scratch = self.out.with_name("calibration")
+        scratch.mkdir(exist_ok=True)
+        augmented = scratch / "augmented.onnx"
+        op_types = sorted(self.facts.quantizable)
+        weights = weight_bytes(self.proto)
+        in_child = weights > quantize_child.CHILD_OVER
         try:
-            if streams > 1:
-                ahead = reader = _Ahead(calibrator.infer_session, reader, streams)
-                calibrator.infer_session = ahead
-            calibrator.collect_data(reader)
-            save_tensors_data(calibrator.compute_data(), path)
+            if in_child:
+                # a big model's in a child: augment_graph loads and saves the model and compute_data and
+                # save_tensors_data hold the GIL (the window froze 50-180 ms at each on BERT-base)
+                quantize_child.ranges_in_child(
+                    {"pre": str(self.pre), "op_types": op_types, "augmented": str(augmented), "method": s.method,
+                     "streams": streams, "batch": self.batch, "cache": str(path),
+                     "metas": [[m.name, m.dtype] for m in input_metas(self.proto)]},
+                    x, report, self.context.cancel_event, getattr(report, "abandoned", None),
+                    quantize_child.budget(weights, len(x), per_sample))
+            else:
+                calibrate(self.pre, op_types, augmented, s.method, streams, input_metas(self.proto), x, self.batch,
+                          path, self.context.check_cancelled, report)
+                if self.large:  # the calibrator's session and outputs (BERT-base: ~570 MB of freed heap) before
+                    release()  # quantize_static's copies of the model: they came on top of it (1.7 GB at its peak)
+        except BaseException:
+            path.unlink(missing_ok=True)  # a cancelled or failed calibration leaves no ranges behind
+            raise
         finally:
-            if ahead is not None:
-                ahead.close()
-            del calibrator, reader, ahead
-            for scratch in self.out.parent.glob("augmented.onnx*"):
-                scratch.unlink()
-            if self.large:  # the calibrator's session and outputs (BERT-base: ~570 MB of freed heap) before
-                release()  # quantize_static's copies of the model: they came on top of it (1.7 GB at its peak)
-        self.calibrated[key] = {"samples": len(x), "batch": self.batch, "method": s.method,
+            shutil.rmtree(scratch, ignore_errors=True)
+        self.calibrated[key] = {"samples": len(x), "batch": self.batch, "method": s.method, "child": in_child,
                                 "seconds": round(time.perf_counter() - began, 3)}
         return path
-
 
     def attempt(self, s: Setting, change: str, report=None) -> dict:
         """run() for a remedy: a setting onnxruntime cannot quantize with is recorded as a failed
@@ -839,12 +873,7 @@ def _reporting(call, start: float, span: float, check=None):
 
     events: queue.Queue = queue.Queue()
     outcome: dict = {}
-    abandoned = threading.Event()  # the generator was closed: stop the try at its next batch
-
-    def report(done, total):
-        if abandoned.is_set():
-            raise Cancelled()
-        events.put((done, total))
+    report = _Report(events.put)
 
     def target():
         try:
@@ -881,11 +910,26 @@ def _reporting(call, start: float, span: float, check=None):
             eta = f" · {_left(elapsed / done * (total - done))}" if done else ""
             yield start + 0.9 * span * done / total, f"calibrating: batch {done + 1}/{total}{eta}"
     finally:
-        abandoned.set()
+        report.abandoned.set()  # the generator was closed: stop the try at its next batch, kill its child
         worker.join(timeout=60)
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
+
+
+class _Report:
+    """_reporting's report(done, total) for the try's thread; `abandoned` is set when the
+    generator is done with the try (closed, or ended by an error): a report raises Cancelled
+    from then on, and a child process of the try is killed (_Trial's children look at it)."""
+
+    def __init__(self, put):
+        self.put = put
+        self.abandoned = threading.Event()
+
+    def __call__(self, done, total):
+        if self.abandoned.is_set():
+            raise Cancelled()
+        self.put((done, total))
 
 
 def _left(seconds: float) -> str:
@@ -899,11 +943,23 @@ def calibration_reader(proto, x, step: int, context: Context, report=None):
     the dtype the graph declares (token ids stay int64, constants are fed as pinned); it checks
     for a cancel between batches (onnxruntime calls us), and calls report(batches handed out,
     batches in all) after each."""
+    return _reader(input_metas(proto), x, step, context.check_cancelled, report)
+
+
+def input_metas(proto) -> list:
+    """The graph's inputs as calibration_reader feeds them (name and ORT type)."""
+    from ..signature import from_onnx
+
+    return [_InputMeta(s.name, s.dtype) for s in from_onnx(proto).inputs]
+
+
+def _reader(metas, x, step: int, check=None, report=None):
+    """calibration_reader for the inputs `metas`; check(): raises Cancelled (None: no check, the
+    calibration child, which a cancel kills)."""
     from onnxruntime.quantization import CalibrationDataReader
 
-    from ..signature import feeds, from_onnx
+    from ..signature import feeds
 
-    metas = [_InputMeta(s.name, s.dtype) for s in from_onnx(proto).inputs]
     total = -(-len(x) // step)  # batches
 
     class Reader(CalibrationDataReader):
@@ -911,7 +967,8 @@ def calibration_reader(proto, x, step: int, context: Context, report=None):
             self.start = 0
 
         def get_next(self):
-            context.check_cancelled()
+            if check is not None:
+                check()
             if report is not None:  # onnxruntime asks for a batch once it has run the one before
                 report(min(self.start, len(x)) // step if self.start < len(x) else total, total)
             if self.start >= len(x):
@@ -932,7 +989,7 @@ class _InputMeta:
     def __init__(self, name: str, dtype: str):
         from ..convert import ORT_TYPES
 
-        self.name = name
+        self.name, self.dtype = name, dtype
         by_dtype = {np.dtype(v).name: k for k, v in ORT_TYPES.items()}
         self.type = by_dtype.get(dtype, "tensor(float)")
 

@@ -1,14 +1,18 @@
-"""onnxruntime's quantize_static run in a child process (the INT8 pass's tries).
+"""onnxruntime's calibration and quantize_static run in a child process (the INT8 pass's tries).
 
 quantize_static is Python that holds the GIL for long stretches: it loads the model, turns each
 weight into a numpy array and back, and serializes the INT8 model in one piece (BERT-base: ~200 ms
 a save, 60-100 ms for the biggest weights), and the window froze that long on every try. Here it
 runs in a child (`studio _quantize REQUEST`) that reads the pre-processed model and the calibration
-cache the pass wrote (the calibration itself stays in the pass: its sessions let the GIL go) and
-writes the INT8 model to the file named; the parent only waits. A cancel kills the child; an error
-comes back as its first line, a crash (C++ in onnxruntime) as a one-line StudioError instead of
-taking the window with it. The file is the one quantize_static writes in-process: a test checks
-the bytes are the same.
+cache the pass wrote and writes the INT8 model to the file named; the parent only waits. The
+calibration that makes the cache runs in such a child too (ranges_in_child): onnxruntime's
+calibrator loads and saves the model (augment_graph: ~55 ms stalls a save on BERT-base) and its
+compute_data and save_tensors_data held the GIL 180 ms; the child tells the parent each batch it
+hands onnxruntime, so the progress bar moves as before. A cancel kills the child; an error comes
+back as its first line, a crash (C++ in onnxruntime) as a one-line StudioError instead of taking
+the window with it, a hang ends at the child's time budget. The files are the ones made in-process:
+tests check the bytes are the same. Small models (CHILD_OVER) do both in-process: a child's start
+costs more than the whole work.
 """
 
 from __future__ import annotations
@@ -16,23 +20,38 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 from pathlib import Path
 
-from ..errors import Cancelled, StudioError
+import numpy as np
 
-POLL_S = 0.1  # how often the waiting thread looks at the cancel
+from .. import child
+from ..errors import StudioError
+
+PROGRESS = "studio-calibrated"  # the calibration child's progress lines: "studio-calibrated DONE TOTAL"
+
+# The children's time budgets: generous multiples of what their work takes, so that a hung child (a
+# deadlock in onnxruntime, a stopped process) ends the job in one line instead of holding it forever,
+# while a slow or loaded machine is not stopped. Proportional to the work: a start, the model's weights
+# read, converted and written (quantize_static; the calibrator's augment_graph), and each calibration
+# sample run through the weights and the activations of the unoptimized graph.
+START_S = 300.0  # an interpreter start with onnxruntime's imports on a loaded machine (1-2 s idle)
+S_PER_MB = 2.0  # a MB of weights read, converted, written (BERT-base's 434 MB: ~60 s in quantize_static)
+S_PER_SAMPLE_MB = 0.01  # a sample's run per MB of weights and activations (BERT-base ~0.5 s for ~730 MB)
 
 
-def _command(request: Path) -> list[str]:
-    if getattr(sys, "frozen", False):  # the PyInstaller build: the executable is the studio itself
-        return [sys.executable, "_quantize", str(request)]
-    return [sys.executable, "-m", "studio", "_quantize", str(request)]
+def budget(weights: int, samples: int = 0, activations: int = 0) -> float:
+    """Seconds a child may take: `weights` bytes of the model; a calibration also `samples` run
+    with `activations` bytes of activations each (BERT-base: ~17 min for quantize_static, ~50 min
+    for a 256-sample calibration; idle they take ~1 and ~4 min)."""
+    mb = weights / 2**20
+    return START_S + S_PER_MB * mb + S_PER_SAMPLE_MB * samples * (mb + activations / 2**20)
+
+
+def _stopper(cancel: threading.Event | None, abandoned: threading.Event | None):
+    return lambda: any(e is not None and e.is_set() for e in (cancel, abandoned))
 
 
 def quantize_file(request: dict, notes: logging.Filter | None = None) -> None:
@@ -66,13 +85,14 @@ def quantize_file(request: dict, notes: logging.Filter | None = None) -> None:
 CHILD_OVER = 32 * 2**20
 
 
-def quantize(request: dict, weights: int, cancel: threading.Event | None = None) -> dict:
+def quantize(request: dict, weights: int, cancel: threading.Event | None = None,
+             abandoned: threading.Event | None = None) -> dict:
     """quantize_file(request): in a child (quantize_in_child) for a model whose weights hold over
     CHILD_OVER bytes (`weights`: convert.weight_bytes; not the input file's size, which for a
     pre-processed model is only its graph, the weights being in its sidecar), here for a smaller
     one; the same answer either way ({"weights": [...]}; load_written reads the file)."""
     if weights > CHILD_OVER:
-        return quantize_in_child(request, cancel)
+        return quantize_in_child(request, cancel, weights, abandoned)
     from .quantize import _PerTensorNotes
 
     notes = _PerTensorNotes()
@@ -80,49 +100,90 @@ def quantize(request: dict, weights: int, cancel: threading.Event | None = None)
     return {"weights": notes.weights}
 
 
-def quantize_in_child(request: dict, cancel: threading.Event | None = None) -> dict:
+def quantize_in_child(request: dict, cancel: threading.Event | None = None, weights: int = 0,
+                      abandoned: threading.Event | None = None) -> dict:
     """quantize_file(request) in a child process; returns {"weights": the weights of the per-tensor
     notes (quantize._PerTensorNotes) it kept off the terminal, in order, "located" and "skeleton":
-    see load_written}. Cancelled when `cancel` is set (the child is killed); StudioError in one line
-    when onnxruntime fails or the child dies."""
+    see load_written}. Cancelled when `cancel` or `abandoned` (the pass's progress generator was
+    closed) is set: the child is killed; StudioError in one line when onnxruntime fails, the child
+    dies or it passes its time budget (budget(weights))."""
     with tempfile.TemporaryDirectory(prefix="studio-quantize-") as folder:
         asked, reply = Path(folder) / "request.json", Path(folder) / "reply.json"
         asked.write_text(json.dumps({**request, "reply": str(reply)}))
-        import studio
-
-        root = str(Path(studio.__file__).resolve().parents[1])  # the child runs this studio, not another one
-        path = os.environ.get("PYTHONPATH")
-        env = {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
-        proc = subprocess.Popen(_command(asked), stdin=subprocess.DEVNULL, env=env)
-        try:
-            while True:
-                try:
-                    code = proc.wait(POLL_S)
-                    break
-                except subprocess.TimeoutExpired:
-                    if cancel is not None and cancel.is_set():
-                        raise Cancelled("quantizing cancelled") from None
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                with contextlib.suppress(Exception):
-                    proc.wait(10)
-        try:
-            answer = json.loads(reply.read_text())
-            skeleton = Path(folder) / "skeleton.onnx"
-            if "located" in answer and skeleton.exists():
-                answer["skeleton"] = skeleton.read_bytes()
-        except (OSError, ValueError):
-            answer = None
+        code = child.run("_quantize", [str(asked)], stop=_stopper(cancel, abandoned), budget=budget(weights),
+                         what="onnxruntime's quantizer")
+        answer = _answer(reply)
+        skeleton = Path(folder) / "skeleton.onnx"
+        if answer is not None and "located" in answer and skeleton.exists():
+            answer["skeleton"] = skeleton.read_bytes()
     if answer is None or code != 0:
-        try:
-            how = signal.Signals(-code).name if code < 0 else f"exit {code}"
-        except ValueError:
-            how = f"signal {-code}"
-        raise StudioError(f"onnxruntime's quantizer stopped ({how}) before it wrote the INT8 model")
+        raise StudioError(f"onnxruntime's quantizer stopped ({child.ended(code)}) before it wrote the INT8 model")
     if "error" in answer:
         raise StudioError(answer["error"])
     return answer
+
+
+def _answer(reply: Path) -> dict | None:
+    try:
+        return json.loads(reply.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def ranges_in_child(request: dict, x, report=None, cancel: threading.Event | None = None,
+                    abandoned: threading.Event | None = None, seconds: float | None = None) -> None:
+    """quantize.calibrate in a child process: onnxruntime's calibrator built, run on the samples `x`
+    (an array or signature.Inputs, written here to a .npz the child reads without pickles) and its
+    ranges saved to request["cache"], as the pass does it in-process (the same file: a test checks).
+    request: "pre", "op_types", "augmented", "method", "streams", "batch", "metas" ([name, dtype]
+    of the graph's inputs), "cache". report(done, total) is called here for each batch the child
+    hands onnxruntime (its stdout lines). Cancelled / StudioError as quantize_in_child; `seconds`:
+    its time budget."""
+    with tempfile.TemporaryDirectory(prefix="studio-calibrate-") as folder:
+        asked, reply, samples = Path(folder) / "request.json", Path(folder) / "reply.json", Path(folder) / "samples.npz"
+        layout = write_samples(x, samples)
+        asked.write_text(json.dumps({**request, "task": "ranges", "samples": str(samples), "layout": layout,
+                                     "reply": str(reply)}))
+
+        def line(text: str) -> None:
+            word, *numbers = text.split()
+            if word == PROGRESS and len(numbers) == 2:
+                if report is not None:
+                    report(int(numbers[0]), int(numbers[1]))
+            else:  # anything else a library printed: to the terminal, as in-process
+                print(text, file=sys.stderr)
+
+        code = child.run("_quantize", [str(asked)], stop=_stopper(cancel, abandoned), budget=seconds, on_line=line,
+                         what="onnxruntime's calibration")
+        answer = _answer(reply)
+    if answer is None or code != 0:
+        raise StudioError(f"onnxruntime's calibration stopped ({child.ended(code)}) before it wrote the ranges")
+    if "error" in answer:
+        raise StudioError(answer["error"])
+
+
+def write_samples(x, path: Path) -> dict:
+    """x (an array, or signature.Inputs) to an .npz; the layout read_samples needs (JSON)."""
+    from ..signature import Inputs
+
+    if not isinstance(x, Inputs):
+        np.savez(path, x=np.asarray(x))
+        return {}
+    arrays = {f"a{i}": np.asarray(a) for i, a in enumerate(x.arrays.values())}
+    constants = {f"c{i}": np.asarray(v) for i, v in enumerate(x.constants.values())}
+    np.savez(path, **arrays, **constants)
+    return {"arrays": list(x.arrays), "constants": list(x.constants), "axes": x.axes}
+
+
+def read_samples(path: Path, layout: dict):
+    """The samples write_samples wrote (no pickles: an object array is refused)."""
+    from ..signature import Inputs
+
+    with np.load(path, allow_pickle=False) as stored:
+        if not layout:
+            return stored["x"]
+        return Inputs({name: stored[f"a{i}"] for i, name in enumerate(layout["arrays"])},
+                      {name: stored[f"c{i}"] for i, name in enumerate(layout["constants"])}, layout["axes"])
 
 
 def load_written(path: Path, answer: dict):
@@ -156,10 +217,13 @@ def _skeleton(path: Path, folder: Path) -> dict:
 def child_main(argv: list[str]) -> int:
     """`studio _quantize REQUEST`: quantize_file(REQUEST's JSON), the outcome written to its
     "reply" file: {"weights": [...], "located": [...]} (and skeleton.onnx beside it: see
-    load_written) or {"error": its first line}."""
+    load_written) or {"error": its first line}. A request with "task": "ranges": the calibration
+    (calibrate_main)."""
     from .quantize import _PerTensorNotes
 
     request = json.loads(Path(argv[0]).read_text())
+    if request.get("task") == "ranges":
+        return calibrate_main(request)
     notes = _PerTensorNotes()
     try:
         quantize_file(request, notes)
@@ -169,5 +233,24 @@ def child_main(argv: list[str]) -> int:
     if "error" not in answer:
         with contextlib.suppress(Exception):  # the parent then reads the whole file itself
             answer.update(_skeleton(Path(request["output"]), Path(request["reply"]).parent))
+    Path(request["reply"]).write_text(json.dumps(answer))
+    return 0
+
+
+def calibrate_main(request: dict) -> int:
+    """The calibration child (ranges_in_child): progress on stdout, {} or {"error": ...} to "reply"."""
+    from .quantize import _InputMeta, calibrate
+
+    def report(done: int, total: int) -> None:
+        print(f"{PROGRESS} {done} {total}", flush=True)
+
+    try:
+        x = read_samples(Path(request["samples"]), request["layout"])
+        calibrate(Path(request["pre"]), request["op_types"], Path(request["augmented"]), request["method"],
+                  request["streams"], [_InputMeta(n, d) for n, d in request["metas"]], x, request["batch"],
+                  Path(request["cache"]), report=report)
+        answer: dict = {}
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's own classes: one line to the parent
+        answer = {"error": (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]}
     Path(request["reply"]).write_text(json.dumps(answer))
     return 0
