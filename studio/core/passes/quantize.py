@@ -500,14 +500,15 @@ def _row(t: dict) -> dict:
     return {**{k: v for k, v in t.items() if k not in ("proto", "setting")}, "setting": setting}
 
 
-def _calibrator(pre: Path, op_types: list[str], augmented: Path, method: str, streams: int = 1):
+def _calibrator(pre: Path, op_types: list[str], augmented: Path, method: str, streams: int = 1, trim: bool = False):
     """onnxruntime's calibrator for `method` with create_calibrator's defaults, built in its steps
     so that its copy of the model goes before the session that runs it is made: create_calibrator
     holds both (on BERT-base 440 MB beside the session's, with the studio's own copy). The
     augmented model's weights go to a sidecar, so saving it does not serialize them in memory.
     Its session has onnxruntime's own graph settings (no optimization, so every calibrated tensor
     stays) without the memory pattern (see below); streams > 1: each call on one thread (the
-    calls run side by side: _Ahead)."""
+    calls run side by side: _Ahead). trim: the model's freed heap is given back to the system
+    before the session is made (the calibration child, where the ~0.1 s it takes stalls no window)."""
     from onnxruntime.quantization.calibrate import EntropyCalibrater, MinMaxCalibrater, PercentileCalibrater
 
     if method == "minmax":
@@ -519,6 +520,8 @@ def _calibrator(pre: Path, op_types: list[str], augmented: Path, method: str, st
                                           symmetric=True, num_bins=2048, percentile=99.999)
     calibrator.augment_graph()
     calibrator.model = None  # read by augment_graph only (and the ranges are taken from the session's outputs)
+    if trim:
+        release()
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -537,15 +540,15 @@ def _calibrator(pre: Path, op_types: list[str], augmented: Path, method: str, st
 
 
 def calibrate(pre: Path, op_types: list[str], augmented: Path, method: str, streams: int, metas, x, batch: int,
-              cache: Path, check=None, report=None) -> None:
+              cache: Path, check=None, report=None, trim: bool = False) -> None:
     """onnxruntime's calibration of the pre-processed model `pre` on samples x, `batch` at a call
     (`streams` calls side by side: _Ahead), its ranges saved to `cache` (onnxruntime's calibration
     cache, read by quantize_static); the same in the pass's process and in the calibration child
-    (quantize_child.ranges_in_child). check() and report(): calibration_reader's. The augmented
-    model's files are left to the caller to remove."""
+    (quantize_child.ranges_in_child). check() and report(): calibration_reader's; trim: _calibrator's.
+    The augmented model's files are left to the caller to remove."""
     from onnxruntime.quantization.calibrate import save_tensors_data
 
-    calibrator = _calibrator(pre, op_types, augmented, method, streams)
+    calibrator = _calibrator(pre, op_types, augmented, method, streams, trim)
     reader = _reader(metas, x, batch, check, report)
     ahead = None
     try:

@@ -44,8 +44,8 @@ S_PER_SAMPLE_MB = 0.01  # a sample's run per MB of weights and activations (BERT
 
 def budget(weights: int, samples: int = 0, activations: int = 0) -> float:
     """Seconds a child may take: `weights` bytes of the model; a calibration also `samples` run
-    with `activations` bytes of activations each (BERT-base: ~17 min for quantize_static, ~50 min
-    for a 256-sample calibration; idle they take ~1 and ~4 min)."""
+    with `activations` bytes of activations each (BERT-base: ~20 min for quantize_static, ~50 min
+    for a 256-sample calibration; on an idle machine they take ~1 and ~2-4 min)."""
     mb = weights / 2**20
     return START_S + S_PER_MB * mb + S_PER_SAMPLE_MB * samples * (mb + activations / 2**20)
 
@@ -248,7 +248,7 @@ def calibrate_main(request: dict) -> int:
         x = read_samples(Path(request["samples"]), request["layout"])
         calibrate(Path(request["pre"]), request["op_types"], Path(request["augmented"]), request["method"],
                   request["streams"], [_InputMeta(n, d) for n, d in request["metas"]], x, request["batch"],
-                  Path(request["cache"]), report=report)
+                  Path(request["cache"]), report=report, trim=True)
         answer: dict = {}
     except Exception as exc:  # noqa: BLE001 - onnxruntime's own classes: one line to the parent
         answer = {"error": (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]}
