@@ -215,3 +215,29 @@ def test_the_calibration_child_does_not_import_torch(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "False False"
     assert json.loads((tmp_path / "reply.json").read_text()) == {} and (tmp_path / "r.json").exists()
+
+
+def test_a_model_of_named_int64_inputs_quantizes_the_same_through_the_child(tmp_path, monkeypatch):
+    """A tiny BERT (token ids and a mask, int64) through the whole pass: calibrated and quantized in
+    the children (CHILD_OVER lowered) it gives the model the in-process pass gives."""
+    from studio.core.io import load
+    from studio.core.passes.registry import create
+    from studio.core.training import drain
+    from tests.core.multi_io_models import cases, export_onnx
+
+    module, args, names, dynamic, _ = cases()["tiny_bert"]
+    model = load(export_onnx(module, args, names, dynamic, tmp_path / "bert.onnx", dynamo=False))
+    data = random_inputs(model.input_shape, 64, model.signature)
+    assert isinstance(data.x_train, Inputs) and data.x_train.arrays["input_ids"].dtype == np.int64
+    results = []
+    for child_over in (quantize_child.CHILD_OVER, 0):
+        monkeypatch.setattr(quantize_child, "CHILD_OVER", child_over)
+        pass_ = create("quantize.int8_static", calibration_samples=16, validation_samples=16, remedies=False,
+                       keep_slow_float=False)
+        results.append(drain(pass_.apply(model, Context(data=data))))
+    (here, there) = results
+    assert [t["calibration"]["child"] for t in (here.tries[0], there.tries[0])] == [False, True]
+    assert here.tries[0]["calibration"]["samples"] == there.tries[0]["calibration"]["samples"] == 16
+    assert here.layers and here.layers == there.layers and here.tries[0]["score"] == there.tries[0]["score"]
+    assert there.model.obj.SerializeToString() == here.model.obj.SerializeToString()
+    assert not _children()
