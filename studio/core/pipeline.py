@@ -183,7 +183,8 @@ def run(
     latency_step = measure_stages and bool(latency_batches or others)
     stages_total = (len(passes) + 1 + (1 if latency_step else 0) + (1 if others else 0)
                     + (1 if ram_step else 0))
-    context = Context(data=data, original=model, seed=seed, cancel_event=cancel_event)
+    context = Context(data=data, original=model, seed=seed, cancel_event=cancel_event,
+                      latency_batches=tuple(latency_batches or ()))
 
     def check():
         if cancel_event.is_set():

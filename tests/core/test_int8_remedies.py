@@ -91,7 +91,9 @@ def test_vit_block_losing_more_than_allowed_tries_remedies_and_keeps_the_best():
 
 def test_within_tolerance_is_one_try(demo_cnn, digits_data):
     before = state(demo_cnn)
-    result = run(create("quantize.int8_static", calibration_samples=64), demo_cnn, Context(data=digits_data))
+    # (keep_slow_float off: its stem conv would be timed in float, test_narrow_conv_is_timed_in_float)
+    result = run(create("quantize.int8_static", calibration_samples=64, keep_slow_float=False), demo_cnn,
+                 Context(data=digits_data))
     assert same_state(before, state(demo_cnn))
     kept = check_tries(result)
     assert len(result.tries) == 1 and kept["score"] >= 0.99 and not result.warnings
@@ -131,7 +133,7 @@ def test_keep_slow_float_times_depthwise_and_hardswish_blocks():
     kept = check_tries(result)
     speed = {t["change"]: t for t in result.tries if "latency_ms" in t}
     assert {"as configured", "depthwise in float (speed)", "hardswish in float (speed)",
-            "depthwise and hardswish in float (speed)"} <= set(speed)
+            "narrow conv in float (speed)", "depthwise and hardswish and narrow conv in float (speed)"} <= set(speed)
     assert all(t["latency_ms"] > 0 for t in speed.values())
     # the kept model was timed against the float stage too, and a slower INT8 is said, not hidden
     import re
@@ -147,12 +149,38 @@ def test_keep_slow_float_times_depthwise_and_hardswish_blocks():
     groups = {"depthwise": {n.name for n in fp32.graph.node if n.op_type == "Conv"
                             and any(a.name == "group" and a.i > 1 for a in n.attribute)},
               "hardswish": {n.name for n in fp32.graph.node if n.op_type == "Conv" and n.output[0] in feeds_hard}}
+    # narrow convs: the stem (3 input channels x 3 x 3 = 27 products an output) and the squeeze-excite
+    # convs (8 and 32 inputs, 1 x 1)
+    dims = {t.name: list(t.dims) for t in fp32.graph.initializer}
+    groups["narrow conv"] = {n.name for n in fp32.graph.node if n.op_type == "Conv" and n.name not in groups["depthwise"]
+                             and np.prod(dims[n.input[1]][1:]) <= 32}
+    assert next(n.name for n in fp32.graph.node if n.op_type == "Conv") in groups["narrow conv"]
     assert groups["depthwise"] and groups["hardswish"]
     kept_float = set().union(*(groups[g] for g in kept["setting"]["float_groups"]))
     convs = {n.name for n in fp32.graph.node if n.op_type == "Conv"}
     assert weights_in_int8(proto) & convs == convs - kept_float
     if kept is not result.tries[0]:
         assert kept["latency_ms"] < 0.97 * result.tries[0]["latency_ms"]
+
+
+def test_narrow_conv_is_timed_in_float(demo_cnn, digits_data):
+    """The demo CNN's stem (1 input channel x 3 x 3: 9 products an output) is a narrow conv: it is
+    tried in float and timed against the INT8 model at batch 1 and at the run's largest batch."""
+    result = run(create("quantize.int8_static", calibration_samples=64), demo_cnn,
+                 Context(data=digits_data, latency_batches=(1, 64)))
+    kept = check_tries(result)
+    speed = {t["change"]: t for t in result.tries if "latency_ms" in t}
+    assert set(speed) == {"as configured", "narrow conv in float (speed)"}
+    assert all(set(t["latency_ms_by_batch"]) == {"1", "64"} and t["latency_ms"] == t["latency_ms_by_batch"]["1"]
+               for t in speed.values())
+    # the kept graph matches its setting: the stem's weights float when the group is kept float
+    proto = result.model.obj
+    stem = next(n.name for n in to_onnx_proto(demo_cnn).graph.node if n.op_type == "Conv")
+    assert (stem in weights_in_int8(proto)) == ("narrow conv" not in kept["setting"]["float_groups"])
+    assert len(weights_in_int8(proto)) >= 3  # the other layers stay INT8 either way
+    if kept is not result.tries[0]:
+        by_batch = [kept["latency_ms_by_batch"][b] / result.tries[0]["latency_ms_by_batch"][b] for b in ("1", "64")]
+        assert (by_batch[0] * by_batch[1]) ** 0.5 < 0.97
 
 
 def test_stage_record_and_report_list_the_tries():

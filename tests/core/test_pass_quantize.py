@@ -38,8 +38,10 @@ def test_static_activation_type(demo_cnn, digits_data, choice):
 
     from studio.core.passes.quantize import activation_type
 
-    result = run(create("quantize.int8_static", calibration_samples=64, activations=choice), demo_cnn,
-                 Context(data=digits_data))
+    # keep_slow_float off: the stem conv (one input channel) may be timed faster float, and then the input
+    # is not quantized (test_int8_remedies.py::test_narrow_conv_is_timed_in_float)
+    result = run(create("quantize.int8_static", calibration_samples=64, activations=choice, keep_slow_float=False),
+                 demo_cnn, Context(data=digits_data))
     proto = result.model.obj
     inits = {i.name: i for i in proto.graph.initializer}
     # the zero point of the first activation QuantizeLinear (the input) carries the type
@@ -53,13 +55,14 @@ def test_static_activation_type(demo_cnn, digits_data, choice):
 
 def test_static_ignore_pattern_keeps_layers_float(demo_cnn, digits_data):
     before = state(demo_cnn)
-    everything = run(create("quantize.int8_static", calibration_samples=64), demo_cnn, Context(data=digits_data))
+    everything = run(create("quantize.int8_static", calibration_samples=64, keep_slow_float=False), demo_cnn,
+                     Context(data=digits_data))  # (the stem conv could be timed faster float: not this test's point)
     assert quantized_weight_nodes(everything.model.obj) == {"/conv1/Conv", "/conv2/Conv", "/fc1/Gemm", "/fc2/Gemm"}
     # by torch layer name, by re: pattern and by op type
     for ignore, floats in ((["fc2"], {"/fc2/Gemm"}), (["re:^/?conv"], {"/conv1/Conv", "/conv2/Conv"}),
                            (["Gemm"], {"/fc1/Gemm", "/fc2/Gemm"})):
-        result = run(create("quantize.int8_static", calibration_samples=64, ignore=ignore), demo_cnn,
-                     Context(data=digits_data))
+        result = run(create("quantize.int8_static", calibration_samples=64, ignore=ignore, keep_slow_float=False),
+                     demo_cnn, Context(data=digits_data))
         assert quantized_weight_nodes(result.model.obj) == {"/conv1/Conv", "/conv2/Conv", "/fc1/Gemm", "/fc2/Gemm"} - floats, ignore
         assert set(result.layers) == quantized_weight_nodes(result.model.obj)
     assert same_state(before, state(demo_cnn))

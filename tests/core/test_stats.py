@@ -67,7 +67,8 @@ def test_int8_weights_are_dequantized_per_channel_with_exact_zeros(pruned_cnn, d
 
     # remedies off: this checks the symmetric per-channel 8-bit weights as configured (a remedy
     # may pick 7-bit weights or per-tensor scales when the first try loses more than max_drop)
-    int8 = drain(create("quantize.int8_static", calibration_samples=32, remedies=False)
+    # (keep_slow_float off: every layer INT8, none timed faster float)
+    int8 = drain(create("quantize.int8_static", calibration_samples=32, remedies=False, keep_slow_float=False)
                  .apply(pruned_cnn, Context(data=digits_data))).model
     by_tensor = {s.name: s for s in stats.layer_stats(int8)}
     assert {s.dtype for s in by_tensor.values()} == {"int8"}

@@ -44,6 +44,9 @@ class Context:
     original: Model | None = None  # the model before any pass, for agreement and distillation
     seed: int = 0
     cancel_event: threading.Event = field(default_factory=threading.Event)
+    # the batch sizes the run measures latency at (pipeline.run's latency_batches): a pass that
+    # times its own variants (quantize.int8_static's float blocks) times them at these too
+    latency_batches: tuple[int, ...] = ()
 
     def check_cancelled(self) -> None:
         if self.cancel_event.is_set():

@@ -21,7 +21,7 @@ import numpy as np
 from pydantic import Field
 
 from ..convert import STREAMS, fixed_batch, iter_session_all, onnx_copy, session, to_onnx_proto, weight_bytes
-from ..evaluate import Measurement, class_scores, measure_latency, quality_from_outputs
+from ..evaluate import Measurement, class_scores, measure_latency_all, quality_from_outputs
 from ..memory import release
 from ..model import ONNX
 from . import targets as tg
@@ -150,7 +150,8 @@ class StaticConfig(PassConfig):
     validation_samples: int = Field(256, ge=1, le=100_000, description=(
         "Training-split samples, apart from the calibration ones, that each try is compared on"))
     keep_slow_float: bool = Field(True, description=(
-        "Time depthwise convs and HardSwish blocks in INT8 against float and keep them float where INT8 is slower"))
+        "Time depthwise convs, HardSwish blocks and narrow convs (few inputs per output, such as a one-channel "
+        "stem) in INT8 against float and keep them float where INT8 is slower"))
 
 
 def activation_type(choice: str) -> str:
@@ -168,6 +169,13 @@ def activation_type(choice: str) -> str:
 FLOAT_SENSITIVE = {"LayerNormalization", "InstanceNormalization", "EmbedLayerNormalization", "Softmax", "Add", "Mul",
                    "Sigmoid", "Where", "CumSum", "TopK", "ArgMax"}
 HARD_ACTIVATIONS = {"HardSwish", "HardSigmoid"}
+# A conv whose outputs each sum this few products (input channels per group x kernel), such as the
+# stem of a one-channel image model (1 x 3 x 3 = 9), gains nothing from 8-bit arithmetic and pays
+# for quantizing its input and onnxruntime's NHWC transposes: measured on the pruned demo CNN at
+# batch 256, 1 thread, its QLinearConv took 430 us against 67 us for the float conv (the whole
+# model 0.69x the float stage's time with that conv float, 1.17x with it in INT8). A speed group
+# of _keep_slow_float, kept float only where timed faster.
+NARROW_K = 32
 
 
 @dataclass(frozen=True)
@@ -180,7 +188,7 @@ class Setting:
     samples: int
     reduce_range: bool = False  # 7-bit weights: no u8s8 overflow on x86 without VNNI
     float_sensitive: bool = False  # FLOAT_SENSITIVE ops and attention MatMuls stay float
-    float_groups: tuple[str, ...] = ()  # speed: "depthwise", "hardswish" blocks stay float
+    float_groups: tuple[str, ...] = ()  # speed: "depthwise", "hardswish", "narrow conv" blocks stay float
     float_nodes: tuple[str, ...] = ()  # the nodes around the tensors INT8 resolves worst
 
     def describe(self) -> str:
@@ -224,8 +232,13 @@ def _graph_facts(proto) -> _Graph:
             hardswish.append(producer[n.input[0]].name)
         elif n.op_type == "Mul" and any(i in hard_outputs for i in n.input):
             hardswish.append(n.name)
+    dims = {t.name: list(t.dims) for t in proto.graph.initializer}
+    narrow = [n.name for n in proto.graph.node if n.op_type == "Conv" and n.name not in depthwise
+              and len(n.input) > 1 and len(dims.get(n.input[1], ())) >= 3
+              and int(np.prod(dims[n.input[1]][1:])) <= NARROW_K]
     ops = {n.op_type for n in proto.graph.node}
-    groups = {k: list(dict.fromkeys(v)) for k, v in (("depthwise", depthwise), ("hardswish", hardswish)) if v}
+    groups = {k: list(dict.fromkeys(v)) for k, v in (("depthwise", depthwise), ("hardswish", hardswish),
+                                                     ("narrow conv", narrow)) if v}
     return _Graph(set(QDQRegistry) | set(QLinearOpsRegistry), attention, bool(ops & FLOAT_SENSITIVE or attention), groups)
 
 
@@ -393,7 +406,7 @@ class StaticInt8(Pass[StaticConfig]):
                         tries[-1].pop("proto", None)
             float_ms = None
             if cfg.keep_slow_float and facts.groups:
-                yield 0.85, "timing depthwise / HardSwish blocks in INT8 against float"
+                yield 0.85, "timing depthwise / HardSwish / narrow conv blocks in INT8 against float"
                 best, float_ms = yield from _keep_slow_float(trial, best, tries, cfg, model)
         for i, t in enumerate(tries, 1):
             t["try"], t["kept"] = i, t is best
@@ -405,7 +418,7 @@ class StaticInt8(Pass[StaticConfig]):
                             f"{tried}; keep more layers float (ignore), or use quantize.fp16")
         if float_ms and best.get("latency_ms") and best["latency_ms"] > 1.03 * float_ms:
             warnings.append(f"INT8 runs {best['latency_ms'] / float_ms:.2f}x slower than the float stage at batch 1 even "
-                            "with depthwise/HardSwish blocks in float (measured); a recipe with 'ship: fastest' ships "
+                            "with depthwise/HardSwish/narrow conv blocks in float (measured); a recipe with 'ship: fastest' ships "
                             "the faster stage")
         padded = calibration_padding(min(best["setting"].samples, len(x_pool)), pinned)
         if padded:
@@ -825,12 +838,17 @@ class _Trial:
         return f"reaches cosine {t['score']:.4f} (needed {cfg.min_cosine:g})"
 
 
+SPEED_BUDGET_S = 20.0  # seconds _keep_slow_float's rounds of one batch size may take (fewer rounds past it, >= 3)
+
+
 def _keep_slow_float(trial: _Trial, best: dict, tries: list, cfg: StaticConfig, model):
-    """Depthwise convs and HardSwish blocks can run slower in INT8 than in float (the Q/DQ
-    around them costs more than the 8-bit arithmetic saves): each group present, and all of them
-    together, is tried in float and timed with the kept model and the float stage itself in the
-    same interleaved rounds; the fastest is kept when it is over 3 % faster and within the
-    tolerance (or no worse than the kept model). Returns it and the float stage's batch-1 time."""
+    """Depthwise convs, HardSwish blocks and narrow convs can run slower in INT8 than in float
+    (the Q/DQ around them costs more than the 8-bit arithmetic saves): each group present, and all
+    of them together, is tried in float and timed with the kept model and the float stage itself
+    in the same interleaved rounds, at batch 1 and at the largest batch the run measures
+    (Context.latency_batches); the fastest (geometric mean over those batches of its time over the
+    kept model's) is kept when it is over 3 % faster and within the tolerance (or no worse than
+    the kept model). Returns it and the float stage's batch-1 time."""
     s = best["setting"]
     candidates = []
     groups = [(g,) for g in trial.facts.groups] + ([tuple(trial.facts.groups)] if len(trial.facts.groups) > 1 else [])
@@ -842,24 +860,40 @@ def _keep_slow_float(trial: _Trial, best: dict, tries: list, cfg: StaticConfig, 
         c = trial.attempt(replace(s, float_groups=(*s.float_groups, *added)), f"{' and '.join(gs)} in float (speed)")
         if c["score"] is None:
             tries.append(c)
+        elif not _quant_record(c["proto"], "int8"):  # every layer float: that is the float stage, not an INT8 one
+            c.pop("proto")
+            c["notes"] = [*c.get("notes", []), "no layer left in INT8: not timed (the float stage is that model)"]
+            tries.append(c)
         else:
             candidates.append(c)
     if not candidates:
         return best, None
-    latency = yield from _scaled(measure_latency([trial.proto, best["proto"]] + [c["proto"] for c in candidates],
-                                                 model.input_shape, batches=(1,), rounds=7,
-                                                 cancel=trial.context.check_cancelled, signature=model.signature),
-                                 0.85, 0.05, "timing float blocks: ")
+    batches = tuple(sorted({1, max(trial.context.latency_batches, default=1)}))
+    timed = yield from _scaled(measure_latency_all([trial.proto, best["proto"]] + [c["proto"] for c in candidates],
+                                                   model.input_shape, batches=batches, rounds=7,
+                                                   cancel=trial.context.check_cancelled, signature=model.signature,
+                                                   budget_s=SPEED_BUDGET_S),
+                               0.85, 0.05, "timing float blocks: ")
+    latency = timed[0]
     float_ms = latency[0][1]
     latency = latency[1:]
     best["latency_ms"] = latency[0][1]
-    fastest = best
+    if len(batches) > 1:
+        best["latency_ms_by_batch"] = {str(b): latency[0][b] for b in batches}
+
+    def relative(lat: dict) -> float:  # time over the kept model's, geometric mean over the batches
+        return float(np.exp(np.mean([np.log(lat[b] / latency[0][b]) for b in batches])))
+
+    fastest, fastest_rel = best, 1.0
     for c, lat in zip(candidates, latency[1:]):
         c["latency_ms"] = lat[1]
+        if len(batches) > 1:
+            c["latency_ms_by_batch"] = {str(b): lat[b] for b in batches}
         tries.append(c)
         ok = trial.meets(c, cfg) or c["score"] >= best["score"]
-        if ok and c["latency_ms"] < 0.97 * best["latency_ms"] and c["latency_ms"] < fastest["latency_ms"]:
-            fastest = c
+        rel = relative(lat)
+        if ok and rel < 0.97 and rel < fastest_rel:
+            fastest, fastest_rel = c, rel
     return fastest, float_ms
 
 
