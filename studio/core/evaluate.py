@@ -550,19 +550,19 @@ def fidelity(got: np.ndarray, want: np.ndarray) -> dict[str, float | None]:
 
 def measure_latency(
     protos: list, input_shape: tuple[int, ...], batches=(1, 32), threads: int = 1,
-    rounds: int = 7, min_round_s: float = 0.02, cancel=None, signature=None,
+    rounds: int = 7, min_round_s: float = 0.02, cancel=None, signature=None, rounds_out: list | None = None,
 ) -> Generator[tuple[float, str], None, list[dict[int, float]]]:
     """Median latency (ms) of each model at each batch size in onnxruntime: measure_latency_all
     without other runtimes."""
     results, _, _ = yield from measure_latency_all(protos, input_shape, batches, threads, rounds, min_round_s,
-                                                   cancel, signature)
+                                                   cancel, signature, rounds_out=rounds_out)
     return results
 
 
 def measure_latency_all(
     protos: list, input_shape: tuple[int, ...], batches=(1, 32), threads: int = 1,
     rounds: int = 7, min_round_s: float = 0.02, cancel=None, signature=None, others=None,
-    budget_s: float | None = None,
+    budget_s: float | None = None, rounds_out: list | None = None,
 ) -> Generator[tuple[float, str], None, tuple[list[dict[int, float]], list[dict[str, float]], dict[int, int]]]:
     """Median latency (ms) of each model at each batch size, in interleaved rounds (A B C A B C
     ...), so a drift of the machine touches every variant alike. Each round times enough runs to
@@ -579,11 +579,16 @@ def measure_latency_all(
 
     `budget_s`: seconds the rounds of one batch size may take. Where one round of every model
     takes longer than budget_s / rounds (BERT-base at batch 32: ~20 s a call on one thread),
-    fewer rounds are timed, never under MIN_ROUNDS; the count is returned and shown."""
+    fewer rounds are timed, never under MIN_ROUNDS; the count is returned and shown.
+
+    `rounds_out`: a list that receives, per model, batch -> its time (ms) in each round, in the
+    order timed (round i of every model ran side by side: their ratios cancel the machine's drift)."""
     from .signature import feeds as feed_of
 
     others = {k: v for k, v in (others or {}).items() if any(f is not None for f in v)}
     results: list[dict[int, float]] = [{} for _ in protos]
+    if rounds_out is not None:
+        rounds_out[:] = [{} for _ in protos]
     extra: list[dict[str, float]] = [{} for _ in protos]
     sessions = [session(p, threads) for p in protos]
     pinned = [fixed_batch(s) for s in sessions]
@@ -642,6 +647,8 @@ def measure_latency_all(
         for ((i, name), _), got in zip(timed, samples):
             if name is None:
                 results[i][batch] = float(statistics.median(got))
+                if rounds_out is not None:
+                    rounds_out[i][batch] = [float(t) for t in got]
             else:
                 extra[i][name] = float(statistics.median(got))
     return results, extra, timed_rounds

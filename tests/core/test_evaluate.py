@@ -126,6 +126,19 @@ def test_latency_measures_a_bigger_model_as_slower(demo_mlp):
     assert big_ms[16] > 3 * small_ms[16]
 
 
+def test_latency_gives_each_round_when_asked(demo_mlp):
+    """rounds_out: every model's time in each round, the rounds of all models side by side (the
+    benchmark's spread of a lead is the per-round ratio); their median is the reported time."""
+    import statistics
+
+    proto = to_onnx_proto(demo_mlp)
+    got: list = []
+    medians = drain(measure_latency([proto, proto], (1, 64), batches=(1, 8), rounds=5, min_round_s=0.002,
+                                    rounds_out=got))
+    assert len(got) == 2 and all(set(g) == {1, 8} and all(len(ts) == 5 for ts in g.values()) for g in got)
+    assert all(statistics.median(g[b]) == m[b] for g, m in zip(got, medians) for b in (1, 8))
+
+
 def test_a_latency_budget_times_a_slow_model_in_fewer_rounds_never_under_three():
     """BERT-base at batch 32 takes ~20 s a call on one thread: seven rounds of two stages were
     minutes of a 5-minute goal. A budget cuts the rounds of a slow batch size (not under three)
