@@ -181,6 +181,10 @@ def test_narrow_conv_is_timed_in_float(demo_cnn, digits_data):
     if kept is not result.tries[0]:
         by_batch = [kept["latency_ms_by_batch"][b] / result.tries[0]["latency_ms_by_batch"][b] for b in ("1", "64")]
         assert (by_batch[0] * by_batch[1]) ** 0.5 < 0.97
+    # the stem already float (ignored by the user): no speed try, it would be the same model
+    ignored = run(create("quantize.int8_static", calibration_samples=64, ignore=["conv1"]), demo_cnn,
+                  Context(data=digits_data, latency_batches=(1, 64)))
+    assert [t["change"] for t in ignored.tries] == ["as configured"] and stem not in ignored.layers
 
 
 def test_stage_record_and_report_list_the_tries():

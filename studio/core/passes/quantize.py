@@ -855,8 +855,9 @@ def _keep_slow_float(trial: _Trial, best: dict, tries: list, cfg: StaticConfig, 
     for gs in groups:
         trial.context.check_cancelled()
         added = tuple(g for g in gs if g not in s.float_groups)
-        if not added:
-            continue
+        already = {*trial.user_excluded, *s.float_nodes, *(n for g in s.float_groups for n in trial.facts.groups[g])}
+        if not added or all(n in already for g in added for n in trial.facts.groups[g]):
+            continue  # nothing new in float (a layer the user ignored, or left untargeted): the same model
         c = trial.attempt(replace(s, float_groups=(*s.float_groups, *added)), f"{' and '.join(gs)} in float (speed)")
         if c["score"] is None:
             tries.append(c)
