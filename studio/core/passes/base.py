@@ -72,6 +72,17 @@ class PassResult:
     tries: list[dict[str, Any]] = field(default_factory=list)  # a pass that tried variants: each, with its numbers
 
 
+def scaled(steps, start: float, end: float, prefix: str = ""):
+    """A pass's part: the (fraction 0..1, message) steps of `steps` as the pass's own progress in
+    [start, end], each message after `prefix`; returns the steps' result."""
+    while True:
+        try:
+            fraction, message = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        yield start + (end - start) * fraction, prefix + message
+
+
 def is_torchscript(model: Model) -> bool:
     if not model.is_torch:
         return False

@@ -21,9 +21,8 @@ from pydantic import Field
 from ..errors import Cancelled, StudioError
 from ..signature import flatten_outputs, samples_first
 from ..training import Batches, drain, predict_outputs, sample_indices, train
-from .base import Context, Pass, PassConfig, PassResult, conversion_notes, is_torchscript
+from .base import Context, Pass, PassConfig, PassResult, conversion_notes, is_torchscript, scaled
 from .registry import register
-from .structured import scaled
 
 
 class DistillConfig(PassConfig):

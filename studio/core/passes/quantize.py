@@ -26,7 +26,7 @@ from ..memory import release
 from ..model import ONNX
 from . import targets as tg
 from ..errors import Cancelled, StudioError
-from .base import Context, Pass, PassConfig, PassResult
+from .base import Context, Pass, PassConfig, PassResult, scaled
 from .registry import register
 
 QUANTIZABLE = {"Conv", "Gemm", "MatMul", "ConvTranspose"}
@@ -870,11 +870,11 @@ def _keep_slow_float(trial: _Trial, best: dict, tries: list, cfg: StaticConfig, 
     if not candidates:
         return best, None
     batches = tuple(sorted({1, max(trial.context.latency_batches, default=1)}))
-    timed = yield from _scaled(measure_latency_all([trial.proto, best["proto"]] + [c["proto"] for c in candidates],
+    timed = yield from scaled(measure_latency_all([trial.proto, best["proto"]] + [c["proto"] for c in candidates],
                                                    model.input_shape, batches=batches, rounds=7,
                                                    cancel=trial.context.check_cancelled, signature=model.signature,
                                                    budget_s=SPEED_BUDGET_S),
-                               0.85, 0.05, "timing float blocks: ")
+                               0.85, 0.90, "timing float blocks: ")
     latency = timed[0]
     float_ms = latency[0][1]
     latency = latency[1:]
@@ -1180,14 +1180,3 @@ def _quant_record(proto, dtype: str) -> dict:
         elif node.op_type in QUANTIZABLE and len(node.input) > 1 and node.input[1] in dq_outputs:
             layers[node.name] = {"op": node.op_type, "dtype": dtype}
     return layers
-
-
-def _scaled(gen, start: float, span: float, prefix: str):
-    """Yield from a measuring generator (fractions 0..1) as the pass's progress from `start`
-    over `span` (raw, the bar jumped back from 0.85 to 0); returns its value."""
-    try:
-        while True:
-            fraction, message = next(gen)
-            yield start + span * fraction, prefix + message
-    except StopIteration as stop:
-        return stop.value

@@ -17,7 +17,7 @@ from pydantic import Field
 from ..errors import StudioError
 from ..training import drain
 from . import targets as tg
-from .base import Context, Pass, PassConfig, PassResult, conversion_notes
+from .base import Context, Pass, PassConfig, PassResult, conversion_notes, scaled
 from .onnx_torch import constant_matmuls
 from .registry import register
 
@@ -521,17 +521,6 @@ def _sync_attention(module, attention, num_heads) -> None:
             m.num_heads = num_heads.get(m, m.num_heads)
             m.head_dim = m.embed_dim // m.num_heads
     _update_attention(attention, num_heads)
-
-
-def scaled(steps, start: float, end: float, prefix: str = ""):
-    """The (fraction, message) steps of `steps` mapped into [start, end], each message after
-    `prefix`; returns its result."""
-    while True:
-        try:
-            fraction, message = next(steps)
-        except StopIteration as stop:
-            return stop.value
-        yield start + (end - start) * fraction, prefix + message
 
 
 def prune_leaving_out(module, example, ratio, importance="l2", scope="per_layer", round_to=1,
