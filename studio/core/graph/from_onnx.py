@@ -114,11 +114,12 @@ def _light_copy(proto):
 def _zeros(init, lazy=None) -> int:
     """Exact zeros of an initializer, read from its bytes without numpy_helper's copy (`lazy`: the
     model's tensors still in its file, io.file_tensors: counted from the file, slice by slice)."""
-    if lazy is not None and lazy.pending(init):
+    if lazy is not None and lazy.in_file(init):  # (also once filled meanwhile by a job on another thread)
         zeros = lazy.zeros(init)
-        if zeros is None:
-            zeros = _zero_count(lazy.array(init))
-        return zeros
+        if zeros is not None:
+            return zeros
+        if lazy.pending(init):
+            return _zero_count(lazy.array(init))
     if init.HasField("raw_data") and init.data_location != 1:
         try:
             dtype = np.dtype(_dtype_name(init))
