@@ -50,3 +50,25 @@ def test_a_speed_lead_within_the_spread_is_not_met():
     # a better median, but the studio was slower in three rounds of eight: noise, not a lead
     noisy = goal([9.0, 12.0, 9.0, 12.0, 9.0, 12.0, 9.0, 9.0], [10.0] * 8)
     assert noisy["margin"] > 1 and not noisy["met"] and "within the spread" in noisy["detail"]
+
+
+def test_at_least_as_fast_is_a_tie_within_the_spread():
+    """'At least as fast' (ResNet-18's INT8 at batch 1) is met unless the peer was faster in three
+    rounds of four: two files of one graph tie, and their medians differ by noise either way."""
+    def goal(studio_rounds, peer_rounds):
+        import statistics
+
+        def row(name, kind, rounds_ms):
+            ms = statistics.median(rounds_ms)
+            return {"variant": name, "kind": kind, "quality": 0.995, "x_faster": {"1": round(100 / ms, 2)},
+                    "latency_ms": {"1": ms}, "latency_rounds_ms": {"1": rounds_ms}}
+
+        rows = [row("FP32", "baseline", [100.0] * len(peer_rounds)), row("peer", "peer", peer_rounds),
+                row("studio: INT8 static", "studio", studio_rounds)]
+        results = {"models": {"resnet18-224": {"batches": [1, 16], "variants": rows}}}
+        return next(g for g in run.goals(results) if g["goal"].startswith("resnet18-224"))
+
+    tie = goal([30.2, 29.8, 30.5, 29.6, 30.1, 30.4, 29.9, 30.3], [30.0, 30.3, 29.9, 30.1, 29.7, 30.2, 30.0, 30.1])
+    assert tie["margin"] < 1 and tie["met"] and "a tie within the spread" in tie["detail"]
+    slower = goal([31.0, 31.2, 30.9, 31.1, 31.3, 30.8, 31.0, 31.1], [30.0, 30.3, 29.9, 30.1, 29.7, 30.2, 30.0, 30.1])
+    assert not slower["met"] and slower["paired_iqr"][1] < 1
