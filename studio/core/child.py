@@ -84,7 +84,7 @@ def run(verb: str, args: list[str], *, stop: Callable[[], bool] | None = None, b
                     line = ""
                 if line is None:  # the child closed its stdout: it is ending
                     reader = None
-                elif line:
+                elif line and on_line is not None:
                     on_line(line)
             elif proc.poll() is None:
                 with contextlib.suppress(subprocess.TimeoutExpired):

@@ -169,9 +169,9 @@ def write_samples(x, path: Path) -> dict:
     if not isinstance(x, Inputs):
         np.savez(path, x=np.asarray(x))
         return {}
-    arrays = {f"a{i}": np.asarray(a) for i, a in enumerate(x.arrays.values())}
-    constants = {f"c{i}": np.asarray(v) for i, v in enumerate(x.constants.values())}
-    np.savez(path, **arrays, **constants)
+    named: dict = {f"a{i}": np.asarray(a) for i, a in enumerate(x.arrays.values())}
+    named.update({f"c{i}": np.asarray(v) for i, v in enumerate(x.constants.values())})
+    np.savez(path, **named)
     return {"arrays": list(x.arrays), "constants": list(x.constants), "axes": x.axes}
 
 
