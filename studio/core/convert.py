@@ -210,6 +210,20 @@ def _export_script(module, args, in_names, out_names):
     return onnx.load_from_string(onnx_program.model_proto.SerializeToString())
 
 
+def light_onnx(model: Model):
+    """(proto, tensors): the model as an ONNX proto without reading into it the big tensors the
+    window left in the user's file (Model.lazy, a FileTensors, or None). write_model, session and
+    count_parameters take them from the file; filling the message copied each into it with the
+    GIL held (BERT-base's 94 MB embedding: ~50 ms, the window frozen) and writing it copied it out
+    again. The proto is the model's own: read it, never change it. (to_onnx_proto(model), None)
+    for a model whose tensors are all in its proto."""
+    if model.framework == ONNX:
+        tensors = model.lazy  # (read before light: filled meanwhile, its tensors are simply not pending)
+        if tensors is not None:
+            return model.light, tensors
+    return to_onnx_proto(model), None
+
+
 def onnx_tensors(proto) -> dict:
     """Every weight tensor an ONNX model holds: initializers and Constant-node values, in the main
     graph and in If/Loop/Scan subgraphs (studio.core.onnx_weights). Name -> TensorProto."""
@@ -294,7 +308,7 @@ def model_bytes(proto) -> int:
     return _part(proto, lambda n: n != GRAPH).ByteSize() + field(inner)
 
 
-def write_model(proto, path, located: dict | None = None) -> None:
+def write_model(proto, path, located: dict | None = None, tensors=None) -> None:
     """The ModelProto written to `path` byte for byte as onnx.save_model writes it, without the
     whole serialization in memory at once: the model's fields before the graph, the graph's
     before its initializers, each initializer serialized in turn, then the fields after (protobuf
@@ -308,18 +322,22 @@ def write_model(proto, path, located: dict | None = None) -> None:
     `located`: a dict that gets {id(tensor): (tensor, offset, length)} of each tensor of the main
     graph whose raw bytes were written that way, where they are in the file: what reads them
     again (stats.count_parameters) reads the file in slices instead of copying them out of the
-    message (~55 ms holding the GIL for BERT-base's embedding)."""
+    message (~55 ms holding the GIL for BERT-base's embedding).
+    `tensors`: the io.file_tensors.FileTensors of a proto the window opened (Model.lazy, see
+    light_onnx): the tensors still only in the user's file are written from there, in slices,
+    as the proto would hold them once filled (the same bytes: a test checks)."""
     if located is not None:
         located.clear()
-    if weight_bytes(proto) < WRITE_WHOLE_UNDER or not len(proto.graph.initializer):
+    pending = tensors is not None and any(tensors.pending(t) for t in proto.graph.initializer)
+    if not pending and (weight_bytes(proto) < WRITE_WHOLE_UNDER or not len(proto.graph.initializer)):
         Path(path).write_bytes(proto.SerializeToString())
         return
     try:
-        _write_parts(proto, path, trust_dims=True, located=located)
+        _write_parts(proto, path, trust_dims=True, located=located, tensors=tensors)
     except _RawLengthDiffers:  # raw bytes that do not match the dims (a malformed file): as protobuf counts them
         if located is not None:
             located.clear()
-        _write_parts(proto, path, trust_dims=False)
+        _write_parts(proto, path, trust_dims=False, tensors=tensors)
 
 
 class _RawLengthDiffers(Exception):
@@ -351,20 +369,35 @@ def _raw_length(t) -> int | None:
     return None if len(unknown_fields.UnknownFieldSet(t)) else count * item
 
 
-def _write_parts(proto, path, trust_dims: bool, located: dict | None = None) -> None:
+def _as_filled(t):
+    """The fields of a tensor left in the user's file as FileTensors.fill leaves them (a
+    sidecar's tensor no longer external), without its bytes."""
+    meta = type(t)()
+    meta.CopyFrom(t)  # no raw bytes in it: small
+    if meta.data_location == 1:
+        meta.data_location = 0
+        del meta.external_data[:]
+    return meta
+
+
+def _write_parts(proto, path, trust_dims: bool, located: dict | None = None, tensors=None) -> None:
     graph = proto.graph
     before = _part(graph, lambda n: n < INITIALIZER).SerializeToString()
     after = _part(graph, lambda n: n > INITIALIZER).SerializeToString()
     raw_tag = _varint(RAW << 3 | 2)
-    plan: list[tuple[int, tuple | None]] = []  # per initializer: its serialized size, None or (fields before raw_data, raw length, fields after)
+    # per initializer: its serialized size, and None or (fields before raw_data, raw length, fields
+    # after, whether the bytes come from the user's file)
+    plan: list[tuple[int, tuple | None]] = []
     for t in graph.initializer:
-        raw = _raw_length(t) if trust_dims else None
+        in_file = tensors.pending_length(t) if tensors is not None else None  # decided once: a fill meanwhile changes nothing
+        raw = in_file if in_file is not None else _raw_length(t) if trust_dims else None
         if raw is None:
             plan.append((t.ByteSize(), None))
             continue
-        head = _part(t, lambda n: n < RAW).SerializeToString()
-        tail = _part(t, lambda n: n > RAW).SerializeToString()
-        plan.append((len(head) + len(raw_tag) + len(_varint(raw)) + raw + len(tail), (head, raw, tail)))
+        meta = _as_filled(t) if in_file is not None else t
+        head = _part(meta, lambda n: n < RAW).SerializeToString()
+        tail = _part(meta, lambda n: n > RAW).SerializeToString()
+        plan.append((len(head) + len(raw_tag) + len(_varint(raw)) + raw + len(tail), (head, raw, tail, in_file is not None)))
     tag = _varint(INITIALIZER << 3 | 2)
     body = len(before) + len(after) + sum(len(tag) + len(_varint(n)) + n for n, _ in plan)
     with open(path, "wb") as f:
@@ -375,7 +408,14 @@ def _write_parts(proto, path, trust_dims: bool, located: dict | None = None) -> 
             if parts is None:
                 f.write(t.SerializeToString())
                 continue
-            head, length, tail = parts
+            head, length, tail, from_file = parts
+            if from_file:
+                f.write(head + raw_tag + _varint(length))
+                if located is not None:
+                    located[id(t)] = (t, f.tell(), length)
+                tensors.write_to(t, f)
+                f.write(tail)
+                continue
             data = t.raw_data  # the one copy out of the message (~40 ms for 94 MB): protobuf has no view
             if len(data) != length:
                 raise _RawLengthDiffers
@@ -394,22 +434,24 @@ def _write_parts(proto, path, trust_dims: bool, located: dict | None = None) -> 
 SESSION_FROM_FILE = 64 << 20  # a ModelProto larger than this is handed to onnxruntime as a file
 
 
-def session(proto_or_path, threads: int = 1):
+def session(proto_or_path, threads: int = 1, tensors=None):
     """An onnxruntime CPU session with a fixed thread count (measurements must not drift with
-    whatever else the machine runs), from a ModelProto, a file's path or its serialized bytes."""
+    whatever else the machine runs), from a ModelProto, a file's path or its serialized bytes.
+    `tensors`: a ModelProto's tensors still in the user's file (light_onnx), written from there."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    if hasattr(proto_or_path, "SerializeToString") and weight_bytes(proto_or_path) > SESSION_FROM_FILE:
+    if hasattr(proto_or_path, "SerializeToString") and (weight_bytes(proto_or_path) > SESSION_FROM_FILE
+                                                         or tensors is not None):
         # from a file, onnxruntime reads the model straight into its own structures; from bytes it
         # holds them, a copy of them and the model parsed from them at once: BERT-base (440 MB) peaked
         # at ~1.3 GB more that way, ~0.65 GB from a file
         with tempfile.TemporaryDirectory(prefix="studio-session-") as folder:
             path = Path(folder) / "model.onnx"
-            write_model(proto_or_path, path)  # a tensor at a time: no second copy of the model in memory
+            write_model(proto_or_path, path, tensors=tensors)  # a tensor at a time: no second copy in memory
             return session(path, threads)
     source = (proto_or_path.SerializeToString() if hasattr(proto_or_path, "SerializeToString")
               else proto_or_path if isinstance(proto_or_path, bytes) else str(proto_or_path))

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .convert import (
-    fixed_batch, guarded_run, input_dtype, iter_session_all, session, to_onnx_proto, write_model,
+    fixed_batch, guarded_run, input_dtype, iter_session_all, light_onnx, session, write_model,
 )
 from .data import Data
 from .data_checks import check_labels_fit
@@ -299,12 +299,13 @@ def reference_outputs(model: Model, data: Data, cancel=None) -> list[np.ndarray]
 
 def reference_steps(model: Model, data: Data, cancel=None, proto=None):
     """reference_outputs as a generator of (fraction, message)."""
+    tensors = None
     if proto is None:
         yield 0.0, "exporting to ONNX"
-        proto = to_onnx_proto(model)
+        proto, tensors = light_onnx(model)
     x = data.shaped(data.x_test, model.input_shape)
     yield 0.1, f"running {len(x):,} held-out samples"
-    steps = iter_session_all(session(proto), x, cancel=cancel)
+    steps = iter_session_all(session(proto, tensors=tensors), x, cancel=cancel)
     while True:
         try:
             done = next(steps)
@@ -321,17 +322,17 @@ def measure(model: Model, data: Data, reference=None, proto=None, cancel=None, e
 
 
 def measure_steps(model: Model, data: Data, reference=None, proto=None, cancel=None, evaluator=None, outputs=None,
-                  keep: dict | None = None, is_reference: bool = False):
+                  keep: dict | None = None, is_reference: bool = False, tensors=None):
     """measure() as a generator of (fraction, message) for each phase and batch; returns the
     Measurement. The model is written to a scratch file once: its size, its zip (made on another
     core while the model runs: zlib lets go of the GIL) and the session are of that file, so no
     other copy of a 440 MB model is held. `outputs`: this very model's outputs on them, computed the same way
     (then it does not run). `keep`: a dict that gets the outputs under "outputs"; `is_reference`:
     they are the reference too (the original's: the pipeline ran BERT-base on them twice, 100 s
-    each)."""
+    each). `tensors`: the proto's tensors still in the user's file (convert.light_onnx)."""
     if proto is None:
         yield 0.0, "exporting to ONNX"
-        proto = to_onnx_proto(model)
+        proto, tensors = light_onnx(model)
     yield 0.05, "file size and zipped size"
     folder = tempfile.TemporaryDirectory(prefix="studio-measure-")
     zipping = None
@@ -340,7 +341,7 @@ def measure_steps(model: Model, data: Data, reference=None, proto=None, cancel=N
         # (from a file onnxruntime holds one copy of the model, from bytes three at its peak)
         path = Path(folder.name) / "model.onnx"
         located: dict = {}  # the big tensors' places in the file: counted from it, not copied out of the proto
-        write_model(proto, path, located)  # the bytes of onnx_bytes(proto), a tensor at a time (no 2nd copy in memory)
+        write_model(proto, path, located, tensors)  # the bytes of onnx_bytes(proto), a tensor at a time (no 2nd copy in memory)
         params, nonzeros = count_parameters(proto, (path, located))
         del located
         m = Measurement(parameters=params, nonzeros=nonzeros, size_bytes=path.stat().st_size)
@@ -562,7 +563,7 @@ def measure_latency(
 def measure_latency_all(
     protos: list, input_shape: tuple[int, ...], batches=(1, 32), threads: int = 1,
     rounds: int = 7, min_round_s: float = 0.02, cancel=None, signature=None, others=None,
-    budget_s: float | None = None, rounds_out: list | None = None,
+    budget_s: float | None = None, rounds_out: list | None = None, tensors: list | None = None,
 ) -> Generator[tuple[float, str], None, tuple[list[dict[int, float]], list[dict[str, float]], dict[int, int]]]:
     """Median latency (ms) of each model at each batch size, in interleaved rounds (A B C A B C
     ...), so a drift of the machine touches every variant alike. Each round times enough runs to
@@ -582,7 +583,9 @@ def measure_latency_all(
     fewer rounds are timed, never under MIN_ROUNDS; the count is returned and shown.
 
     `rounds_out`: a list that receives, per model, batch -> its time (ms) in each round, in the
-    order timed (round i of every model ran side by side: their ratios cancel the machine's drift)."""
+    order timed (round i of every model ran side by side: their ratios cancel the machine's drift).
+
+    `tensors`: per model, its tensors still in the user's file (convert.light_onnx) or None."""
     from .signature import feeds as feed_of
 
     others = {k: v for k, v in (others or {}).items() if any(f is not None for f in v)}
@@ -590,7 +593,7 @@ def measure_latency_all(
     if rounds_out is not None:
         rounds_out[:] = [{} for _ in protos]
     extra: list[dict[str, float]] = [{} for _ in protos]
-    sessions = [session(p, threads) for p in protos]
+    sessions = [session(p, threads, t) for p, t in zip(protos, tensors or [None] * len(protos), strict=True)]
     pinned = [fixed_batch(s) for s in sessions]
     plan = list(batches) if 1 in batches or not others else [1, *batches]
     timed_rounds: dict[int, int] = {}

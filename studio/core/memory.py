@@ -173,9 +173,10 @@ def _input_metas(proto) -> list:
             for i in proto.graph.input if i.name not in inits]
 
 
-def inference_ram(proto, x, threads: int = 1) -> int | None:
+def inference_ram(proto, x, threads: int = 1, tensors=None) -> int | None:
     """Bytes of RAM the ONNX model takes to load and run one sample of `x` (one array, or
-    Inputs) in onnxruntime, measured in a fresh child; None where it cannot be measured."""
+    Inputs) in onnxruntime, measured in a fresh child; None where it cannot be measured.
+    `tensors`: the proto's tensors still in the user's file (convert.light_onnx)."""
     if os.name != "posix":
         return None
     from .convert import fixed_batch, weight_bytes, write_model
@@ -186,7 +187,7 @@ def inference_ram(proto, x, threads: int = 1) -> int | None:
         return None  # one protobuf file cannot hold it; such a model is measured on its own files
     feed = feeds(_input_metas(proto), x, 0, 1, pad_to=fixed_batch(proto))
     # written a tensor at a time, before the child starts: no serialized copy beside the child that loads it
-    return _measure_child(lambda path: write_model(proto, path), "model.onnx", feed, threads)
+    return _measure_child(lambda path: write_model(proto, path, tensors=tensors), "model.onnx", feed, threads)
 
 
 def pte_ram(program: bytes, args, threads: int = 1) -> int | None:

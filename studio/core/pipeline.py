@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Generator
 from dataclasses import dataclass, field
 
-from .convert import to_onnx_proto
+from .convert import light_onnx, to_onnx_proto
 from .data import Data
 from .errors import Cancelled, StudioError
 from .evaluate import Measurement, measure_latency_all, measure_steps
@@ -60,6 +60,13 @@ class Stage:
         if self._onnx is None:
             self._onnx = to_onnx_proto(self.model)
         return self._onnx
+
+    def onnx_parts(self):
+        """(onnx(), None), or for an ONNX file the window opened (proto, its tensors still in the
+        user's file) without reading those into it (convert.light_onnx): what measuring takes."""
+        if self._onnx is None and self.model.is_onnx:
+            return light_onnx(self.model)
+        return self.onnx(), None
 
     def as_dict(self) -> dict:
         m = self.measurement.as_dict() if self.measurement else {}
@@ -212,10 +219,13 @@ def run(
         # the reference outputs are the original's quality outputs (the same session settings on
         # the same inputs): the original runs on them once, measured and kept in one step
         box: dict = {}
+        proto, tensors = original.onnx_parts()
         original.measurement = yield from _mapped(
-            measure_steps(model, data, None, original.onnx(), cancel_event, evaluator, keep=box, is_reference=True),
+            measure_steps(model, data, None, proto, cancel_event, evaluator, keep=box, is_reference=True,
+                          tensors=tensors),
             0, stages_total, 0.0, RAM_AT if ram_step else 1.0, what)
         reference = box["outputs"]
+        del proto, tensors
         release()  # the file, the session and the zip's buffers of the original's measurement
         if ram_step:
             # the original's RAM child now, while this process holds the original alone: at the RAM step after
@@ -237,8 +247,9 @@ def run(
                           list(old.pass_warnings), seconds=old.seconds, pass_warnings=list(old.pass_warnings),
                           tries=old.tries, _onnx=old._onnx)  # a new stage: the earlier run's keeps its own numbers
             if measure_stages:
+                proto, tensors = stage.onnx_parts()
                 stage.measurement = yield from _mapped(
-                    measure_steps(stage.model, data, reference, stage.onnx(), cancel_event, evaluator),
+                    measure_steps(stage.model, data, reference, proto, cancel_event, evaluator, tensors=tensors),
                     i, stages_total, 0.9, 1.0, f"{p.id}: unchanged, reused; measuring: ")
             stages.append(stage)
             current = old.model
@@ -275,8 +286,9 @@ def run(
         )
         if measure_stages:
             yield Progress(i, stages_total, 0.9, f"{p.id}: measuring: exporting to ONNX")
+            proto, tensors = stage.onnx_parts()
             stage.measurement = yield from _mapped(
-                measure_steps(stage.model, data, reference, stage.onnx(), cancel_event, evaluator),
+                measure_steps(stage.model, data, reference, proto, cancel_event, evaluator, tensors=tensors),
                 i, stages_total, 0.9, 1.0, f"{p.id}: measuring: ")
         stages.append(stage)
         current = result.model
@@ -296,9 +308,11 @@ def run(
             if others and data is not None:
                 calls = yield from _runtime_calls(stages, data, others, k, stages_total, check, threads)
                 k += 1
-            protos = [s.onnx() for s in stages]
-            gen = measure_latency_all(protos, model.input_shape, latency_batches, threads, latency_rounds, cancel=check,
-                                      signature=model.signature, others=calls, budget_s=latency_budget_s)
+            parts = [s.onnx_parts() for s in stages]
+            gen = measure_latency_all([proto for proto, _ in parts], model.input_shape, latency_batches, threads,
+                                      latency_rounds, cancel=check, signature=model.signature, others=calls,
+                                      budget_s=latency_budget_s, tensors=[t for _, t in parts])
+            del parts
             try:
                 while True:
                     try:
@@ -348,7 +362,8 @@ def _measure_ram(stage: Stage, data: Data, threads: int, onnx: bool = True, file
     assert measured is not None
     if onnx:
         x1 = data.shaped(data.x_test[:1], stage.model.input_shape)
-        measured.ram_bytes = inference_ram(stage.onnx(), x1, threads)
+        proto, tensors = stage.onnx_parts()
+        measured.ram_bytes = inference_ram(proto, x1, threads, tensors)
     for name, (program, args) in (files or {}).items():
         got = runtime_ram(name, program, args, threads)
         if got is not None:

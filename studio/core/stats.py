@@ -212,7 +212,7 @@ def count_parameters(proto, written=None) -> tuple[int, int]:
             params += size
             nonzeros += _nonzeros_in_file(path, spot[1], spot[2], dtype)
             continue
-        arr = read(init)
+        arr = read(init) if spot is None or spot[0] is not init else _read_written(init, path, spot[1], spot[2])
         if arr.dtype.kind in "iu" and name not in weight_inputs and arr.dtype.itemsize > 1:
             continue  # shapes, axes, indices
         if arr.size <= 1 and name not in weight_inputs:
@@ -221,6 +221,25 @@ def count_parameters(proto, written=None) -> tuple[int, int]:
         flat = arr.reshape(-1)  # counted in slices: one count_nonzero holds the GIL (~20 ms on 94 MB)
         nonzeros += sum(int(np.count_nonzero(flat[i:i + COUNT_SLICE])) for i in range(0, flat.size, COUNT_SLICE))
     return params, nonzeros
+
+
+def _read_written(init, path, offset: int, length: int) -> np.ndarray:
+    """A tensor write_model wrote in slices (a type numpy does not read as is: bfloat16, float8,
+    4-bit), its values read back from that file through onnx's reader: its message may not hold
+    them (a tensor left in the user's file, convert.light_onnx)."""
+    import onnx
+
+    from .onnx_weights import read
+
+    with open(path, "rb") as f:
+        f.seek(offset)
+        raw = f.read(length)
+    tmp = onnx.TensorProto()
+    tmp.CopyFrom(init)
+    tmp.data_location = onnx.TensorProto.DEFAULT
+    del tmp.external_data[:]
+    tmp.raw_data = raw
+    return read(tmp)
 
 
 def _plain_dtype(data_type: int):
@@ -292,7 +311,7 @@ def macs_counted(model: Model) -> tuple[int, str]:
         return graph.total_macs, ""
     from .onnx_weights import nodes
 
-    if not any(n.op_type == "If" for n, _ in nodes(model.obj.graph)):
+    if not any(n.op_type == "If" for n, _ in nodes(model.light.graph)):  # (nodes only: no tensor read in)
         return graph.total_macs, ""
     if SPECIALIZER is None:
         return graph.total_macs, ("MACs sum every branch of the graph's If nodes: pin the inputs that choose "

@@ -232,3 +232,84 @@ def test_a_graph_built_while_a_job_fills_the_model_counts_from_the_file(tmp_path
     during = graph_from_onnx(light, model.input_shape, None, lazy)
     whole = build_graph(io.load(path))
     assert [(n.name, n.parameters, n.sparsity) for n in during.nodes] == [(n.name, n.parameters, n.sparsity) for n in whole.nodes]
+
+
+@pytest.mark.parametrize("external", [False, True], ids=["in the file", "in a sidecar"])
+def test_a_model_written_from_the_file_is_the_model_filled_and_written(tmp_path, external):
+    """write_model takes the tensors still in the user's file from there (light_onnx): the bytes
+    it writes are those it writes once the proto is filled, which are onnx.save_model's; the
+    parameters counted from that file and a session on it are the whole model's. The proto is not
+    filled on the way (each fill copied a tensor into the message with the GIL held)."""
+    from studio.core.convert import light_onnx, session, write_model
+    from studio.core.stats import count_parameters
+
+    path = model_file(tmp_path, external)
+    model = io.load(path, isolate=True)
+    proto, tensors = light_onnx(model)
+    assert proto is model.light and tensors is model.lazy
+    located: dict = {}
+    write_model(proto, tmp_path / "light.onnx", located, tensors)
+    assert model.lazy is tensors and all(tensors.pending(t) for t in proto.graph.initializer)
+    assert len(located) == len(proto.graph.initializer)  # every one from the file, counted from there
+    counted = count_parameters(proto, (tmp_path / "light.onnx", located))
+    whole = io.load(path).obj
+    write_model(whole, tmp_path / "whole.onnx")
+    assert (tmp_path / "light.onnx").read_bytes() == (tmp_path / "whole.onnx").read_bytes()
+    assert (tmp_path / "light.onnx").read_bytes() == whole.SerializeToString()
+    assert counted == count_parameters(whole)
+    ids = np.arange(8, dtype=np.int64).reshape(1, 8) * 7
+    got = session(proto, tensors=tensors).run(None, {"ids": ids})[0]
+    want = session(whole).run(None, {"ids": ids})[0]
+    np.testing.assert_array_equal(got, want)
+    # filled meanwhile (another thread's Model.obj): written from the message, the same bytes
+    model.obj  # noqa: B018
+    write_model(proto, tmp_path / "filled.onnx", tensors=tensors)
+    assert (tmp_path / "filled.onnx").read_bytes() == whole.SerializeToString()
+
+
+def test_a_tensor_a_pass_replaced_is_not_taken_from_the_file(tmp_path):
+    """A copy whose tensor of the same name, type and dims holds values of its own (float_data:
+    no raw bytes, as a pending tensor) is written with those values, not the file's."""
+    from studio.core.convert import write_model
+
+    path = model_file(tmp_path)
+    model = io.load(path, isolate=True)
+    copy = model.copy()
+    w1 = next(t for t in copy.light.graph.initializer if t.name == "w1")
+    assert copy.lazy.pending(w1)
+    w1.float_data.extend([1.5] * (32 * 48))
+    assert not copy.lazy.pending(w1)
+    write_model(copy.light, tmp_path / "copy.onnx", tensors=copy.lazy)
+    back = onnx.load_model(str(tmp_path / "copy.onnx"))
+    assert np.all(numpy_helper.to_array(next(t for t in back.graph.initializer if t.name == "w1")) == 1.5)
+    emb = next(t for t in back.graph.initializer if t.name == "emb")
+    assert numpy_helper.to_array(emb).tobytes() == numpy_helper.to_array(
+        next(t for t in io.load(path).obj.graph.initializer if t.name == "emb")).tobytes()
+
+
+def test_a_run_on_an_opened_file_leaves_its_tensors_there(tmp_path):
+    """An INT8 run on a model the window opened measures the original and quantizes it from the
+    user's file: the model's proto is never filled (BERT-base: each 94 MB copy into the message
+    froze the window ~50 ms, and the window then held the whole model), and every number equals
+    that of the same run on the model loaded whole."""
+    from studio.core.data import open_data
+    from studio.core.pipeline import run
+    from studio.core.recipe import Recipe
+    from studio.core.training import drain
+
+    path = model_file(tmp_path)
+    recipe = Recipe.from_dict({"passes": [{"id": "quantize.int8_static", "calibration_samples": 32,
+                                           "max_tries": 1, "keep_slow_float": False}]})
+    results = []
+    for isolate in (True, False):
+        model = io.load(path, isolate=isolate)
+        lazy = model.lazy
+        data = open_data("random", model.input_shape, model.signature)
+        done = drain(run(model, recipe, data, latency_batches=(1,), latency_rounds=3))
+        if isolate:
+            assert lazy is not None and model.lazy is lazy
+            assert all(lazy.pending(t) for t in model.light.graph.initializer)
+        results.append([(m.size_bytes, m.zip_bytes, m.parameters, m.nonzeros, m.quality, m.ram_bytes is None)
+                        for m in (s.measurement for s in done.stages)])
+        assert len(done.stages) == 2 and "INT8" in done.stages[1].summary
+    assert results[0] == results[1]

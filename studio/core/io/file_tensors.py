@@ -28,6 +28,10 @@ PLAIN = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32
          10: "float16", 11: "float64", 12: "uint32", 13: "uint64"}
 
 
+# TensorProto's fields that hold values other than raw_data
+TYPED = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
+
+
 def _stamp(st) -> tuple[int, int, int]:
     return st.st_size, st.st_mtime_ns, st.st_ino
 
@@ -79,6 +83,8 @@ class FileTensors:
         """Whether `tensor` (of a model proto) still lacks the bytes `entry` describes."""
         if tensor.name != entry[2] or tensor.data_type != entry[3] or tuple(tensor.dims) != entry[4]:
             return False  # a tensor of the same name that holds its own data (a subgraph's)
+        if any(len(getattr(tensor, f)) for f in TYPED):
+            return False  # values of its own (a tensor a pass put there under the same name)
         if entry[5] is None:
             return not tensor.HasField("raw_data") and tensor.data_location != 1
         return tensor.data_location == 1  # still external (onnx's reader resets it)
@@ -110,6 +116,31 @@ class FileTensors:
         filled from it. Reading them there copies nothing out of the message, which holds the GIL
         for the whole copy (a 94 MB embedding: ~50 ms)."""
         return self._entry(tensor, filled=True) is not None
+
+    def pending_length(self, tensor) -> int | None:
+        """How many raw bytes the tensor (of a model proto) still has in the file only, or None
+        when its message holds its values (see write_to)."""
+        entry = self._entry(tensor)
+        return None if entry is None else entry[1]
+
+    def write_to(self, tensor, out) -> None:
+        """The pending tensor's raw bytes written to the open file `out`, CHUNK_BYTES at a time
+        (each read and write lets the GIL go): what convert.write_model writes for a tensor the
+        window left in the user's file, instead of filling the message and copying the bytes out
+        again (two copies of BERT-base's 94 MB embedding, each holding the GIL ~50 ms). Also
+        once filled meanwhile (another thread's Model.obj): the same bytes."""
+        entry = self._entry(tensor, filled=True)
+        if entry is None:
+            raise KeyError(tensor.name)
+        offset, length, name, _, _, location = entry
+        buf = np.empty(min(length, CHUNK_BYTES), np.uint8)
+        with self._open(location, name) as f:
+            done = 0
+            while done < length:
+                n = min(len(buf), length - done)
+                self._read_into(f, offset + done, buf.data[:n])
+                out.write(buf.data[:n])
+                done += n
 
     def _open(self, location: str | None = None, tensor: str = "", check: bool = True):
         """The model's file (location None) or a sidecar, opened; refused when it changed since

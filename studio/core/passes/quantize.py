@@ -20,7 +20,9 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from ..convert import STREAMS, fixed_batch, iter_session_all, onnx_copy, session, to_onnx_proto, weight_bytes
+from ..convert import (
+    STREAMS, fixed_batch, iter_session_all, light_onnx, onnx_copy, session, to_onnx_proto, weight_bytes,
+)
 from ..evaluate import Measurement, class_scores, measure_latency_all, quality_from_outputs
 from ..memory import release
 from ..model import ONNX
@@ -65,6 +67,10 @@ def _count(proto, ops) -> int:
 QDQ_OPSET = 13  # DequantizeLinear's per-channel `axis` attribute arrived in opset 13
 
 
+def _opset(proto) -> int:
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), QDQ_OPSET)
+
+
 def _qdq_opset(proto):
     """(the model at opset 13 or later, a note when it was converted). onnxruntime writes a
     per-channel DequantizeLinear (with `axis`) into an opset 11 model as it is, and the file it
@@ -72,7 +78,7 @@ def _qdq_opset(proto):
     import onnx
     from onnx import version_converter
 
-    version = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), QDQ_OPSET)
+    version = _opset(proto)
     if version >= QDQ_OPSET:
         return proto, None
     try:
@@ -125,11 +131,12 @@ def _pre_process(src: Path, pre: Path, keep: dict | None = None):
         return src, _load(src, weights=False)
 
 
-def _save(proto, folder: Path, name: str) -> Path:
+def _save(proto, folder: Path, name: str, tensors=None) -> Path:
+    """`tensors`: the proto's tensors still in the user's file (convert.light_onnx)."""
     from ..convert import write_model
 
     path = folder / name
-    write_model(proto, path)  # a tensor at a time (onnx.save_model serializes the whole model first)
+    write_model(proto, path, tensors=tensors)  # a tensor at a time (onnx.save_model serializes the whole model first)
     return path
 
 
@@ -323,7 +330,13 @@ class StaticInt8(Pass[StaticConfig]):
         cfg: StaticConfig = self.config
         data = context.require_data(self.id)
         yield 0.05, "exporting to ONNX" if model.is_torch else "preparing"
-        proto, upgraded = _qdq_opset(to_onnx_proto(model))
+        # an opened file's big tensors stay in it (light_onnx): the pass reads the graph, and writes
+        # the float model for onnxruntime's tools from the user's file; converting the opset or
+        # folding If branches rewrites the graph from its values, and reads them in first
+        proto, tensors = light_onnx(model)
+        if _opset(proto) < QDQ_OPSET or _layers_in_subgraphs(proto):
+            proto, tensors = to_onnx_proto(model), None
+        proto, upgraded = _qdq_opset(proto)
         original = proto
         if _layers_in_subgraphs(proto):
             yield 0.06, "folding the If branches the pinned inputs decide"
@@ -340,7 +353,7 @@ class StaticInt8(Pass[StaticConfig]):
         pinned = fixed_batch(proto)  # a model exported with a fixed batch size takes only that size
         with tempfile.TemporaryDirectory(prefix="studio-q-") as tmp:
             tmp = Path(tmp)
-            src = _save(proto, tmp, "fp32.onnx")
+            src = _save(proto, tmp, "fp32.onnx", tensors)
             # the reference is the model as given, also when its specialized graph is quantized
             ref_src = src if proto is original else _save(original, Path(tmp), "original.onnx")
             pre = tmp / "pre.onnx"
@@ -372,6 +385,7 @@ class StaticInt8(Pass[StaticConfig]):
                 release()  # the float session's 440 MB (BERT-base) back to the system before the calibrator's
             trial = _Trial(proto, tmp / "int8.onnx", pre, pre_proto.graph, facts, user_excluded, x_pool, x_val,
                            reference, pinned, context)
+            trial.tensors = tensors
             trial.large = large
             trial.histogram = histogram_samples(pre_proto, model.input_shape)
             trial.batch = calibration_batch(trial.histogram, pinned)
@@ -426,7 +440,7 @@ class StaticInt8(Pass[StaticConfig]):
         result = best["proto"]
         layers = _quant_record(result, "int8")
         if not layers:  # pre-processing alone is no INT8 stage (it grew Silero VAD 2.2 -> 3.2 MiB)
-            result = original
+            result = original if tensors is None else model.obj  # (the stage holds its tensors)
             warnings.append(_nothing_quantized(original))
         elif specialized_note:
             warnings.append(specialized_note)
@@ -650,6 +664,7 @@ class _Trial:
 
     def __init__(self, proto, out, pre, pre_graph, facts, user_excluded, x_pool, x_val, reference, pinned, context):
         self.proto, self.out, self.pre, self.pre_graph = proto, out, pre, pre_graph
+        self.tensors = None  # the proto's tensors still in the user's file (convert.light_onnx)
         self.facts, self.user_excluded = facts, user_excluded
         self.x_pool, self.x_val, self.reference, self.pinned, self.context = x_pool, x_val, reference, pinned, context
         self.histogram = 1 << 30  # samples whose every activation fits in memory (set by the pass)
@@ -873,7 +888,8 @@ def _keep_slow_float(trial: _Trial, best: dict, tries: list, cfg: StaticConfig, 
     timed = yield from scaled(measure_latency_all([trial.proto, best["proto"]] + [c["proto"] for c in candidates],
                                                    model.input_shape, batches=batches, rounds=7,
                                                    cancel=trial.context.check_cancelled, signature=model.signature,
-                                                   budget_s=SPEED_BUDGET_S),
+                                                   budget_s=SPEED_BUDGET_S,
+                                                   tensors=[trial.tensors] + [None] * (1 + len(candidates))),
                                0.85, 0.90, "timing float blocks: ")
     latency = timed[0]
     float_ms = latency[0][1]
@@ -1045,7 +1061,7 @@ class DynamicInt8(Pass[DynamicConfig]):
     frameworks = ("torch", "onnx")
 
     def warnings(self, model):
-        proto = to_onnx_proto(model)
+        proto, _ = light_onnx(model)  # (the graph only)
         convs = _count(proto, {"Conv"})
         if convs:
             return [f"dynamic INT8 turns {convs} Conv layers into ConvInteger, which onnxruntime runs "
@@ -1057,11 +1073,11 @@ class DynamicInt8(Pass[DynamicConfig]):
 
         cfg: DynamicConfig = self.config
         yield 0.05, "exporting to ONNX" if model.is_torch else "preparing"
-        proto = to_onnx_proto(model)
+        proto, tensors = light_onnx(model)  # an opened file's big tensors are written from it
         warnings = self.warnings(model)
         with tempfile.TemporaryDirectory(prefix="studio-q-") as tmp:
             tmp = Path(tmp)
-            src = _save(proto, tmp, "fp32.onnx")
+            src = _save(proto, tmp, "fp32.onnx", tensors)
             out = tmp / "int8.onnx"
             context.check_cancelled()
             yield 0.3, "quantizing weights"
