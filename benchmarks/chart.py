@@ -18,9 +18,47 @@ def short(name: str) -> str:
     return name.replace("studio: ", "").replace("by hand: ", "hand: ").replace(" + ft", "")
 
 
+NICE = [m * 10 ** e for e in range(-3, 5) for m in (1, 2, 5)]  # the log axes' labelled ticks
+PANEL_PX = (520, 230)  # about the plotting area of one panel in the exported picture
+CHAR_PX, LINE_PX = 6.0, 13.0  # a label's size at font size 8
+
+
+def _ticks(low: float, high: float) -> list:
+    """(log10 x, text) at 1, 2, 5 x 10^k between 10^low and 10^high: pyqtgraph's own log ticks
+    crowd their labels into each other over a wide range."""
+    values = [v for v in NICE if low <= math.log10(v) <= high]
+    if len(values) > 9:  # a range over many decades: 1 and 10^k only
+        values = [v for v in values if str(v).lstrip("0.").startswith("1")]
+    return [[(math.log10(v), f"{v:g}") for v in values]]
+
+
+def _place(labels: list, xspan: tuple, yspan: tuple) -> list:
+    """labels: (x in log10, y, text, must) in drawing order; returns (x, y, text, anchor) of those
+    placed where they overlap no label placed before, trying above, below, right and left of the
+    point; a label with `must` is placed above when nothing is free, one without is left out."""
+    sx = PANEL_PX[0] / max(xspan[1] - xspan[0], 1e-9)
+    sy = PANEL_PX[1] / max(yspan[1] - yspan[0], 1e-9)
+    placed, boxes = [], []
+    for x, y, text, must in labels:
+        px, py, w, h = x * sx, y * sy, CHAR_PX * len(text), LINE_PX
+        tries = [((0.5, 1.2), (px - w / 2, py + 4)), ((0.5, -0.2), (px - w / 2, py - 4 - h)),
+                 ((-0.08, 0.5), (px + 7, py - h / 2)), ((1.08, 0.5), (px - 7 - w, py - h / 2))]
+        for anchor, (left, bottom) in tries:
+            box = (left, bottom, left + w, bottom + h)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in boxes):
+                placed.append((x, y, text, anchor))
+                boxes.append(box)
+                break
+        else:
+            if must:
+                placed.append((x, y, text, tries[0][0]))
+    return placed
+
+
 def render(results: dict, path: Path) -> Path:
     """Per model two panels (quality vs x smaller zipped, vs x faster at the largest batch), log x
-    axes; studio variants and the hand-stacked peers are labelled, single peers are blue dots."""
+    axes; the studio's variants are labelled (those at one point in one label), the hand-stacked
+    peers where their label fits, single peers are blue dots (results.md names every row)."""
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     import pyqtgraph as pg
     import pyqtgraph.exporters
@@ -46,25 +84,36 @@ def render(results: dict, path: Path) -> Path:
             plot.setLabel("bottom", label)
             plot.showGrid(x=True, y=True, alpha=0.3)
             plot.setLogMode(x=True, y=False)  # PlotDataItems take raw x; text goes at log10(x)
-            for kind, color in COLORS.items():
-                pts = [r for r in model["variants"] if r["kind"] == kind and "quality" in r]
-                xs = [max(r[key] if key == "x_smaller_zipped" else r["x_faster"].get(key, 1.0), 1e-3) for r in pts]
-                plot.plot(xs, [r["quality"] for r in pts], pen=None, symbol="o", symbolSize=10,
-                          symbolBrush=pg.mkBrush(*color), symbolPen=pg.mkPen("k"))
-                for x, r in zip(xs, pts):
-                    if kind == "peer" and not r["variant"].startswith("by hand"):
-                        continue
-                    text = pg.TextItem(short(r["variant"]), color=color, anchor=(0.5, 1.2 if kind == "studio" else -0.2))
-                    text.setFont(font)
-                    text.setPos(math.log10(x), r["quality"])
-                    plot.addItem(text)
-            every = [max(r[key] if key == "x_smaller_zipped" else r["x_faster"].get(key, 1.0), 1e-3)
-                     for r in model["variants"] if "quality" in r]
-            # room on the right for the labels of the best points
-            plot.setXRange(math.log10(min(every)) - 0.08, math.log10(max(every)) + 0.35, padding=0)
-            qs = [r["quality"] for r in model["variants"] if "quality" in r]
+            rows = [r for r in model["variants"] if "quality" in r]
+
+            def at(r, key=key):
+                return max(r[key] if key == "x_smaller_zipped" else r["x_faster"].get(key, 1.0), 1e-3)
+
+            xspan = (math.log10(min(at(r) for r in rows)) - 0.08, math.log10(max(at(r) for r in rows)) + 0.35)
+            qs = [r["quality"] for r in rows]
             low = min(qs)
-            plot.setYRange(max(0.0, low - 0.05 * (1.05 - low)) if model["trained"] else -0.05, 1.03 if not model["trained"] else min(1.0, max(qs) + 0.02), padding=0)
+            yspan = ((max(0.0, low - 0.05 * (1.05 - low)), min(1.0, max(qs) + 0.02)) if model["trained"]
+                     else (-0.05, 1.03))
+            labels: dict[tuple, list] = {}  # (x, quality) -> (kind, text) of the rows drawn there
+            for kind, color in COLORS.items():
+                pts = [r for r in rows if r["kind"] == kind]
+                plot.plot([at(r) for r in pts], [r["quality"] for r in pts], pen=None, symbol="o", symbolSize=10,
+                          symbolBrush=pg.mkBrush(*color), symbolPen=pg.mkPen("k"))
+                for r in pts:
+                    if kind != "peer" or r["variant"].startswith("by hand"):
+                        labels.setdefault((round(math.log10(at(r)), 2), round(r["quality"], 4)), []).append(
+                            (kind, short(r["variant"])))
+            ordered = sorted(labels.items(), key=lambda item: [k for k, _ in item[1]] != ["studio"] * len(item[1]))
+            texts = {(x, y): (items[0][0], ", ".join(dict.fromkeys(t for _, t in items))) for (x, y), items in ordered}
+            spots = [(x, y, texts[(x, y)][1], texts[(x, y)][0] != "peer") for (x, y), _ in ordered]
+            for x, y, text, anchor in _place(spots, xspan, yspan):
+                item = pg.TextItem(text, color=COLORS[texts[(x, y)][0]], anchor=anchor)
+                item.setFont(font)
+                item.setPos(x, y)
+                plot.addItem(item)
+            plot.getAxis("bottom").setTicks(_ticks(*xspan))
+            plot.setXRange(*xspan, padding=0)  # room on the right for the labels of the best points
+            plot.setYRange(*yspan, padding=0)
     layout.show()
     app.processEvents()  # lay the plots out before the scene is rendered
     exporter = pg.exporters.ImageExporter(layout.scene())

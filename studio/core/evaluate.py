@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from .convert import (
-    fixed_batch, guarded_run, input_dtype, iter_session_all, light_onnx, session, write_model,
+    fixed_batch, guarded_run, input_dtype, iter_session_all, light_onnx, located_ranges, mapped_session, session,
+    write_model,
 )
 from .data import Data
 from .data_checks import check_labels_fit
@@ -343,6 +344,7 @@ def measure_steps(model: Model, data: Data, reference=None, proto=None, cancel=N
         located: dict = {}  # the big tensors' places in the file: counted from it, not copied out of the proto
         write_model(proto, path, located, tensors)  # the bytes of onnx_bytes(proto), a tensor at a time (no 2nd copy in memory)
         params, nonzeros = count_parameters(proto, (path, located))
+        ranges = located_ranges(proto, located)
         del located
         m = Measurement(parameters=params, nonzeros=nonzeros, size_bytes=path.stat().st_size)
         zipping = _Zipping(path)  # while the MACs are counted and the model runs
@@ -359,7 +361,7 @@ def measure_steps(model: Model, data: Data, reference=None, proto=None, cancel=N
         if outputs is not None:
             outs = outputs
         else:
-            sess = session(path)
+            sess = mapped_session(proto, path, ranges)  # (freed after: a copy of the weights held the GIL longer)
             names = [o.name for o in sess.get_outputs()]
             steps = iter_session_all(sess, x, cancel=cancel)
             while True:

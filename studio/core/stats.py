@@ -181,6 +181,7 @@ def count_parameters(proto, written=None) -> tuple[int, int]:
     it): the tensors it wrote in slices are counted from that file, slice by slice (each read
     lets the GIL go), their sizes from their dims; copying one out of the message held the GIL
     for all of it (BERT-base's 94 MB embedding: ~55 ms, the window frozen as long)."""
+    from .io.file_tensors import nonzeros as count_nonzeros
     from .onnx_weights import nodes, read, tensors
 
     side_inputs = set()
@@ -218,8 +219,7 @@ def count_parameters(proto, written=None) -> tuple[int, int]:
         if arr.size <= 1 and name not in weight_inputs:
             continue  # scalar constants (epsilons, exponents) are not parameters
         params += arr.size
-        flat = arr.reshape(-1)  # counted in slices: one count_nonzero holds the GIL (~20 ms on 94 MB)
-        nonzeros += sum(int(np.count_nonzero(flat[i:i + COUNT_SLICE])) for i in range(0, flat.size, COUNT_SLICE))
+        nonzeros += count_nonzeros(arr)  # in slices: one count_nonzero holds the GIL (~20 ms on 94 MB)
     return params, nonzeros
 
 
@@ -251,29 +251,12 @@ def _plain_dtype(data_type: int):
     return None if name is None else np.dtype(name).newbyteorder("<")
 
 
-READ_SLICE = 4 << 20  # bytes one read and one count take (_nonzeros_in_file)
-
-
 def _nonzeros_in_file(path, offset: int, length: int, dtype) -> int:
     """Nonzero values among `length` bytes of values of `dtype` at `offset` in the file."""
-    buf = np.empty(min(length, READ_SLICE - READ_SLICE % dtype.itemsize), np.uint8)
-    nonzero = done = 0
+    from .io.file_tensors import nonzeros_in_file
+
     with open(path, "rb") as f:
-        f.seek(offset)
-        while done < length:
-            want = min(len(buf), length - done)
-            got = 0
-            while got < want:
-                n = f.readinto(buf.data[got:want])
-                if not n:
-                    raise OSError(f"{path}: shorter than it was written")
-                got += n
-            nonzero += int(np.count_nonzero(buf[:want].view(dtype)))
-            done += want
-    return nonzero
-
-
-COUNT_SLICE = 1 << 20  # values a nonzero count takes at once (count_parameters)
+        return nonzeros_in_file(f, offset, length, dtype)
 
 
 def parameter_count(model: Model) -> tuple[int, int]:

@@ -313,3 +313,39 @@ def test_a_run_on_an_opened_file_leaves_its_tensors_there(tmp_path):
                         for m in (s.measurement for s in done.stages)])
         assert len(done.stages) == 2 and "INT8" in done.stages[1].summary
     assert results[0] == results[1]
+
+
+
+def test_a_session_maps_the_weights_from_the_file_it_compares(tmp_path, monkeypatch):
+    """mapped_session: a session on the file write_model wrote, whose tensors onnxruntime maps
+    from that file (a small model beside it names them external data in it), gives the outputs
+    of a session on the file itself, and leaves only that file behind; from an opened file's
+    light proto too (its tensors written from the user's file)."""
+    from studio.core import convert
+    from studio.core.convert import light_onnx, located_ranges, mapped_session, session, write_model
+
+    rng = np.random.default_rng(1)
+    inits = [numpy_helper.from_array(rng.standard_normal((2000, 32)).astype(np.float32), "emb"),
+             numpy_helper.from_array(rng.standard_normal((32, 600)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal((600,)).astype(np.float32), "b")]
+    nodes = [helper.make_node("Gather", ["emb", "ids"], ["e"]), helper.make_node("MatMul", ["e", "w"], ["h"]),
+             helper.make_node("Add", ["h", "b"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8, 600])], inits)
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "user.onnx"))
+    monkeypatch.setattr(convert, "WRITE_WHOLE_UNDER", 0)  # the written-in-parts path of a big model
+    ids = rng.integers(0, 2000, (3, 8)).astype(np.int64)
+    want = session(tmp_path / "user.onnx").run(None, {"ids": ids})[0]
+    for isolate in (False, True):
+        model = io.load(tmp_path / "user.onnx", isolate=isolate)
+        proto, tensors = light_onnx(model)
+        folder = tmp_path / f"out-{isolate}"
+        folder.mkdir()
+        located: dict = {}
+        write_model(proto, folder / "m.onnx", located, tensors)
+        ranges = located_ranges(proto, located)
+        assert sorted(proto.graph.initializer[i].name for i in ranges) == (["b", "emb", "w"] if isolate else ["emb", "w"])
+        sess = mapped_session(proto, folder / "m.onnx", ranges)
+        assert [p.name for p in folder.iterdir()] == ["m.onnx"]
+        np.testing.assert_array_equal(sess.run(None, {"ids": ids})[0], want)
+        assert model.lazy is tensors  # not filled on the way

@@ -164,13 +164,13 @@ def test_zeros_of_a_weight_over_one_count_slice_are_counted_slice_by_slice(tmp_p
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
-    from studio.core.graph import from_onnx
+    from studio.core.io import file_tensors
 
     values = np.random.default_rng(0).random((3000, 1024), dtype=np.float32)  # 3 M values: three slices
     values[0, :7] = 0
     values[-1, -5:] = -0.0  # in the last slice
     values[1500, :100] = 0
-    assert values.size > 2 * from_onnx.ZERO_SLICE
+    assert values.size > 2 * file_tensors.COUNT_VALUES
     graph = helper.make_graph([helper.make_node("Gather", ["emb", "ids"], ["y"])], "g",
                               [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 1024])],

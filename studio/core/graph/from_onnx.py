@@ -132,13 +132,11 @@ def _zeros(init, lazy=None) -> int:
     return _zero_count(_array(init))
 
 
-ZERO_SLICE = 1 << 20  # values one count_nonzero takes (on 94 MB of float32 it held the GIL ~12 ms)
-
-
 def _zero_count(arr) -> int:
     """Zeros among the array's values, counted a slice at a time (the GIL goes between slices)."""
-    flat = arr.reshape(-1)
-    return int(flat.size - sum(int(np.count_nonzero(flat[i:i + ZERO_SLICE])) for i in range(0, flat.size, ZERO_SLICE)))
+    from ..io.file_tensors import nonzeros
+
+    return int(arr.size - nonzeros(arr))
 
 
 SCOPES = "pkg.torch.onnx.name_scopes"  # torch's dynamo exporter: "['', 'layer1', 'layer1.0', 'add']"

@@ -5,8 +5,9 @@ Putting a tensor's bytes into a protobuf message is one copy that holds the GIL 
 (`tensor.raw_data`) is another. So the window's model keeps its big initializers where they are,
 as byte ranges of the file the parse child found and checked: the graph and the statistics read
 the numbers from the file themselves, in slices (each read lets the GIL go), straight into numpy
-arrays; the protobuf gets the bytes only when a job needs the whole model (Model.obj fills it,
-on that job's worker).
+arrays. A run writes the model from here too (convert.light_onnx: measuring, the latency rounds,
+the INT8 passes' float file): the protobuf gets the bytes only when a job needs the whole model
+in memory (Model.obj fills it, on that job's worker: a pass that changes the weights).
 
 The file is checked again at every read: a file changed since it was opened (size, time, inode)
 is refused rather than mixed with the graph parsed before.
@@ -30,6 +31,35 @@ PLAIN = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32
 
 # TensorProto's fields that hold values other than raw_data
 TYPED = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
+
+
+COUNT_VALUES = 1 << 20  # values one count_nonzero takes (on 94 MB of float32 it held the GIL ~12 ms)
+
+
+def nonzeros(arr: np.ndarray) -> int:
+    """Nonzero values of an array, counted COUNT_VALUES at a time (the GIL goes between them)."""
+    flat = arr.reshape(-1)
+    return sum(int(np.count_nonzero(flat[i:i + COUNT_VALUES])) for i in range(0, flat.size, COUNT_VALUES))
+
+
+def nonzeros_in_file(f, offset: int, length: int, dtype: np.dtype) -> int:
+    """Nonzero values among `length` bytes of values of `dtype` at `offset` of the open file `f`,
+    read and counted CHUNK_BYTES at a time (each read lets the GIL go): no copy of the whole
+    tensor. OSError when the file is shorter."""
+    buf = np.empty(min(length, CHUNK_BYTES - CHUNK_BYTES % dtype.itemsize), np.uint8)
+    nonzero = done = 0
+    f.seek(offset)
+    while done < length:
+        want = min(len(buf), length - done)
+        got = 0
+        while got < want:
+            n = f.readinto(buf.data[got:want])
+            if not n:
+                raise OSError("the file is shorter than its tensors say")
+            got += n
+        nonzero += int(np.count_nonzero(buf[:want].view(dtype)))
+        done += want
+    return nonzero
 
 
 def _stamp(st) -> tuple[int, int, int]:
@@ -229,17 +259,11 @@ class FileTensors:
         dtype = PLAIN.get(data_type)
         if dtype is None or length != count * np.dtype(dtype).itemsize:
             return None
-        dt = np.dtype(dtype).newbyteorder("<")
-        buf = np.empty(min(length, CHUNK_BYTES - CHUNK_BYTES % dt.itemsize), np.uint8)
-        nonzero = 0
         with self._open(location, name) as f:
-            done = 0
-            while done < length:
-                n = min(len(buf), length - done)
-                self._read_into(f, offset + done, buf.data[:n])
-                nonzero += int(np.count_nonzero(buf[:n].view(dt)))
-                done += n
-        return count - nonzero
+            try:
+                return count - nonzeros_in_file(f, offset, length, np.dtype(dtype).newbyteorder("<"))
+            except OSError:
+                raise LoadError(f"{self.path.name}: cannot read it (a file is shorter than when it was opened)") from None
 
     def fill(self, proto) -> None:
         """Each tensor's bytes read into `proto` (this model's, or a copy of it made before), one

@@ -21,7 +21,8 @@ import numpy as np
 from pydantic import Field
 
 from ..convert import (
-    STREAMS, fixed_batch, iter_session_all, light_onnx, onnx_copy, session, to_onnx_proto, weight_bytes,
+    STREAMS, fixed_batch, iter_session_all, light_onnx, mapped_session, onnx_copy, session, to_onnx_proto,
+    weight_bytes,
 )
 from ..evaluate import Measurement, class_scores, measure_latency_all, quality_from_outputs
 from ..memory import release
@@ -709,7 +710,8 @@ class _Trial:
         if report is not None:
             report(None, len(self.x_val))  # calibrated: now the comparison with the float stage
         # from the file just written and read: the model as the proto holds it, not serialized again
-        steps = iter_session_all(session(str(self.out)), self.x_val, cancel=self.context.cancel_event)
+        ranges = {i: (offset, length) for i, offset, length in written.get("located", [])}
+        steps = iter_session_all(mapped_session(proto, self.out, ranges), self.x_val, cancel=self.context.cancel_event)
         while True:  # BERT-base: over a minute; the bar says how far
             try:
                 done = next(steps)

@@ -108,16 +108,23 @@ def quantize_in_child(request: dict, cancel: threading.Event | None = None, weig
     closed) is set: the child is killed; StudioError in one line when onnxruntime fails, the child
     dies or it passes its time budget (budget(weights))."""
     with tempfile.TemporaryDirectory(prefix="studio-quantize-") as folder:
-        asked, reply = Path(folder) / "request.json", Path(folder) / "reply.json"
-        asked.write_text(json.dumps({**request, "reply": str(reply)}))
-        code = child.run("_quantize", [str(asked)], stop=_stopper(cancel, abandoned), budget=budget(weights),
-                         what="onnxruntime's quantizer")
-        answer = _answer(reply)
+        answer = _ask(Path(folder), request, "onnxruntime's quantizer", "the INT8 model",
+                      _stopper(cancel, abandoned), budget(weights))
         skeleton = Path(folder) / "skeleton.onnx"
-        if answer is not None and "located" in answer and skeleton.exists():
+        if "located" in answer and skeleton.exists():
             answer["skeleton"] = skeleton.read_bytes()
+    return answer
+
+
+def _ask(folder: Path, request: dict, what: str, wrote: str, stop, seconds: float | None, on_line=None) -> dict:
+    """`request` written to `folder` and a child run on it (child.run): its answer. StudioError in
+    one line when the child stopped before it answered, or with onnxruntime's error."""
+    asked, reply = folder / "request.json", folder / "reply.json"
+    asked.write_text(json.dumps({**request, "reply": str(reply)}))
+    code = child.run("_quantize", [str(asked)], stop=stop, budget=seconds, on_line=on_line, what=what)
+    answer = _answer(reply)
     if answer is None or code != 0:
-        raise StudioError(f"onnxruntime's quantizer stopped ({child.ended(code)}) before it wrote the INT8 model")
+        raise StudioError(f"{what} stopped ({child.ended(code)}) before it wrote {wrote}")
     if "error" in answer:
         raise StudioError(answer["error"])
     return answer
@@ -140,10 +147,8 @@ def ranges_in_child(request: dict, x, report=None, cancel: threading.Event | Non
     hands onnxruntime (its stdout lines). Cancelled / StudioError as quantize_in_child; `seconds`:
     its time budget."""
     with tempfile.TemporaryDirectory(prefix="studio-calibrate-") as folder:
-        asked, reply, samples = Path(folder) / "request.json", Path(folder) / "reply.json", Path(folder) / "samples.npz"
+        samples = Path(folder) / "samples.npz"
         layout = write_samples(x, samples)
-        asked.write_text(json.dumps({**request, "task": "ranges", "samples": str(samples), "layout": layout,
-                                     "reply": str(reply)}))
 
         def line(text: str) -> None:
             word, *numbers = text.split()
@@ -153,13 +158,8 @@ def ranges_in_child(request: dict, x, report=None, cancel: threading.Event | Non
             else:  # anything else a library printed: to the terminal, as in-process
                 print(text, file=sys.stderr)
 
-        code = child.run("_quantize", [str(asked)], stop=_stopper(cancel, abandoned), budget=seconds, on_line=line,
-                         what="onnxruntime's calibration")
-        answer = _answer(reply)
-    if answer is None or code != 0:
-        raise StudioError(f"onnxruntime's calibration stopped ({child.ended(code)}) before it wrote the ranges")
-    if "error" in answer:
-        raise StudioError(answer["error"])
+        _ask(Path(folder), {**request, "task": "ranges", "samples": str(samples), "layout": layout},
+             "onnxruntime's calibration", "the ranges", _stopper(cancel, abandoned), seconds, line)
 
 
 def write_samples(x, path: Path) -> dict:
