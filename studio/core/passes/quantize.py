@@ -710,8 +710,8 @@ class _Trial:
         if report is not None:
             report(None, len(self.x_val))  # calibrated: now the comparison with the float stage
         # from the file just written and read: the model as the proto holds it, not serialized again
-        ranges = {i: (offset, length) for i, offset, length in written.get("located", [])}
-        steps = iter_session_all(mapped_session(proto, self.out, ranges), self.x_val, cancel=self.context.cancel_event)
+        in_file = {i: (offset, length) for i, offset, length in written.get("located", [])}
+        steps = iter_session_all(mapped_session(proto, self.out, in_file), self.x_val, cancel=self.context.cancel_event)
         while True:  # BERT-base: over a minute; the bar says how far
             try:
                 done = next(steps)
