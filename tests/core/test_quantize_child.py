@@ -91,3 +91,36 @@ def test_a_small_model_is_quantized_here_and_a_big_one_in_the_child(tmp_path):
     assert (tmp_path / "child.onnx").read_bytes() == (tmp_path / "here.onnx").read_bytes()
     proto = load_written(tmp_path / "here.onnx", here)
     assert proto.SerializeToString() == onnx.load(str(tmp_path / "here.onnx")).SerializeToString()
+
+
+def test_the_debug_model_is_made_in_a_child_as_in_process(tmp_path):
+    """The last INT8 remedy's qdq_loss_debug model (every activation an output) is made in a child
+    for a big model (its load with shape inference and its save held the GIL 624 and 236 ms on
+    BERT-base's INT8 model): the same file as in-process; a broken model fails in one line."""
+    from studio.core.passes.quantize_child import CHILD_OVER, augment_for_debug
+
+    pre, cache = _prepared(tmp_path)
+    quantize_file(_request(pre, cache, tmp_path / "int8.onnx"))
+    augment_for_debug(tmp_path / "int8.onnx", tmp_path / "here.onnx", weights=0)
+    augment_for_debug(tmp_path / "int8.onnx", tmp_path / "child.onnx", weights=CHILD_OVER + 1)
+    # the same model (onnxruntime names its Reshapes by the clock and adds outputs in a set's order,
+    # which differs between processes): the same outputs, the same values for them
+    import numpy as np
+
+    from studio.core.convert import session
+
+    here, child = session(tmp_path / "here.onnx"), session(tmp_path / "child.onnx")
+    names = sorted(o.name for o in here.get_outputs())
+    assert names == sorted(o.name for o in child.get_outputs())
+    assert len(names) > len(onnx.load(str(tmp_path / "int8.onnx")).graph.output)
+    first = here.get_inputs()[0]
+    feed = {first.name: np.random.default_rng(0).standard_normal([d if isinstance(d, int) else 2 for d in first.shape])
+            .astype(np.float32)}
+    got_here = dict(zip([o.name for o in here.get_outputs()], here.run(None, feed)))
+    got_child = dict(zip([o.name for o in child.get_outputs()], child.run(None, feed)))
+    for name in names:
+        np.testing.assert_array_equal(got_here[name], got_child[name])
+    (tmp_path / "broken.onnx").write_bytes(b"\x08\x07not a model at all")
+    with pytest.raises(StudioError) as raised:
+        augment_for_debug(tmp_path / "broken.onnx", tmp_path / "out.onnx", weights=CHILD_OVER + 1)
+    assert "\n" not in str(raised.value)

@@ -814,12 +814,13 @@ class _Trial:
         onnxruntime's qdq_loss_debug on validation samples) are kept float: the worst tenth of
         the quantized tensors, at least one. None when nothing new would stay float."""
         from onnxruntime.quantization.qdq_loss_debug import (
-            collect_activations, compute_signal_to_quantization_noice_ratio, create_activation_matching,
-            modify_model_output_intermediate_tensors)
+            collect_activations, compute_signal_to_quantization_noice_ratio, create_activation_matching)
+
+        from .quantize_child import augment_for_debug
 
         qdq, augmented = self.out.with_name("debug-qdq.onnx"), self.out.with_name("debug-augmented.onnx")
         _save(t["proto"], qdq.parent, qdq.name)
-        modify_model_output_intermediate_tensors(str(qdq), str(augmented))
+        augment_for_debug(qdq, augmented, weight_bytes(self.proto), self.context.cancel_event)
         count = min(64, self.histogram // 2)  # every activation, float and INT8, is held
         if count < 8:
             return None  # they would not fit in memory (HISTOGRAM_BYTES)

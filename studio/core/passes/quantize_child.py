@@ -162,6 +162,23 @@ def ranges_in_child(request: dict, x, report=None, cancel: threading.Event | Non
              "onnxruntime's calibration", "the ranges", _stopper(cancel, abandoned), seconds, line)
 
 
+def augment_for_debug(qdq: Path, augmented: Path, weights: int, cancel: threading.Event | None = None,
+                      abandoned: threading.Event | None = None) -> None:
+    """onnxruntime's qdq_loss_debug.modify_model_output_intermediate_tensors(qdq, augmented), in a
+    child for a model whose weights hold over CHILD_OVER bytes: it loads the model with shape
+    inference and saves it whole, each one call holding the GIL (BERT-base's INT8 model: 624 and
+    236 ms, the window frozen as long). Cancelled / StudioError as quantize_in_child."""
+    if weights <= CHILD_OVER:
+        from onnxruntime.quantization.qdq_loss_debug import modify_model_output_intermediate_tensors
+
+        modify_model_output_intermediate_tensors(str(qdq), str(augmented))
+        return
+    with tempfile.TemporaryDirectory(prefix="studio-debug-") as folder:
+        _ask(Path(folder), {"task": "augment", "input": str(qdq), "output": str(augmented)},
+             "onnxruntime's qdq_loss_debug", "the model with its activations as outputs",
+             _stopper(cancel, abandoned), budget(weights))
+
+
 def write_samples(x, path: Path) -> dict:
     """x (an array, or signature.Inputs) to an .npz; the layout read_samples needs (JSON)."""
     from ..signature import Inputs
@@ -218,7 +235,7 @@ def child_main(argv: list[str]) -> int:
     """`studio _quantize REQUEST`: quantize_file(REQUEST's JSON), the outcome written to its
     "reply" file: {"weights": [...], "located": [...]} (and skeleton.onnx beside it: see
     load_written) or {"error": its first line}. A request with "task": "ranges": the calibration
-    (calibrate_main)."""
+    (calibrate_main); "augment": augment_for_debug's."""
     from .quantize import _PerTensorNotes
 
     request = json.loads(Path(argv[0]).read_text())
@@ -226,6 +243,12 @@ def child_main(argv: list[str]) -> int:
         return calibrate_main(request)
     notes = _PerTensorNotes()
     try:
+        if request.get("task") == "augment":  # augment_for_debug
+            from onnxruntime.quantization.qdq_loss_debug import modify_model_output_intermediate_tensors
+
+            modify_model_output_intermediate_tensors(request["input"], request["output"])
+            Path(request["reply"]).write_text(json.dumps({}))
+            return 0
         quantize_file(request, notes)
         answer: dict = {"weights": notes.weights}
     except Exception as exc:  # noqa: BLE001 - onnxruntime's own classes: one line to the parent
