@@ -34,18 +34,20 @@ def _ticks(low: float, high: float) -> list:
 
 def _place(labels: list, xspan: tuple, yspan: tuple) -> list:
     """labels: (x in log10, y, text, must) in drawing order; returns (x, y, text, anchor) of those
-    placed where they overlap no label placed before, trying above, below, right and left of the
-    point; a label with `must` is placed above when nothing is free, one without is left out."""
+    placed inside the panel where they overlap no label placed before, trying above, below, right
+    and left of the point; a label with `must` is placed above when nothing is free, one without
+    is left out."""
     sx = PANEL_PX[0] / max(xspan[1] - xspan[0], 1e-9)
     sy = PANEL_PX[1] / max(yspan[1] - yspan[0], 1e-9)
     placed, boxes = [], []
     for x, y, text, must in labels:
-        px, py, w, h = x * sx, y * sy, CHAR_PX * len(text), LINE_PX
+        px, py, w, h = (x - xspan[0]) * sx, (y - yspan[0]) * sy, CHAR_PX * len(text), LINE_PX
         tries = [((0.5, 1.2), (px - w / 2, py + 4)), ((0.5, -0.2), (px - w / 2, py - 4 - h)),
                  ((-0.08, 0.5), (px + 7, py - h / 2)), ((1.08, 0.5), (px - 7 - w, py - h / 2))]
         for anchor, (left, bottom) in tries:
             box = (left, bottom, left + w, bottom + h)
-            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in boxes):
+            inside = box[0] >= 0 and box[1] >= 0 and box[2] <= PANEL_PX[0] and box[3] <= PANEL_PX[1]
+            if inside and not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in boxes):
                 placed.append((x, y, text, anchor))
                 boxes.append(box)
                 break
