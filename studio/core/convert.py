@@ -474,6 +474,8 @@ def mapped_session(proto, path: Path, ranges: dict[int, tuple[int, int]], thread
     mapped.write_bytes(view.SerializeToString())
     try:
         return session(mapped, threads)
+    except StudioError:  # an onnxruntime that refuses such a view (its checks of external data grow): a copy
+        return session(path, threads)
     finally:
         mapped.unlink(missing_ok=True)  # onnxruntime has read it; the data file stays mapped
 
