@@ -241,3 +241,15 @@ def test_a_model_of_named_int64_inputs_quantizes_the_same_through_the_child(tmp_
     assert here.layers and here.layers == there.layers and here.tries[0]["score"] == there.tries[0]["score"]
     assert there.model.obj.SerializeToString() == here.model.obj.SerializeToString()
     assert not _children()
+
+
+def test_a_histogram_calibration_in_process_prints_nothing_on_stdout(tmp_path, capfd):
+    """onnxruntime's histogram calibrators print their steps ("Collecting tensor data and making
+    histogram ...") with print(): in-process they went to stdout, into `studio run --json`'s
+    JSON (a search's best recipe with percentile calibration failed to replay). They go to stderr."""
+    trial, _ = _trial(tmp_path)
+    calibrate(trial.pre, sorted(trial.facts.quantizable), tmp_path / "a.onnx", "percentile", 1,
+              input_metas(trial.proto), trial.x_pool, trial.batch, tmp_path / "here.json")
+    out, err = capfd.readouterr()
+    assert len(json.loads((tmp_path / "here.json").read_text())) > 3 and out == ""
+    assert "histogram" in err

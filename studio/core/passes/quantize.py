@@ -6,10 +6,12 @@ one whose quantized kernels make the model faster, so we use its quantizer rathe
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 import re
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -583,8 +585,11 @@ def calibrate(pre: Path, op_types: list[str], augmented: Path, method: str, stre
         if streams > 1:
             ahead = reader = _Ahead(calibrator.infer_session, reader, streams)
             calibrator.infer_session = ahead
-        calibrator.collect_data(reader)
-        save_tensors_data(calibrator.compute_data(), cache)
+        # onnxruntime's histogram calibrators print their steps: stdout is the CLI's (`--json`) and, in
+        # the calibration child, its progress lines
+        with contextlib.redirect_stdout(sys.stderr):
+            calibrator.collect_data(reader)
+            save_tensors_data(calibrator.compute_data(), cache)
     finally:
         if ahead is not None:
             ahead.close()

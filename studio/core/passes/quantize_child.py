@@ -265,7 +265,8 @@ def calibrate_main(request: dict) -> int:
     from .quantize import _InputMeta, calibrate
 
     def report(done: int, total: int) -> None:
-        print(f"{PROGRESS} {done} {total}", flush=True)
+        # (the real stdout: calibrate sends what onnxruntime prints to stderr meanwhile)
+        print(f"{PROGRESS} {done} {total}", file=sys.__stdout__, flush=True)
 
     try:
         x = read_samples(Path(request["samples"]), request["layout"])
