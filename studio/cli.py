@@ -508,6 +508,10 @@ def main(argv: list[str] | None = None) -> int:
         from studio.core.memory import child_main
 
         return child_main(argv[1:])
+    if argv and argv[0] == "_outputs":  # internal: a big model's outputs (and zipped size) for measuring
+        from studio.core.outputs_child import child_main as outputs_main
+
+        return outputs_main(argv[1:])
     if argv and argv[0] == "_quantize":  # internal: onnxruntime's quantize_static for the INT8 pass's try
         from studio.core.passes.quantize_child import child_main
 

@@ -59,18 +59,34 @@ def run(verb: str, args: list[str], *, stop: Callable[[], bool] | None = None, b
     (`what` names it). on_line(text): each line the child prints on its stdout, called in this
     thread while it waits (a reader thread reads the pipe, so a child between two lines does
     not hold up the cancel); an exception there ends the wait. Whichever way this returns or
-    raises (a closed generator's GeneratorExit too), the child is not left running."""
+    raises, the child is not left running."""
+    steps = lines(verb, args, stop=stop, budget=budget, what=what, piped=on_line is not None)
+    try:
+        while True:
+            try:
+                line = next(steps)
+            except StopIteration as end:
+                return end.value
+            if on_line is not None:
+                on_line(line)
+    finally:
+        steps.close()  # on_line raised: the child is killed now, not when the traceback goes
+
+
+def lines(verb: str, args: list[str], *, stop: Callable[[], bool] | None = None, budget: float | None = None,
+          what: str = "the child process", piped: bool = True):
+    """run() as a generator: yields each line the child prints on its stdout (none unless
+    `piped`) as it comes, returns the exit code. Closing the generator kills the child."""
     proc = subprocess.Popen(command(verb, *args), stdin=subprocess.DEVNULL, env=environment(),
-                            stdout=subprocess.PIPE if on_line is not None else None,
-                            text=on_line is not None, bufsize=1 if on_line is not None else -1)
-    lines: queue.Queue = queue.Queue()
+                            stdout=subprocess.PIPE if piped else None, text=piped, bufsize=1 if piped else -1)
+    queued: queue.Queue = queue.Queue()
     reader = None
-    if on_line is not None:
+    if piped:
         def read():
             with contextlib.suppress(Exception):
                 for line in proc.stdout:
-                    lines.put(line.rstrip("\n"))
-            lines.put(None)
+                    queued.put(line.rstrip("\n"))
+            queued.put(None)
 
         reader = threading.Thread(target=read, name=f"studio-child-{verb}", daemon=True)
         reader.start()
@@ -79,13 +95,13 @@ def run(verb: str, args: list[str], *, stop: Callable[[], bool] | None = None, b
         while True:
             if reader is not None:
                 try:
-                    line = lines.get(timeout=POLL_S)
+                    line = queued.get(timeout=POLL_S)
                 except queue.Empty:
                     line = ""
                 if line is None:  # the child closed its stdout: it is ending
                     reader = None
-                elif line and on_line is not None:
-                    on_line(line)
+                elif line:
+                    yield line
             elif proc.poll() is None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(POLL_S)
@@ -103,3 +119,49 @@ def run(verb: str, args: list[str], *, stop: Callable[[], bool] | None = None, b
         if proc.stdout is not None:
             with contextlib.suppress(Exception):
                 proc.stdout.close()
+
+
+# A child's time budget: generous multiples of what its work takes, so that a hung child (a deadlock
+# in onnxruntime, a stopped process) ends the job in one line instead of holding it forever, while a
+# slow or loaded machine is not stopped. Proportional to the work: a start, the model's weights read,
+# converted and written (quantize_static; the calibrator's augment_graph), and each sample run through
+# the weights and the activations of the graph.
+START_S = 300.0  # an interpreter start with onnxruntime's imports on a loaded machine (1-2 s idle)
+S_PER_MB = 2.0  # a MB of weights read, converted, written (BERT-base's 434 MB: ~60 s in quantize_static)
+S_PER_SAMPLE_MB = 0.01  # a sample's run per MB of weights and activations (BERT-base ~0.5 s for ~730 MB)
+
+
+def budget(weights: int, samples: int = 0, activations: int = 0) -> float:
+    """Seconds a child may take: `weights` bytes of the model; `samples` run with `activations`
+    bytes of activations each (BERT-base: ~20 min for quantize_static, ~50 min for a 256-sample
+    calibration; on an idle machine they take ~1 and ~2-4 min)."""
+    mb = weights / 2**20
+    return START_S + S_PER_MB * mb + S_PER_SAMPLE_MB * samples * (mb + activations / 2**20)
+
+
+def write_samples(x, path: Path) -> dict:
+    """x (an array, or signature.Inputs) to an .npz a child reads; the layout read_samples needs (JSON)."""
+    import numpy as np
+
+    from .signature import Inputs
+
+    if not isinstance(x, Inputs):
+        np.savez(path, x=np.asarray(x))
+        return {}
+    named: dict = {f"a{i}": np.asarray(a) for i, a in enumerate(x.arrays.values())}
+    named.update({f"c{i}": np.asarray(v) for i, v in enumerate(x.constants.values())})
+    np.savez(path, **named)
+    return {"arrays": list(x.arrays), "constants": list(x.constants), "axes": x.axes}
+
+
+def read_samples(path: Path, layout: dict):
+    """The samples write_samples wrote (no pickles: an object array is refused)."""
+    import numpy as np
+
+    from .signature import Inputs
+
+    with np.load(path, allow_pickle=False) as stored:
+        if not layout:
+            return stored["x"]
+        return Inputs({name: stored[f"a{i}"] for i, name in enumerate(layout["arrays"])},
+                      {name: stored[f"c{i}"] for i, name in enumerate(layout["constants"])}, layout["axes"])

@@ -448,13 +448,22 @@ def located_ranges(proto, located: dict) -> dict[int, tuple[int, int]]:
 def mapped_session(proto, path: Path, ranges: dict[int, tuple[int, int]], threads: int = 1):
     """A session on the model file `path` (`proto`: its model, whole or without the bytes at
     `ranges`), whose initializers at `ranges` ({index: (offset, length) of their raw bytes in
-    the file}) onnxruntime maps from the file instead of copying: a small model beside it names
-    them external data in `path` itself. Freeing a session holds the GIL for all the memory it
-    let go; mapped, BERT-base's took ~9 ms instead of ~20-45 (the window frozen as long), and
-    making it about half the time. For sessions whose outputs are compared, not timed: the
-    latency rounds load their models as a user's runtime would (session)."""
+    the file}) onnxruntime maps from the file instead of copying (mapped_view). Freeing a session
+    holds the GIL for all the memory it let go; mapped, BERT-base's took ~9 ms instead of ~20-45
+    (the window frozen as long), and making it about half the time. For sessions whose outputs
+    are compared, not timed: the latency rounds load their models as a user's runtime would (session)."""
     if not ranges:
         return session(path, threads)
+    view = mapped_view(proto, path, ranges)
+    try:
+        return open_mapped(view, path, threads)
+    finally:
+        view.unlink(missing_ok=True)  # onnxruntime has read it; the data file stays mapped
+
+
+def mapped_view(proto, path: Path, ranges: dict[int, tuple[int, int]]) -> Path:
+    """A small model written beside `path` that names the initializers at `ranges` as external
+    data in `path` itself (the rest of `proto` as it is); its path. See mapped_session."""
     import onnx
 
     view = _part(proto, lambda n: n != GRAPH)
@@ -472,12 +481,16 @@ def mapped_session(proto, path: Path, ranges: dict[int, tuple[int, int]], thread
             entry.key, entry.value = key, value
     mapped = path.with_name(f"{path.stem}.mapped.onnx")
     mapped.write_bytes(view.SerializeToString())
+    return mapped
+
+
+def open_mapped(view: Path, path: Path, threads: int = 1):
+    """A session on mapped_view's `view` of the file `path`; on `path` itself where onnxruntime
+    refuses the view (its checks of external data grow): a copy of the weights then."""
     try:
-        return session(mapped, threads)
-    except StudioError:  # an onnxruntime that refuses such a view (its checks of external data grow): a copy
+        return session(view, threads)
+    except StudioError:
         return session(path, threads)
-    finally:
-        mapped.unlink(missing_ok=True)  # onnxruntime has read it; the data file stays mapped
 
 
 SESSION_FROM_FILE = 64 << 20  # a ModelProto larger than this is handed to onnxruntime as a file

@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from .convert import (
-    fixed_batch, guarded_run, input_dtype, iter_session_all, light_onnx, located_ranges, mapped_session, session,
-    write_model,
+    fixed_batch, guarded_run, input_dtype, iter_session_all, light_onnx, located_ranges, mapped_session, mapped_view, session,
+    weight_bytes, write_model,
 )
+from . import outputs_child
 from .data import Data
 from .data_checks import check_labels_fit
 from .errors import Cancelled
@@ -347,7 +348,10 @@ def measure_steps(model: Model, data: Data, reference=None, proto=None, cancel=N
         ranges = located_ranges(proto, located)
         del located
         m = Measurement(parameters=params, nonzeros=nonzeros, size_bytes=path.stat().st_size)
-        zipping = _Zipping(path)  # while the MACs are counted and the model runs
+        weights = weight_bytes(proto)
+        in_child = outputs is None and weights > outputs_child.CHILD_OVER
+        if not in_child:
+            zipping = _Zipping(path)  # while the MACs are counted and the model runs
         yield 0.2, "counting MACs"
         try:
             from .stats import macs_counted
@@ -356,10 +360,25 @@ def measure_steps(model: Model, data: Data, reference=None, proto=None, cancel=N
         except Exception:  # noqa: BLE001 - MACs of exotic graphs may be unknown; 0 means unknown
             m.macs = 0
         x = data.shaped(data.x_test, model.input_shape)
-        yield 0.3, f"quality on {len(x):,} held-out samples"
+        ran = f"quality on {len(x):,} held-out samples"
+        yield 0.3, ran
         names = [o.name for o in proto.graph.output]
         if outputs is not None:
             outs = outputs
+        elif in_child:  # a big model: run and zipped in a child (outputs_child: the window's GIL stays free)
+            view = mapped_view(proto, path, ranges) if ranges else None
+            steps = outputs_child.outputs_steps(path, view, x, zipped=True, weights=weights,
+                                                stop=lambda: cancel is not None and cancel.is_set())
+            try:
+                while True:
+                    try:
+                        kind, done = next(steps)
+                    except StopIteration as stop:
+                        outs, names, m.zip_bytes = stop.value
+                        break
+                    yield (0.3 + 0.6 * done, ran) if kind == "ran" else (0.9 + 0.1 * done, f"zipped size ({done:.0%})")
+            finally:
+                steps.close()  # closed here (a job dropped): the child is killed at once
         else:
             sess = mapped_session(proto, path, ranges)  # (freed after: a copy of the weights held the GIL longer)
             names = [o.name for o in sess.get_outputs()]
@@ -370,13 +389,14 @@ def measure_steps(model: Model, data: Data, reference=None, proto=None, cancel=N
                 except StopIteration as stop:
                     outs = stop.value
                     break
-                yield 0.3 + 0.6 * done, f"quality on {len(x):,} held-out samples"  # the bar shows how far
+                yield 0.3 + 0.6 * done, ran  # the bar shows how far
             del sess
-        while not zipping.wait(0.5):
-            if cancel is not None and cancel.is_set():
-                raise Cancelled()
-            yield 0.9 + 0.1 * zipping.fraction, f"zipped size ({zipping.fraction:.0%})"
-        m.zip_bytes = zipping.result()
+        if zipping is not None:
+            while not zipping.wait(0.5):
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled()
+                yield 0.9 + 0.1 * zipping.fraction, f"zipped size ({zipping.fraction:.0%})"
+            m.zip_bytes = zipping.result()
     finally:
         if zipping is not None:
             zipping.stop()

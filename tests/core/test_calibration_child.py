@@ -20,6 +20,7 @@ from studio.core import zoo
 from studio.core.convert import run_session_all, session, to_onnx_proto
 from studio.core.data import random_inputs
 from studio.core.errors import Cancelled, StudioError
+from studio.core import child
 from studio.core.passes import quantize_child
 from studio.core.passes.base import Context
 from studio.core.passes.quantize import (Setting, _graph_facts, _pre_process, _reporting, _Trial, calibrate,
@@ -29,8 +30,8 @@ from studio.core.signature import Inputs
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _children() -> list[str]:
-    """Command lines of this process's live `studio _quantize` children (from /proc)."""
+def _children(verb: str = "_quantize") -> list[str]:
+    """Command lines of this process's live `studio VERB` children (from /proc)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -42,7 +43,7 @@ def _children() -> list[str]:
             line = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except (OSError, ValueError, IndexError):
             continue
-        if parent == os.getpid() and state != "Z" and "_quantize" in line:
+        if parent == os.getpid() and state != "Z" and verb in line:
             found.append(line)
     return found
 
@@ -116,19 +117,19 @@ def test_named_inputs_and_constants_reach_the_child_as_they_are(tmp_path):
     x = Inputs({"ids": np.arange(40 * 6, dtype=np.int64).reshape(40, 6) % 7,
                 "state": np.random.default_rng(0).standard_normal((40, 2, 3)).astype(np.float32)},
                {"rate": np.array(16000)}, {"state": 1})
-    quantize_child.write_samples(x, tmp_path / "s.npz")
-    layout = quantize_child.write_samples(x, tmp_path / "s.npz")
-    back = quantize_child.read_samples(tmp_path / "s.npz", json.loads(json.dumps(layout)))
+    child.write_samples(x, tmp_path / "s.npz")
+    layout = child.write_samples(x, tmp_path / "s.npz")
+    back = child.read_samples(tmp_path / "s.npz", json.loads(json.dumps(layout)))
     assert back.names == x.names and back.axes == x.axes
     for name in x.arrays:
         assert back.arrays[name].dtype == x.arrays[name].dtype and np.array_equal(back.arrays[name], x.arrays[name])
     assert np.array_equal(back.constants["rate"], x.constants["rate"])
     plain = np.ones((5, 3), np.float32)
-    assert quantize_child.write_samples(plain, tmp_path / "p.npz") == {}
-    assert np.array_equal(quantize_child.read_samples(tmp_path / "p.npz", {}), plain)
+    assert child.write_samples(plain, tmp_path / "p.npz") == {}
+    assert np.array_equal(child.read_samples(tmp_path / "p.npz", {}), plain)
     np.savez(tmp_path / "o.npz", x=np.array([{"a": 1}], dtype=object))  # a pickle is never read
     with pytest.raises(ValueError):
-        quantize_child.read_samples(tmp_path / "o.npz", {})
+        child.read_samples(tmp_path / "o.npz", {})
 
 
 def test_a_cancel_kills_the_calibration_child_and_leaves_no_file(tmp_path, monkeypatch):
@@ -188,8 +189,8 @@ def test_a_child_past_its_time_budget_is_stopped(tmp_path):
     assert "\n" not in str(raised.value) and not isinstance(raised.value, Cancelled)
     assert time.perf_counter() - began < 2.0 and not _children()
     # the budget grows with the work: BERT-base's weights and 256 samples get far more than the CNN's
-    assert quantize_child.budget(434 << 20, 256, 300 << 20) > 10 * quantize_child.budget(1 << 20, 32, 1 << 20) / 2
-    assert quantize_child.budget(434 << 20) > quantize_child.START_S + 600
+    assert child.budget(434 << 20, 256, 300 << 20) > 10 * child.budget(1 << 20, 32, 1 << 20) / 2
+    assert child.budget(434 << 20) > child.START_S + 600
 
 
 def test_an_error_in_the_calibration_child_is_one_line(tmp_path):
@@ -204,7 +205,7 @@ def test_an_error_in_the_calibration_child_is_one_line(tmp_path):
 
 def test_the_calibration_child_does_not_import_torch(tmp_path):
     trial, _ = _trial(tmp_path)
-    layout = quantize_child.write_samples(trial.x_pool, tmp_path / "s.npz")
+    layout = child.write_samples(trial.x_pool, tmp_path / "s.npz")
     request = {**_request(trial, tmp_path / "r.json", tmp_path / "a.onnx"), "task": "ranges",
                "samples": str(tmp_path / "s.npz"), "layout": layout, "reply": str(tmp_path / "reply.json")}
     (tmp_path / "request.json").write_text(json.dumps(request))
@@ -218,8 +219,10 @@ def test_the_calibration_child_does_not_import_torch(tmp_path):
 
 
 def test_a_model_of_named_int64_inputs_quantizes_the_same_through_the_child(tmp_path, monkeypatch):
-    """A tiny BERT (token ids and a mask, int64) through the whole pass: calibrated and quantized in
-    the children (CHILD_OVER lowered) it gives the model the in-process pass gives."""
+    """A tiny BERT (token ids and a mask, int64) through the whole pass: calibrated, quantized and
+    compared with the float stage in the children (CHILD_OVER lowered) it gives the model and the
+    score the in-process pass gives."""
+    from studio.core import outputs_child
     from studio.core.io import load
     from studio.core.passes.registry import create
     from studio.core.training import drain
@@ -232,6 +235,7 @@ def test_a_model_of_named_int64_inputs_quantizes_the_same_through_the_child(tmp_
     results = []
     for child_over in (quantize_child.CHILD_OVER, 0):
         monkeypatch.setattr(quantize_child, "CHILD_OVER", child_over)
+        monkeypatch.setattr(outputs_child, "CHILD_OVER", child_over)
         pass_ = create("quantize.int8_static", calibration_samples=16, validation_samples=16, remedies=False,
                        keep_slow_float=False)
         results.append(drain(pass_.apply(model, Context(data=data))))

@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import Field
 
 from ..convert import (
-    STREAMS, fixed_batch, iter_session_all, light_onnx, mapped_session, onnx_copy, session, to_onnx_proto,
+    STREAMS, fixed_batch, iter_session_all, light_onnx, mapped_session, mapped_view, onnx_copy, session, to_onnx_proto,
     weight_bytes,
 )
 from ..evaluate import Measurement, class_scores, measure_latency_all, quality_from_outputs
@@ -689,7 +689,8 @@ class _Trial:
 
     def run(self, s: Setting, change: str, report=None) -> dict:
         """report(done, total): called by the calibration reader after each batch (see _reporting)."""
-        from .quantize_child import load_written, quantize
+        from .. import outputs_child
+        from .quantize_child import _stopper, load_written, quantize
 
         start = time.perf_counter()
         reused = (s.method, s.samples) in self.calibrated
@@ -716,15 +717,28 @@ class _Trial:
             report(None, len(self.x_val))  # calibrated: now the comparison with the float stage
         # from the file just written and read: the model as the proto holds it, not serialized again
         in_file = {i: (offset, length) for i, offset, length in written.get("located", [])}
-        steps = iter_session_all(mapped_session(proto, self.out, in_file), self.x_val, cancel=self.context.cancel_event)
-        while True:  # BERT-base: over a minute; the bar says how far
-            try:
-                done = next(steps)
-            except StopIteration as stop:
-                outs = stop.value
-                break
-            if report is not None:
-                report(f"comparing with the float stage on {len(self.x_val)} samples: {done:.0%}", None)
+        weights = weight_bytes(self.proto)
+        in_child = weights > outputs_child.CHILD_OVER  # a big model runs in a child: the GIL left to the window
+        view = mapped_view(proto, self.out, in_file) if in_child and in_file else None
+        if in_child:
+            steps = outputs_child.outputs_steps(self.out, view, self.x_val, weights=weights,
+                                                stop=_stopper(self.context.cancel_event, getattr(report, "abandoned", None)))
+        else:
+            steps = iter_session_all(mapped_session(proto, self.out, in_file), self.x_val, cancel=self.context.cancel_event)
+        try:
+            while True:  # BERT-base: over a minute; the bar says how far
+                try:
+                    done = next(steps)
+                except StopIteration as stop:
+                    outs = stop.value[0] if in_child else stop.value  # (a child's: outputs, names, zipped size)
+                    break
+                if report is not None:
+                    fraction = done[1] if in_child else done  # (a child's: ("ran", fraction))
+                    report(f"comparing with the float stage on {len(self.x_val)} samples: {fraction:.0%}", None)
+        finally:
+            steps.close()  # a child still running is killed
+            if view is not None:
+                view.unlink(missing_ok=True)
         del steps
         if self.large:
             release()  # the try's session and quantize_static's copies of the model
@@ -748,6 +762,7 @@ class _Trial:
         activation type, 7-bit weights, per-tensor weights or the ops kept float took a new
         calibration each (on BERT-base 4 to 5 min each). Every quantizable op type's tensors are
         calibrated, so a try that quantizes fewer ops finds its ranges among them."""
+        from .. import child
         from . import quantize_child
 
         key = (s.method, s.samples)
@@ -779,7 +794,7 @@ class _Trial:
                      "streams": streams, "batch": self.batch, "cache": str(path),
                      "metas": [[m.name, m.dtype] for m in input_metas(self.proto)]},
                     x, report, self.context.cancel_event, getattr(report, "abandoned", None),
-                    quantize_child.budget(weights, len(x), per_sample))
+                    child.budget(weights, len(x), per_sample))
             else:
                 calibrate(self.pre, op_types, augmented, s.method, streams, input_metas(self.proto), x, self.batch,
                           path, self.context.check_cancelled, report)

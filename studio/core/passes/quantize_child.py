@@ -25,30 +25,11 @@ import tempfile
 import threading
 from pathlib import Path
 
-import numpy as np
-
 from .. import child
+from ..child import budget, read_samples, write_samples
 from ..errors import StudioError
 
 PROGRESS = "studio-calibrated"  # the calibration child's progress lines: "studio-calibrated DONE TOTAL"
-
-# The children's time budgets: generous multiples of what their work takes, so that a hung child (a
-# deadlock in onnxruntime, a stopped process) ends the job in one line instead of holding it forever,
-# while a slow or loaded machine is not stopped. Proportional to the work: a start, the model's weights
-# read, converted and written (quantize_static; the calibrator's augment_graph), and each calibration
-# sample run through the weights and the activations of the unoptimized graph.
-START_S = 300.0  # an interpreter start with onnxruntime's imports on a loaded machine (1-2 s idle)
-S_PER_MB = 2.0  # a MB of weights read, converted, written (BERT-base's 434 MB: ~60 s in quantize_static)
-S_PER_SAMPLE_MB = 0.01  # a sample's run per MB of weights and activations (BERT-base ~0.5 s for ~730 MB)
-
-
-def budget(weights: int, samples: int = 0, activations: int = 0) -> float:
-    """Seconds a child may take: `weights` bytes of the model; a calibration also `samples` run
-    with `activations` bytes of activations each (BERT-base: ~20 min for quantize_static, ~50 min
-    for a 256-sample calibration; on an idle machine they take ~1 and ~2-4 min)."""
-    mb = weights / 2**20
-    return START_S + S_PER_MB * mb + S_PER_SAMPLE_MB * samples * (mb + activations / 2**20)
-
 
 def _stopper(cancel: threading.Event | None, abandoned: threading.Event | None):
     return lambda: any(e is not None and e.is_set() for e in (cancel, abandoned))
@@ -177,30 +158,6 @@ def augment_for_debug(qdq: Path, augmented: Path, weights: int, cancel: threadin
         _ask(Path(folder), {"task": "augment", "input": str(qdq), "output": str(augmented)},
              "onnxruntime's qdq_loss_debug", "the model with its activations as outputs",
              _stopper(cancel, abandoned), budget(weights))
-
-
-def write_samples(x, path: Path) -> dict:
-    """x (an array, or signature.Inputs) to an .npz; the layout read_samples needs (JSON)."""
-    from ..signature import Inputs
-
-    if not isinstance(x, Inputs):
-        np.savez(path, x=np.asarray(x))
-        return {}
-    named: dict = {f"a{i}": np.asarray(a) for i, a in enumerate(x.arrays.values())}
-    named.update({f"c{i}": np.asarray(v) for i, v in enumerate(x.constants.values())})
-    np.savez(path, **named)
-    return {"arrays": list(x.arrays), "constants": list(x.constants), "axes": x.axes}
-
-
-def read_samples(path: Path, layout: dict):
-    """The samples write_samples wrote (no pickles: an object array is refused)."""
-    from ..signature import Inputs
-
-    with np.load(path, allow_pickle=False) as stored:
-        if not layout:
-            return stored["x"]
-        return Inputs({name: stored[f"a{i}"] for i, name in enumerate(layout["arrays"])},
-                      {name: stored[f"c{i}"] for i, name in enumerate(layout["constants"])}, layout["axes"])
 
 
 def load_written(path: Path, answer: dict):

@@ -1,0 +1,125 @@
+"""A big model's outputs on samples, and the zipped size of its file, computed in a child process
+(`studio _outputs REQUEST`) while the job's thread only waits.
+
+onnxruntime lets go of the GIL while it runs, but the Python around its calls takes it back: each
+stream's wait and outputs, the zip's chunks. With both cores busy the thread holding the GIL waits
+for a core, and the window waits for the GIL: the ui_stall benchmark's BERT-base run froze it
+50-110 ms at a time while the original was measured. The window's thread was not waiting for a
+core (its run-queue wait stayed under 5 ms in those stalls) but for the GIL. In a child there is
+nothing in the window's process to hand the GIL to: measured alone on the same phase, the longest
+stall went from 40-86 ms to 10 ms.
+
+The parent writes the samples (child.write_samples: no pickles) and names the model file and, where
+the model's big tensors lie in it, the small view that maps them (convert.mapped_view); the child
+prints its progress, writes each output to an .npy and answers with the outputs' names and the
+zipped size. A cancel kills the child; a crash (C++ in onnxruntime) is a one-line StudioError, not
+the window's end. Small models run in-process (CHILD_OVER).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from . import child
+from .errors import StudioError
+
+# Below this many bytes of weights a model runs in the job's own process: a child's start costs
+# 1-2 s (its imports), more than such a model's whole run, and its Python holds the GIL briefly.
+CHILD_OVER = 32 * 2**20
+
+RAN = "studio-ran"  # the child's progress lines: "studio-ran FRACTION", "studio-zipped FRACTION"
+ZIPPED = "studio-zipped"
+
+
+def outputs_steps(path: Path, view: Path | None, x, *, zipped: bool = False, weights: int = 0,
+                  stop: Callable[[], bool] | None = None):
+    """Every output of the model file `path` (or of `view`, mapped_view's view of it) on the
+    samples `x` (an array or signature.Inputs), as convert.iter_session_all gives them, from a
+    child; with `zipped`, the zipped size of `path` too (evaluate.zipped_size). A generator:
+    yields ("ran" or "zipped", fraction) as the child goes, returns (outputs, output names, zipped
+    size or None). Cancelled when stop() is true (the child killed); StudioError in one line when
+    onnxruntime fails, the child dies or it passes its time budget (child.budget(weights, samples))."""
+    with tempfile.TemporaryDirectory(prefix="studio-outputs-") as name:
+        folder = Path(name)
+        samples = folder / "samples.npz"
+        layout = child.write_samples(x, samples)
+        asked, reply = folder / "request.json", folder / "reply.json"
+        asked.write_text(json.dumps({"model": str(view or path), "whole": str(path), "samples": str(samples),
+                                     "layout": layout, "zipped": zipped, "reply": str(reply)}))
+        what = "onnxruntime's run of the model"
+        steps = child.lines("_outputs", [str(asked)], stop=stop, budget=child.budget(weights, len(x)), what=what)
+        try:
+            while True:
+                try:
+                    line = next(steps)
+                except StopIteration as end:
+                    code = end.value
+                    break
+                word, _, number = line.partition(" ")
+                if word in (RAN, ZIPPED):
+                    yield ("ran" if word == RAN else "zipped"), float(number)
+                else:  # anything else a library printed: to the terminal, as in-process
+                    print(line, file=sys.stderr)
+        finally:
+            steps.close()  # this generator closed: the child killed before its folder goes
+        try:
+            answer = json.loads(reply.read_text())
+        except (OSError, ValueError):
+            answer = None
+        if answer is None or code != 0:
+            raise StudioError(f"{what} stopped ({child.ended(code)}) before it wrote the outputs")
+        if "error" in answer:
+            raise StudioError(answer["error"])
+        # np.load reads an .npy with one read that lets go of the GIL
+        outs = [np.load(folder / f"out{i}.npy", allow_pickle=False) for i in range(len(answer["names"]))]
+        return outs, answer["names"], answer.get("zip_bytes")
+
+
+def child_main(argv: list[str]) -> int:
+    """`studio _outputs REQUEST`: the model's outputs on the samples, each to out{i}.npy beside the
+    request, its progress on stdout, {"names": [...], "zip_bytes": n or null} or {"error": its
+    first line} to the request's "reply"."""
+    from .convert import iter_session_all, open_mapped, session
+    from .evaluate import _Zipping
+
+    request = json.loads(Path(argv[0]).read_text())
+    folder = Path(request["reply"]).parent
+    zipping = None
+    try:
+        x = child.read_samples(Path(request["samples"]), request["layout"])
+        whole = Path(request["whole"])
+        if request["zipped"]:
+            zipping = _Zipping(whole)  # on the other core while the model runs, as in-process
+        model = Path(request["model"])
+        sess = open_mapped(model, whole) if model != whole else session(whole)
+        names = [o.name for o in sess.get_outputs()]
+        steps = iter_session_all(sess, x)
+        while True:
+            try:
+                done = next(steps)
+            except StopIteration as stop:
+                outs = stop.value
+                break
+            print(f"{RAN} {done:.4f}", flush=True)
+        del sess, steps
+        for i, out in enumerate(outs):
+            np.save(folder / f"out{i}.npy", out, allow_pickle=False)
+        size = None
+        if zipping is not None:
+            while not zipping.wait(0.5):
+                print(f"{ZIPPED} {zipping.fraction:.4f}", flush=True)
+            size = zipping.result()
+        answer: dict = {"names": names, "zip_bytes": size}
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's own classes: one line to the parent
+        answer = {"error": (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]}
+    finally:
+        if zipping is not None:
+            zipping.stop()
+    Path(request["reply"]).write_text(json.dumps(answer))
+    return 0
