@@ -508,6 +508,10 @@ def main(argv: list[str] | None = None) -> int:
         from studio.core.memory import child_main
 
         return child_main(argv[1:])
+    if argv and argv[0] in ("_outputs", "_quantize"):  # computing children: below the job that waits for them
+        from studio.core.child import lower_priority
+
+        lower_priority()
     if argv and argv[0] == "_outputs":  # internal: a big model's outputs (and zipped size) for measuring
         from studio.core.outputs_child import child_main as outputs_main
 

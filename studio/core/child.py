@@ -1,9 +1,10 @@
 """The studio's child processes (`studio _VERB ARGS`): their command line, their environment,
 how an ended one is named, and one wait that kills the child however it ends.
 
-The probe (io/probe.py), the warm ONNX parser (io/onnx_child.py) and the INT8 pass's
-calibration and quantize_static (passes/quantize_child.py) run in children so that a crash,
-a hang or a long hold of the GIL cannot take the window with it.
+The probe (io/probe.py), the warm ONNX parser (io/onnx_child.py), the INT8 pass's
+calibration and quantize_static (passes/quantize_child.py) and a big model's outputs
+(outputs_child.py) run in children so that a crash, a hang or a long hold of the GIL cannot
+take the window with it.
 """
 
 from __future__ import annotations
@@ -39,6 +40,21 @@ def environment() -> dict:
     root = str(Path(studio.__file__).resolve().parents[1])
     path = os.environ.get("PYTHONPATH")
     return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else ""), "PYTHONWARNINGS": "ignore"}
+
+
+NICE = 5  # how much less CPU a computing child gets than the thread that started it
+
+
+def lower_priority() -> None:
+    """A computing child's first step (`_outputs`, `_quantize`): its threads below the job's that
+    wait for it. On 2 cores its two onnxruntime streams took both, at the job's priority, and the
+    window's process got one back only at their turn: a job thread that took the GIL to read a
+    progress line waited for a core with the GIL held, and the window waited 50-60 ms for the GIL
+    (a ui_stall BERT-base run, the window's process idle meanwhile). Threads the child starts
+    inherit it; on an idle machine the child runs as fast."""
+    if sys.platform.startswith("linux") and hasattr(os, "nice"):
+        with contextlib.suppress(OSError):
+            os.nice(NICE)
 
 
 def ended(code: int) -> str:

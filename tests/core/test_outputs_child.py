@@ -5,6 +5,7 @@ lowered here so tiny models take the child's path, and every number must equal t
 Every child here is a real process."""
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -130,8 +131,9 @@ def test_onnxruntime_refusing_the_model_is_one_line(tmp_path):
     assert not isinstance(raised.value, Cancelled) and not _children("_outputs")
 
 
-def test_the_outputs_child_does_not_import_torch_or_qt(tmp_path):
-    """Its start is part of every big model's measurement: onnxruntime and numpy only."""
+def test_the_outputs_child_does_not_import_torch_or_qt_and_runs_below_its_parent(tmp_path):
+    """Its start is part of every big model's measurement: onnxruntime and numpy only. It runs at
+    a lower CPU priority than the process that started it (child.lower_priority)."""
     from studio.core import child
 
     path = _two_in_two_out(tmp_path / "two.onnx")
@@ -140,12 +142,13 @@ def test_the_outputs_child_does_not_import_torch_or_qt(tmp_path):
     request = {"model": str(path), "whole": str(path), "samples": str(tmp_path / "s.npz"), "layout": layout,
                "zipped": False, "reply": str(tmp_path / "reply.json")}
     (tmp_path / "request.json").write_text(json.dumps(request))
-    code = ("import sys; from studio.cli import main; main(['_outputs', sys.argv[1]]); "
-            "print('torch' in sys.modules, 'PySide6' in sys.modules)")
+    code = ("import os, sys; from studio.cli import main; main(['_outputs', sys.argv[1]]); "
+            "print('torch' in sys.modules, 'PySide6' in sys.modules, os.getpriority(os.PRIO_PROCESS, 0))")
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "request.json")], capture_output=True,
                           text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1] == "False False"
+    here = os.getpriority(os.PRIO_PROCESS, 0)
+    assert done.stdout.strip().splitlines()[-1] == f"False False {min(19, here + child.NICE)}"
     answer = json.loads((tmp_path / "reply.json").read_text())
     assert answer == {"names": ["sum", "act"], "zip_bytes": None}
     assert np.load(tmp_path / "out1.npy").shape == (len(x), 256)
