@@ -48,6 +48,7 @@ class StallMeter:
         self.gaps: list[float] = []
         self.ticks: list[float] = []  # when each tick came (perf_counter)
         self.cpu: list[float] = []  # this process's CPU time at each tick (its threads, not children)
+        self.waits: list[tuple[float, float, int]] = []  # at each tick: _waits()
         self.last = None
         self.where = None  # callable naming what the window is doing, for the worst gaps
         self.worst: list[tuple[float, str]] = []
@@ -60,6 +61,7 @@ class StallMeter:
         now = time.perf_counter()
         self.ticks.append(now)
         self.cpu.append(time.process_time())
+        self.waits.append(_waits())
         if self.last is not None:
             gap = (now - self.last) * 1000
             self.gaps.append(gap)
@@ -71,6 +73,7 @@ class StallMeter:
 
     def start(self):
         self.gaps, self.ticks, self.cpu, self.last, self.worst, self.worst_all = [], [], [], None, [], []
+        self.waits = []
         self.timer.start()
 
     def stop(self) -> dict:
@@ -79,6 +82,34 @@ class StallMeter:
         return {"ticks": len(self.gaps), "max_ms": round(g[-1], 1), "p99_ms": round(g[int(0.99 * (len(g) - 1))], 1),
                 "median_ms": round(g[len(g) // 2], 1), "over_50ms": sum(x > 50 for x in g),
                 "gaps_over_30ms_during": sorted(self.worst, reverse=True)[:8]}
+
+
+def _waits() -> tuple[float, float, int]:
+    """What the window's thread may have waited on, as running totals: its own time waiting for a
+    core (ms, /proc/thread-self/schedstat), the machine's time with some task stalled on I/O (ms,
+    /proc/pressure/io) and this process's page faults that read the disk (/proc/self/stat). Zeros
+    where Linux does not say."""
+    runq = io = 0.0
+    faults = 0
+    try:
+        runq = int(Path("/proc/thread-self/schedstat").read_text().split()[1]) / 1e6
+        io = int(Path("/proc/pressure/io").read_text().split("total=")[1].split()[0]) / 1e3
+        faults = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[9])
+    except (OSError, ValueError, IndexError):
+        pass
+    return runq, io, faults
+
+
+def _stall(meter, i: int, t: float, steps) -> dict:
+    """Gap i of the meter as a row: when, how long, this process's CPU time in it (a gap the process
+    spent computing, a worker holding the GIL or UI work, has cpu_ms near ms; one where the OS ran
+    other processes has little), the window's thread's wait for a core, the machine's I/O stall
+    time and this process's disk-reading page faults within it, and the steps running."""
+    ticks, cpu, waits = meter.ticks, meter.cpu, meter.waits
+    (q0, io0, f0), (q1, io1, f1) = waits[i], waits[i + 1]
+    return {"at_ms": round((ticks[i] - t) * 1000), "ms": round((ticks[i + 1] - ticks[i]) * 1000, 1),
+            "cpu_ms": round((cpu[i + 1] - cpu[i]) * 1000, 1), "core_wait_ms": round(q1 - q0, 1),
+            "io_stall_ms": round(io1 - io0, 1), "disk_faults": f1 - f0, "during": steps.during(ticks[i], ticks[i + 1])}
 
 
 def wait(app, condition, timeout=600.0):
@@ -160,13 +191,8 @@ def open_file(path: str) -> int:
             app.processEvents()
             time.sleep(0.002)
         result = meter.stop()
-        ticks, cpu = meter.ticks, meter.cpu
-        # cpu_ms: this process's CPU time within the gap. A gap the process spent computing (a
-        # worker holding the GIL, UI work) has cpu_ms near ms; a gap where the OS ran other
-        # processes (a shared, loaded machine; the parsing child) has little
-        stalls = [{"at_ms": round((ticks[i] - t) * 1000), "ms": round((ticks[i + 1] - ticks[i]) * 1000, 1),
-                   "cpu_ms": round((cpu[i + 1] - cpu[i]) * 1000, 1), "during": steps.during(ticks[i], ticks[i + 1])}
-                  for i in range(len(ticks) - 1) if ticks[i + 1] - ticks[i] > 0.03]
+        ticks = meter.ticks
+        stalls = [_stall(meter, i, t, steps) for i in range(len(ticks) - 1) if ticks[i + 1] - ticks[i] > 0.03]
         busy = max([min(s["ms"], s["cpu_ms"]) for s in stalls] or [0.0])
         opens.append({"open": k + 1, "seconds": round(drawn, 2), "with_stats_s": round(with_stats, 2),
                       "max_ms": result["max_ms"],
@@ -258,14 +284,10 @@ def bert_run(path: str, seconds: float, recipe_file: str) -> int:
     finished = not w.tasks.running()
     w.jobs.cancel()
     result = meter.stop()
-    ticks, cpu = meter.ticks, meter.cpu
+    ticks = meter.ticks
     wheres = iter(meter.worst_all)
-    stalls = []
-    for i in range(len(ticks) - 1):
-        if ticks[i + 1] - ticks[i] > 0.03:
-            stalls.append({"at_ms": round((ticks[i] - t) * 1000), "ms": round((ticks[i + 1] - ticks[i]) * 1000, 1),
-                           "cpu_ms": round((cpu[i + 1] - cpu[i]) * 1000, 1),
-                           "during": steps.during(ticks[i], ticks[i + 1]), "worker_after": next(wheres, "")})
+    stalls = [{**_stall(meter, i, t, steps), "worker_after": next(wheres, "")}
+              for i in range(len(ticks) - 1) if ticks[i + 1] - ticks[i] > 0.03]
     busy = max([min(s["ms"], s["cpu_ms"]) for s in stalls] or [0.0])
     try:
         wait(app, lambda: not w.tasks.running(), timeout=120)
