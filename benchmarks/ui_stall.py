@@ -48,7 +48,7 @@ class StallMeter:
         self.gaps: list[float] = []
         self.ticks: list[float] = []  # when each tick came (perf_counter)
         self.cpu: list[float] = []  # this process's CPU time at each tick (its threads, not children)
-        self.waits: list[tuple[float, float, int]] = []  # at each tick: _waits()
+        self.waits: list[tuple[float, float, int, float]] = []  # at each tick: _waits()
         self.last = None
         self.where = None  # callable naming what the window is doing, for the worst gaps
         self.worst: list[tuple[float, str]] = []
@@ -84,32 +84,40 @@ class StallMeter:
                 "gaps_over_30ms_during": sorted(self.worst, reverse=True)[:8]}
 
 
-def _waits() -> tuple[float, float, int]:
+TICK_MS = 1000 / (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100)
+
+
+def _waits() -> tuple[float, float, int, float]:
     """What the window's thread may have waited on, as running totals: its own time waiting for a
     core (ms, /proc/thread-self/schedstat), the machine's time with some task stalled on I/O (ms,
-    /proc/pressure/io) and this process's page faults that read the disk (/proc/self/stat). Zeros
-    where Linux does not say."""
-    runq = io = 0.0
+    /proc/pressure/io), this process's page faults that read the disk (/proc/self/stat), and the
+    time the virtual machine's host ran something else on our CPUs (ms, summed over the CPUs,
+    /proc/stat's steal: counted in 10 ms ticks). Zeros where Linux does not say."""
+    runq = io = steal = 0.0
     faults = 0
     try:
         runq = int(Path("/proc/thread-self/schedstat").read_text().split()[1]) / 1e6
         io = int(Path("/proc/pressure/io").read_text().split("total=")[1].split()[0]) / 1e3
         faults = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[9])
+        with open("/proc/stat") as f:
+            steal = int(f.readline().split()[8]) * TICK_MS
     except (OSError, ValueError, IndexError):
         pass
-    return runq, io, faults
+    return runq, io, faults, steal
 
 
 def _stall(meter, i: int, t: float, steps) -> dict:
     """Gap i of the meter as a row: when, how long, this process's CPU time in it (a gap the process
     spent computing, a worker holding the GIL or UI work, has cpu_ms near ms; one where the OS ran
     other processes has little), the window's thread's wait for a core, the machine's I/O stall
-    time and this process's disk-reading page faults within it, and the steps running."""
+    time, this process's disk-reading page faults and the CPU time the host took from the virtual
+    machine within it, and the steps running."""
     ticks, cpu, waits = meter.ticks, meter.cpu, meter.waits
-    (q0, io0, f0), (q1, io1, f1) = waits[i], waits[i + 1]
+    (q0, io0, f0, s0), (q1, io1, f1, s1) = waits[i], waits[i + 1]
     return {"at_ms": round((ticks[i] - t) * 1000), "ms": round((ticks[i + 1] - ticks[i]) * 1000, 1),
             "cpu_ms": round((cpu[i + 1] - cpu[i]) * 1000, 1), "core_wait_ms": round(q1 - q0, 1),
-            "io_stall_ms": round(io1 - io0, 1), "disk_faults": f1 - f0, "during": steps.during(ticks[i], ticks[i + 1])}
+            "io_stall_ms": round(io1 - io0, 1), "disk_faults": f1 - f0, "host_steal_ms": round(s1 - s0),
+            "during": steps.during(ticks[i], ticks[i + 1])}
 
 
 def wait(app, condition, timeout=600.0):
@@ -299,6 +307,8 @@ def bert_run(path: str, seconds: float, recipe_file: str) -> int:
            "recipe": Path(recipe_file).name, "data": "random", "seconds_measured": round(seconds, 1),
            "finished_within": finished, "goal_ms": 50, "longest_stall_ms": result["max_ms"],
            "longest_busy_stall_ms": round(busy, 1), "p99_ms": result["p99_ms"], "over_50ms": result["over_50ms"],
+           # CPU time the host ran something else on this virtual machine's CPUs, over the run
+           "host_steal_ms": round(meter.waits[-1][3] - meter.waits[0][3]) if meter.waits else None,
            "stalls_over_30ms": sorted(stalls, key=lambda s: -s["ms"])[:25],
            "steps": [{"step": n, "start_ms": round((a - t) * 1000), "ms": round((b - a) * 1000)}
                      for a, b, n in sorted(steps.spans) if b - a > 0.005],
