@@ -26,6 +26,7 @@ from ..convert import (
     STREAMS, fixed_batch, iter_session_all, light_onnx, mapped_session, mapped_view, onnx_copy, session, to_onnx_proto,
     weight_bytes,
 )
+from .. import outputs_child
 from ..evaluate import Measurement, class_scores, measure_latency_all, quality_from_outputs
 from ..memory import release
 from ..model import ONNX
@@ -371,17 +372,27 @@ class StaticInt8(Pass[StaticConfig]):
             # is made from), unless a specialized graph is quantized: then the model as given; without
             # one, a session from the file just written (from the ModelProto it would serialize another copy)
             pre_session = kept.pop("session", None)
-            float_session = pre_session if pre_session is not None and ref_src == src else session(str(ref_src))
-            del pre_session
-            steps = iter_session_all(float_session, x_val, cancel=context.cancel_event)
-            del float_session
-            while True:
-                try:
-                    done = next(steps)
-                except StopIteration as stop:
-                    reference = stop.value
-                    break
-                yield 0.1 + 0.1 * done, f"{what}: {done:.0%}"  # BERT-base: minutes, the bar shows how far
+            in_child = weight_bytes(proto) > outputs_child.CHILD_OVER  # a big model's run: the GIL left to the window
+            if in_child:
+                del pre_session
+                steps = outputs_child.outputs_steps(Path(ref_src), None, x_val, weights=weight_bytes(proto),
+                                                    stop=context.cancel_event.is_set)
+            else:
+                float_session = pre_session if pre_session is not None and ref_src == src else session(str(ref_src))
+                del pre_session
+                steps = iter_session_all(float_session, x_val, cancel=context.cancel_event)
+                del float_session
+            try:
+                while True:
+                    try:
+                        done = next(steps)
+                    except StopIteration as stop:
+                        reference = stop.value[0] if in_child else stop.value  # (a child's: outputs, names, zip)
+                        break
+                    done = done[1] if in_child else done  # (a child's: ("ran", fraction))
+                    yield 0.1 + 0.1 * done, f"{what}: {done:.0%}"  # BERT-base: minutes, the bar shows how far
+            finally:
+                steps.close()  # a child still running is killed
             del steps
             large = weight_bytes(proto) > RELEASE_OVER
             if large:  # (gc and malloc_trim take ~0.2 s in a big process: only where it pays)
@@ -689,7 +700,6 @@ class _Trial:
 
     def run(self, s: Setting, change: str, report=None) -> dict:
         """report(done, total): called by the calibration reader after each batch (see _reporting)."""
-        from .. import outputs_child
         from .quantize_child import _stopper, load_written, quantize
 
         start = time.perf_counter()
