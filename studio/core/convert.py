@@ -496,13 +496,17 @@ def open_mapped(view: Path, path: Path, threads: int = 1):
 SESSION_FROM_FILE = 64 << 20  # a ModelProto larger than this is handed to onnxruntime as a file
 
 
-def session(proto_or_path, threads: int = 1, tensors=None):
+def session(proto_or_path, threads: int = 1, tensors=None, basic: bool = False):
     """An onnxruntime CPU session with a fixed thread count (measurements must not drift with
     whatever else the machine runs), from a ModelProto, a file's path or its serialized bytes.
-    `tensors`: a ModelProto's tensors still in the user's file (light_onnx), written from there."""
+    `tensors`: a ModelProto's tensors still in the user's file (light_onnx), written from there.
+    `basic`: onnxruntime's basic graph optimizations only (the INT8 pass's float reference is
+    that of its pre-processing session, so made)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    if basic:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
@@ -514,7 +518,7 @@ def session(proto_or_path, threads: int = 1, tensors=None):
         with tempfile.TemporaryDirectory(prefix="studio-session-") as folder:
             path = Path(folder) / "model.onnx"
             write_model(proto_or_path, path, tensors=tensors)  # a tensor at a time: no second copy in memory
-            return session(path, threads)
+            return session(path, threads, basic=basic)
     source = (proto_or_path.SerializeToString() if hasattr(proto_or_path, "SerializeToString")
               else proto_or_path if isinstance(proto_or_path, bytes) else str(proto_or_path))
     try:

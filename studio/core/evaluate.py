@@ -349,7 +349,7 @@ def measure_steps(model: Model, data: Data, reference=None, proto=None, cancel=N
         del located
         m = Measurement(parameters=params, nonzeros=nonzeros, size_bytes=path.stat().st_size)
         weights = weight_bytes(proto)
-        in_child = outputs is None and weights > outputs_child.CHILD_OVER
+        in_child = outputs is None and outputs_child.wanted(weights)
         if not in_child:
             zipping = _Zipping(path)  # while the MACs are counted and the model runs
         yield 0.2, "counting MACs"

@@ -13,7 +13,8 @@ The parent writes the samples (child.write_samples: no pickles) and names the mo
 the model's big tensors lie in it, the small view that maps them (convert.mapped_view); the child
 prints its progress, writes each output to an .npy and answers with the outputs' names and the
 zipped size. A cancel kills the child; a crash (C++ in onnxruntime) is a one-line StudioError, not
-the window's end. Small models run in-process (CHILD_OVER).
+the window's end. Small models run in-process (CHILD_OVER), and every model on the command line
+(ENABLED).
 """
 
 from __future__ import annotations
@@ -33,15 +34,26 @@ from .errors import StudioError
 # 1-2 s (its imports), more than such a model's whole run, and its Python holds the GIL briefly.
 CHILD_OVER = 32 * 2**20
 
+# Only the window turns the children on (qt.app.create_app): the command line has no window to keep
+# responsive, and there the child's session came on top of the CLI's own copy of the model (the
+# scale benchmark's BERT-base run: 2,152 MB at the INT8 pass's float reference run, 1,503 MB in-process).
+ENABLED = False
+
+
+def wanted(weights: int) -> bool:
+    """Whether a model holding `weights` bytes of weights runs in a child: in the window, when big."""
+    return ENABLED and weights > CHILD_OVER
+
 RAN = "studio-ran"  # the child's progress lines: "studio-ran FRACTION", "studio-zipped FRACTION"
 ZIPPED = "studio-zipped"
 
 
 def outputs_steps(path: Path, view: Path | None, x, *, zipped: bool = False, weights: int = 0,
-                  stop: Callable[[], bool] | None = None):
+                  stop: Callable[[], bool] | None = None, basic: bool = False):
     """Every output of the model file `path` (or of `view`, mapped_view's view of it) on the
     samples `x` (an array or signature.Inputs), as convert.iter_session_all gives them, from a
-    child; with `zipped`, the zipped size of `path` too (evaluate.zipped_size). A generator:
+    child; with `zipped`, the zipped size of `path` too (evaluate.zipped_size); `basic`: the session
+    with onnxruntime's basic graph optimizations only (convert.session). A generator:
     yields ("ran" or "zipped", fraction) as the child goes, returns (outputs, output names, zipped
     size or None). Cancelled when stop() is true (the child killed); StudioError in one line when
     onnxruntime fails, the child dies or it passes its time budget (child.budget(weights, samples))."""
@@ -51,7 +63,8 @@ def outputs_steps(path: Path, view: Path | None, x, *, zipped: bool = False, wei
         layout = child.write_samples(x, samples)
         asked, reply = folder / "request.json", folder / "reply.json"
         asked.write_text(json.dumps({"model": str(view or path), "whole": str(path), "samples": str(samples),
-                                     "layout": layout, "zipped": zipped, "reply": str(reply)}))
+                                     "layout": layout, "zipped": zipped, "basic": basic,
+                                     "reply": str(reply)}))
         what = "onnxruntime's run of the model"
         steps = child.lines("_outputs", [str(asked)], stop=stop, budget=child.budget(weights, len(x)), what=what)
         try:
@@ -97,7 +110,7 @@ def child_main(argv: list[str]) -> int:
         if request["zipped"]:
             zipping = _Zipping(whole)  # on the other core while the model runs, as in-process
         model = Path(request["model"])
-        sess = open_mapped(model, whole) if model != whole else session(whole)
+        sess = open_mapped(model, whole) if model != whole else session(whole, basic=request.get("basic", False))
         names = [o.name for o in sess.get_outputs()]
         steps = iter_session_all(sess, x)
         while True:

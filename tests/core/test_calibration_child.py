@@ -236,6 +236,7 @@ def test_a_model_of_named_int64_inputs_quantizes_the_same_through_the_child(tmp_
     for child_over in (quantize_child.CHILD_OVER, 0):
         monkeypatch.setattr(quantize_child, "CHILD_OVER", child_over)
         monkeypatch.setattr(outputs_child, "CHILD_OVER", child_over)
+        monkeypatch.setattr(outputs_child, "ENABLED", child_over == 0)
         pass_ = create("quantize.int8_static", calibration_samples=16, validation_samples=16, remedies=False,
                        keep_slow_float=False)
         results.append(drain(pass_.apply(model, Context(data=data))))

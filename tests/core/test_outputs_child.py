@@ -27,11 +27,21 @@ from tests.core.multi_io_models import cases, export_onnx
 from tests.core.test_calibration_child import _children
 
 ROOT = Path(__file__).resolve().parents[2]
+def test_only_the_window_runs_big_models_in_a_child(monkeypatch):
+    """The command line keeps one process (its memory goal: the child's session came on top of
+    its copy of the model); the window turns the child on for models over CHILD_OVER."""
+    monkeypatch.setattr(outputs_child, "ENABLED", False)
+    assert not outputs_child.wanted(1 << 40)
+    monkeypatch.setattr(outputs_child, "ENABLED", True)
+    assert outputs_child.wanted(outputs_child.CHILD_OVER + 1) and not outputs_child.wanted(outputs_child.CHILD_OVER)
+
+
 NUMBERS = ("size_bytes", "zip_bytes", "parameters", "nonzeros", "macs", "samples", "quality", "quality_label",
            "agreement", "cosine", "classifier")
 
 
 def _measured(model, data, child_over, monkeypatch):
+    monkeypatch.setattr(outputs_child, "ENABLED", True)  # as the window sets it
     monkeypatch.setattr(outputs_child, "CHILD_OVER", child_over)
     keep: dict = {}
     m = drain(measure_steps(model, data, keep=keep, is_reference=True))
@@ -156,6 +166,7 @@ def test_the_outputs_child_does_not_import_torch_or_qt_and_runs_below_its_parent
 
 def test_a_cancelled_measurement_kills_its_child(tmp_path, monkeypatch):
     """The window's cancel during a big model's measurement: Cancelled, the child gone at once."""
+    monkeypatch.setattr(outputs_child, "ENABLED", True)
     monkeypatch.setattr(outputs_child, "CHILD_OVER", 0)
     model = load(_two_in_two_out(tmp_path / "pinned.onnx", batch=1), isolate=True)
     data = random_inputs(model.input_shape, 4000, model.signature)

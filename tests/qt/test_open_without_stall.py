@@ -107,3 +107,13 @@ def test_statistics_stop_when_another_model_is_opened_and_resume_if_it_is_refuse
     qtbot.waitUntil(lambda: not first.stats_pending, timeout=120_000)
     assert {s.tensor for s in first.stats} >= {f"w{k}" for k in range(48)}
     assert "weight statistics failed" not in window.log_panel.text.toPlainText()  # the stopped run says nothing
+
+
+def test_the_window_runs_a_big_models_outputs_in_a_child(qapp):
+    """The window's application turns core.outputs_child on: a big model's quality runs, INT8
+    references and comparisons go to a child process and leave the GIL to the window."""
+    from studio.core import outputs_child
+    from studio.qt.app import create_app
+
+    assert create_app() is qapp and outputs_child.ENABLED
+    assert outputs_child.wanted(outputs_child.CHILD_OVER + 1)

@@ -372,11 +372,13 @@ class StaticInt8(Pass[StaticConfig]):
             # is made from), unless a specialized graph is quantized: then the model as given; without
             # one, a session from the file just written (from the ModelProto it would serialize another copy)
             pre_session = kept.pop("session", None)
-            in_child = weight_bytes(proto) > outputs_child.CHILD_OVER  # a big model's run: the GIL left to the window
+            in_child = outputs_child.wanted(weight_bytes(proto))  # a big model's run: the GIL left to the window
             if in_child:
+                # the same reference as in-process: the pre-processing session's basic optimizations
+                basic = pre_session is not None and ref_src == src
                 del pre_session
                 steps = outputs_child.outputs_steps(Path(ref_src), None, x_val, weights=weight_bytes(proto),
-                                                    stop=context.cancel_event.is_set)
+                                                    stop=context.cancel_event.is_set, basic=basic)
             else:
                 float_session = pre_session if pre_session is not None and ref_src == src else session(str(ref_src))
                 del pre_session
@@ -728,7 +730,7 @@ class _Trial:
         # from the file just written and read: the model as the proto holds it, not serialized again
         in_file = {i: (offset, length) for i, offset, length in written.get("located", [])}
         weights = weight_bytes(self.proto)
-        in_child = weights > outputs_child.CHILD_OVER  # a big model runs in a child: the GIL left to the window
+        in_child = outputs_child.wanted(weights)  # a big model runs in a child: the GIL left to the window
         view = mapped_view(proto, self.out, in_file) if in_child and in_file else None
         if in_child:
             steps = outputs_child.outputs_steps(self.out, view, self.x_val, weights=weights,
