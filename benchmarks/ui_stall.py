@@ -259,6 +259,15 @@ def _worker_stacks() -> str:
     return " | ".join(out)
 
 
+def _peak_rss_mb() -> float | None:
+    """This process's peak resident memory (VmHWM), in MB; None off Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(round(int(line.split()[1]) / 1024, 1) for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return None
+
+
 def bert_run(path: str, seconds: float, recipe_file: str) -> int:
     """Open `path`, then run the recipe on it (data random) for `seconds`, cancel; the stalls
     over 30 ms with the steps that ran in them and where the worker threads were just after."""
@@ -309,6 +318,8 @@ def bert_run(path: str, seconds: float, recipe_file: str) -> int:
            "longest_busy_stall_ms": round(busy, 1), "p99_ms": result["p99_ms"], "over_50ms": result["over_50ms"],
            # CPU time the host ran something else on this virtual machine's CPUs, over the run
            "host_steal_ms": round(meter.waits[-1][3] - meter.waits[0][3]) if meter.waits else None,
+           # the window's own process (its children not counted): what keeping the heap costs (memory.TRIM)
+           "window_peak_rss_mb": _peak_rss_mb(),
            "stalls_over_30ms": sorted(stalls, key=lambda s: -s["ms"])[:25],
            "steps": [{"step": n, "start_ms": round((a - t) * 1000), "ms": round((b - a) * 1000)}
                      for a, b, n in sorted(steps.spans) if b - a > 0.005],
