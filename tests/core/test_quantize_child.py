@@ -124,3 +124,37 @@ def test_the_debug_model_is_made_in_a_child_as_in_process(tmp_path):
     with pytest.raises(StudioError) as raised:
         augment_for_debug(tmp_path / "broken.onnx", tmp_path / "out.onnx", weights=CHILD_OVER + 1)
     assert "\n" not in str(raised.value)
+
+
+def test_the_window_pre_processes_a_big_model_in_a_child_as_in_process(tmp_path, monkeypatch):
+    """In the window (outputs_child on) a big model's pre-processing, onnxruntime's graph optimizer,
+    runs in a child: building and freeing BERT-base's session froze the window. The same graph and
+    the same weights as in-process; no session kept (the float reference runs in a child too); a
+    cancel stops it instead of falling back to the unprocessed model; a graph the optimizer
+    refuses falls back to the model as given, as in-process."""
+    from studio.core import outputs_child
+
+    proto = to_onnx_proto(zoo.load("cnn"))
+    onnx.save_model(proto, str(tmp_path / "fp32.onnx"))
+    (tmp_path / "here").mkdir()
+    (tmp_path / "child").mkdir()
+    kept: dict = {}
+    here, here_proto = _pre_process(tmp_path / "fp32.onnx", tmp_path / "here" / "pre.onnx", kept, weights=10**9)
+    assert here == tmp_path / "here" / "pre.onnx" and "session" in kept  # (outputs_child off: in-process)
+    monkeypatch.setattr(outputs_child, "ENABLED", True)
+    monkeypatch.setattr(outputs_child, "CHILD_OVER", 0)
+    kept = {}
+    child, child_proto = _pre_process(tmp_path / "fp32.onnx", tmp_path / "child" / "pre.onnx", kept, weights=10**6)
+    assert child == tmp_path / "child" / "pre.onnx" and kept == {}
+    assert child_proto.SerializeToString() == here_proto.SerializeToString()
+    assert (tmp_path / "child" / "pre.onnx.data").read_bytes() == (tmp_path / "here" / "pre.onnx.data").read_bytes()
+    assert any(p.key == "onnx.quant.pre_process" for p in onnx.load(str(child), load_external_data=False).metadata_props)
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        _pre_process(tmp_path / "fp32.onnx", tmp_path / "cancelled.onnx", {}, weights=10**6, cancel=cancel)
+    proto.graph.node[0].op_type = "NoSuchOp"  # onnx reads it, onnxruntime refuses it
+    onnx.save_model(proto, str(tmp_path / "odd.onnx"))
+    odd, odd_proto = _pre_process(tmp_path / "odd.onnx", tmp_path / "odd-pre.onnx", {}, weights=10**6)
+    assert odd == tmp_path / "odd.onnx" and odd_proto.graph.node[0].op_type == "NoSuchOp"
+    assert not (tmp_path / "odd-pre.onnx").exists()

@@ -96,7 +96,8 @@ def _qdq_opset(proto):
     return converted, f"the model is ONNX opset {version}: converted to opset {QDQ_OPSET} for INT8 QDQ (per-channel scales)"
 
 
-def _pre_process(src: Path, pre: Path, keep: dict | None = None):
+def _pre_process(src: Path, pre: Path, keep: dict | None = None, weights: int = 0,
+                 cancel: threading.Event | None = None):
     """onnxruntime's quantization pre-processing of the saved float model: (the file
     quantize_static reads, its graph without the weights). What quant_pre_process does with
     skip_symbolic_shape and skip_onnx_shape, without its copies: onnxruntime's graph optimizer
@@ -109,30 +110,47 @@ def _pre_process(src: Path, pre: Path, keep: dict | None = None):
     studio's own and the optimizer's, for 69 s. The graph is read without the weights: the pass
     holds one copy of the model, not two. `keep`: gets the optimizer's session under "session"
     (the float model, one thread a call as convert.session's), for the pass's float reference:
-    BERT-base built a second session of 440 MB for it, a small CNN spent a fifth of its pass there."""
-    try:
-        import onnx
-        import onnxruntime as ort
-        from onnxruntime.quantization.quant_utils import add_pre_process_metadata
+    BERT-base built a second session of 440 MB for it, a small CNN spent a fifth of its pass there.
+    In the window a big model's optimizer runs in a child instead (`weights`: its weight bytes,
+    outputs_child.wanted; its float reference runs in a child too, so nothing is kept): building
+    and freeing BERT-base's session there froze the window 50 ms. `cancel` kills that child."""
+    import onnx
+    from onnxruntime.quantization.quant_utils import add_pre_process_metadata
 
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        opts.optimized_model_filepath = str(pre)
-        opts.log_severity_level = 3
-        opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", pre.name + ".data")
-        opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-        opts.intra_op_num_threads = 1
-        opts.inter_op_num_threads = 1
-        sess = ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
-        if keep is not None:
-            keep["session"] = sess
-        del sess
+    try:
+        if outputs_child.wanted(weights):
+            from .quantize_child import pre_process_in_child
+
+            pre_process_in_child(src, pre, weights, cancel)
+        else:
+            sess = optimizer_session(src, pre)
+            if keep is not None:
+                keep["session"] = sess
+            del sess
         graph = _load(pre, weights=False)
         add_pre_process_metadata(graph)
         onnx.save_model(graph, str(pre))  # the weights stay where the optimizer wrote them
         return pre, graph
+    except Cancelled:
+        raise
     except Exception:  # noqa: BLE001 - pre-processing is an optimisation, not required
         return src, _load(src, weights=False)
+
+
+def optimizer_session(src: Path, pre: Path):
+    """A session on `src` whose graph optimizer (basic level) writes the optimized model to `pre`,
+    its tensors over 1 kB in the sidecar `pre`.data (_pre_process)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.optimized_model_filepath = str(pre)
+    opts.log_severity_level = 3
+    opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", pre.name + ".data")
+    opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
 
 
 def _save(proto, folder: Path, name: str, tensors=None) -> Path:
@@ -363,7 +381,7 @@ class StaticInt8(Pass[StaticConfig]):
             pre = tmp / "pre.onnx"
             yield 0.08, "pre-processing (fusions)"
             kept: dict = {}
-            pre, pre_proto = _pre_process(src, pre, kept)
+            pre, pre_proto = _pre_process(src, pre, kept, weight_bytes(proto), context.cancel_event)
             facts = _graph_facts(pre_proto)
             user_excluded = excluded_nodes(pre_proto, cfg)
             what = f"running the float model on {len(x_val)} validation samples"
@@ -374,8 +392,8 @@ class StaticInt8(Pass[StaticConfig]):
             pre_session = kept.pop("session", None)
             in_child = outputs_child.wanted(weight_bytes(proto))  # a big model's run: the GIL left to the window
             if in_child:
-                # the same reference as in-process: the pre-processing session's basic optimizations
-                basic = pre_session is not None and ref_src == src
+                # the same reference as in-process: the pre-processing's basic optimizations (it ran in a child)
+                basic = pre != src and ref_src == src
                 del pre_session
                 steps = outputs_child.outputs_steps(Path(ref_src), None, x_val, weights=weight_bytes(proto),
                                                     stop=context.cancel_event.is_set, basic=basic)

@@ -160,6 +160,16 @@ def augment_for_debug(qdq: Path, augmented: Path, weights: int, cancel: threadin
              _stopper(cancel, abandoned), budget(weights))
 
 
+def pre_process_in_child(src: Path, pre: Path, weights: int, cancel: threading.Event | None = None) -> None:
+    """quantize.optimizer_session(src, pre) in a child: onnxruntime's basic graph optimizer writes the
+    pre-processed model to `pre` (the pass's pre-processing, for a big model in the window). Building
+    BERT-base's session took 3.5 s and freeing it held the GIL, the window frozen 50 ms.
+    Cancelled / StudioError as quantize_in_child."""
+    with tempfile.TemporaryDirectory(prefix="studio-pre-") as folder:
+        _ask(Path(folder), {"task": "pre_process", "input": str(src), "output": str(pre)},
+             "onnxruntime's graph optimizer", "the pre-processed model", _stopper(cancel, None), budget(weights))
+
+
 def load_written(path: Path, answer: dict):
     """The INT8 model quantize_in_child wrote to `path`, as onnx.load reads it, without one parse of
     the whole file in this process (it held the GIL ~80 ms for BERT-base's INT8 model): the child
@@ -192,7 +202,7 @@ def child_main(argv: list[str]) -> int:
     """`studio _quantize REQUEST`: quantize_file(REQUEST's JSON), the outcome written to its
     "reply" file: {"weights": [...], "located": [...]} (and skeleton.onnx beside it: see
     load_written) or {"error": its first line}. A request with "task": "ranges": the calibration
-    (calibrate_main); "augment": augment_for_debug's."""
+    (calibrate_main); "augment": augment_for_debug's; "pre_process": pre_process_in_child's."""
     from .quantize import _PerTensorNotes
 
     request = json.loads(Path(argv[0]).read_text())
@@ -200,6 +210,12 @@ def child_main(argv: list[str]) -> int:
         return calibrate_main(request)
     notes = _PerTensorNotes()
     try:
+        if request.get("task") == "pre_process":  # pre_process_in_child
+            from .quantize import optimizer_session
+
+            optimizer_session(Path(request["input"]), Path(request["output"]))
+            Path(request["reply"]).write_text(json.dumps({}))
+            return 0
         if request.get("task") == "augment":  # augment_for_debug
             from onnxruntime.quantization.qdq_loss_debug import modify_model_output_intermediate_tensors
 
