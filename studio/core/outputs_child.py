@@ -94,6 +94,22 @@ def outputs_steps(path: Path, view: Path | None, x, *, zipped: bool = False, wei
         return outs, answer["names"], answer.get("zip_bytes")
 
 
+def outputs(path: Path, view: Path | None, x, *, weights: int = 0, stop: Callable[[], bool] | None = None,
+            basic: bool = False):
+    """outputs_steps without the zipped size, in convert.iter_session_all's shape: yields the fraction
+    run, returns the outputs. Closing it kills the child."""
+    steps = outputs_steps(path, view, x, weights=weights, stop=stop, basic=basic)
+    try:
+        while True:
+            try:
+                _, done = next(steps)
+            except StopIteration as end:
+                return end.value[0]
+            yield done
+    finally:
+        steps.close()
+
+
 def child_main(argv: list[str]) -> int:
     """`studio _outputs REQUEST`: the model's outputs on the samples, each to out{i}.npy beside the
     request, its progress on stdout, {"names": [...], "zip_bytes": n or null} or {"error": its

@@ -123,14 +123,31 @@ def test_the_child_reports_progress_and_a_cancel_kills_it(tmp_path):
     assert time.perf_counter() - began < 1.0 and not _children("_outputs")
 
 
-def test_a_closed_generator_kills_the_child(tmp_path):
+@pytest.mark.parametrize("steps_of", [outputs_child.outputs_steps, outputs_child.outputs])
+def test_a_closed_generator_kills_the_child(tmp_path, steps_of):
     path = _two_in_two_out(tmp_path / "pinned.onnx", batch=1)
     x = random_inputs((1, 256), 4000, load(path).signature).x_test
-    steps = outputs_child.outputs_steps(path, None, x)
+    steps = steps_of(path, None, x)
     next(steps)
     assert _children("_outputs")
     steps.close()
     assert not _children("_outputs")
+
+
+def test_outputs_gives_what_an_in_process_run_gives(tmp_path):
+    """outputs(): the child's run in convert.iter_session_all's shape (fractions, then the outputs),
+    as the INT8 pass's float reference and comparisons take it."""
+    path = _two_in_two_out(tmp_path / "two.onnx")
+    x = random_inputs((1, 256), 3000, load(path).signature).x_test  # 600 samples: 3 batches
+    child_steps, local_steps = outputs_child.outputs(path, None, x), convert.iter_session_all(convert.session(path), x)
+    there, here = drain(child_steps), drain(local_steps)
+    assert len(there) == len(here) == 2
+    for a, b in zip(there, here):
+        np.testing.assert_array_equal(a, b)
+    fractions = list(outputs_child.outputs(path, None, x))
+    # as in-process, to the 4 decimals the child prints
+    assert fractions == pytest.approx(list(convert.iter_session_all(convert.session(path), x)), abs=1e-4)
+    assert len(fractions) == 2 and 0 < fractions[0] < fractions[1] < 1
 
 
 def test_onnxruntime_refusing_the_model_is_one_line(tmp_path):

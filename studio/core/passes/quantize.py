@@ -395,8 +395,8 @@ class StaticInt8(Pass[StaticConfig]):
                 # the same reference as in-process: the pre-processing's basic optimizations (it ran in a child)
                 basic = pre != src and ref_src == src
                 del pre_session
-                steps = outputs_child.outputs_steps(Path(ref_src), None, x_val, weights=weight_bytes(proto),
-                                                    stop=context.cancel_event.is_set, basic=basic)
+                steps = outputs_child.outputs(Path(ref_src), None, x_val, weights=weight_bytes(proto),
+                                              stop=context.cancel_event.is_set, basic=basic)
             else:
                 float_session = pre_session if pre_session is not None and ref_src == src else session(str(ref_src))
                 del pre_session
@@ -407,9 +407,8 @@ class StaticInt8(Pass[StaticConfig]):
                     try:
                         done = next(steps)
                     except StopIteration as stop:
-                        reference = stop.value[0] if in_child else stop.value  # (a child's: outputs, names, zip)
+                        reference = stop.value
                         break
-                    done = done[1] if in_child else done  # (a child's: ("ran", fraction))
                     yield 0.1 + 0.1 * done, f"{what}: {done:.0%}"  # BERT-base: minutes, the bar shows how far
             finally:
                 steps.close()  # a child still running is killed
@@ -751,8 +750,8 @@ class _Trial:
         in_child = outputs_child.wanted(weights)  # a big model runs in a child: the GIL left to the window
         view = mapped_view(proto, self.out, in_file) if in_child and in_file else None
         if in_child:
-            steps = outputs_child.outputs_steps(self.out, view, self.x_val, weights=weights,
-                                                stop=_stopper(self.context.cancel_event, getattr(report, "abandoned", None)))
+            steps = outputs_child.outputs(self.out, view, self.x_val, weights=weights,
+                                          stop=_stopper(self.context.cancel_event, getattr(report, "abandoned", None)))
         else:
             steps = iter_session_all(mapped_session(proto, self.out, in_file), self.x_val, cancel=self.context.cancel_event)
         try:
@@ -760,11 +759,10 @@ class _Trial:
                 try:
                     done = next(steps)
                 except StopIteration as stop:
-                    outs = stop.value[0] if in_child else stop.value  # (a child's: outputs, names, zipped size)
+                    outs = stop.value
                     break
                 if report is not None:
-                    fraction = done[1] if in_child else done  # (a child's: ("ran", fraction))
-                    report(f"comparing with the float stage on {len(self.x_val)} samples: {fraction:.0%}", None)
+                    report(f"comparing with the float stage on {len(self.x_val)} samples: {done:.0%}", None)
         finally:
             steps.close()  # a child still running is killed
             if view is not None:
