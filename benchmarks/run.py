@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from studio.core.recipe import Recipe
 from studio.core.training import drain
 
 from . import peers
+from .machine import cpu
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
@@ -602,7 +602,7 @@ def main(argv=None) -> dict:
     if args.quick:
         args.epochs, args.rounds, args.no_overhead = 2, 3, True
     out = Path(args.out)
-    results = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+    results = {"date": time.strftime("%Y-%m-%d"), "machine": f"{cpu()}, {os.cpu_count()} cores",
                "command": "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:]),
                "quick": args.quick, "models": {}, "overhead": []}
     for name in args.models:

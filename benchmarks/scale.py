@@ -40,6 +40,8 @@ import threading
 import time
 from pathlib import Path
 
+from benchmarks import machine
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
 GB = 1e9
@@ -318,7 +320,7 @@ def main(argv: list[str] | None = None) -> dict:
     work = Path(tempfile.mkdtemp(prefix="scale-work-"))
     env = {**os.environ, "STUDIO_CACHE": str(work / "cache")}
     result = {"benchmark": "scale", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "quick": partial, "cpus": os.cpu_count(), "goals": GOALS,
+              "quick": partial, "cpus": os.cpu_count(), "cpu": machine.cpu(), "goals": GOALS,
               "load_before": [round(x, 2) for x in os.getloadavg()]}
     try:
         sizes = {**SIZES["quick" if args.quick else "full"]}

@@ -272,6 +272,7 @@ def bert_run(path: str, seconds: float, recipe_file: str) -> int:
     """Open `path`, then run the recipe on it (data random) for `seconds`, cancel; the stalls
     over 30 ms with the steps that ran in them and where the worker threads were just after."""
     steps = Steps(OPEN_STEPS + RUN_STEPS)
+    from benchmarks import machine
     from studio.core.recipe import Recipe
     from studio.qt.app import create_app
 
@@ -324,7 +325,7 @@ def bert_run(path: str, seconds: float, recipe_file: str) -> int:
            "steps": [{"step": n, "start_ms": round((a - t) * 1000), "ms": round((b - a) * 1000)}
                      for a, b, n in sorted(steps.spans) if b - a > 0.005],
            "load_average": os.getloadavg(), "platform": platform.platform(), "python": sys.version.split()[0],
-           "cpus": os.cpu_count(), "qpa": os.environ["QT_QPA_PLATFORM"]}
+           "cpus": os.cpu_count(), "cpu": machine.cpu(), "qpa": os.environ["QT_QPA_PLATFORM"]}
     dest = OUT.with_name("ui_stall_run.json")
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(out, indent=2) + "\n")

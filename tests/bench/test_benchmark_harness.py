@@ -72,3 +72,19 @@ def test_at_least_as_fast_is_a_tie_within_the_spread():
     assert tie["margin"] < 1 and tie["met"] and "a tie within the spread" in tie["detail"]
     slower = goal([31.0, 31.2, 30.9, 31.1, 31.3, 30.8, 31.0, 31.1], [30.0, 30.3, 29.9, 30.1, 29.7, 30.2, 30.0, 30.1])
     assert not slower["met"] and slower["paired_iqr"][1] < 1
+
+
+def test_results_name_the_processor_and_its_kernel_features():
+    """onnxruntime's INT8 kernels depend on AVX-512/VNNI: a result says which processor it came from."""
+    from benchmarks.machine import KERNEL_FEATURES, cpu
+
+    text = cpu()
+    name, _, features = text.rpartition(" (")
+    assert name and features.endswith(")")
+    listed = features[:-1].split()
+    assert listed == ["no", "AVX2"] or set(listed) <= set(KERNEL_FEATURES)
+    try:
+        flags = open("/proc/cpuinfo").read().split("flags", 1)[1].split("\n", 1)[0].split()
+    except (OSError, IndexError):
+        return
+    assert [f for f in KERNEL_FEATURES if f in flags] == (listed if listed != ["no", "AVX2"] else [])
