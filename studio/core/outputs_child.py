@@ -24,6 +24,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -44,19 +45,29 @@ def wanted(weights: int) -> bool:
     """Whether a model holding `weights` bytes of weights runs in a child: in the window, when big."""
     return ENABLED and weights > CHILD_OVER
 
+class Ran(NamedTuple):
+    """What outputs_steps returns: the outputs, their names, the zipped size and the MACs (None
+    when not asked for)."""
+    outputs: list
+    names: list[str]
+    zip_bytes: int | None
+    macs: int | None
+
+
 RAN = "studio-ran"  # the child's progress lines: "studio-ran FRACTION", "studio-zipped FRACTION"
 ZIPPED = "studio-zipped"
 
 
 def outputs_steps(path: Path, view: Path | None, x, *, zipped: bool = False, weights: int = 0,
-                  stop: Callable[[], bool] | None = None, basic: bool = False):
+                  stop: Callable[[], bool] | None = None, basic: bool = False, macs: tuple | None = None):
     """Every output of the model file `path` (or of `view`, mapped_view's view of it) on the
     samples `x` (an array or signature.Inputs), as convert.iter_session_all gives them, from a
     child; with `zipped`, the zipped size of `path` too (evaluate.zipped_size); `basic`: the session
-    with onnxruntime's basic graph optimizations only (convert.session). A generator:
-    yields ("ran" or "zipped", fraction) as the child goes, returns (outputs, output names, zipped
-    size or None). Cancelled when stop() is true (the child killed); StudioError in one line when
-    onnxruntime fails, the child dies or it passes its time budget (child.budget(weights, samples))."""
+    with onnxruntime's basic graph optimizations only (convert.session); `macs`: (input_shape,
+    graph.input_sizes) of the opened model, to count its MACs at batch 1 as graph.build_graph does
+    (_macs). A generator: yields ("ran" or "zipped", fraction) as the child goes, returns a Ran.
+    Cancelled when stop() is true (the child killed); StudioError in one line when onnxruntime
+    fails, the child dies or it passes its time budget (child.budget(weights, samples))."""
     with tempfile.TemporaryDirectory(prefix="studio-outputs-") as name:
         folder = Path(name)
         samples = folder / "samples.npz"
@@ -64,6 +75,7 @@ def outputs_steps(path: Path, view: Path | None, x, *, zipped: bool = False, wei
         asked, reply = folder / "request.json", folder / "reply.json"
         asked.write_text(json.dumps({"model": str(view or path), "whole": str(path), "samples": str(samples),
                                      "layout": layout, "zipped": zipped, "basic": basic,
+                                     "macs": None if macs is None else {"input_shape": macs[0], "sizes": macs[1]},
                                      "reply": str(reply)}))
         what = "onnxruntime's run of the model"
         steps = child.lines("_outputs", [str(asked)], stop=stop, budget=child.budget(weights, len(x)), what=what)
@@ -91,7 +103,7 @@ def outputs_steps(path: Path, view: Path | None, x, *, zipped: bool = False, wei
             raise StudioError(answer["error"])
         # np.load reads an .npy with one read that lets go of the GIL
         outs = [np.load(folder / f"out{i}.npy", allow_pickle=False) for i in range(len(answer["names"]))]
-        return outs, answer["names"], answer.get("zip_bytes")
+        return Ran(outs, answer["names"], answer.get("zip_bytes"), answer.get("macs"))
 
 
 def outputs(path: Path, view: Path | None, x, *, weights: int = 0, stop: Callable[[], bool] | None = None,
@@ -104,16 +116,37 @@ def outputs(path: Path, view: Path | None, x, *, weights: int = 0, stop: Callabl
             try:
                 _, done = next(steps)
             except StopIteration as end:
-                return end.value[0]
+                return end.value.outputs
             yield done
     finally:
         steps.close()
 
 
+def _macs(path: Path, input_shape, sizes: dict) -> int:
+    """The MACs at batch 1 of the model file `path`, as graph.build_graph counts them for the
+    opened model: its graph read without the big tensors' bytes (onnx_child's walk), those left in
+    the file (their zeros counted from it). In the window's process this held the GIL 40-50 ms
+    at a time on BERT-base's INT8 stage (onnx's copy of the graph and its shape inference)."""
+    import onnx
+
+    from .graph.from_onnx import graph_from_onnx
+    from .io.onnx_child import from_reply, locate, parse_reduced
+
+    shape = None if input_shape is None else tuple(input_shape)
+    given = {name: tuple(dims) for name, dims in sizes.items()}
+    reduced = parse_reduced(path)
+    if reduced is None:  # not plain to the walk: the whole file parsed (in this child)
+        return graph_from_onnx(onnx.load(str(path)), shape, given).total_macs
+    proto, ranges = reduced
+    located = locate(proto, path, ranges)
+    proto, _, lazy = from_reply(path, {"external": False, "located": located}, proto.SerializeToString(), lazy=True)
+    return graph_from_onnx(proto, shape, given, lazy).total_macs
+
+
 def child_main(argv: list[str]) -> int:
     """`studio _outputs REQUEST`: the model's outputs on the samples, each to out{i}.npy beside the
-    request, its progress on stdout, {"names": [...], "zip_bytes": n or null} or {"error": its
-    first line} to the request's "reply"."""
+    request, its progress on stdout, {"names": [...], "zip_bytes": n or null, "macs": n or null}
+    or {"error": its first line} to the request's "reply"."""
     from .convert import iter_session_all, open_mapped, session
     from .evaluate import _Zipping
 
@@ -123,6 +156,12 @@ def child_main(argv: list[str]) -> int:
     try:
         x = child.read_samples(Path(request["samples"]), request["layout"])
         whole = Path(request["whole"])
+        macs = None
+        if request.get("macs") is not None:  # first, before the session holds its copy of the weights
+            try:
+                macs = _macs(whole, request["macs"]["input_shape"], request["macs"]["sizes"])
+            except Exception:  # noqa: BLE001 - as in-process: MACs of exotic graphs may be unknown; 0 means unknown
+                macs = 0
         if request["zipped"]:
             zipping = _Zipping(whole)  # on the other core while the model runs, as in-process
         model = Path(request["model"])
@@ -144,7 +183,7 @@ def child_main(argv: list[str]) -> int:
             while not zipping.wait(0.5):
                 print(f"{ZIPPED} {zipping.fraction:.4f}", flush=True)
             size = zipping.result()
-        answer: dict = {"names": names, "zip_bytes": size}
+        answer: dict = {"names": names, "zip_bytes": size, "macs": macs}
     except Exception as exc:  # noqa: BLE001 - onnxruntime's own classes: one line to the parent
         answer = {"error": (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]}
     finally:

@@ -279,6 +279,16 @@ def count_macs(model: Model) -> int:
     return macs_counted(model)[0]
 
 
+def has_branches(model: Model) -> bool:
+    """Whether the model is ONNX with If nodes: then its MACs depend on the pinned inputs
+    (macs_counted); without, they are its graph's (build_graph)."""
+    if model.framework != ONNX:
+        return False
+    from .onnx_weights import nodes
+
+    return any(n.op_type == "If" for n, _ in nodes(model.light.graph))  # (nodes only: no tensor read in)
+
+
 def macs_counted(model: Model) -> tuple[int, str]:
     """(MACs at batch 1, what they count: "" for a graph without If nodes). An ONNX graph's If
     branches are all in its layers, and inside them shape inference stops (Silero VAD's time
@@ -290,11 +300,7 @@ def macs_counted(model: Model) -> tuple[int, str]:
     from .graph import build_graph
 
     graph = build_graph(model)
-    if model.framework != ONNX:
-        return graph.total_macs, ""
-    from .onnx_weights import nodes
-
-    if not any(n.op_type == "If" for n, _ in nodes(model.light.graph)):  # (nodes only: no tensor read in)
+    if not has_branches(model):
         return graph.total_macs, ""
     if SPECIALIZER is None:
         return graph.total_macs, ("MACs sum every branch of the graph's If nodes: pin the inputs that choose "

@@ -159,15 +159,20 @@ def test_onnxruntime_refusing_the_model_is_one_line(tmp_path):
 
 
 def test_the_outputs_child_does_not_import_torch_or_qt_and_runs_below_its_parent(tmp_path):
-    """Its start is part of every big model's measurement: onnxruntime and numpy only. It runs at
-    a lower CPU priority than the process that started it (child.lower_priority)."""
+    """Its start is part of every big model's measurement: onnxruntime and numpy only, also where
+    it counts the MACs. It runs at a lower CPU priority than the process that started it
+    (child.lower_priority)."""
     from studio.core import child
+    from studio.core.graph import input_sizes
+    from studio.core.stats import count_macs
 
     path = _two_in_two_out(tmp_path / "two.onnx")
-    x = random_inputs((1, 256), 8, load(path).signature).x_test
+    model = load(path)
+    x = random_inputs((1, 256), 8, model.signature).x_test
     layout = child.write_samples(x, tmp_path / "s.npz")
     request = {"model": str(path), "whole": str(path), "samples": str(tmp_path / "s.npz"), "layout": layout,
-               "zipped": False, "reply": str(tmp_path / "reply.json")}
+               "zipped": False, "reply": str(tmp_path / "reply.json"),
+               "macs": {"input_shape": model.input_shape, "sizes": input_sizes(model)}}
     (tmp_path / "request.json").write_text(json.dumps(request))
     code = ("import os, sys; from studio.cli import main; main(['_outputs', sys.argv[1]]); "
             "print('torch' in sys.modules, 'PySide6' in sys.modules, os.getpriority(os.PRIO_PROCESS, 0))")
@@ -177,7 +182,7 @@ def test_the_outputs_child_does_not_import_torch_or_qt_and_runs_below_its_parent
     here = os.getpriority(os.PRIO_PROCESS, 0)
     assert done.stdout.strip().splitlines()[-1] == f"False False {min(19, here + child.NICE)}"
     answer = json.loads((tmp_path / "reply.json").read_text())
-    assert answer == {"names": ["sum", "act"], "zip_bytes": None}
+    assert answer == {"names": ["sum", "act"], "zip_bytes": None, "macs": count_macs(model)} and answer["macs"] > 0
     assert np.load(tmp_path / "out1.npy").shape == (len(x), 256)
 
 
