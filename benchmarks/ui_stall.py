@@ -319,7 +319,7 @@ def bert_run(path: str, seconds: float, recipe_file: str) -> int:
            "longest_busy_stall_ms": round(busy, 1), "p99_ms": result["p99_ms"], "over_50ms": result["over_50ms"],
            # CPU time the host ran something else on this virtual machine's CPUs, over the run
            "host_steal_ms": round(meter.waits[-1][3] - meter.waits[0][3]) if meter.waits else None,
-           # the window's own process (its children not counted): what keeping the heap costs (memory.TRIM)
+           # the window's own process (its children not counted)
            "window_peak_rss_mb": _peak_rss_mb(),
            "stalls_over_30ms": sorted(stalls, key=lambda s: -s["ms"])[:25],
            "steps": [{"step": n, "start_ms": round((a - t) * 1000), "ms": round((b - a) * 1000)}

@@ -29,15 +29,6 @@ TIMEOUT_S = float(os.environ.get("STUDIO_RUN_BUDGET", "900"))
 
 RELEASE_FROM = 512 << 20  # resident bytes from which release() works (its collector pass takes ~0.2 s)
 
-# Whether release() trims the heap (malloc_trim). The window turns it off (qt.app.create_app): the
-# trim holds the process's memory map while it hands pages back, so a window thread that maps or
-# unmaps memory then (Qt's paint buffers, numpy's arrays over 128 kB) waits for it. The ui_stall
-# BERT-base run froze 54.6 ms at the INT8 pass's trim; a worker trimming 2 GB of freed heap
-# stalled a thread allocating 8-40 MB blocks 54-86 ms in a test script, a thread without such
-# blocks under 10 ms. In the window a big model's sessions and copies run in child processes
-# (outputs_child, quantize_child), and a trim there gave back 10-90 MB (a 2-layer BERT's run).
-TRIM = True
-
 
 def release() -> None:
     """Give the heap's free pages back to the system: Python's collector, then glibc's
@@ -48,8 +39,7 @@ def release() -> None:
     done while the process holds under RELEASE_FROM (a small model's run would only lose time).
     Off the main thread (a window's job, the INT8 pass's calibration thread) the heap is trimmed
     without the collector: a collection there finalizes Qt objects off the GUI thread, and a
-    window test hung on it (test_jobs, once the worker process held over RELEASE_FROM). With TRIM
-    off (the window) only the collector's part runs."""
+    window test hung on it (test_jobs, once the worker process held over RELEASE_FROM)."""
     import gc
     import threading
 
@@ -58,7 +48,7 @@ def release() -> None:
         return
     if threading.current_thread() is threading.main_thread():
         gc.collect()
-    if TRIM and sys.platform.startswith("linux"):
+    if sys.platform.startswith("linux"):
         try:
             import ctypes
 

@@ -39,10 +39,9 @@ def create_app(argv=None, plots: bool = True):
     from .compat import collect_garbage_on_gui_thread
 
     collect_garbage_on_gui_thread()  # never on a worker thread: see compat.py
-    from studio.core import memory, outputs_child
+    from studio.core import outputs_child
 
     outputs_child.ENABLED = True  # a big model's runs in a child process: the GIL stays the window's
-    memory.TRIM = False  # its hold on the memory map froze the window (memory.TRIM says how long)
     if plots:
         _plots_follow_palette(app)
     return app

@@ -111,10 +111,9 @@ def test_statistics_stop_when_another_model_is_opened_and_resume_if_it_is_refuse
 
 def test_the_window_runs_a_big_models_outputs_in_a_child(qapp):
     """The window's application turns core.outputs_child on: a big model's quality runs, INT8
-    references and comparisons go to a child process and leave the GIL to the window. It turns
-    the heap's trim off (memory.TRIM)."""
-    from studio.core import memory, outputs_child
+    references and comparisons go to a child process and leave the GIL to the window."""
+    from studio.core import outputs_child
     from studio.qt.app import create_app
 
-    assert create_app() is qapp and outputs_child.ENABLED and not memory.TRIM
+    assert create_app() is qapp and outputs_child.ENABLED
     assert outputs_child.wanted(outputs_child.CHILD_OVER + 1)
