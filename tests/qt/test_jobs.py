@@ -100,7 +100,11 @@ def test_opening_during_a_job_is_refused_then_works_after_cancel(demo, qtbot, tm
     assert w.log_panel.bar_texts() == ("stage: idle", "overall: idle")
     w.session.set_recipe(Recipe([RecipeStep("quantize.fp16", {})]))
     w.actions_["run"].trigger()
-    qtbot.waitUntil(lambda: len(w.session.runs) == 1, timeout=60_000)
+    try:
+        qtbot.waitUntil(lambda: len(w.session.runs) == 1, timeout=60_000)
+    except Exception:  # noqa: BLE001 - pytest-qt's TimeoutError: fail with what the window said
+        pytest.fail(f"the run after the cancel did not land in 60 s; running {w.tasks.running()}; "
+                    f"error {w.recipe_panel.error.text()!r}; log:\n{w.log_panel.text.toPlainText()[-3000:]}")
     qtbot.waitUntil(lambda: not w.tasks.running("run"), timeout=10_000)
     assert idle_ui(w)
     stage_text, overall_text = w.log_panel.bar_texts()
